@@ -1,0 +1,32 @@
+"""Typed exceptions: every bad input raises one of these with a message that says what to do."""
+
+
+class ParagenError(Exception):
+    """Base class of every error paragen raises on purpose."""
+
+
+class InvalidInputError(ParagenError, ValueError):
+    """A prompt, a length or a sampling setting is out of range."""
+
+
+class ContextLengthError(InvalidInputError):
+    """Prompt plus requested new tokens do not fit the model's context."""
+
+
+class UnknownStrategyError(ParagenError, KeyError):
+    """A strategy name is not in the registry."""
+
+    def __str__(self) -> str:  # KeyError would print the message with quotes around it
+        return str(self.args[0]) if self.args else ""
+
+
+class UnsupportedOptionError(ParagenError, ValueError):
+    """A strategy got an option it does not have, or a setting it cannot honour."""
+
+
+class VocabularyMismatchError(ParagenError, ValueError):
+    """Draft and target do not share a tokenizer."""
+
+
+class ModelLoadError(ParagenError, OSError):
+    """A model directory is missing, incomplete or corrupt."""

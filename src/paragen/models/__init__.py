@@ -1,0 +1,43 @@
+"""Model backends behind one contract, and ``load()``."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from paragen.errors import InvalidInputError
+from paragen.models.base import Model, ModelInfo
+from paragen.models.io import builtin_models, load_native, resolve, save_model
+from paragen.models.native import NativeConfig, NativeModel
+from paragen.tokenizer import Tokenizer
+
+__all__ = ["Model", "ModelInfo", "NativeConfig", "NativeModel", "builtin_models", "load", "save_model"]
+
+BACKENDS = ("native", "hf")
+
+
+def load(name_or_path: str | os.PathLike, backend: str = "native", dtype: torch.dtype | None = None) -> Model:
+    """Load a built-in model by name or a Hugging Face model directory, with its tokenizer.
+
+    ``backend``: ``"native"`` (paragen's own Llama/Qwen2 implementation, fastest on CPU)
+    or ``"hf"`` (any transformers causal LM). ``dtype`` defaults to float32.
+    """
+    if backend not in BACKENDS:
+        raise InvalidInputError(f"unknown backend '{backend}': choose one of {', '.join(BACKENDS)}")
+    path = resolve(name_or_path)
+    dtype = dtype or torch.float32
+    tokenizer = Tokenizer.from_dir(path)
+    if backend == "native":
+        model: Model = load_native(path, dtype)
+    else:
+        from paragen.models.hf import HFModel
+
+        model = HFModel.from_dir(path, dtype)
+    model.tokenizer = tokenizer
+    model.name = path.name
+    if model.info.eos_ids == () and tokenizer.eos_id is not None:
+        model.info = ModelInfo(**{**model.info.__dict__, "eos_ids": (tokenizer.eos_id,)})
+    if model.info.mask_id is None and tokenizer.mask_id is not None:
+        model.info = ModelInfo(**{**model.info.__dict__, "mask_id": tokenizer.mask_id})
+    return model

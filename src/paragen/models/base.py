@@ -1,0 +1,83 @@
+"""The one model contract every strategy runs on.
+
+``forward(tokens[B, T], positions[B, T], cache=None, mask=None) -> logits[B, T, V]``
+
+- ``positions`` are the RoPE positions of the new tokens (tree nodes share a depth, so
+  they need not be consecutive).
+- ``cache``: an object from ``new_cache()``; new keys/values go after its committed
+  slots, and the model never advances it.
+- ``mask``: bool, True where attention is allowed, shape ``[B or 1, T, S]`` with ``S`` the
+  live slots (committed + T), or ``[B or 1, T, T]`` over the new tokens only, in which
+  case every committed slot is visible. ``None`` means the model's own default: causal
+  for a causal model, full for a bidirectional one.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What an algorithm may know about a model: nothing model-specific lives in a strategy."""
+
+    vocab_size: int
+    max_length: int
+    eos_ids: tuple[int, ...]
+    mask_id: int | None
+    attention: str  # "causal" | "bidirectional" | "block_causal"
+    block_size: int | None = None
+
+
+class Model(ABC):
+    """Abstract model: the native backend and the transformers adapter both implement it."""
+
+    info: ModelInfo
+    tokenizer: Any  # paragen.tokenizer.Tokenizer, attached by load()
+    name: str = "model"
+
+    @abstractmethod
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        cache: Any | None = None,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor: ...
+
+    @abstractmethod
+    def new_cache(self, batch: int = 1, max_length: int | None = None) -> Any: ...
+
+    @property
+    @abstractmethod
+    def dtype(self) -> torch.dtype: ...
+
+    def __call__(self, tokens, positions, cache=None, mask=None) -> torch.Tensor:
+        return self.forward(tokens, positions, cache=cache, mask=mask)
+
+
+def expand_mask(mask: torch.Tensor | None, past: int, t: int, causal: bool, device) -> torch.Tensor | None:
+    """Turn a contract mask into a full bool mask [B|1, 1, T, past + T], or None for 'all visible'.
+
+    Shared by both backends so that they read masks identically.
+    """
+    if mask is None:
+        if not causal or t == 1:  # one new causal token sees every slot
+            return None
+        new = torch.ones(t, t, dtype=torch.bool, device=device).tril()
+    else:
+        new = mask.to(torch.bool)
+        if new.dim() == 2:
+            new = new[None]
+        if new.shape[-1] == past + t:
+            return new[:, None]
+        if new.shape[-1] != t:
+            raise ValueError(f"mask last dim must be {t} or {past + t}, got {new.shape[-1]}")
+    if new.dim() == 2:
+        new = new[None]
+    prefix = torch.ones(*new.shape[:-1], past, dtype=torch.bool, device=device)
+    return torch.cat([prefix, new], dim=-1)[:, None]

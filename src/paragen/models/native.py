@@ -1,0 +1,205 @@
+"""Native backend: a lean Llama-style decoder in plain PyTorch.
+
+RMSNorm, rotary positions (the Hugging Face "rotate half" layout), SwiGLU, grouped-query
+attention, optional q/k/v bias (Qwen2). Parameter names follow the Hugging Face Llama
+layout, so the state dict saves to and loads from ``model.safetensors`` unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from paragen.cache import KVCache
+from paragen.models.base import Model, ModelInfo, expand_mask
+
+
+@dataclass(frozen=True)
+class NativeConfig:
+    vocab_size: int
+    hidden_size: int = 256
+    intermediate_size: int = 688
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    max_position_embeddings: int = 1024
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-5
+    tie_word_embeddings: bool = True
+    attention_bias: bool = False  # Qwen2 has q/k/v bias
+    attention: str = "causal"  # "causal" | "bidirectional" | "block_causal"
+    block_size: int | None = None
+    eos_token_id: int | None = None
+    mask_token_id: int | None = None
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    def num_parameters(self) -> int:
+        h, i, v = self.hidden_size, self.intermediate_size, self.vocab_size
+        kv = self.num_key_value_heads * self.head_dim
+        layer = 2 * h * h + 2 * h * kv + 3 * h * i + 2 * h
+        return v * h * (1 if self.tie_word_embeddings else 2) + self.num_hidden_layers * layer + h
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "NativeConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in float32 at least, as Hugging Face Llama does, then cast back.
+        xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    a, b = x.chunk(2, dim=-1)
+    return torch.cat((-b, a), dim=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, c: NativeConfig) -> None:
+        super().__init__()
+        self.h, self.kv, self.d = c.num_attention_heads, c.num_key_value_heads, c.head_dim
+        self.q_proj = nn.Linear(c.hidden_size, self.h * self.d, bias=c.attention_bias)
+        self.k_proj = nn.Linear(c.hidden_size, self.kv * self.d, bias=c.attention_bias)
+        self.v_proj = nn.Linear(c.hidden_size, self.kv * self.d, bias=c.attention_bias)
+        self.o_proj = nn.Linear(self.h * self.d, c.hidden_size, bias=False)
+
+    def forward(self, x, cos, sin, layer: int, cache: KVCache | None, mask, is_causal: bool) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.h, self.d).transpose(1, 2)  # [B, H, T, D]
+        k = self.k_proj(x).view(B, T, self.kv, self.d).transpose(1, 2)  # [B, Hkv, T, D]
+        v = self.v_proj(x).view(B, T, self.kv, self.d).transpose(1, 2)
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
+        if cache is not None:
+            k, v = cache.write(layer, k, v)  # all live slots [B, Hkv, S, D]
+        if self.kv != self.h:
+            k = k.repeat_interleave(self.h // self.kv, dim=1)
+            v = v.repeat_interleave(self.h // self.kv, dim=1)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.h * self.d))
+
+
+class MLP(nn.Module):
+    def __init__(self, c: NativeConfig) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(c.hidden_size, c.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(c.hidden_size, c.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(c.intermediate_size, c.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, c: NativeConfig) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
+        self.self_attn = Attention(c)
+        self.post_attention_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
+        self.mlp = MLP(c)
+
+    def forward(self, x, cos, sin, layer, cache, mask, is_causal) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, layer, cache, mask, is_causal)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Decoder(nn.Module):
+    """Named like Hugging Face's ``LlamaModel`` so parameter names match ``model.*``."""
+
+    def __init__(self, c: NativeConfig) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(c.vocab_size, c.hidden_size)
+        self.layers = nn.ModuleList(Block(c) for _ in range(c.num_hidden_layers))
+        self.norm = RMSNorm(c.hidden_size, c.rms_norm_eps)
+
+
+class NativeModel(nn.Module, Model):
+    """Llama/Qwen2-style decoder implementing the paragen model contract."""
+
+    def __init__(self, config: NativeConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.model = Decoder(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        d = config.head_dim
+        inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        eos = () if config.eos_token_id is None else (config.eos_token_id,)
+        self.info = ModelInfo(
+            vocab_size=config.vocab_size,
+            max_length=config.max_position_embeddings,
+            eos_ids=eos,
+            mask_id=config.mask_token_id,
+            attention=config.attention,
+            block_size=config.block_size,
+        )
+        self.tokenizer = None
+
+    def init_weights(self, seed: int = 0, std: float = 0.02) -> "NativeModel":
+        """GPT-2 style initialisation; residual projections scaled by 1/sqrt(2 * layers)."""
+        g = torch.Generator().manual_seed(seed)
+        for name, p in self.named_parameters():
+            if p.dim() == 1:
+                nn.init.ones_(p) if name.endswith("norm.weight") else nn.init.zeros_(p)
+                continue
+            s = std / math.sqrt(2 * self.config.num_hidden_layers) if name.endswith(("o_proj.weight", "down_proj.weight")) else std
+            with torch.no_grad():
+                p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64) * s)
+        return self
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.lm_head.weight.dtype
+
+    def new_cache(self, batch: int = 1, max_length: int | None = None) -> KVCache:
+        c = self.config
+        return KVCache(
+            c.num_hidden_layers, batch, c.num_key_value_heads, c.head_dim,
+            max_length or c.max_position_embeddings, self.dtype, self.lm_head.weight.device,
+        )
+
+    def rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        freqs = positions.to(torch.float64)[..., None] * self.inv_freq  # [B, T, D/2]
+        emb = torch.cat((freqs, freqs), dim=-1)[:, None]  # [B, 1, T, D]
+        return emb.cos().to(self.dtype), emb.sin().to(self.dtype)
+
+    def hidden_states(self, tokens, positions, cache=None, mask=None) -> torch.Tensor:
+        """Final-norm hidden states [B, T, H] (for prediction heads)."""
+        past = 0 if cache is None else cache.length
+        T = tokens.shape[1]
+        causal = self.config.attention == "causal"
+        # A causal mask over a fresh sequence is SDPA's built-in is_causal (no mask tensor).
+        is_causal = mask is None and causal and past == 0 and T > 1
+        attn_mask = None if is_causal else expand_mask(mask, past, T, causal, tokens.device)
+        cos, sin = self.rope(positions)
+        x = self.model.embed_tokens(tokens)
+        for i, layer in enumerate(self.model.layers):
+            x = layer(x, cos, sin, i, cache, attn_mask, is_causal)
+        return self.model.norm(x)
+
+    def forward(self, tokens, positions, cache=None, mask=None) -> torch.Tensor:
+        return self.lm_head(self.hidden_states(tokens, positions, cache, mask))
+
+    __call__ = nn.Module.__call__

@@ -1,0 +1,23 @@
+"""The strategy registry: one table from name to class, filled explicitly (no import magic)."""
+
+from __future__ import annotations
+
+from paragen.errors import UnknownStrategyError
+from paragen.strategies.ar import AR
+from paragen.strategies.base import DecodeContext, Strategy
+from paragen.strategies.jacobi import Jacobi
+from paragen.strategies.lookahead import Lookahead
+from paragen.strategies.lookup import Lookup
+from paragen.strategies.speculative import Speculative
+
+STRATEGIES: dict[str, type[Strategy]] = {s.name: s for s in (AR, Speculative, Lookup, Jacobi, Lookahead)}
+
+
+def get_strategy(name: str) -> type[Strategy]:
+    try:
+        return STRATEGIES[name]
+    except KeyError:
+        raise UnknownStrategyError(f"unknown strategy '{name}': choose one of {', '.join(STRATEGIES)}") from None
+
+
+__all__ = ["STRATEGIES", "DecodeContext", "Strategy", "get_strategy"]

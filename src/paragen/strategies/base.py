@@ -1,0 +1,101 @@
+"""What every strategy shares: its context, the Strategy interface, and a counted model.
+
+A strategy keeps the committed sequence ``seq`` (prompt included) and a cache per model
+holding the keys/values of ``seq[:-1]``: the newest token is always fed by the next
+call. ``prefill`` fills the caches; each ``step`` makes one iteration
+(propose -> verify -> commit) and returns the tokens it committed (at least one).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from paragen.models.base import Model
+from paragen.sampling import SamplingParams
+
+
+class CountedModel:
+    """Delegates to a model and counts forward calls (the unit every speedup is measured in)."""
+
+    def __init__(self, model: Model) -> None:
+        self.model = model
+        self.info = model.info
+        self.calls = 0
+
+    def __call__(self, tokens, positions, cache=None, mask=None) -> torch.Tensor:
+        self.calls += 1
+        return self.model(tokens, positions, cache=cache, mask=mask)
+
+    def new_cache(self, max_length: int) -> Any:
+        return self.model.new_cache(batch=1, max_length=max_length)
+
+
+@dataclass
+class DecodeContext:
+    """Everything a strategy may use; built once per generation by the API."""
+
+    target: CountedModel
+    sampling: SamplingParams
+    generator: torch.Generator
+    cache_length: int  # slots to allocate: prompt + max_new_tokens + room for pending drafts
+    draft: CountedModel | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # strategy-specific statistics
+
+
+class Strategy(ABC):
+    """One decoding strategy. Subclasses set ``name``, ``Options`` and the capability flags."""
+
+    name: ClassVar[str]
+    Options: ClassVar[type]
+    needs_draft: ClassVar[bool] = False
+    supports_sampling: ClassVar[bool] = True
+    lossless: ClassVar[bool] = True
+    summary: ClassVar[str] = ""
+
+    @classmethod
+    def slack(cls, options: Any) -> int:
+        """Cache slots a step may write beyond the committed tokens (drafts, windows)."""
+        return 1
+
+    def __init__(self, ctx: DecodeContext, options: Any) -> None:
+        self.ctx = ctx
+        self.opts = options
+        self.seq: list[int] = []
+
+    @abstractmethod
+    def prefill(self, prompt: list[int]) -> None: ...
+
+    @abstractmethod
+    def step(self, budget: int) -> list[int]:
+        """Commit at least one token; ``budget`` is how many more are wanted (>= 1)."""
+
+
+def feed(model: CountedModel, cache: Any, tokens: list[int], start: int, mask: torch.Tensor | None = None,
+         positions: list[int] | None = None) -> torch.Tensor:
+    """One forward of ``tokens`` (batch 1) after the cache's committed slots; logits [T, V].
+
+    Positions are ``start, start+1, ...`` unless given (trees and windows pass their own).
+    """
+    x = torch.tensor([tokens])
+    pos = torch.tensor([positions]) if positions is not None else torch.arange(start, start + len(tokens))[None]
+    return model(x, pos, cache=cache, mask=mask)[0]
+
+
+def prefill_cache(model: CountedModel, cache: Any, seq: list[int]) -> None:
+    """Write ``seq[:-1]`` into an empty cache: the last token is fed by the first step."""
+    if len(seq) > 1:
+        feed(model, cache, seq[:-1], 0)
+        cache.commit(len(seq) - 1)
+
+
+def catch_up(model: CountedModel, cache: Any, seq: list[int]) -> torch.Tensor:
+    """Feed the committed tokens the cache lacks (the newest at least); commit them all
+    and return the logits of the last one [V]. Used by drafters that fell behind."""
+    start = cache.length
+    logits = feed(model, cache, seq[start:], start)
+    cache.commit(len(seq) - start)
+    return logits[-1]

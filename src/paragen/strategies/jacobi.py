@@ -1,0 +1,59 @@
+"""``jacobi``: Jacobi fixed-point decoding (Santilli et al. 2023; Song et al. 2021).
+
+Keep n guesses for the next tokens. One causal forward over [newest token, guesses]
+gives the argmax y_i at every position given the guesses before it. y_0 is exact; each
+guess equal to its own update (g_i == y_{i-1}) is a fixed point, so every y up to the
+first changed guess is exact too: commit them (at least one per call) and carry the
+remaining y as the next iteration's guesses. Exactly greedy decoding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from paragen.errors import UnsupportedOptionError
+from paragen.strategies.base import Strategy, feed, prefill_cache
+
+
+@dataclass(frozen=True)
+class JacobiOptions:
+    """window: number of guessed future tokens refined per call."""
+
+    window: int = 8
+
+    def __post_init__(self) -> None:
+        if self.window < 1:
+            raise UnsupportedOptionError(f"jacobi: window must be >= 1, got {self.window}")
+
+
+class Jacobi(Strategy):
+    name = "jacobi"
+    Options = JacobiOptions
+    supports_sampling = False
+    summary = "refines a window of guesses to a fixed point; greedy only"
+
+    @classmethod
+    def slack(cls, o: JacobiOptions) -> int:
+        return o.window + 1
+
+    def prefill(self, prompt: list[int]) -> None:
+        self.seq = list(prompt)
+        self.cache = self.ctx.target.new_cache(self.ctx.cache_length)
+        prefill_cache(self.ctx.target, self.cache, self.seq)
+        self.guesses = [self.seq[-1]] * self.opts.window  # initial guess: repeat the last token
+
+    def step(self, budget: int) -> list[int]:
+        n = len(self.seq)
+        guesses = self.guesses[: max(0, budget - 1)]
+        # 1. propose: the current guesses; 2. verify: one Jacobi update of all of them
+        y = feed(self.ctx.target, self.cache, [self.seq[-1], *guesses], n - 1).argmax(-1).tolist()
+        accept_len = 0
+        while accept_len < len(guesses) and guesses[accept_len] == y[accept_len]:
+            accept_len += 1
+        # 3. commit y_0..y_a; the cache keeps the newest token and the converged guesses
+        self.cache.commit(accept_len + 1)
+        committed = y[: accept_len + 1]
+        self.seq.extend(committed)
+        rest = y[accept_len + 1 :]
+        self.guesses = rest + [committed[-1]] * (self.opts.window - len(rest))
+        return committed

@@ -1,0 +1,124 @@
+"""``lookahead``: lookahead decoding (Fu et al. 2024, "Break the Sequential Dependency of LLM
+Inference Using Lookahead Decoding").
+
+One forward carries three parts, separated by an explicit attention mask:
+  - the newest committed token (its output is the exact next token);
+  - the lookahead branch: a 2D Jacobi window of ``levels = ngram - 1`` rows by ``window``
+    columns. Cell (l, j) sits ``l + j + 1`` tokens ahead and sees row 0 up to column j,
+    then its own column's rows 1..l: a plausible prefix for a guess. The top row's outputs
+    become a new row; each column read bottom-up plus its new token is an n-gram for the pool;
+  - the verification branch: up to ``guesses`` pool n-grams that start with the newest
+    token, each seeing only itself. The longest prefix matching the target's argmax is
+    committed with one bonus token, so the output is exactly greedy decoding.
+The accepted candidate's cache slots are compacted with ``cache.keep``.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import torch
+
+from paragen.errors import UnsupportedOptionError
+from paragen.strategies.base import Strategy, feed, prefill_cache
+
+
+@dataclass(frozen=True)
+class LookaheadOptions:
+    """window (W): Jacobi columns; ngram (N): n-gram length, so N - 1 window rows;
+    guesses (G): pool candidates verified per call; pool_from_prompt: seed the pool with
+    the prompt's own n-grams."""
+
+    window: int = 5
+    ngram: int = 4
+    guesses: int = 5
+    pool_from_prompt: bool = True
+
+    def __post_init__(self) -> None:
+        if self.window < 1 or self.ngram < 2 or self.guesses < 0:
+            raise UnsupportedOptionError(f"lookahead: need window >= 1, ngram >= 2, guesses >= 0; got {self}")
+
+
+def lookahead_mask(W: int, L: int, G: int, m: int) -> torch.Tensor:
+    """Bool mask [T, T] over one call's new tokens, T = 1 + L*W + G*m (True = may attend)."""
+    T = 1 + L * W + G * m
+    mask = torch.zeros(T, T, dtype=torch.bool)
+    mask[:, 0] = True
+    cell = lambda l, j: 1 + l * W + j  # noqa: E731
+    for l in range(L):
+        for j in range(W):
+            mask[cell(l, j), [cell(0, jj) for jj in range(j + 1)]] = True
+            mask[cell(l, j), [cell(ll, j) for ll in range(1, l + 1)]] = True
+    base = 1 + L * W
+    for g in range(G):
+        for i in range(m):
+            mask[base + g * m + i, base + g * m : base + g * m + i + 1] = True
+    return mask
+
+
+class Lookahead(Strategy):
+    name = "lookahead"
+    Options = LookaheadOptions
+    supports_sampling = False
+    summary = "Jacobi window harvests n-grams, verified in the same call; greedy only"
+
+    @classmethod
+    def slack(cls, o: LookaheadOptions) -> int:
+        return 1 + (o.ngram - 1) * (o.window + o.guesses)
+
+    def prefill(self, prompt: list[int]) -> None:
+        o = self.opts
+        self.seq = list(prompt)
+        self.cache = self.ctx.target.new_cache(self.ctx.cache_length)
+        prefill_cache(self.ctx.target, self.cache, self.seq)
+        # Rows start as prompt tokens (the paper seeds the window from the context too).
+        self.rows = [[prompt[(r * o.window + j) % len(prompt)] for j in range(o.window)] for r in range(o.ngram - 1)]
+        self.pool: dict[int, list[tuple[int, ...]]] = defaultdict(list)
+        if o.pool_from_prompt:
+            for i in range(len(prompt) - o.ngram + 1):
+                self.remember(tuple(prompt[i : i + o.ngram]))
+
+    def remember(self, gram: tuple[int, ...]) -> None:
+        """Most recent first, no duplicates, at most ``guesses`` per first token."""
+        bucket = self.pool[gram[0]]
+        if gram[1:] in bucket:
+            bucket.remove(gram[1:])
+        bucket.insert(0, gram[1:])
+        del bucket[max(self.opts.guesses, 1) :]
+
+    def step(self, budget: int) -> list[int]:
+        o, n = self.opts, len(self.seq)
+        W, L, m = o.window, o.ngram - 1, o.ngram - 1
+        # 1. propose: pool candidates for the newest token, plus the lookahead window
+        cands = self.pool.get(self.seq[-1], [])[: o.guesses]
+        G = len(cands)
+        tokens = [self.seq[-1]] + [t for row in self.rows for t in row] + [t for c in cands for t in c]
+        offsets = [0] + [l + j + 1 for l in range(L) for j in range(W)] + [i + 1 for _ in range(G) for i in range(m)]
+        mask = lookahead_mask(W, L, G, m)
+        y = feed(self.ctx.target, self.cache, tokens, n - 1, mask=mask, positions=[n - 1 + d for d in offsets])
+        y = y.argmax(-1).tolist()
+        # 2. verify: the candidate whose tokens match the target's argmax the longest
+        base = 1 + L * W
+        best_g, accept_len = -1, 0
+        for g, cand in enumerate(cands):
+            outs = [y[0]] + y[base + g * m : base + (g + 1) * m]
+            a = 0
+            while a < m and cand[a] == outs[a]:
+                a += 1
+            if a > accept_len:
+                best_g, accept_len = g, a
+        if best_g >= 0:
+            nxt = y[base + best_g * m + accept_len - 1]
+            committed = [*cands[best_g][:accept_len], nxt]
+            self.cache.keep([0] + [base + best_g * m + i for i in range(accept_len)])
+        else:
+            committed = [y[0]]
+            self.cache.commit(1)
+        # 3. update the window: the top row's outputs form a new row; harvest n-grams
+        new_row = [y[1 + (L - 1) * W + j] for j in range(W)]
+        for j in range(W):
+            self.remember(tuple(self.rows[r][j] for r in range(L)) + (new_row[j],))
+        self.rows = self.rows[1:] + [new_row]
+        self.seq.extend(committed)
+        return committed

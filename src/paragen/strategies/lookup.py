@@ -1,0 +1,83 @@
+"""``lookup``: prompt lookup / input-guided aggressive decoding (Ge et al. 2022; PLD).
+
+The draft is copied from the context: the most recent earlier occurrence of the last n
+tokens (n from ``max_ngram`` down to ``min_ngram``) proposes the tokens that followed it.
+No draft model. Verification is the speculative rule with a deterministic draft, i.e.
+q = one-hot(x): x is accepted with probability p(x), and a rejection samples from p with
+x removed and renormalised, norm(max(0, p - q)). So sampled output is distributed exactly
+as the target's; greedy output equals greedy decoding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from paragen.errors import UnsupportedOptionError
+from paragen.sampling import warp
+from paragen.strategies.base import Strategy, feed, prefill_cache
+from paragen.verify import greedy_accept, speculative_accept
+
+
+@dataclass(frozen=True)
+class LookupOptions:
+    """max_ngram / min_ngram: lengths of the suffix to match, longest first.
+    max_draft: tokens copied after a match (the draft length k)."""
+
+    max_ngram: int = 3
+    min_ngram: int = 1
+    max_draft: int = 10
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_ngram <= self.max_ngram:
+            raise UnsupportedOptionError(f"lookup: need 1 <= min_ngram <= max_ngram, got {self.min_ngram}, {self.max_ngram}")
+        if self.max_draft < 1:
+            raise UnsupportedOptionError(f"lookup: max_draft must be >= 1, got {self.max_draft}")
+
+
+def find_draft(seq: np.ndarray, max_ngram: int, min_ngram: int, k: int) -> list[int]:
+    """Tokens following the most recent earlier match of seq's last n tokens (longest n first)."""
+    for n in range(min(max_ngram, len(seq) - 1), min_ngram - 1, -1):
+        pattern = seq[-n:]
+        windows = np.lib.stride_tricks.sliding_window_view(seq[:-1], n)  # candidate starts 0..len-n-1
+        hits = np.flatnonzero((windows == pattern).all(axis=1))
+        if len(hits):
+            start = hits[-1] + n
+            return seq[start : start + k].tolist()
+    return []
+
+
+class Lookup(Strategy):
+    name = "lookup"
+    Options = LookupOptions
+    summary = "copies n-gram continuations from the context as the draft"
+
+    @classmethod
+    def slack(cls, o: LookupOptions) -> int:
+        return o.max_draft + 1
+
+    def prefill(self, prompt: list[int]) -> None:
+        self.seq = list(prompt)
+        self.cache = self.ctx.target.new_cache(self.ctx.cache_length)
+        prefill_cache(self.ctx.target, self.cache, self.seq)
+
+    def step(self, budget: int) -> list[int]:
+        ctx, n, o = self.ctx, len(self.seq), self.opts
+        # 1. propose: copy what followed the latest earlier occurrence of the suffix
+        k = min(o.max_draft, budget - 1)
+        draft = find_draft(np.asarray(self.seq), o.max_ngram, o.min_ngram, k) if k > 0 else []
+        # 2. verify: one target forward over the newest token and the copied draft
+        logits = feed(ctx.target, self.cache, [self.seq[-1], *draft], n - 1)
+        if ctx.sampling.greedy:
+            accept_len, nxt = greedy_accept(draft, logits.argmax(-1).tolist())
+        else:
+            p = warp(logits, ctx.sampling)
+            q = torch.nn.functional.one_hot(torch.tensor(draft, dtype=torch.long), p.shape[-1]).double()
+            accept_len, nxt = speculative_accept(draft, q, p, ctx.generator)
+        # 3. commit
+        self.cache.commit(accept_len + 1)
+        committed = [*draft[:accept_len], nxt]
+        self.seq.extend(committed)
+        return committed

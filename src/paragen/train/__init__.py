@@ -1,0 +1,1 @@
+"""Training: corpus, tokenizer, language models."""
