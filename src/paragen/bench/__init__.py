@@ -1,0 +1,1 @@
+"""Benchmarks: every strategy measured the same way, in one run."""
