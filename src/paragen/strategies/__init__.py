@@ -5,12 +5,16 @@ from __future__ import annotations
 from paragen.errors import UnknownStrategyError
 from paragen.strategies.ar import AR
 from paragen.strategies.base import DecodeContext, Strategy
+from paragen.strategies.block_diffusion import BlockDiffusion
+from paragen.strategies.diffusion import Diffusion
 from paragen.strategies.jacobi import Jacobi
 from paragen.strategies.lookahead import Lookahead
 from paragen.strategies.lookup import Lookup
 from paragen.strategies.speculative import Speculative
 
-STRATEGIES: dict[str, type[Strategy]] = {s.name: s for s in (AR, Speculative, Lookup, Jacobi, Lookahead)}
+STRATEGIES: dict[str, type[Strategy]] = {
+    s.name: s for s in (AR, Speculative, Lookup, Jacobi, Lookahead, Diffusion, BlockDiffusion)
+}
 
 
 def get_strategy(name: str) -> type[Strategy]:

@@ -1,0 +1,175 @@
+"""Peers: transformers ``generate()`` on the same weights, measured like paragen strategies.
+
+- ``hf-greedy``: plain ``generate``.
+- ``hf-assisted``: assisted generation with the draft as ``assistant_model=``.
+- ``hf-lookup``: prompt lookup decoding (``prompt_lookup_num_tokens=``).
+
+Calls are counted with forward hooks on the transformers modules (registered for one
+``generate`` and removed after), so nothing in the library is patched. Every target
+forward of ``generate`` produces at least one token (its first one processes the prompt
+and yields the first token), so all of them count as ``target_calls``, which makes them
+comparable with paragen's count, which leaves out the prompt-only prefill call.
+``draft_calls`` counts every assistant forward, its prompt prefill included.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
+
+import torch
+
+
+@dataclass(frozen=True)
+class HFGreedyOptions:
+    """``hf-greedy`` has no settings."""
+
+
+@dataclass(frozen=True)
+class HFAssistedOptions:
+    """transformers' own defaults for an assistant model (its GenerationConfig)."""
+
+    num_assistant_tokens: int = 20
+    num_assistant_tokens_schedule: str = "constant"
+    assistant_confidence_threshold: float = 0.4
+
+
+@dataclass(frozen=True)
+class HFLookupOptions:
+    """prompt_lookup_num_tokens: tokens copied per match; max_matching_ngram_size: longest n-gram matched."""
+
+    prompt_lookup_num_tokens: int = 10
+    max_matching_ngram_size: int = 2
+
+
+class Peer:
+    """A transformers decoding mode; the flags mirror ``paragen.strategies.base.Strategy``."""
+
+    name: ClassVar[str]
+    Options: ClassVar[type]
+    needs_draft: ClassVar[bool] = False
+    supports_sampling: ClassVar[bool] = True
+    lossless: ClassVar[bool] = True
+    summary: ClassVar[str] = ""
+
+    @classmethod
+    def generate_kwargs(cls, options: Any) -> dict[str, Any]:
+        """Extra keyword arguments of ``generate`` for this mode."""
+        return {}
+
+
+class HFGreedy(Peer):
+    name = "hf-greedy"
+    Options = HFGreedyOptions
+    summary = "transformers generate(), one token per call"
+
+
+class HFAssisted(Peer):
+    name = "hf-assisted"
+    Options = HFAssistedOptions
+    needs_draft = True
+    summary = "transformers assisted generation with the draft model"
+
+
+class HFLookup(Peer):
+    name = "hf-lookup"
+    Options = HFLookupOptions
+    summary = "transformers prompt lookup decoding"
+
+    @classmethod
+    def generate_kwargs(cls, options: HFLookupOptions) -> dict[str, Any]:
+        return asdict(options)
+
+
+PEERS: dict[str, type[Peer]] = {p.name: p for p in (HFGreedy, HFAssisted, HFLookup)}
+
+
+class CallCounter:
+    """Counts a module's forward calls while the ``with`` block runs (a forward hook)."""
+
+    def __init__(self, module: torch.nn.Module | None) -> None:
+        self.module = module
+        self.calls = 0
+        self._handle = None
+
+    def _hook(self, module: torch.nn.Module, args: Any, output: Any) -> None:
+        self.calls += 1
+
+    def __enter__(self) -> CallCounter:
+        if self.module is not None:
+            self._handle = self.module.register_forward_hook(self._hook)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+
+
+@dataclass(frozen=True)
+class PeerOutput:
+    """One ``generate`` call: new tokens (EOS cut), hook-counted calls, wall seconds."""
+
+    tokens: tuple[int, ...]
+    target_calls: int
+    draft_calls: int | None
+    seconds: float
+    finish_reason: str
+
+
+def assistant_config(module: torch.nn.Module, options: HFAssistedOptions) -> Any:
+    """A GenerationConfig for the assistant: transformers reads assistant settings from the
+    assistant module's own ``generation_config``, and may adapt them during a call."""
+    from transformers import GenerationConfig
+
+    cfg = copy.deepcopy(module.generation_config) if module.generation_config is not None else GenerationConfig()
+    cfg.num_assistant_tokens = options.num_assistant_tokens
+    cfg.num_assistant_tokens_schedule = options.num_assistant_tokens_schedule
+    cfg.assistant_confidence_threshold = options.assistant_confidence_threshold
+    return cfg
+
+
+def run_peer(
+    peer: type[Peer],
+    options: Any,
+    target: torch.nn.Module,
+    draft: torch.nn.Module | None,
+    prompt: list[int],
+    max_new_tokens: int,
+    temperature: float,
+    seed: int,
+    eos_ids: tuple[int, ...],
+) -> PeerOutput:
+    """One ``generate`` call; its output is cut before the first EOS, as paragen's driver does.
+
+    transformers stops at EOS too but emits it, so ``max_new_tokens`` is the same budget;
+    ``min_new_tokens=0`` so that neither side suppresses EOS. Sampling draws from torch's
+    global generator (``generate`` takes no generator): it is seeded inside ``fork_rng`` so
+    the caller's random state is left as it was.
+    """
+    x = torch.tensor([prompt])
+    kwargs: dict[str, Any] = dict(
+        input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=max_new_tokens, min_new_tokens=0,
+        num_beams=1, eos_token_id=list(eos_ids) or None, pad_token_id=eos_ids[0] if eos_ids else 0,
+        **peer.generate_kwargs(options),
+    )
+    if temperature > 0:  # plain temperature sampling, as paragen's: no top-k / top-p default
+        kwargs.update(do_sample=True, temperature=temperature, top_k=0, top_p=1.0)
+    else:
+        kwargs.update(do_sample=False)
+    if peer.needs_draft:
+        # Fresh settings per call: the assistant's config is where transformers keeps
+        # state adapted across calls, and every prompt should start from the same one.
+        draft.generation_config = assistant_config(draft, options)
+        kwargs["assistant_model"] = draft
+    with torch.random.fork_rng(devices=[]), torch.inference_mode(), CallCounter(target) as t, CallCounter(draft) as d:
+        torch.manual_seed(seed)
+        start = time.perf_counter()
+        out = target.generate(**kwargs)
+        seconds = time.perf_counter() - start
+    tokens = out[0, len(prompt):].tolist()
+    stop = next((i for i, tok in enumerate(tokens) if tok in eos_ids), None)
+    finish = "length" if stop is None else "eos"
+    tokens = tokens if stop is None else tokens[:stop]
+    return PeerOutput(tuple(tokens), t.calls, d.calls if peer.needs_draft else 0, seconds, finish)

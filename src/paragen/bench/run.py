@@ -1,0 +1,422 @@
+"""The benchmark protocol: every contender against ``ar``, prompt by prompt, in one process.
+
+1. Validate everything (names, options, task) before loading a model, so a typo fails fast.
+2. Warm up: one untimed generate per contender on the first prompt.
+3. For each prompt, run every contender once, ``ar`` included, in an order rotated by
+   one per prompt so that no contender always runs first (or right after another).
+4. After timing: quality per record (gen_ppl with one no-cache target forward, ast_ok),
+   then agreement with ``ar`` and the summaries (``paragen.bench.metrics``).
+
+A contender is a paragen strategy (any name in ``paragen.strategies.STRATEGIES``) or a
+transformers peer (``paragen.bench.peers.PEERS``). Seconds are wall-clock around the one
+generate call (tokenisation excluded, prompt prefill included), the same for both kinds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from paragen.bench.metrics import REFERENCE, Record, Summary, completion_parses, score_against_reference, summarize
+from paragen.bench.peers import PEERS, run_peer
+from paragen.errors import (
+    InvalidInputError,
+    ParagenError,
+    UnknownStrategyError,
+    UnsupportedOptionError,
+    VocabularyMismatchError,
+)
+from paragen.models.base import Model
+from paragen.strategies import STRATEGIES
+from paragen.tasks import Task, get_task
+
+SCHEMA = "paragen.bench/1"
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """One benchmark run. ``options``: (contender, key, value) triples, values as typed on the CLI.
+    ``models``: (strategy, model) pairs: that strategy runs on its own target model (a
+    diffusion model, say) instead of ``model``; ``ar``, the peers and gen_ppl keep ``model``.
+    """
+
+    strategies: tuple[str, ...] = (REFERENCE,)
+    task: str = "humaneval"
+    limit: int | None = None
+    max_new_tokens: int = 128
+    temperature: float = 0.0
+    seed: int = 0
+    model: str = "code-target"
+    draft: str = "code-draft"
+    backend: str = "native"
+    options: tuple[tuple[str, str, str], ...] = ()
+    models: tuple[tuple[str, str], ...] = ()
+    resamples: int = 1000  # bootstrap resamples for the speedup interval
+
+
+@dataclass(frozen=True)
+class Contender:
+    """A strategy or a peer with its validated options."""
+
+    name: str
+    cls: type  # a Strategy or a Peer subclass
+    options: Any  # the class's frozen Options instance
+    model: str | None = None  # its own target model, if not the run's
+
+    @property
+    def peer(self) -> bool:
+        return self.name in PEERS
+
+    @property
+    def needs_draft(self) -> bool:
+        return bool(self.cls.needs_draft)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one generate call gave, before it becomes a Record."""
+
+    tokens: tuple[int, ...]
+    target_calls: int | None
+    draft_calls: int | None
+    seconds: float
+    finish_reason: str
+    committed_per_call: dict[int, int] | None
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A task with its prompt token ids, as every contender receives them."""
+
+    task: Task
+    ids: tuple[int, ...]
+    text: str  # the text the ids spell (the task prompt unless it was truncated)
+    truncated: bool
+
+
+@dataclass
+class BenchResult:
+    """Everything ``bench.json`` holds (see ``paragen.bench`` for the schema)."""
+
+    config: BenchConfig
+    environment: dict[str, Any]
+    contenders: list[Contender]
+    prompts: list[Prompt]
+    records: list[Record]
+    summary: dict[str, Summary]
+
+    def to_dict(self) -> dict[str, Any]:
+        config = dataclasses.asdict(self.config)
+        config["options"] = [list(o) for o in self.config.options]
+        config["models"] = [list(m) for m in self.config.models]
+        return {
+            "schema": SCHEMA,
+            "config": config,
+            "environment": self.environment,
+            "contenders": {c.name: {"peer": c.peer, "lossless": bool(c.cls.lossless), "needs_draft": c.needs_draft,
+                                    "model": c.model or self.config.model, "options": dataclasses.asdict(c.options)}
+                           for c in self.contenders},
+            "tasks": [{"id": p.task.id, "prompt": p.text, "prompt_tokens": len(p.ids), "truncated": p.truncated}
+                      for p in self.prompts],
+            "records": [r.to_dict() for r in self.records],
+            "summary": {name: s.to_dict() for name, s in self.summary.items()},
+        }
+
+
+# ---------------------------------------------------------------- validation
+
+
+def parse_option(text: str) -> tuple[str, str, str]:
+    """``strategy:key=value`` -> (strategy, key, value); dashes in keys become underscores."""
+    head, eq, value = text.partition("=")
+    name, colon, key = head.partition(":")
+    if not (eq and colon and name.strip() and key.strip()):
+        raise InvalidInputError(f"option '{text}' must look like STRATEGY:KEY=VALUE (e.g. lookup:max_draft=8)")
+    return name.strip(), key.strip().replace("-", "_"), value
+
+
+def parse_model_for(text: str) -> tuple[str, str]:
+    """``strategy=model`` -> (strategy, model)."""
+    name, eq, model = text.partition("=")
+    if not (eq and name.strip() and model.strip()):
+        raise InvalidInputError(f"--model-for '{text}' must look like STRATEGY=MODEL (e.g. diffusion=code-diffusion)")
+    return name.strip(), model.strip()
+
+
+def contender_class(name: str) -> type:
+    """The strategy or peer class called ``name``; UnknownStrategyError listing all names."""
+    if name in STRATEGIES:
+        return STRATEGIES[name]
+    if name in PEERS:
+        return PEERS[name]
+    raise UnknownStrategyError(f"unknown strategy '{name}': choose from {', '.join([*STRATEGIES, *PEERS])}")
+
+
+def build_contenders(config: BenchConfig) -> list[Contender]:
+    """Validated contenders, ``ar`` first (added when not listed), duplicates dropped.
+
+    The name ``all`` stands for every registered strategy and every peer.
+    """
+    from paragen.api import make_options
+
+    listed = [n.strip() for s in config.strategies for n in ([*STRATEGIES, *PEERS] if s.strip() == "all" else [s])]
+    names = [REFERENCE] + [n for n in dict.fromkeys(listed) if n and n != REFERENCE]
+    classes = {n: contender_class(n) for n in names}
+    given: dict[str, dict[str, str]] = {n: {} for n in names}
+    for name, key, value in config.options:
+        if name not in given:
+            raise InvalidInputError(f"option for '{name}', which is not benchmarked: add it to --strategies")
+        given[name][key] = value
+    own_model = dict(config.models)
+    for name in own_model:
+        if name not in given:
+            raise InvalidInputError(f"--model-for '{name}', which is not benchmarked: add it to --strategies")
+        if name == REFERENCE or name in PEERS:
+            raise InvalidInputError(f"'{name}' runs on --model (it is the reference, or a peer on the same weights)")
+    greedy = config.temperature == 0
+    contenders = []
+    for n in names:
+        if not greedy and not classes[n].supports_sampling:
+            raise UnsupportedOptionError(f"strategy '{n}' is greedy-only: use --temperature 0 or leave it out")
+        contenders.append(Contender(n, classes[n], make_options(classes[n], given[n]), own_model.get(n)))
+    return contenders
+
+
+def check_config(config: BenchConfig) -> None:
+    """Clear errors for settings out of range (before anything slow happens)."""
+    if config.max_new_tokens < 1:
+        raise InvalidInputError(f"--max-new-tokens must be >= 1, got {config.max_new_tokens}")
+    if config.limit is not None and config.limit < 1:
+        raise InvalidInputError(f"--limit must be >= 1, got {config.limit}")
+    if not config.temperature >= 0:
+        raise InvalidInputError(f"--temperature must be >= 0, got {config.temperature}")
+    if config.resamples < 1:
+        raise InvalidInputError(f"bootstrap resamples must be >= 1, got {config.resamples}")
+
+
+# ---------------------------------------------------------------- models and prompts
+
+
+@dataclass(frozen=True)
+class Models:
+    target: Model  # the AR target: ar runs on it, and it scores gen_ppl
+    draft: Model | None
+    own: dict[str, Model]  # contender name -> its own target (--model-for)
+    hf_target: torch.nn.Module | None  # transformers modules, for the peers only
+    hf_draft: torch.nn.Module | None
+
+    def all(self) -> list[Model]:
+        """Every loaded paragen model (target, draft, own targets)."""
+        return [self.target, *([self.draft] if self.draft is not None else []), *self.own.values()]
+
+
+def load_models(config: BenchConfig, contenders: list[Contender]) -> Models:
+    """Load what the contenders need; the peers get their own transformers copies of the
+    same weights (separate objects, so their forward hooks count only their own calls).
+    Every model must share the target's tokenizer: all contenders get the same prompt ids."""
+    import paragen
+    from paragen.models.hf import HFModel
+    from paragen.models.io import resolve
+
+    needs_draft = [c for c in contenders if c.needs_draft and not c.peer]
+    peers = [c for c in contenders if c.peer]
+    target = paragen.load(config.model, backend=config.backend)
+    draft = paragen.load(config.draft, backend=config.backend) if needs_draft else None
+    loaded: dict[str, Model] = {}
+    for c in contenders:
+        if c.model is not None and c.model not in loaded:
+            loaded[c.model] = paragen.load(c.model, backend=config.backend)
+    own = {c.name: loaded[c.model] for c in contenders if c.model is not None}
+    for name, model in own.items():
+        if model.tokenizer.fingerprint() != target.tokenizer.fingerprint():
+            raise VocabularyMismatchError(f"the model for '{name}' has another tokenizer than --model: "
+                                          "contenders must read the same prompt tokens")
+    hf_target = HFModel.from_dir(resolve(config.model)).module if peers else None
+    hf_draft = HFModel.from_dir(resolve(config.draft)).module if any(c.needs_draft for c in peers) else None
+    return Models(target, draft, own, hf_target, hf_draft)
+
+
+def prepare_prompts(tasks: list[Task], models: Models, max_new_tokens: int) -> list[Prompt]:
+    """Tokenise every prompt; keep the last tokens of one too long for any model's context."""
+    limit = min(m.info.max_length for m in models.all())
+    room = limit - max_new_tokens
+    if room < 1:
+        raise InvalidInputError(f"--max-new-tokens {max_new_tokens} leaves no room for a prompt "
+                                f"in a context of {limit} tokens")
+    tok = models.target.tokenizer
+    prompts = []
+    for task in tasks:
+        ids = tok.encode(task.prompt)
+        if not ids:
+            raise InvalidInputError(f"task {task.id} has an empty prompt")
+        cut = len(ids) > room
+        ids = ids[-room:]
+        prompts.append(Prompt(task, tuple(ids), tok.decode(ids) if cut else task.prompt, cut))
+    return prompts
+
+
+# ---------------------------------------------------------------- running
+
+
+def make_runner(c: Contender, models: Models, config: BenchConfig) -> Callable[[list[int], int], Outcome]:
+    """A function (prompt ids, seed) -> Outcome for one contender."""
+    import paragen
+
+    eos = models.target.info.eos_ids
+
+    def run_strategy(ids: list[int], seed: int) -> Outcome:
+        draft = models.draft if c.needs_draft else None
+        target = models.own.get(c.name, models.target)
+        start = time.perf_counter()
+        gen = paragen.generate(target, ids, c.name, max_new_tokens=config.max_new_tokens,
+                               temperature=config.temperature, seed=seed, draft=draft,
+                               **dataclasses.asdict(c.options))
+        seconds = time.perf_counter() - start
+        s = gen.stats
+        return Outcome(tuple(gen.tokens), s.target_calls, s.draft_calls, seconds, s.finish_reason,
+                       dict(s.committed_per_call))
+
+    def run_hf(ids: list[int], seed: int) -> Outcome:
+        out = run_peer(c.cls, c.options, models.hf_target, models.hf_draft, ids, config.max_new_tokens,
+                       config.temperature, seed, eos)
+        # Per-call accepted counts are internal to transformers: no histogram for peers.
+        return Outcome(out.tokens, out.target_calls, out.draft_calls, out.seconds, out.finish_reason, None)
+
+    return run_hf if c.peer else run_strategy
+
+
+def attempt(runner: Callable[[list[int], int], Outcome], name: str, prompt: Prompt, seed: int) -> Outcome:
+    """Run once; a paragen error says which contender and prompt it came from."""
+    try:
+        return runner(list(prompt.ids), seed)
+    except ParagenError as e:
+        raise type(e)(f"{name} on {prompt.task.id}: {e}") from e
+
+
+def output_perplexity(model: Model, prompt: tuple[int, ...], output: tuple[int, ...]) -> float | None:
+    """exp(mean NLL) of ``output`` after ``prompt`` under ``model``: one forward, no cache."""
+    if not output:
+        return None
+    seq = list(prompt) + list(output)
+    with torch.inference_mode():
+        logits = model(torch.tensor([seq]), torch.arange(len(seq))[None])[0]  # [T, V]
+    # Logits at position i predict token i + 1: the outputs are predicted from len(prompt) - 1 on.
+    logp = torch.log_softmax(logits[len(prompt) - 1 : -1].double(), dim=-1)  # [N, V]
+    nll = -logp.gather(1, torch.tensor(output)[:, None]).mean()
+    return float(math.exp(nll))
+
+
+def add_quality(records: list[Record], prompts: dict[str, Prompt], target: Model) -> list[Record]:
+    """gen_ppl and ast_ok of every record; identical outputs of a prompt are scored once."""
+    ppl: dict[tuple[str, tuple[int, ...]], float | None] = {}
+    out = []
+    for r in records:
+        p = prompts[r.task_id]
+        key = (r.task_id, r.tokens)
+        if key not in ppl:
+            ppl[key] = output_perplexity(target, p.ids, r.tokens)
+        out.append(dataclasses.replace(r, gen_ppl=ppl[key], ast_ok=completion_parses(p.text, r.text)))
+    return out
+
+
+def run(config: BenchConfig, progress: bool = True, argv: list[str] | None = None) -> BenchResult:
+    """Run the benchmark described by ``config``; see the module docstring for the protocol."""
+    from tqdm.auto import tqdm
+
+    check_config(config)
+    env = environment(argv)
+    contenders = build_contenders(config)
+    tasks = get_task(config.task)[: config.limit]
+    models = load_models(config, contenders)
+    prompts = prepare_prompts(tasks, models, config.max_new_tokens)
+    runners = {c.name: make_runner(c, models, config) for c in contenders}
+    tok = models.target.tokenizer
+
+    records = []
+    with tqdm(total=len(contenders) * (len(prompts) + 1), desc=f"bench {config.task}", disable=not progress,
+              file=sys.stderr) as bar:
+        for c in contenders:  # 2. warm-up, untimed and discarded
+            bar.set_postfix_str(f"warm-up {c.name}")
+            attempt(runners[c.name], c.name, prompts[0], config.seed)
+            bar.update()
+        for i, p in enumerate(prompts):  # 3. interleaved, order rotated per prompt
+            for c in contenders[i % len(contenders) :] + contenders[: i % len(contenders)]:
+                bar.set_postfix_str(c.name)
+                o = attempt(runners[c.name], c.name, p, config.seed + i)
+                records.append(Record(p.task.id, c.name, len(p.ids), len(o.tokens), o.target_calls, o.draft_calls,
+                                      o.seconds, o.tokens, tok.decode(list(o.tokens)), o.finish_reason,
+                                      o.committed_per_call))
+                bar.update()
+
+    records = score_against_reference(add_quality(records, {p.task.id: p for p in prompts}, models.target))
+    summary = summarize(records, {c.name: bool(c.cls.lossless) for c in contenders},
+                        {c.name for c in contenders if c.peer}, config.temperature == 0, config.seed, config.resamples)
+    # Records grouped by contender, in the order contenders were listed, for readability.
+    order = {c.name: k for k, c in enumerate(contenders)}
+    records.sort(key=lambda r: order[r.strategy])
+    return BenchResult(config, env, contenders, prompts, records, summary)
+
+
+# ---------------------------------------------------------------- environment
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _git_commit() -> str | None:
+    """The commit of the paragen source tree, with ``-dirty`` if it has local changes."""
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=here, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if commit.returncode != 0:
+        return None
+    return commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def environment(argv: list[str] | None = None) -> dict[str, Any]:
+    """Versions, hardware, threads, git commit and the command line of this run."""
+    import numpy
+    import transformers
+
+    from paragen import __version__ as paragen_version
+
+    return {
+        "paragen": paragen_version,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "numpy": numpy.__version__,
+        "platform": platform.platform(),
+        "cpu": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.is_available(),
+        "git_commit": _git_commit(),
+        "command": argv if argv is not None else list(sys.argv),
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+__all__ = ["SCHEMA", "BenchConfig", "BenchResult", "Contender", "build_contenders", "parse_option", "run"]

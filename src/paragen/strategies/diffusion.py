@@ -1,0 +1,307 @@
+"""``diffusion``: masked-diffusion decoding (LLaDA, Nie et al. 2025; Dream, Ye et al. 2025;
+Fast-dLLM, Wu et al. 2025).
+
+The canvas is the prompt followed by mask tokens. Blocks of ``block_length`` masks are
+denoised left to right (LLaDA's semi-autoregressive remasking). Each step is one model
+call over the current block: ``propose`` draws a candidate token and a score for every
+still-masked position, ``select`` picks the positions the commit rule keeps, and
+``commit`` writes them (a committed token is never re-masked) and returns the newly
+completed left part of the block, so the driver streams tokens in order (a step may
+return none).
+
+Scores lie in [0, 1], higher commits first. With p the model's distribution at a masked
+position (softmax at temperature 1, mask logit removed) and x its candidate token:
+
+- ``low_confidence``: p(x) (LLaDA low-confidence remasking; Dream ``maskgit_plus``)
+- ``margin``: p(top-1) - p(top-2) (Dream ``topk_margin``)
+- ``entropy``: 1 - H(p) / log V (Dream ``entropy``, normalised to [0, 1])
+- ``random``: uniform noise (LLaDA random remasking; ``fixed`` rule only)
+
+Commit rules, over the m still-masked positions of the block, scores s_1 >= ... >= s_m
+(ties: the leftmost position first); every rule commits at least one position per call:
+
+- ``fixed``: the top n_k, where call k of the block gets n_k of LLaDA's linear schedule
+  (the block's masks split evenly over ``steps`` calls, the remainder on the first calls).
+- ``threshold``: **every position with s_i >= threshold, or the top one if none is.**
+  So ``threshold > 1`` commits exactly one token per call and ``threshold = 0`` the whole
+  block in one call (Fast-dLLM confidence-aware parallel decoding, tau = 0.9).
+- ``factor``: the top n for the largest n with (n + 1)(1 - s_n) < factor (Fast-dLLM's
+  factor rule).
+
+Candidates: argmax when greedy, else Gumbel-max over the warped distribution (temperature,
+top-k, top-p) in float64, as LLaDA does (float32 noise lowers the effective temperature).
+
+Length: ``max_new_tokens`` masks up front (LLaDA), or with ``grow`` one block at a time,
+the model seeing nothing past the current block, until EOS or the budget.
+
+Caches (Fast-dLLM), both approximate for a bidirectional model and refreshed once per
+block by a full forward that also serves the block's first call: ``prefix`` keeps the
+keys/values of everything left of the block, ``dual`` also those right of it. With
+``audit`` every cached call is paired with an uncached one on the same canvas, and
+``cache_audit`` in the stats says how far the cached logits were from exact (these extra
+calls are counted: use ``audit`` to measure quality, not speed).
+
+Stats (``extra``): ``unmasked_per_call`` is the histogram of tokens unmasked per call (the
+parallelism; the driver's ``committed_per_call`` counts tokens released in order),
+``blocks``, and with a cache ``cache_refreshes`` and, when auditing, ``cache_audit``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from paragen.errors import UnsupportedOptionError
+from paragen.models.base import ModelInfo
+from paragen.sampling import SamplingParams, warp
+from paragen.strategies.base import DecodeContext, Strategy, feed
+
+ORDERINGS = ("low_confidence", "random", "margin", "entropy")
+RULES = ("fixed", "threshold", "factor")
+CACHES = ("none", "prefix", "dual")
+
+
+@dataclass(frozen=True)
+class DenoiseOptions:
+    """How each call commits tokens; shared by the diffusion family (``block_diffusion`` too).
+
+    steps: calls per block under the ``fixed`` rule, capped at the block's masks (LLaDA's
+        total ``steps`` is this times the number of blocks); unused by the other rules.
+    ordering: low_confidence | random | margin | entropy (the score; see the module doc).
+    rule: fixed | threshold | factor (how many to commit per call; see the module doc).
+    threshold: commit every masked position whose score >= threshold (at least one).
+    factor: Fast-dLLM's f: commit the top n while (n + 1)(1 - s_n) < f (at least one).
+    """
+
+    strategy: ClassVar[str] = "diffusion"
+
+    steps: int = 32
+    ordering: str = "low_confidence"
+    rule: str = "threshold"
+    threshold: float = 0.9
+    factor: float = 1.0
+
+    def __post_init__(self) -> None:
+        name = self.strategy
+        if self.steps < 1:
+            raise UnsupportedOptionError(f"{name}: steps must be >= 1, got {self.steps}")
+        if self.ordering not in ORDERINGS:
+            raise UnsupportedOptionError(
+                f"{name}: ordering must be one of {', '.join(ORDERINGS)}, got '{self.ordering}'"
+            )
+        if self.rule not in RULES:
+            raise UnsupportedOptionError(f"{name}: rule must be one of {', '.join(RULES)}, got '{self.rule}'")
+        if not (math.isfinite(self.threshold) and self.threshold >= 0):
+            raise UnsupportedOptionError(f"{name}: threshold must be a finite number >= 0, got {self.threshold}")
+        if not (math.isfinite(self.factor) and self.factor > 0):
+            raise UnsupportedOptionError(f"{name}: factor must be a finite number > 0, got {self.factor}")
+        if self.ordering == "random" and self.rule != "fixed":
+            raise UnsupportedOptionError(
+                f"{name}: ordering 'random' gives noise, not confidence, so rule '{self.rule}' means nothing with it: "
+                "use rule=fixed or another ordering"
+            )
+
+
+@dataclass(frozen=True)
+class DiffusionOptions(DenoiseOptions):
+    """block_length: masks denoised together, blocks left to right (semi-autoregressive).
+    grow: add one block of masks at a time until EOS, instead of max_new_tokens up front.
+    cache: none | prefix | dual (approximate; refreshed once per block).
+    audit: also run each cached call uncached and report the deviation (cache_audit).
+    """
+
+    block_length: int = 32
+    grow: bool = False
+    cache: str = "none"
+    audit: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.block_length < 1:
+            raise UnsupportedOptionError(f"diffusion: block_length must be >= 1, got {self.block_length}")
+        if self.cache not in CACHES:
+            raise UnsupportedOptionError(f"diffusion: cache must be one of {', '.join(CACHES)}, got '{self.cache}'")
+        if self.audit and self.cache == "none":
+            raise UnsupportedOptionError(
+                "diffusion: audit compares a cache with no cache: set cache=prefix or cache=dual"
+            )
+
+
+def require_model(info: ModelInfo, strategy: str, attention: str) -> int:
+    """The model's mask id, or a clear error if this strategy cannot run the model."""
+    if info.mask_id is None:
+        raise UnsupportedOptionError(
+            f"'{strategy}' needs a masked-diffusion model with a mask token; this model has none"
+        )
+    if info.attention != attention:
+        other = {"causal": "an autoregressive strategy such as 'ar' or 'speculative'",
+                 "bidirectional": "strategy 'diffusion'", "block_causal": "strategy 'block_diffusion'"}
+        use = other.get(info.attention, "another strategy")
+        raise UnsupportedOptionError(f"'{strategy}' runs {attention} models; this one is {info.attention}: use {use}")
+    return info.mask_id
+
+
+def linear_schedule(masks: int, steps: int) -> list[int]:
+    """Tokens to commit at each call of a block: ``masks`` split evenly over ``min(steps, masks)``
+    calls, the remainder on the first ones (LLaDA's ``get_num_transfer_tokens``)."""
+    s = max(1, min(steps, masks))
+    return [masks // s + (k < masks % s) for k in range(s)]
+
+
+def propose(
+    logits: torch.Tensor, mask_id: int, sampling: SamplingParams, ordering: str, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Candidate tokens x [m] and scores s [m] in [0, 1] from m masked positions' logits [m, V]."""
+    z = logits.double().clone()
+    z[:, mask_id] = float("-inf")  # the mask token is never emitted (a known failure mode)
+    if sampling.greedy:
+        x = z.argmax(-1)
+    else:
+        # Gumbel-max: argmax(log q + g), g = -log(-log u), is a sample of q; float64 throughout
+        u = torch.rand(z.shape, dtype=torch.float64, generator=generator)
+        x = (warp(z, sampling).log() - (-u.log()).log()).argmax(-1)
+    p = torch.softmax(z, dim=-1)  # scores use the untempered distribution, as LLaDA does
+    if ordering == "low_confidence":
+        s = p.gather(-1, x[:, None])[:, 0]
+    elif ordering == "margin":
+        top = p.topk(2, dim=-1).values
+        s = top[:, 0] - top[:, 1]
+    elif ordering == "entropy":
+        s = 1 - torch.special.entr(p).sum(-1) / math.log(p.shape[-1])
+    else:
+        s = torch.rand(x.shape, dtype=torch.float64, generator=generator)
+    return x, s.clamp(0.0, 1.0)
+
+
+def select(s: torch.Tensor, opts: DenoiseOptions, n_fixed: int) -> torch.Tensor:
+    """Indices into s [m] to commit this call, best first; never empty."""
+    order = torch.sort(s, descending=True, stable=True).indices
+    if opts.rule == "fixed":
+        n = n_fixed
+    elif opts.rule == "threshold":
+        n = int((s >= opts.threshold).sum())  # sorted, so exactly the top n
+    else:
+        # (n + 1)(1 - s_n) grows with n, so the positions passing the test form a prefix
+        n_all = torch.arange(1, len(s) + 1, dtype=torch.float64)
+        n = int(((n_all + 1) * (1 - s[order]) < opts.factor).long().cumprod(0).sum())
+    return order[: max(1, min(n, len(s)))]
+
+
+class Diffusion(Strategy):
+    name = "diffusion"
+    Options = DiffusionOptions
+    lossless = False
+    supports_sampling = True
+    summary = "masked-diffusion denoising, semi-AR blocks, threshold/factor/fixed commits; lossy"
+    attention: ClassVar[str] = "bidirectional"
+
+    def __init__(self, ctx: DecodeContext, options: DenoiseOptions) -> None:
+        super().__init__(ctx, options)
+        self.mask_id = require_model(ctx.target.info, self.name, self.attention)
+
+    def prefill(self, prompt: list[int]) -> None:
+        """No model call: the first step opens the first block right after the prompt."""
+        o = self.opts
+        self.start(prompt, first_block=len(prompt), block_length=o.block_length, grow=o.grow)
+        self.cache = self.ctx.target.new_cache(self.ctx.cache_length) if o.cache != "none" else None
+        if self.cache is not None:
+            self.ctx.extra["cache_refreshes"] = 0
+        if o.audit:
+            self.ctx.extra["cache_audit"] = dict(calls=0, positions=0, argmax_disagreement=0.0, max_logit_diff=0.0)
+
+    def start(self, prompt: list[int], first_block: int, block_length: int, grow: bool) -> None:
+        """State shared with ``block_diffusion``: canvas, masked flags, frontier, block."""
+        self.canvas = list(prompt)  # prompt, then committed tokens and masks
+        self.masked = [False] * len(prompt)  # flags, not token values: a prompt may hold the mask id
+        self.frontier = len(prompt)  # first position not yet returned to the driver
+        self.block = (first_block, first_block)  # [start, end) of the block being denoised
+        self.block_length, self.grow = block_length, grow
+        self.end: int | None = None  # prompt + max_new_tokens, known at the first step
+        self.unmasked: Counter[int] = Counter()
+        self.ctx.extra.update(blocks=0, unmasked_per_call={})
+
+    def step(self, budget: int) -> list[int]:
+        if self.end is None:
+            self.end = len(self.canvas) + budget
+            if not self.grow:  # LLaDA: the whole answer is masks from the start
+                self.extend(self.end)
+        if not any(self.masked[self.block[0] : self.block[1]]):
+            self.open_block()
+        bs, be = self.block
+        # 1. propose: one model call over the block, a candidate and a score per masked position
+        where = torch.tensor([i for i in range(bs, be) if self.masked[i]])
+        logits = self.forward()[where - bs]  # [m, V]
+        x, s = propose(logits, self.mask_id, self.ctx.sampling, self.opts.ordering, self.ctx.generator)
+        # 2. select: the commit rule decides how many of the best-scored to keep
+        keep = select(s, self.opts, self.schedule[min(self.calls, len(self.schedule) - 1)])
+        self.calls += 1
+        # 3. commit: write them and hand the driver the completed left part of the block
+        return self.commit(where[keep].tolist(), x[keep].tolist())
+
+    def extend(self, n: int) -> None:
+        """Append mask tokens up to length n."""
+        k = n - len(self.canvas)
+        self.canvas, self.masked = self.canvas + [self.mask_id] * k, self.masked + [True] * k
+
+    def open_block(self) -> None:
+        bs = self.block[1]
+        be = min(bs + self.block_length, self.end)
+        if self.grow:
+            self.extend(be)
+        self.block = (bs, be)
+        self.schedule = linear_schedule(sum(self.masked[bs:be]), self.opts.steps)
+        self.calls, self.refresh = 0, True
+        self.ctx.extra["blocks"] += 1
+
+    def commit(self, positions: list[int], tokens: list[int]) -> list[int]:
+        for i, t in zip(positions, tokens):
+            self.canvas[i], self.masked[i] = t, False
+        self.unmasked[len(positions)] += 1
+        self.ctx.extra["unmasked_per_call"] = dict(sorted(self.unmasked.items()))
+        start = self.frontier
+        while self.frontier < self.block[1] and not self.masked[self.frontier]:
+            self.frontier += 1
+        return self.canvas[start : self.frontier]
+
+    def forward(self) -> torch.Tensor:
+        """Logits [be - bs, V] of the current block, with full bidirectional attention."""
+        (bs, be), c, target, n = self.block, self.canvas, self.ctx.target, len(self.canvas)
+        if self.cache is None:
+            return feed(target, None, c, 0)[bs:be]
+        b = be - bs
+        if self.refresh:
+            # A full forward (exact), keeping the keys/values of all but the block. Slots are
+            # position-addressed through RoPE, so dual puts the suffix before the block in the cache.
+            self.refresh = False
+            self.ctx.extra["cache_refreshes"] += 1
+            self.cache.truncate(0)
+            order = list(range(n)) if self.opts.cache == "prefix" else [*range(bs), *range(be, n), *range(bs, be)]
+            logits = feed(target, self.cache, [c[i] for i in order], 0, positions=order)
+            self.cache.commit(bs if self.opts.cache == "prefix" else n - b)
+            return logits[bs:be] if self.opts.cache == "prefix" else logits[n - b :]
+        if self.opts.cache == "prefix":  # the block and the suffix, over the cached prefix
+            logits = feed(target, self.cache, c[bs:], bs)[:b]
+        else:  # the block only, over the cached prefix and suffix
+            logits = feed(target, self.cache, c[bs:be], bs)
+        if self.opts.audit:
+            self.audit(logits)
+        return logits
+
+    def audit(self, logits: torch.Tensor) -> None:
+        """Compare a cached call's block logits [b, V] with an uncached call on the same canvas."""
+        bs, be = self.block
+        exact = feed(self.ctx.target, None, self.canvas, 0)[bs:be]
+        m = torch.tensor(self.masked[bs:be])
+        a, e = logits[m].double(), exact[m].double()
+        a[:, self.mask_id] = e[:, self.mask_id] = float("-inf")
+        rec = self.ctx.extra["cache_audit"]
+        n, differ = rec["positions"], int((a.argmax(-1) != e.argmax(-1)).sum())
+        rec["calls"] += 1
+        rec["positions"] = n + int(m.sum())
+        rec["argmax_disagreement"] = (rec["argmax_disagreement"] * n + differ) / max(1, rec["positions"])
+        finite = torch.isfinite(e)
+        rec["max_logit_diff"] = max(rec["max_logit_diff"], float((a - e)[finite].abs().max()) if finite.any() else 0.0)

@@ -1,0 +1,261 @@
+"""Train a masked-diffusion language model on Python source: ``paragen train diffusion``.
+
+Objective (MDLM, Sahoo et al. 2024; LLaDA, Nie et al. 2025): draw t ~ U(0, 1), replace
+each token by the mask token with probability t, and minimise the cross-entropy of the
+original tokens at the masked positions weighted by 1/t, per maskable token: an upper
+bound on the negative log-likelihood per token (so the held-out loss compares with an AR
+model's). t is drawn stratified over the batch (MDLM's low-discrepancy sampler) and kept
+>= ``eps`` so that 1/t stays bounded (LLaDA). A random-length prefix of each training
+window is never masked, so the model learns to complete a prompt (as LLaDA's SFT keeps the
+prompt clean); the held-out loss is unconditional (no prefix).
+
+Block diffusion (``--block-size B``; BD3-LM, Arriola et al. 2025): attention is causal
+across blocks of B positions and bidirectional within one, and each block draws its own
+t. The noised window and the clean window are fed side by side (2L tokens, BD3-LM's
+vectorised training): each noised block sees itself and the clean blocks before it,
+exactly what it sees at inference, where finished blocks are clean.
+
+``--init DIR`` starts from a model directory's weights (an AR model: SDAR adapts AR
+models to block diffusion this way); the shape and tokenizer then come from DIR.
+
+Everything else is ``paragen train lm``'s: AdamW, warm-up and cosine decay, bf16
+autocast on CPU, clipping, atomic resumable checkpoints, an optional wall-clock budget.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from paragen.models.io import load_native, save_model
+from paragen.models.native import NativeConfig, NativeModel
+from paragen.tokenizer import Tokenizer
+from paragen.train.lm import SIZES, TrainConfig, lr_at, prepare, sample_batch, save_checkpoint
+
+
+@dataclass(frozen=True)
+class DiffusionTrainConfig(TrainConfig):
+    """``TrainConfig`` plus: attention "bidirectional", or "block_causal" with ``block_size``
+    (which must divide ``seq_len``); ``init``: a model directory to start from; ``eps``:
+    the smallest masking rate."""
+
+    out: str = "runs/diffusion"
+    attention: str = "bidirectional"
+    block_size: int | None = None
+    init: str | None = None
+    eps: float = 1e-3
+
+    def __post_init__(self) -> None:
+        if self.attention == "bidirectional" and self.block_size is not None:
+            raise ValueError("block_size needs attention='block_causal' (the CLI sets it from --block-size)")
+        if self.attention == "block_causal":
+            if not self.block_size or self.block_size < 1 or self.seq_len % self.block_size:
+                raise ValueError(
+                    f"block-causal training needs a block_size dividing seq_len ({self.seq_len}), got {self.block_size}"
+                )
+        elif self.attention != "bidirectional":
+            raise ValueError(f"a diffusion model is 'bidirectional' or 'block_causal', not '{self.attention}'")
+        if not 0 < self.eps < 1:
+            raise ValueError(f"eps must be in (0, 1), got {self.eps}")
+
+
+def bd3_mask(L: int, B: int) -> torch.Tensor:
+    """[1, 2L, 2L] attention over [noised window; clean window] (True = may attend).
+
+    Noised block j sees noised block j and clean blocks < j; clean block j sees clean
+    blocks <= j (block-causal); clean tokens never see noised ones.
+    """
+    blk = torch.arange(L) // B
+    same, before = blk[:, None] == blk[None, :], blk[None, :] < blk[:, None]
+    top = torch.cat([same, before], dim=1)
+    bottom = torch.cat([torch.zeros_like(same), same | before], dim=1)
+    return torch.cat([top, bottom], dim=0)[None]
+
+
+def corrupt(
+    x0: torch.Tensor, cfg: DiffusionTrainConfig, mask_id: int, g: torch.Generator, conditional: bool = True
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Noise a batch x0 [B, L]: returns x_t [B, L], loss weights 1/t on masked positions
+    (0 elsewhere) [B, L], and the maskable positions [B, L] (after the clean prefix)."""
+    B, L = x0.shape
+    prefix = torch.randint(0, L, (B, 1), generator=g) if conditional else torch.zeros(B, 1, dtype=torch.long)
+    maskable = torch.arange(L)[None] >= prefix
+    groups = L // cfg.block_size if cfg.block_size else 1  # one t per row, or per block (BD3-LM)
+    n = B * groups
+    u = (torch.rand(1, generator=g) + torch.arange(n) / n) % 1  # stratified: one draw per 1/n of [0, 1)
+    u = u[torch.randperm(n, generator=g)]  # so that t is not tied to the row or block index
+    t = ((1 - cfg.eps) * u + cfg.eps).view(B, groups).repeat_interleave(L // groups, dim=1)
+    masked = (torch.rand(B, L, generator=g) < t) & maskable
+    return torch.where(masked, mask_id, x0), masked / t, maskable
+
+
+def denoise_logits(model: NativeModel, xt: torch.Tensor, x0: torch.Tensor, block_size: int | None) -> torch.Tensor:
+    """Logits [B, L, V] at every position of x_t."""
+    B, L = xt.shape
+    pos = torch.arange(L).expand(B, -1)
+    if block_size is None:
+        return model(xt, pos)  # a bidirectional model's default: full attention
+    h = model.hidden_states(torch.cat([xt, x0], 1), torch.cat([pos, pos], 1), mask=bd3_mask(L, block_size))
+    return model.lm_head(h[:, :L])  # the clean half only provides keys and values
+
+
+def diffusion_loss(
+    model: NativeModel, x0: torch.Tensor, cfg: DiffusionTrainConfig, mask_id: int, g: torch.Generator,
+    conditional: bool = True,
+) -> tuple[torch.Tensor, int, int]:
+    """The weighted masked cross-entropy per maskable token, and (correct, masked) counts."""
+    xt, weight, maskable = corrupt(x0, cfg, mask_id, g, conditional)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+        logits = denoise_logits(model, xt, x0, cfg.block_size)
+    ce = F.cross_entropy(logits.float().flatten(0, 1), x0.flatten(), reduction="none").view_as(x0)
+    loss = (ce * weight).sum() / maskable.sum().clamp_min(1)
+    masked = weight > 0
+    correct = int((logits.argmax(-1) == x0)[masked].sum())
+    return loss, correct, int(masked.sum())
+
+
+@torch.no_grad()
+def evaluate_diffusion(
+    model: NativeModel, heldout: torch.Tensor, cfg: DiffusionTrainConfig, mask_id: int
+) -> tuple[float, float]:
+    """Held-out loss (the unconditional bound, per token) and accuracy on masked tokens over
+    fixed windows and a fixed noise seed, so evaluations compare across steps and runs."""
+    model.eval()
+    g = torch.Generator().manual_seed(cfg.seed + 1)
+    n = min(cfg.eval_windows, max(1, (len(heldout) - 1) // cfg.seq_len))
+    starts = np.linspace(0, len(heldout) - cfg.seq_len - 1, n).astype(int)
+    total, correct, masked = 0.0, 0, 0
+    for chunk in np.array_split(starts, max(1, n // 16)):
+        x0 = torch.stack([heldout[s : s + cfg.seq_len] for s in chunk]).long()
+        loss, c, m = diffusion_loss(model, x0, cfg, mask_id, g, conditional=False)
+        total, correct, masked = total + loss.item() * len(chunk), correct + c, masked + m
+    model.train()
+    return total / len(starts), correct / max(1, masked)
+
+
+def model_config(cfg: DiffusionTrainConfig, tok: Tokenizer, init: NativeModel | None) -> NativeConfig:
+    """The diffusion model's shape: ``SIZES[cfg.size]``, or the init model's."""
+    common = dict(attention=cfg.attention, block_size=cfg.block_size, mask_token_id=tok.mask_id,
+                  eos_token_id=tok.eos_id)
+    if init is None:
+        return NativeConfig(vocab_size=tok.vocab_size, max_position_embeddings=max(1024, cfg.seq_len),
+                            **common, **SIZES[cfg.size])
+    if init.config.vocab_size != tok.vocab_size:
+        raise ValueError(f"the --init model has {init.config.vocab_size} tokens and the tokenizer {tok.vocab_size}: "
+                         "use the init model's own tokenizer")
+    context = max(init.config.max_position_embeddings, cfg.seq_len)
+    return replace(init.config, max_position_embeddings=context, **common)
+
+
+def make_optimizer(model: NativeModel, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW as in ``train lm``: no weight decay on norms (1-D parameters)."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
+
+
+def train_diffusion(
+    cfg: DiffusionTrainConfig, resume: bool = False, progress: bool = True, command: str | None = None,
+    stop_at: int | None = None,
+) -> dict:
+    """Train, checkpoint, and write the final model directory; returns the training record.
+
+    ``stop_at``: end this run after that many steps in all (checkpointed and saved, as a
+    time budget would), so a later ``resume=True`` run continues exactly where it stopped.
+    """
+    from tqdm import tqdm
+
+    out = Path(cfg.out)
+    work = out.parent / f".{out.name}.work"  # checkpoints live beside, not inside, the model dir
+    work.mkdir(parents=True, exist_ok=True)
+    ckpt_path = work / "checkpoint.pt"
+    torch.manual_seed(cfg.seed)
+    init = load_native(Path(cfg.init)) if cfg.init else None
+    tok, train, heldout, split = prepare(replace(cfg, tokenizer=cfg.tokenizer or cfg.init), work)
+    if tok.mask_id is None or tok.eos_id is None:
+        raise ValueError("the tokenizer needs an end-of-text and a mask token (`paragen train tokenizer` makes both)")
+    if cfg.init and cfg.tokenizer and Tokenizer.from_dir(cfg.init).fingerprint() != tok.fingerprint():
+        raise ValueError(f"--tokenizer {cfg.tokenizer} is not the --init model's tokenizer: drop --tokenizer")
+    mask_id = tok.mask_id
+    mconf = model_config(cfg, tok, init)
+    model = NativeModel(mconf).init_weights(cfg.seed)
+    if init is not None:
+        model.load_state_dict(init.state_dict())
+    opt = make_optimizer(model, cfg)
+    g = torch.Generator().manual_seed(cfg.seed)
+    step, tokens_seen, elapsed, history, loss_ema = 0, 0, 0.0, [], None
+    if resume and ckpt_path.exists():
+        ck = torch.load(ckpt_path, weights_only=False)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        g.set_state(ck["generator"])
+        step, tokens_seen, elapsed, history = ck["step"], ck["tokens_seen"], ck["elapsed"], ck["history"]
+        loss_ema = ck["loss_ema"]
+    model.train()
+    budget = cfg.minutes * 60 if cfg.minutes else None
+    last = min(cfg.steps, stop_at) if stop_at is not None else cfg.steps
+    bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc=f"diffusion {cfg.size}", dynamic_ncols=True)
+    t_last = time.time()
+
+    def checkpoint() -> None:
+        save_checkpoint(ckpt_path, dict(model=model.state_dict(), optimizer=opt.state_dict(), generator=g.get_state(),
+                                        step=step, tokens_seen=tokens_seen, elapsed=elapsed, history=history,
+                                        loss_ema=loss_ema))
+
+    while step < last and (budget is None or elapsed < budget):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(cfg, step, max(step / cfg.steps, elapsed / budget if budget else 0.0))
+        # 1. a batch of windows; 2. noise it; 3. the weighted masked cross-entropy
+        x0 = sample_batch(train, cfg, g)[:, : cfg.seq_len]
+        loss, _, _ = diffusion_loss(model, x0, cfg, mask_id, g)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+        opt.step()
+        step += 1
+        tokens_seen += x0.numel()
+        now = time.time()
+        elapsed, t_last = elapsed + now - t_last, now
+        loss_ema = loss.item() if loss_ema is None else 0.95 * loss_ema + 0.05 * loss.item()
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_ema:.3f}", tok_s=f"{tokens_seen / max(elapsed, 1e-9):.0f}")
+        if step % cfg.eval_every == 0:
+            hl, ha = evaluate_diffusion(model, heldout, cfg, mask_id)
+            history.append({"step": step, "tokens": tokens_seen, "heldout_loss": hl, "heldout_accuracy": ha,
+                            "train_loss": loss_ema})
+            bar.write(f"step {step}: heldout loss {hl:.3f} masked acc {ha:.3f}")
+            t_last = time.time()  # evaluation time is not training time
+        if step % cfg.checkpoint_every == 0:
+            checkpoint()
+    bar.close()
+    checkpoint()
+    hl, ha = evaluate_diffusion(model, heldout, cfg, mask_id)
+    record = {
+        "command": command or " ".join(sys.argv),
+        "objective": "masked diffusion (MDLM/LLaDA 1/t-weighted masked cross-entropy)"
+        + (f", block-causal blocks of {cfg.block_size} (BD3-LM)" if cfg.block_size else ""),
+        "config": asdict(cfg),
+        "model": mconf.to_dict(),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "seed": cfg.seed,
+        "steps": step,
+        "tokens_seen": tokens_seen,
+        "heldout_loss": hl,  # upper bound on NLL per token, unconditional
+        "heldout_accuracy": ha,  # on masked tokens
+        "wall_seconds": round(elapsed, 1),
+        "machine": {"platform": platform.platform(), "processor": platform.processor(),
+                    "threads": torch.get_num_threads(), "torch": torch.__version__},
+        "split": split,
+        "history": history,
+    }
+    save_model(model, tok, out, dtype=torch.float16, extra_files={"training.json": json.dumps(record, indent=2) + "\n"})
+    return record

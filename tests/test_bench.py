@@ -1,0 +1,280 @@
+"""paragen bench: metrics on hand-computed records, errors, outputs, and one end-to-end run."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from paragen.bench.metrics import (
+    Record,
+    bootstrap_ratio_ci,
+    completion_parses,
+    function_completion,
+    pooled_perplexity,
+    score_against_reference,
+    summarize,
+    token_agreement,
+)
+from paragen.bench.report import bench_json, markdown_table, write_atomic
+from paragen.bench.run import BenchConfig, build_contenders, output_perplexity, parse_option
+from paragen.cli import main
+from paragen.errors import InvalidInputError, UnknownStrategyError, UnsupportedOptionError
+from paragen.models.native import NativeConfig, NativeModel
+from paragen.strategies import STRATEGIES
+
+
+def rec(task: str, strategy: str, tokens: tuple[int, ...], calls: int | None, seconds: float, **kw) -> Record:
+    kw.setdefault("committed_per_call", None)
+    return Record(task, strategy, 10, len(tokens), calls, 0, seconds, tokens, "", "length", **kw)
+
+
+@pytest.fixture()
+def records() -> list[Record]:
+    """Two prompts; ar, a lossless 'fast', a lossy 'rough' and a lossless-but-wrong 'buggy'."""
+    return [
+        rec("p1", "ar", (1, 2, 3, 4), 4, 2.0, committed_per_call={1: 4}, gen_ppl=2.0, ast_ok=True),
+        rec("p2", "ar", (5, 6), 2, 1.0, committed_per_call={1: 2}, gen_ppl=4.0, ast_ok=True),
+        rec("p1", "fast", (1, 2, 3, 4), 2, 1.0, committed_per_call={2: 2}, gen_ppl=2.0, ast_ok=True),
+        rec("p2", "fast", (5, 6), 1, 0.5, committed_per_call={2: 1}, gen_ppl=4.0, ast_ok=True),
+        rec("p1", "rough", (1, 2, 9, 4), 1, 0.5, gen_ppl=2.0, ast_ok=True),
+        rec("p2", "rough", (5,), 1, 1.0, gen_ppl=8.0, ast_ok=False),
+        rec("p1", "buggy", (1, 2, 3, 4), None, 2.0, gen_ppl=2.0, ast_ok=True),
+        rec("p2", "buggy", (5, 7), None, 1.0, gen_ppl=4.0, ast_ok=True),
+    ]
+
+
+def test_summary_metrics_match_hand_computed_values(records):
+    s = summarize(records, {"ar": True, "fast": True, "rough": False, "buggy": True}, {"buggy"}, greedy=True, seed=0)
+    assert list(s) == ["ar", "fast", "rough", "buggy"]
+    ar, fast, rough, buggy = s.values()
+    assert (ar.tokens_per_call, ar.speedup, ar.speedup_ci95, ar.exact, ar.agree) == (1.0, 1.0, (1.0, 1.0), 1.0, 1.0)
+    # fast: 6 tokens / 3 calls; (2 + 1) / (1 + 0.5) seconds; the ratio is 2 on both prompts, so is its interval.
+    assert fast.tokens_per_call == pytest.approx(2.0)
+    assert fast.speedup == pytest.approx(2.0)
+    assert fast.speedup_ci95 == pytest.approx((2.0, 2.0))
+    assert fast.tok_s == pytest.approx(6 / 1.5)
+    assert (fast.exact, fast.agree, fast.non_exact, fast.flagged) == (1.0, 1.0, (), False)
+    assert fast.committed_per_call == {2: 3}
+    # rough: 5 tokens / 2 calls; agreement 3/4 and 1/2 (the missing token disagrees).
+    assert rough.tokens_per_call == pytest.approx(2.5)
+    assert rough.speedup == pytest.approx(3.0 / 1.5)
+    assert 1.0 <= rough.speedup_ci95[0] <= 2.0 <= rough.speedup_ci95[1] <= 4.0  # per-prompt ratios are 4 and 1
+    assert rough.exact == 0.0 and rough.non_exact == ("p1", "p2")
+    assert rough.agree == pytest.approx((0.75 + 0.5) / 2)
+    assert rough.gen_ppl == pytest.approx(math.exp((4 * math.log(2) + 1 * math.log(8)) / 5))  # 2 ** 1.4
+    assert rough.ast_ok == 0.5
+    assert not rough.flagged  # lossy: differing from ar is expected
+    assert rough.committed_per_call is None
+    # buggy claims losslessness but differs on p2: flagged; its calls were not counted.
+    assert buggy.exact == 0.5 and buggy.non_exact == ("p2",) and buggy.flagged
+    assert buggy.tokens_per_call is None and buggy.target_calls is None and buggy.peer
+
+
+def test_sampling_runs_do_not_flag_lossless_strategies(records):
+    s = summarize(records, {"ar": True, "fast": True, "rough": False, "buggy": True}, set(), greedy=False, seed=0)
+    assert s["buggy"].exact == 0.5 and not s["buggy"].flagged
+
+
+def test_score_against_reference_marks_non_exact_records(records):
+    scored = {(r.task_id, r.strategy): r for r in score_against_reference(records)}
+    assert scored["p1", "buggy"].exact and not scored["p2", "buggy"].exact
+    assert scored["p2", "buggy"].agree == 0.5
+    with pytest.raises(ValueError, match="no 'ar' record"):
+        score_against_reference([r for r in records if not (r.strategy == "ar" and r.task_id == "p2")])
+
+
+def test_token_agreement_counts_over_the_longer_output():
+    assert token_agreement([], []) == 1.0
+    assert token_agreement([1, 2], [1, 3]) == 0.5
+    assert token_agreement([1], [1, 2, 3]) == pytest.approx(1 / 3)
+    assert token_agreement([4, 5], []) == 0.0
+
+
+def test_bootstrap_is_seeded_and_brackets_the_estimate():
+    num, den = [4.0, 1.0, 2.0, 3.0, 1.5], [1.0, 1.0, 1.5, 1.0, 2.0]
+    a = bootstrap_ratio_ci(num, den, seed=3)
+    assert a == bootstrap_ratio_ci(num, den, seed=3)
+    assert a != bootstrap_ratio_ci(num, den, seed=4)
+    assert a[0] < sum(num) / sum(den) < a[1]
+    assert bootstrap_ratio_ci([3.0], [1.5], seed=0) == (2.0, 2.0)
+
+
+def test_pooled_perplexity_weights_by_tokens():
+    rs = [rec("a", "x", (1, 2, 3), 3, 1.0, gen_ppl=3.0), rec("b", "x", (1,), 1, 1.0, gen_ppl=27.0),
+          rec("c", "x", (), 1, 1.0, gen_ppl=None)]
+    assert pooled_perplexity(rs) == pytest.approx(math.exp((3 * math.log(3) + math.log(27)) / 4))  # 3 ** 1.5
+    assert pooled_perplexity(rs[2:]) is None
+
+
+def test_function_completion_cut_rule():
+    prompt = 'def f(x):\n    """Double."""\n'
+    assert function_completion(prompt, "    return 2 * x\n\nprint(f(1))\n") == prompt + "    return 2 * x\n\n"
+    assert completion_parses(prompt, "    return 2 * x\n\nprint(f(1))\n")
+    assert not completion_parses(prompt, "    return (2 * x\n")
+    # A method: cut at the next line at the def's level, then dedented.
+    method = "class A:\n    def f(self):\n"
+    assert function_completion(method, "        return 1\n    def g(self):\n        return (") == (
+        "def f(self):\n    return 1\n")
+    # The output's first line continues the prompt's last line: never a cut point.
+    assert function_completion("def f(x):\n    return", " x\nfoo(") == "def f(x):\n    return x\n"
+    # The last def of the prompt is the one completed (HumanEval prompts may hold helpers).
+    assert function_completion("def a():\n    pass\n\n\ndef b():\n", "    return 0\n") == "def b():\n    return 0\n"
+    assert not completion_parses("def f():\n", "\nx = 1\n")  # an empty body is not a function
+
+
+def test_output_perplexity_of_a_uniform_model_is_the_vocabulary_size():
+    model = NativeModel(NativeConfig(vocab_size=37, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                     num_attention_heads=2, num_key_value_heads=1))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()  # zero logits everywhere: the uniform distribution
+    assert output_perplexity(model, (1, 2, 3), (4, 5)) == pytest.approx(37.0)
+    assert output_perplexity(model, (1, 2, 3), ()) is None
+
+
+def test_contenders_add_ar_and_validate_names_and_options():
+    config = BenchConfig(strategies=("lookup", "hf-greedy", "lookup"), options=(("lookup", "max_draft", "8"),))
+    got = build_contenders(config)
+    assert [c.name for c in got] == ["ar", "lookup", "hf-greedy"]
+    assert got[1].options.max_draft == 8 and got[2].peer and not got[1].peer
+    with pytest.raises(UnknownStrategyError, match="unknown strategy 'nope'.*hf-lookup"):
+        build_contenders(BenchConfig(strategies=("nope",)))
+    with pytest.raises(UnsupportedOptionError, match="no option bogus"):
+        build_contenders(BenchConfig(strategies=("lookup",), options=(("lookup", "bogus", "1"),)))
+    with pytest.raises(UnsupportedOptionError, match="prompt_lookup_num_tokens needs a int"):
+        option = ("hf-lookup", "prompt_lookup_num_tokens", "x")
+        build_contenders(BenchConfig(strategies=("hf-lookup",), options=(option,)))
+    with pytest.raises(InvalidInputError, match="not benchmarked"):
+        build_contenders(BenchConfig(strategies=("ar",), options=(("lookup", "max_draft", "8"),)))
+    everything = [c.name for c in build_contenders(BenchConfig(strategies=("all",)))]
+    assert everything == [*STRATEGIES, "hf-greedy", "hf-assisted", "hf-lookup"]
+    assert parse_option("lookup:max-draft=8") == ("lookup", "max_draft", "8")
+    with pytest.raises(InvalidInputError, match="STRATEGY:KEY=VALUE"):
+        parse_option("max_draft=8")
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--strategies", "ar,nope"], "unknown strategy 'nope'"),
+        (["--task", "nope"], "unknown task 'nope'"),
+        (["--option", "lookup:bogus=1"], "no option bogus"),
+        (["--option", "lookup"], "STRATEGY:KEY=VALUE"),
+        (["--max-new-tokens", "0"], "max-new-tokens must be >= 1"),
+        (["--model-for", "ar=elsewhere"], "'ar' runs on --model"),
+        (["--model-for", "jacobi=elsewhere"], "--model-for 'jacobi', which is not benchmarked"),
+        (["--model-for", "lookup"], "STRATEGY=MODEL"),
+        (["--strategies", "jacobi", "--temperature", "0.5"], "'jacobi' is greedy-only"),
+    ],
+)
+def test_cli_errors_are_clear_and_early(flags, message, tmp_path, capsys):
+    # The default model does not exist here: each error must come before any model is loaded.
+    assert main(["bench", "--out", str(tmp_path / "o"), "--strategies", "ar,lookup", *flags]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_markdown_table_lists_every_strategy_and_flags(records):
+    s = summarize(records, {"ar": True, "fast": True, "rough": False, "buggy": True}, {"buggy"}, greedy=True, seed=0)
+    table = markdown_table(s)
+    lines = table.splitlines()
+    assert lines[0].startswith("| strategy | exact | tok/call | speedup [95% CI]")
+    assert lines[3].startswith("| fast | 1.00 | 2.00 | 2.00 [2.00, 2.00] |")
+    assert "| rough (lossy) | 0.00 |" in table and "| buggy (peer) | 0.50 (!) |" in table
+    assert "(!) buggy is lossless but differed from ar on 1 of 2 prompts: p2" in table
+
+
+def test_write_atomic_creates_directories_and_leaves_no_temp_files(tmp_path):
+    path = write_atomic(tmp_path / "new" / "x.json", bench_json({"a": 1, "records": [{"b": [1, 2]}], "c": []}))
+    assert json.loads(path.read_text()) == {"a": 1, "records": [{"b": [1, 2]}], "c": []}
+    assert [p.name for p in path.parent.iterdir()] == ["x.json"]
+
+
+# ---------------------------------------------------------------- end to end on a tiny model
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory) -> tuple[Path, Path]:
+    """Two tiny random models with one tokenizer: different weights, so different outputs (std 0.2:
+    at the default 0.02 a tiny tied model just repeats its last input token)."""
+    from paragen.models.io import save_model
+    from paragen.tasks import humaneval
+    from paragen.train.tokenizer import train_tokenizer
+
+    tok = train_tokenizer([t.prompt for t in humaneval()[:20]], vocab_size=300)
+    config = NativeConfig(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                          num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=1024,
+                          eos_token_id=tok.eos_id, mask_token_id=tok.mask_id)
+    root = tmp_path_factory.mktemp("m")
+    return tuple(save_model(NativeModel(config).init_weights(seed=s, std=0.2), tok, root / f"tiny{s}") for s in (0, 1))
+
+
+MAYBE_INT, MAYBE_FLOAT, MAYBE_DICT = (int, type(None)), (float, type(None)), (dict, type(None))
+RECORD_TYPES = {"task_id": str, "strategy": str, "prompt_tokens": int, "new_tokens": int, "target_calls": MAYBE_INT,
+                "draft_calls": MAYBE_INT, "seconds": float, "tokens": list, "text": str, "finish_reason": str,
+                "committed_per_call": MAYBE_DICT, "exact": bool, "agree": float, "gen_ppl": MAYBE_FLOAT, "ast_ok": bool}
+SUMMARY_KEYS = {"strategy", "lossless", "peer", "prompts", "new_tokens", "target_calls", "draft_calls", "seconds",
+                "tokens_per_call", "tok_s", "speedup", "speedup_ci95", "exact", "non_exact", "agree", "gen_ppl",
+                "ast_ok", "committed_per_call", "flagged"}
+ENV_KEYS = {"paragen", "python", "torch", "transformers", "numpy", "platform", "cpu", "cpu_count", "torch_threads",
+            "cuda", "git_commit", "command", "started"}
+
+
+def test_bench_end_to_end_on_a_tiny_model(tiny_models, tmp_path, capsys):
+    tiny, other = tiny_models
+    out = tmp_path / "out"
+    # lookup runs on other weights (--model-for): it cannot reproduce ar, and must be flagged.
+    rc = main(["bench", "--strategies", "speculative,lookup,hf-greedy,hf-assisted,hf-lookup", "--task", "humaneval",
+               "--limit", "2", "--max-new-tokens", "8", "--model", str(tiny), "--draft", str(tiny),
+               "--option", "lookup:max_draft=3", "--model-for", f"lookup={other}", "--threads", "1", "--no-progress",
+               "--out", str(out)])
+    assert rc == 0
+    stdout = capsys.readouterr().out
+    bench = json.loads((out / "bench.json").read_text())
+
+    # The documented schema.
+    assert list(bench) == ["schema", "config", "environment", "contenders", "tasks", "records", "summary"]
+    assert bench["schema"] == "paragen.bench/1"
+    assert set(bench["environment"]) == ENV_KEYS and bench["environment"]["torch_threads"] == 1
+    names = ["ar", "speculative", "lookup", "hf-greedy", "hf-assisted", "hf-lookup"]
+    assert list(bench["contenders"]) == names == list(bench["summary"])
+    assert bench["contenders"]["lookup"]["options"]["max_draft"] == 3  # the option reached the strategy
+    assert bench["contenders"]["lookup"]["model"] == str(other) and bench["contenders"]["ar"]["model"] == str(tiny)
+    assert [t["id"] for t in bench["tasks"]] == ["HumanEval/0", "HumanEval/1"]
+    assert len(bench["records"]) == 2 * len(names)
+    for r in bench["records"]:
+        assert set(r) == set(RECORD_TYPES)
+        assert all(isinstance(r[k], t) for k, t in RECORD_TYPES.items()), r
+        assert 1 <= len(r["tokens"]) == r["new_tokens"] <= 8
+    for s in bench["summary"].values():
+        assert set(s) == SUMMARY_KEYS and len(s["speedup_ci95"]) == 2
+
+    summary = bench["summary"]
+    # ar is the reference; every lossless strategy and peer reproduces it on the same weights.
+    same_weights = [n for n in names if n != "lookup"]
+    assert all(summary[n]["exact"] == 1.0 and not summary[n]["flagged"] for n in same_weights)
+    # On other weights lookup differs from ar: non-exact, and flagged since it claims losslessness.
+    assert summary["lookup"]["exact"] < 1.0 and summary["lookup"]["flagged"]
+    assert summary["lookup"]["non_exact"] and summary["lookup"]["agree"] < 1.0
+    assert summary["ar"]["tokens_per_call"] == 1.0 and summary["ar"]["speedup"] == 1.0
+    # A draft identical to the target is always accepted: several tokens per target call.
+    assert summary["speculative"]["tokens_per_call"] > 1.0 and summary["speculative"]["draft_calls"] > 0
+    # Peer calls are counted with hooks: greedy generate makes one target call per token (plus one for EOS).
+    for r in bench["records"]:
+        if r["strategy"] == "hf-greedy":
+            assert r["target_calls"] == r["new_tokens"] + (r["finish_reason"] == "eos")
+            assert r["draft_calls"] == 0 and r["committed_per_call"] is None
+        if r["strategy"] == "hf-assisted":
+            assert r["draft_calls"] > 0
+    assert summary["hf-greedy"]["committed_per_call"] is None
+
+    # The table on stdout and the HTML report with its three plots.
+    assert "| ar | 1.00 | 1.00 | 1.00 [1.00, 1.00] |" in stdout and "| hf-greedy (peer) |" in stdout
+    assert "(!) lookup is lossless but differed from ar" in stdout
+    html = (out / "report.html").read_text()
+    assert html.count("src='data:image/png;base64,") == 3
+    assert sorted(p.name for p in out.iterdir()) == ["bench.json", "report.html"]

@@ -1,0 +1,131 @@
+"""Every lossless strategy equals the no-cache greedy oracle, token for token (float64)."""
+
+from __future__ import annotations
+
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import paragen
+from paragen.models.base import Model
+from paragen.reference import reference_greedy
+from tests.conftest import tiny_model
+
+MODELS = {seed: tiny_model(seed) for seed in range(3)}
+EOS_MODEL = tiny_model(7, vocab=12, eos=3)  # small vocabulary: EOS comes up often
+
+GREEDY_CASES = [
+    ("ar", {}),
+    ("lookup", {}),
+    ("lookup", {"max_ngram": 1, "max_draft": 2}),
+    ("lookup", {"max_ngram": 5, "min_ngram": 2, "max_draft": 20}),
+    ("jacobi", {}),
+    ("jacobi", {"window": 1}),
+    ("jacobi", {"window": 16}),
+    ("lookahead", {}),
+    ("lookahead", {"window": 2, "ngram": 2, "guesses": 1}),
+    ("lookahead", {"window": 7, "ngram": 5, "guesses": 8, "pool_from_prompt": False}),
+]
+
+
+class AdversarialDraft(Model):
+    """A draft that never agrees with the target: its argmax is the target's argmax + 1."""
+
+    def __init__(self, target: Model) -> None:
+        self.target, self.info, self.tokenizer = target, target.info, None
+
+    def forward(self, tokens, positions, cache=None, mask=None):
+        logits = self.target(tokens, positions, cache=cache, mask=mask)
+        wrong = (logits.argmax(-1) + 1) % logits.shape[-1]
+        return torch.nn.functional.one_hot(wrong, logits.shape[-1]).to(logits.dtype) * 10.0
+
+    def new_cache(self, batch=1, max_length=None):
+        return self.target.new_cache(batch, max_length)
+
+    @property
+    def dtype(self):
+        return self.target.dtype
+
+
+prompts = st.lists(st.integers(0, 49), min_size=1, max_size=24)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.sampled_from(sorted(MODELS)), prompt=prompts, n=st.integers(1, 40), case=st.sampled_from(GREEDY_CASES))
+def test_greedy_strategies_equal_oracle(seed, prompt, n, case):
+    model = MODELS[seed]
+    name, options = case
+    expected = reference_greedy(model, prompt, n)
+    out = paragen.generate(model, prompt, name, max_new_tokens=n, **options)
+    assert out.tokens == expected
+    assert out.stats.new_tokens == len(expected)
+    assert sum(k * v for k, v in out.stats.committed_per_call.items()) >= len(expected)
+
+
+@settings(max_examples=20, deadline=None)
+@given(prompt=prompts, n=st.integers(1, 40), k=st.integers(1, 8), adaptive=st.booleans(),
+       draft_kind=st.sampled_from(["same", "other", "adversarial"]))
+def test_speculative_greedy_equals_oracle(prompt, n, k, adaptive, draft_kind):
+    target = MODELS[0]
+    draft = {"same": target, "other": MODELS[1], "adversarial": AdversarialDraft(target)}[draft_kind]
+    expected = reference_greedy(target, prompt, n)
+    out = paragen.generate(target, prompt, "speculative", max_new_tokens=n, draft=draft, k=k, adaptive=adaptive)
+    assert out.tokens == expected
+    acc = out.stats.extra["accepted"]
+    if draft_kind == "adversarial":
+        assert sum(acc) == 0  # nothing accepted, yet the output is exact
+        assert out.stats.target_calls == len(expected)
+
+
+def test_identical_draft_accepts_everything():
+    target = MODELS[0]
+    out = paragen.generate(target, [1, 2, 3], "speculative", max_new_tokens=31, draft=target, k=5)
+    # 31 tokens = 5 full chains of 5 drafts + 1 bonus, then one last token
+    assert out.stats.extra["accepted"] == out.stats.extra["proposed"]
+    assert out.stats.target_calls == 6
+    assert out.tokens == reference_greedy(target, [1, 2, 3], 31)
+
+
+@settings(max_examples=20, deadline=None)
+@given(prompt=st.lists(st.integers(0, 11), min_size=1, max_size=10), n=st.integers(1, 30),
+       case=st.sampled_from(GREEDY_CASES + [("speculative", {"k": 3})]))
+def test_eos_is_handled_like_ar(prompt, n, case):
+    name, options = case
+    draft = tiny_model(8, vocab=12, eos=3) if name == "speculative" else None
+    expected = reference_greedy(EOS_MODEL, prompt, n)
+    out = paragen.generate(EOS_MODEL, prompt, name, max_new_tokens=n, draft=draft, **options)
+    assert out.tokens == expected
+    assert 3 not in out.tokens
+    assert out.stats.finish_reason == ("eos" if len(expected) < n else "length")
+
+
+def test_stop_strings_are_handled_like_ar(model_dir):
+    model = paragen.load(model_dir)
+    ar = paragen.generate(model, "def add(a, b):", "ar", max_new_tokens=40)
+    assert len(ar.text) > 4, "fixture model must produce some text"
+    stop = ar.text[2:4]  # a string the output is known to contain
+    base = paragen.generate(model, "def add(a, b):", "ar", max_new_tokens=40, stop=stop)
+    assert base.stats.finish_reason == "stop"
+    assert stop not in base.text and ar.text.startswith(base.text)
+    for name in ["lookup", "jacobi", "lookahead", "speculative"]:
+        draft = model if name == "speculative" else None
+        out = paragen.generate(model, "def add(a, b):", name, max_new_tokens=40, stop=stop, draft=draft)
+        assert (out.tokens, out.text, out.stats.finish_reason) == (base.tokens, base.text, "stop")
+
+
+def test_stream_pieces_join_to_text(model_dir):
+    model = paragen.load(model_dir)
+    for name in ["ar", "lookahead"]:
+        pieces = list(paragen.stream(model, "class Point:", name, max_new_tokens=30))
+        assert "".join(pieces) == paragen.generate(model, "class Point:", name, max_new_tokens=30).text
+
+
+def test_hf_backend_strategies_equal_native(model_dir):
+    native = paragen.load(model_dir, dtype=torch.float64)
+    hf = paragen.load(model_dir, backend="hf", dtype=torch.float64)
+    for name in ["ar", "lookup", "jacobi", "lookahead"]:
+        a = paragen.generate(native, "def add(a, b):", name, max_new_tokens=24)
+        b = paragen.generate(hf, "def add(a, b):", name, max_new_tokens=24)
+        assert a.tokens == b.tokens, name
+    b = paragen.generate(hf, "def add(a, b):", "speculative", max_new_tokens=24, draft=hf)
+    assert b.tokens == paragen.generate(native, "def add(a, b):", "ar", max_new_tokens=24).tokens

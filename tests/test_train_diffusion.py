@@ -1,0 +1,154 @@
+"""``paragen train diffusion``: the objective's pieces, a tiny run that learns, exact resume,
+block-causal training through the CLI, and --init from an AR model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import paragen
+from paragen.cli import main
+from paragen.models.io import save_model
+from paragen.models.native import NativeConfig, NativeModel
+from paragen.tokenizer import Tokenizer
+from paragen.train.corpus import find_corpus
+from paragen.train.diffusion import DiffusionTrainConfig, bd3_mask, corrupt, denoise_logits, train_diffusion
+from paragen.train.lm import SIZES
+from paragen.train.tokenizer import train_tokenizer
+
+FILES = 30
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models: thread start-up costs more than the work (and a busy machine makes it worse)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def tok_dir(tmp_path_factory) -> str:
+    corpus = find_corpus()
+    tok = train_tokenizer([corpus.read(f) for f in corpus.train_files[:FILES]], 300)  # < 300 may break the BPE
+    path = tmp_path_factory.mktemp("tokenizer")
+    tok.save(path)
+    return str(path)
+
+
+def config(tok_dir: str, out, **kw) -> DiffusionTrainConfig:
+    base = dict(size="tiny", max_files=FILES, seq_len=64, batch_size=8, steps=60, warmup=10, eval_every=20,
+                eval_windows=8, checkpoint_every=1000, tokenizer=tok_dir, out=str(out))
+    return DiffusionTrainConfig(**{**base, **kw})
+
+
+def test_bd3_mask_golden():
+    m = bd3_mask(4, 2)[0].int().tolist()  # [noised 0..3 | clean 0..3], blocks {0,1} {2,3}
+    assert m == [
+        [1, 1, 0, 0, 0, 0, 0, 0],
+        [1, 1, 0, 0, 0, 0, 0, 0],
+        [0, 0, 1, 1, 1, 1, 0, 0],
+        [0, 0, 1, 1, 1, 1, 0, 0],
+        [0, 0, 0, 0, 1, 1, 0, 0],
+        [0, 0, 0, 0, 1, 1, 0, 0],
+        [0, 0, 0, 0, 1, 1, 1, 1],
+        [0, 0, 0, 0, 1, 1, 1, 1],
+    ]
+
+
+def test_block_causal_training_sees_what_decoding_sees():
+    """A noised block's logits in training (BD3 2L layout) equal block_diffusion's for the
+    same live block over clean earlier blocks, and do not depend on later blocks."""
+    cfg = NativeConfig(vocab_size=30, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=2, attention="block_causal", block_size=4, mask_token_id=1)
+    model = NativeModel(cfg).init_weights(0, std=0.5).double().eval()
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randint(2, 30, (1, 16), generator=g)
+    xt = x0.clone()
+    xt[0, [9, 10, 12, 13, 14, 15]] = 1  # block 2 half masked, block 3 masked
+    train = denoise_logits(model, xt, x0, 4)[0, 8:12]
+    live = torch.cat([x0[:, :8], xt[:, 8:12]], 1)  # decoding: clean blocks 0-1, live block 2
+    blk = torch.arange(12) // 4
+    decode = model(live, torch.arange(12)[None], mask=(blk[None, :] <= blk[:, None])[None])[0, 8:12]
+    assert torch.allclose(train, decode, atol=1e-10)
+
+
+def test_corrupt_keeps_the_prefix_clean_and_weights_by_one_over_t():
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randint(2, 50, (64, 32), generator=g)
+    block = DiffusionTrainConfig(seq_len=32, attention="block_causal", block_size=8)
+    for cfg in (DiffusionTrainConfig(seq_len=32), block):
+        xt, w, maskable = corrupt(x0, cfg, 1, g)
+        masked = xt == 1
+        assert torch.equal(masked, w > 0) and not (masked & ~maskable).any()
+        assert torch.equal(xt[~masked], x0[~masked])
+        assert (w[masked] >= 1).all() and (w[masked] <= 1 / cfg.eps).all()
+        assert maskable[:, 0].float().mean() < 1  # some windows keep a clean prefix
+        if cfg.block_size:  # one t per block: weights constant within a block
+            for row in w.view(64, 4, 8):
+                for blk in row:
+                    assert blk[blk > 0].unique().numel() <= 1
+
+
+def test_loss_decreases_and_the_model_loads(tok_dir, tmp_path):
+    rec = train_diffusion(config(tok_dir, tmp_path / "m"), progress=False)
+    losses = [h["heldout_loss"] for h in rec["history"]]
+    assert len(losses) == 3 and losses[-1] < losses[0] - 0.3, losses
+    assert rec["heldout_loss"] < 5.5  # uniform guessing over 300 tokens: ln 300 = 5.70
+    model = paragen.load(tmp_path / "m")
+    tok = Tokenizer.from_dir(tok_dir)
+    assert model.info.attention == "bidirectional" and model.info.mask_id == tok.mask_id
+    assert model.info.eos_ids == (tok.eos_id,)
+    g = paragen.generate(model, "def f(x):\n", "diffusion", max_new_tokens=8, block_length=4)
+    assert tok.mask_id not in g.tokens
+
+
+def test_resume_matches_an_uninterrupted_run(tok_dir, tmp_path):
+    whole = train_diffusion(config(tok_dir, tmp_path / "a", steps=24), progress=False)
+    first = train_diffusion(config(tok_dir, tmp_path / "b", steps=24), progress=False, stop_at=10)
+    assert first["steps"] == 10
+    resumed = train_diffusion(config(tok_dir, tmp_path / "b", steps=24), resume=True, progress=False)
+    assert resumed["steps"] == 24 and resumed["history"] == whole["history"]
+    assert resumed["heldout_loss"] == whole["heldout_loss"]
+    a = torch.load(tmp_path / ".a.work" / "checkpoint.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / ".b.work" / "checkpoint.pt", weights_only=False)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_block_causal_through_the_cli(tok_dir, tmp_path):
+    out = tmp_path / "bd"
+    args = ["train", "diffusion", "--out", str(out), "--size", "tiny", "--block-size", "8", "--tokenizer", tok_dir,
+            "--max-files", str(FILES), "--seq-len", "32", "--batch-size", "4", "--steps", "6", "--warmup", "2",
+            "--eval-every", "100", "--eval-windows", "4", "--quiet"]
+    assert main(args) == 0
+    record = json.loads((out / "training.json").read_text())
+    assert record["steps"] == 6 and record["config"]["block_size"] == 8
+    model = paragen.load(out, dtype=torch.float64)
+    assert model.info.attention == "block_causal" and model.info.block_size == 8
+    kw = dict(max_new_tokens=12, threshold=0.5)
+    cached = paragen.generate(model, "import os\n", "block_diffusion", **kw)
+    full = paragen.generate(model, "import os\n", "block_diffusion", cache="none", **kw)
+    assert cached.tokens == full.tokens and model.info.mask_id not in cached.tokens
+
+
+def test_init_from_an_ar_model(tok_dir, tmp_path):
+    tok = Tokenizer.from_dir(tok_dir)
+    ar = NativeModel(NativeConfig(vocab_size=tok.vocab_size, eos_token_id=tok.eos_id, **SIZES["tiny"])).init_weights(5)
+    save_model(ar, tok, tmp_path / "ar")
+    cfg = config(None, tmp_path / "sdar", init=str(tmp_path / "ar"), attention="block_causal", block_size=8, steps=0)
+    train_diffusion(cfg, progress=False)  # zero steps: the AR weights, relabelled block-causal
+    model, ref = paragen.load(tmp_path / "sdar"), paragen.load(tmp_path / "ar")
+    assert model.info.attention == "block_causal" and model.info.mask_id == tok.mask_id
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), ref.state_dict().values()))
+
+
+def test_config_errors():
+    with pytest.raises(ValueError, match="block_causal"):
+        DiffusionTrainConfig(block_size=8)
+    with pytest.raises(ValueError, match="dividing"):
+        DiffusionTrainConfig(attention="block_causal", block_size=7, seq_len=64)
+    with pytest.raises(ValueError, match="bidirectional"):
+        DiffusionTrainConfig(attention="causal")
