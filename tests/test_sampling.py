@@ -79,7 +79,7 @@ def exact_sequence_distribution(model, prompt: list[int], length: int, params: S
 
 
 V = 4
-TARGET = tiny_model(11, vocab=V, std=0.6)
+TARGET = tiny_model(11, vocab=V, std=0.3)  # flat enough that rejections and residuals matter
 DRAFT = tiny_model(12, vocab=V, std=0.6)  # a different model: rejections do happen
 PROMPT = [0, 1, 2, 0, 1]  # repeats, so lookup finds drafts
 
