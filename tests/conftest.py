@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import torch
 import pytest
+import torch
 
 from paragen.models.io import save_model
 from paragen.models.native import NativeConfig, NativeModel
 from paragen.train.tokenizer import train_tokenizer
+
 
 @pytest.fixture(autouse=True, scope="session")
 def one_thread():

@@ -71,7 +71,7 @@ class HFModel(Model):
         self.tokenizer = None
 
     @classmethod
-    def from_dir(cls, path: Path, dtype: torch.dtype = torch.float32) -> "HFModel":
+    def from_dir(cls, path: Path, dtype: torch.dtype = torch.float32) -> HFModel:
         from transformers import AutoModelForCausalLM
 
         try:

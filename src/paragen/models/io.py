@@ -151,7 +151,7 @@ def load_state(path: Path) -> dict[str, torch.Tensor]:
 
 def load_native(path: Path, dtype: torch.dtype = torch.float32) -> NativeModel:
     config = native_config(read_config(path))
-    model = NativeModel(config)
+    model = NativeModel(config).to(dtype)  # cast first: loading into float32 would round float64 weights
     state = load_state(path)
     if config.tie_word_embeddings:
         state.pop("lm_head.weight", None)
@@ -159,4 +159,4 @@ def load_native(path: Path, dtype: torch.dtype = torch.float32) -> NativeModel:
     missing = [m for m in missing if not (config.tie_word_embeddings and m == "lm_head.weight")]
     if missing or unexpected:
         raise ModelLoadError(f"{path}: weights do not match the config (missing {missing[:3]}, unexpected {unexpected[:3]})")
-    return model.to(dtype).eval()
+    return model.eval()

@@ -48,7 +48,7 @@ class NativeConfig:
         return v * h * (1 if self.tie_word_embeddings else 2) + self.num_hidden_layers * layer + h
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "NativeConfig":
+    def from_dict(cls, d: dict[str, Any]) -> NativeConfig:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
 
@@ -63,8 +63,9 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Normalise in float32 at least, as Hugging Face Llama does, then cast back.
-        xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+        # Normalise in float32 whatever the model dtype, exactly as Hugging Face Llama/Qwen2
+        # do, so both backends agree bit for bit in float32 and float64.
+        xf = x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * xf.to(x.dtype)
 
@@ -144,7 +145,8 @@ class NativeModel(nn.Module, Model):
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
         d = config.head_dim
-        inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d))
+        # Rotary frequencies in float32, as Hugging Face computes them (parity in every dtype).
+        inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float32) / d))
         self.register_buffer("inv_freq", inv_freq, persistent=False)
         eos = () if config.eos_token_id is None else (config.eos_token_id,)
         self.info = ModelInfo(
@@ -157,7 +159,7 @@ class NativeModel(nn.Module, Model):
         )
         self.tokenizer = None
 
-    def init_weights(self, seed: int = 0, std: float = 0.02) -> "NativeModel":
+    def init_weights(self, seed: int = 0, std: float = 0.02) -> NativeModel:
         """GPT-2 style initialisation; residual projections scaled by 1/sqrt(2 * layers)."""
         g = torch.Generator().manual_seed(seed)
         for name, p in self.named_parameters():
@@ -181,7 +183,7 @@ class NativeModel(nn.Module, Model):
         )
 
     def rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        freqs = positions.to(torch.float64)[..., None] * self.inv_freq  # [B, T, D/2]
+        freqs = positions.float()[..., None] * self.inv_freq.float()  # [B, T, D/2]
         emb = torch.cat((freqs, freqs), dim=-1)[:, None]  # [B, 1, T, D]
         return emb.cos().to(self.dtype), emb.sin().to(self.dtype)
 

@@ -45,11 +45,11 @@ def lookahead_mask(W: int, L: int, G: int, m: int) -> torch.Tensor:
     T = 1 + L * W + G * m
     mask = torch.zeros(T, T, dtype=torch.bool)
     mask[:, 0] = True
-    cell = lambda l, j: 1 + l * W + j  # noqa: E731
-    for l in range(L):
+    cell = lambda r, j: 1 + r * W + j  # noqa: E731  (row r, column j) -> index
+    for r in range(L):
         for j in range(W):
-            mask[cell(l, j), [cell(0, jj) for jj in range(j + 1)]] = True
-            mask[cell(l, j), [cell(ll, j) for ll in range(1, l + 1)]] = True
+            mask[cell(r, j), [cell(0, jj) for jj in range(j + 1)]] = True
+            mask[cell(r, j), [cell(rr, j) for rr in range(1, r + 1)]] = True
     base = 1 + L * W
     for g in range(G):
         for i in range(m):
@@ -94,7 +94,7 @@ class Lookahead(Strategy):
         cands = self.pool.get(self.seq[-1], [])[: o.guesses]
         G = len(cands)
         tokens = [self.seq[-1]] + [t for row in self.rows for t in row] + [t for c in cands for t in c]
-        offsets = [0] + [l + j + 1 for l in range(L) for j in range(W)] + [i + 1 for _ in range(G) for i in range(m)]
+        offsets = [0] + [r + j + 1 for r in range(L) for j in range(W)] + [i + 1 for _ in range(G) for i in range(m)]
         mask = lookahead_mask(W, L, G, m)
         y = feed(self.ctx.target, self.cache, tokens, n - 1, mask=mask, positions=[n - 1 + d for d in offsets])
         y = y.argmax(-1).tolist()

@@ -1,0 +1,116 @@
+"""Backends: native vs transformers logits on the same weights; save/load; clear load errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import paragen
+from paragen.errors import ModelLoadError
+from paragen.models.io import load_native, save_model
+from tests.conftest import tiny_model
+
+
+def logits(model, ids, mask=None):
+    with torch.inference_mode():
+        return model(torch.tensor([ids]), torch.arange(len(ids))[None], mask=mask)[0]
+
+
+@pytest.mark.parametrize("bias", [False, True], ids=["llama", "qwen2"])
+def test_native_matches_transformers(tmp_path, tokenizer, bias):
+    """Same weights, float64: paragen's Llama/Qwen2 against transformers' own classes."""
+    from transformers import AutoModelForCausalLM
+
+    model = tiny_model(5, vocab=tokenizer.vocab_size, bias=bias)
+    path = save_model(model, tokenizer, tmp_path / "m", dtype=torch.float64)
+    cfg = json.loads((path / "config.json").read_text())
+    assert cfg["model_type"] == ("qwen2" if bias else "llama")
+    hf = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float64, local_files_only=True).eval()
+    ids = tokenizer.encode("def add(a, b):\n    return a + b\n")
+    with torch.inference_mode():
+        ref = hf(torch.tensor([ids])).logits[0]
+    torch.testing.assert_close(logits(model, ids), ref, rtol=1e-10, atol=1e-10)
+    # and through the loaders of both backends
+    native = paragen.load(path, dtype=torch.float64)
+    adapter = paragen.load(path, backend="hf", dtype=torch.float64)
+    torch.testing.assert_close(logits(native, ids), ref, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(logits(adapter, ids), ref, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_native_loads_directories_written_by_transformers(tmp_path, tokenizer, kind):
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    Config, Model = (LlamaConfig, LlamaForCausalLM) if kind == "llama" else (Qwen2Config, Qwen2ForCausalLM)
+    torch.manual_seed(0)
+    cfg = Config(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                 eos_token_id=tokenizer.eos_id, tie_word_embeddings=(kind == "llama"))
+    hf = Model(cfg).to(torch.float64).eval()
+    hf.save_pretrained(str(tmp_path))
+    tokenizer.save(tmp_path)
+    ids = tokenizer.encode("for i in range(10):")
+    with torch.inference_mode():
+        ref = hf(torch.tensor([ids])).logits[0]
+    native = paragen.load(tmp_path, dtype=torch.float64)
+    torch.testing.assert_close(logits(native, ids), ref, rtol=1e-9, atol=1e-9)
+    assert native.info.eos_ids == (tokenizer.eos_id,)
+
+
+def test_hf_adapter_honours_explicit_masks(tmp_path, tokenizer):
+    """A tree-style mask: each token sees only the first token and itself."""
+    model = tiny_model(6, vocab=tokenizer.vocab_size)
+    path = save_model(model, tokenizer, tmp_path / "m", dtype=torch.float64)
+    adapter = paragen.load(path, backend="hf", dtype=torch.float64)
+    mask = torch.eye(5, dtype=torch.bool)
+    mask[:, 0] = True
+    ids = [5, 9, 12, 7, 30]
+    torch.testing.assert_close(logits(adapter, ids, mask[None]), logits(model, ids, mask[None]), rtol=1e-10, atol=1e-10)
+
+
+def test_save_load_gives_identical_logits(tmp_path, tokenizer):
+    model = tiny_model(2, vocab=tokenizer.vocab_size).float()
+    save_model(model, tokenizer, tmp_path / "m", dtype=torch.float32)
+    loaded = load_native(tmp_path / "m")
+    ids = [1, 2, 3, 4, 5]
+    assert torch.equal(logits(model, ids), logits(loaded, ids))
+
+
+def test_corrupt_or_truncated_weights_give_a_clear_error(tmp_path, model_dir):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(model_dir, bad)
+    data = (bad / "model.safetensors").read_bytes()
+    (bad / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelLoadError, match="corrupt or truncated"):
+        paragen.load(bad)
+    (bad / "model.safetensors").write_bytes(b"not a safetensors file at all")
+    with pytest.raises(ModelLoadError):
+        paragen.load(bad)
+
+
+def test_missing_model_gives_a_clear_error(tmp_path):
+    with pytest.raises(ModelLoadError, match="neither a directory nor a built-in"):
+        paragen.load(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelLoadError, match="no config.json"):
+        paragen.load(tmp_path / "empty")
+
+
+def test_save_is_atomic(tmp_path, tokenizer):
+    """A failure while writing leaves no half-written model directory behind."""
+    model = tiny_model(2, vocab=tokenizer.vocab_size)
+
+    class Boom(Exception):
+        pass
+
+    class BadTokenizer:
+        def save(self, path):
+            raise Boom()
+
+    with pytest.raises(Boom):
+        save_model(model, BadTokenizer(), tmp_path / "m")
+    assert list(tmp_path.iterdir()) == []
