@@ -16,15 +16,6 @@ V, MASK, EOS = 40, 39, 38
 PROMPT = [3, 1, 4, 1, 5]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: thread start-up costs more than the work (and a busy machine makes it worse)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny(attention: str = "bidirectional", block_size: int | None = None, eos: int | None = None, seed: int = 0,
          mask: int | None = MASK) -> NativeModel:
     cfg = NativeConfig(

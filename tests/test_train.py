@@ -12,7 +12,7 @@ from paragen.models.io import builtin_models, load_native
 from paragen.train.corpus import find_corpus, is_heldout
 from paragen.train.lm import TrainConfig, train_lm
 
-TINY = dict(size="tiny", max_files=30, seq_len=64, batch_size=8, vocab_size=300, precision="fp32",
+TINY = dict(size="tiny", max_files=30, seq_len=64, batch_size=8, vocab_size=300, precision="fp32", warmup=4,
             eval_every=20, checkpoint_every=10, eval_windows=16)
 
 
@@ -38,13 +38,15 @@ def test_tiny_training_lowers_heldout_loss(tmp_path):
 
 def test_resume_continues_to_the_same_result(tmp_path):
     straight = train_lm(TrainConfig(out=str(tmp_path / "a"), steps=20, **TINY), progress=False)
-    train_lm(TrainConfig(out=str(tmp_path / "b"), steps=10, **TINY), progress=False)  # "interrupted" at 10
+    # "interrupted" after 10 of 20 steps (warm-up short, so the cosine schedule is exercised)
+    train_lm(TrainConfig(out=str(tmp_path / "b"), steps=20, **TINY), progress=False, stop_at=10)
     resumed = train_lm(TrainConfig(out=str(tmp_path / "b"), steps=20, **TINY), resume=True, progress=False)
     assert resumed["steps"] == straight["steps"] == 20
     a, b = load_native(tmp_path / "a"), load_native(tmp_path / "b")
     for (name, pa), (_, pb) in zip(a.state_dict().items(), b.state_dict().items()):
         assert torch.equal(pa, pb), name
     assert resumed["heldout_loss"] == straight["heldout_loss"]
+    assert resumed["history"] == straight["history"]
 
 
 @pytest.mark.parametrize("name", ["code-target", "code-draft"])

@@ -21,15 +21,6 @@ from paragen.train.tokenizer import train_tokenizer
 FILES = 30
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: thread start-up costs more than the work (and a busy machine makes it worse)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def tok_dir(tmp_path_factory) -> str:
     corpus = find_corpus()

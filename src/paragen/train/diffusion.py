@@ -25,10 +25,7 @@ autocast on CPU, clipping, atomic resumable checkpoints, an optional wall-clock 
 from __future__ import annotations
 
 import json
-import platform
-import sys
-import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +35,8 @@ import torch.nn.functional as F
 from paragen.models.io import load_native, save_model
 from paragen.models.native import NativeConfig, NativeModel
 from paragen.tokenizer import Tokenizer
-from paragen.train.lm import SIZES, TrainConfig, lr_at, prepare, sample_batch, save_checkpoint
+from paragen.train.lm import SIZES, TrainConfig, prepare
+from paragen.train.loop import fit, training_record
 
 
 @dataclass(frozen=True)
@@ -155,14 +153,6 @@ def model_config(cfg: DiffusionTrainConfig, tok: Tokenizer, init: NativeModel | 
     return replace(init.config, max_position_embeddings=context, **common)
 
 
-def make_optimizer(model: NativeModel, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW as in ``train lm``: no weight decay on norms (1-D parameters)."""
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
-
-
 def train_diffusion(
     cfg: DiffusionTrainConfig, resume: bool = False, progress: bool = True, command: str | None = None,
     stop_at: int | None = None,
@@ -172,12 +162,9 @@ def train_diffusion(
     ``stop_at``: end this run after that many steps in all (checkpointed and saved, as a
     time budget would), so a later ``resume=True`` run continues exactly where it stopped.
     """
-    from tqdm import tqdm
-
     out = Path(cfg.out)
     work = out.parent / f".{out.name}.work"  # checkpoints live beside, not inside, the model dir
     work.mkdir(parents=True, exist_ok=True)
-    ckpt_path = work / "checkpoint.pt"
     torch.manual_seed(cfg.seed)
     init = load_native(Path(cfg.init)) if cfg.init else None
     tok, train, heldout, split = prepare(replace(cfg, tokenizer=cfg.tokenizer or cfg.init), work)
@@ -186,76 +173,17 @@ def train_diffusion(
     if cfg.init and cfg.tokenizer and Tokenizer.from_dir(cfg.init).fingerprint() != tok.fingerprint():
         raise ValueError(f"--tokenizer {cfg.tokenizer} is not the --init model's tokenizer: drop --tokenizer")
     mask_id = tok.mask_id
-    mconf = model_config(cfg, tok, init)
-    model = NativeModel(mconf).init_weights(cfg.seed)
+    model = NativeModel(model_config(cfg, tok, init)).init_weights(cfg.seed)
     if init is not None:
         model.load_state_dict(init.state_dict())
-    opt = make_optimizer(model, cfg)
-    g = torch.Generator().manual_seed(cfg.seed)
-    step, tokens_seen, elapsed, history, loss_ema = 0, 0, 0.0, [], None
-    if resume and ckpt_path.exists():
-        ck = torch.load(ckpt_path, weights_only=False)
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        g.set_state(ck["generator"])
-        step, tokens_seen, elapsed, history = ck["step"], ck["tokens_seen"], ck["elapsed"], ck["history"]
-        loss_ema = ck["loss_ema"]
-    model.train()
-    budget = cfg.minutes * 60 if cfg.minutes else None
-    last = min(cfg.steps, stop_at) if stop_at is not None else cfg.steps
-    bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc=f"diffusion {cfg.size}", dynamic_ncols=True)
-    t_last = time.time()
-
-    def checkpoint() -> None:
-        save_checkpoint(ckpt_path, dict(model=model.state_dict(), optimizer=opt.state_dict(), generator=g.get_state(),
-                                        step=step, tokens_seen=tokens_seen, elapsed=elapsed, history=history,
-                                        loss_ema=loss_ema))
-
-    while step < last and (budget is None or elapsed < budget):
-        for group in opt.param_groups:
-            group["lr"] = lr_at(cfg, step, max(step / cfg.steps, elapsed / budget if budget else 0.0))
-        # 1. a batch of windows; 2. noise it; 3. the weighted masked cross-entropy
-        x0 = sample_batch(train, cfg, g)[:, : cfg.seq_len]
-        loss, _, _ = diffusion_loss(model, x0, cfg, mask_id, g)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-        opt.step()
-        step += 1
-        tokens_seen += x0.numel()
-        now = time.time()
-        elapsed, t_last = elapsed + now - t_last, now
-        loss_ema = loss.item() if loss_ema is None else 0.95 * loss_ema + 0.05 * loss.item()
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss_ema:.3f}", tok_s=f"{tokens_seen / max(elapsed, 1e-9):.0f}")
-        if step % cfg.eval_every == 0:
-            hl, ha = evaluate_diffusion(model, heldout, cfg, mask_id)
-            history.append({"step": step, "tokens": tokens_seen, "heldout_loss": hl, "heldout_accuracy": ha,
-                            "train_loss": loss_ema})
-            bar.write(f"step {step}: heldout loss {hl:.3f} masked acc {ha:.3f}")
-            t_last = time.time()  # evaluation time is not training time
-        if step % cfg.checkpoint_every == 0:
-            checkpoint()
-    bar.close()
-    checkpoint()
-    hl, ha = evaluate_diffusion(model, heldout, cfg, mask_id)
-    record = {
-        "command": command or " ".join(sys.argv),
-        "objective": "masked diffusion (MDLM/LLaDA 1/t-weighted masked cross-entropy)"
-        + (f", block-causal blocks of {cfg.block_size} (BD3-LM)" if cfg.block_size else ""),
-        "config": asdict(cfg),
-        "model": mconf.to_dict(),
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "seed": cfg.seed,
-        "steps": step,
-        "tokens_seen": tokens_seen,
-        "heldout_loss": hl,  # upper bound on NLL per token, unconditional
-        "heldout_accuracy": ha,  # on masked tokens
-        "wall_seconds": round(elapsed, 1),
-        "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                    "threads": torch.get_num_threads(), "torch": torch.__version__},
-        "split": split,
-        "history": history,
-    }
+    # 1. a batch of windows; 2. noise it; 3. the weighted masked cross-entropy
+    loss_fn = lambda m, batch, g: diffusion_loss(m, batch[:, : cfg.seq_len], cfg, mask_id, g)[0]  # noqa: E731
+    evaluate = lambda m: evaluate_diffusion(m, heldout, cfg, mask_id)  # noqa: E731
+    state = fit(model, cfg, train, loss_fn, evaluate, work / "checkpoint.pt", resume=resume, progress=progress,
+                desc=f"diffusion {cfg.size}", stop_at=stop_at)
+    objective = "masked diffusion (MDLM/LLaDA 1/t-weighted masked cross-entropy)" + (
+        f", block-causal blocks of {cfg.block_size} (BD3-LM)" if cfg.block_size else "")
+    # held-out loss: an upper bound on NLL per token, unconditional; accuracy: on masked tokens
+    record = training_record(cfg, model, state, evaluate(model), split, command, objective=objective)
     save_model(model, tok, out, dtype=torch.float16, extra_files={"training.json": json.dumps(record, indent=2) + "\n"})
     return record

@@ -8,12 +8,7 @@ optional wall-clock budget. The result is a Hugging Face layout model directory.
 from __future__ import annotations
 
 import json
-import math
-import os
-import platform
-import sys
-import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +19,7 @@ from paragen.models.io import save_model
 from paragen.models.native import NativeConfig, NativeModel
 from paragen.tokenizer import Tokenizer
 from paragen.train.corpus import find_corpus
+from paragen.train.loop import fit, training_record
 from paragen.train.tokenizer import train_tokenizer
 
 # Model shapes by name. ``target`` and ``draft`` are the shipped pair (draft ~10x smaller).
@@ -68,17 +64,6 @@ def encode_files(tok: Tokenizer, texts: list[str]) -> np.ndarray:
     return np.asarray(out, dtype=np.uint16 if tok.vocab_size < 65536 else np.int32)
 
 
-def lr_at(cfg: TrainConfig, step: int, progress: float) -> float:
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
-
-
-def sample_batch(data: torch.Tensor, cfg: TrainConfig, g: torch.Generator) -> torch.Tensor:
-    starts = torch.randint(0, len(data) - cfg.seq_len - 1, (cfg.batch_size,), generator=g)
-    return torch.stack([data[s : s + cfg.seq_len + 1] for s in starts.tolist()]).long()
-
-
 @torch.no_grad()
 def evaluate(model: NativeModel, heldout: torch.Tensor, cfg: TrainConfig) -> tuple[float, float]:
     """Mean loss and next-token accuracy over fixed, evenly spaced held-out windows."""
@@ -94,12 +79,6 @@ def evaluate(model: NativeModel, heldout: torch.Tensor, cfg: TrainConfig) -> tup
         total += x[:, 1:].numel()
     model.train()
     return sum(losses) / total, correct / total
-
-
-def save_checkpoint(path: Path, state: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # atomic: a crash leaves the previous checkpoint intact
 
 
 def prepare(cfg: TrainConfig, work: Path) -> tuple[Tokenizer, torch.Tensor, torch.Tensor, dict]:
@@ -123,14 +102,24 @@ def prepare(cfg: TrainConfig, work: Path) -> tuple[Tokenizer, torch.Tensor, torc
     return tok, train, heldout, split
 
 
-def train_lm(cfg: TrainConfig, resume: bool = False, progress: bool = True, command: str | None = None) -> dict:
-    """Train, checkpoint, and write the final model directory; returns the training record."""
-    from tqdm import tqdm
+def lm_loss(model: NativeModel, batch: torch.Tensor, precision: str) -> torch.Tensor:
+    """Next-token cross-entropy over a batch of windows [B, L + 1]."""
+    x, y = batch[:, :-1], batch[:, 1:]
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        logits = model(x, torch.arange(x.shape[1]).expand(x.shape[0], -1))
+    return F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
 
+
+def train_lm(cfg: TrainConfig, resume: bool = False, progress: bool = True, command: str | None = None,
+             stop_at: int | None = None) -> dict:
+    """Train, checkpoint, and write the final model directory; returns the training record.
+
+    ``stop_at``: end this run after that many steps in all (checkpointed, as a time budget
+    would), so that a later ``resume=True`` run continues exactly where it stopped.
+    """
     out = Path(cfg.out)
     work = out.parent / f".{out.name}.work"  # checkpoints live beside, not inside, the model dir
     work.mkdir(parents=True, exist_ok=True)
-    ckpt_path = work / "checkpoint.pt"
     torch.manual_seed(cfg.seed)
     tok, train, heldout, split = prepare(cfg, work)
     if tok.eos_id is None:
@@ -140,76 +129,10 @@ def train_lm(cfg: TrainConfig, resume: bool = False, progress: bool = True, comm
         eos_token_id=tok.eos_id, mask_token_id=tok.mask_id, attention=cfg.attention, **SIZES[cfg.size],
     )
     model = NativeModel(mconf).init_weights(cfg.seed)
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr, betas=(0.9, 0.95),
-    )
-    g = torch.Generator().manual_seed(cfg.seed)
-    step, tokens_seen, elapsed, history = 0, 0, 0.0, []
-    if resume and ckpt_path.exists():
-        ck = torch.load(ckpt_path, weights_only=False)
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        g.set_state(ck["generator"])
-        step, tokens_seen, elapsed, history = ck["step"], ck["tokens_seen"], ck["elapsed"], ck["history"]
-    model.train()
-    budget = cfg.minutes * 60 if cfg.minutes else None
-    bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc=f"train {cfg.size}", dynamic_ncols=True)
-    t_last, loss_ema = time.time(), None
-
-    def checkpoint() -> None:
-        save_checkpoint(ckpt_path, dict(model=model.state_dict(), optimizer=opt.state_dict(), generator=g.get_state(),
-                                        step=step, tokens_seen=tokens_seen, elapsed=elapsed, history=history))
-
-    while step < cfg.steps and (budget is None or elapsed < budget):
-        progress_frac = max(step / cfg.steps, elapsed / budget if budget else 0.0)
-        for group in opt.param_groups:
-            group["lr"] = lr_at(cfg, step, progress_frac)
-        x = sample_batch(train, cfg, g)
-        pos = torch.arange(cfg.seq_len).expand(x.shape[0], -1)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
-            logits = model(x[:, :-1], pos)
-        loss = F.cross_entropy(logits.float().flatten(0, 1), x[:, 1:].flatten())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-        opt.step()
-        step += 1
-        tokens_seen += x[:, 1:].numel()
-        now = time.time()
-        elapsed += now - t_last
-        t_last = now
-        loss_ema = loss.item() if loss_ema is None else 0.95 * loss_ema + 0.05 * loss.item()
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss_ema:.3f}", tok_s=f"{tokens_seen / max(elapsed, 1e-9):.0f}")
-        if step % cfg.eval_every == 0:
-            hl, ha = evaluate(model, heldout, cfg)
-            history.append({"step": step, "tokens": tokens_seen, "heldout_loss": hl, "heldout_accuracy": ha, "train_loss": loss_ema})
-            bar.write(f"step {step}: heldout loss {hl:.3f} acc {ha:.3f}")
-            t_last = time.time()  # evaluation time is not training time
-        if step % cfg.checkpoint_every == 0:
-            checkpoint()
-    bar.close()
-    checkpoint()
-    hl, ha = evaluate(model, heldout, cfg)
-    record = {
-        "command": command or " ".join(sys.argv),
-        "config": asdict(cfg),
-        "model": mconf.to_dict(),
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "seed": cfg.seed,
-        "steps": step,
-        "tokens_seen": tokens_seen,
-        "heldout_loss": hl,
-        "heldout_accuracy": ha,
-        "wall_seconds": round(elapsed, 1),
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "threads": torch.get_num_threads(),
-                    "torch": torch.__version__},
-        "split": split,
-        "history": history,
-    }
+    state = fit(model, cfg, train, lambda m, batch, g: lm_loss(m, batch, cfg.precision),
+                lambda m: evaluate(m, heldout, cfg), work / "checkpoint.pt", resume=resume, progress=progress,
+                desc=f"train {cfg.size}", stop_at=stop_at)
+    record = training_record(cfg, model, state, evaluate(model, heldout, cfg), split, command)
     save_model(model, tok, out, dtype=torch.float16, extra_files={"training.json": json.dumps(record, indent=2) + "\n"})
     return record
 

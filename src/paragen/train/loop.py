@@ -1,0 +1,148 @@
+"""The training loop shared by ``train lm`` and ``train diffusion``.
+
+AdamW (no decay on 1-D parameters), linear warm-up then cosine decay, gradient clipping,
+an optional wall-clock budget that the schedule follows, periodic held-out evaluation,
+and atomic checkpoints that a ``resume`` run continues from exactly (the batch sampler's
+generator is checkpointed too).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from paragen.models.native import NativeModel
+
+
+@dataclass
+class Progress:
+    step: int = 0
+    tokens_seen: int = 0
+    elapsed: float = 0.0  # training seconds (evaluation excluded)
+    loss_ema: float | None = None
+    history: list[dict] = field(default_factory=list)
+
+
+def make_optimizer(model: NativeModel, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]  # norms and biases
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95))
+
+
+def lr_at(cfg: Any, step: int, progress: float) -> float:
+    """Linear warm-up over ``cfg.warmup`` steps, then cosine decay to 10% of ``cfg.lr``."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+
+def sample_batch(data: torch.Tensor, cfg: Any, g: torch.Generator) -> torch.Tensor:
+    """``cfg.batch_size`` random windows of ``cfg.seq_len + 1`` tokens [B, L + 1]."""
+    starts = torch.randint(0, len(data) - cfg.seq_len - 1, (cfg.batch_size,), generator=g)
+    return torch.stack([data[s : s + cfg.seq_len + 1] for s in starts.tolist()]).long()
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # atomic: a crash leaves the previous checkpoint intact
+
+
+def fit(
+    model: NativeModel,
+    cfg: Any,
+    train: torch.Tensor,
+    loss_fn: Callable[[NativeModel, torch.Tensor, torch.Generator], torch.Tensor],
+    evaluate: Callable[[NativeModel], tuple[float, float]],
+    checkpoint_path: Path,
+    resume: bool = False,
+    progress: bool = True,
+    desc: str = "train",
+    stop_at: int | None = None,
+) -> Progress:
+    """Train ``model`` in place until ``cfg.steps``, the ``cfg.minutes`` budget, or ``stop_at``.
+
+    ``loss_fn(model, batch [B, L + 1], generator)`` returns the loss of one batch;
+    ``evaluate(model)`` returns held-out (loss, accuracy).
+    """
+    from tqdm import tqdm
+
+    opt = make_optimizer(model, cfg.lr, cfg.weight_decay)
+    g = torch.Generator().manual_seed(cfg.seed)
+    state = Progress()
+    if resume and checkpoint_path.exists():
+        ck = torch.load(checkpoint_path, weights_only=False)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        g.set_state(ck["generator"])
+        state = Progress(**ck["progress"])
+    model.train()
+    budget = cfg.minutes * 60 if cfg.minutes else None
+    last = min(cfg.steps, stop_at) if stop_at is not None else cfg.steps
+    bar = tqdm(total=cfg.steps, initial=state.step, disable=not progress, desc=desc, dynamic_ncols=True)
+
+    def checkpoint() -> None:
+        save_checkpoint(checkpoint_path, dict(model=model.state_dict(), optimizer=opt.state_dict(),
+                                              generator=g.get_state(), progress=asdict(state)))
+
+    t_last = time.time()
+    while state.step < last and (budget is None or state.elapsed < budget):
+        frac = max(state.step / cfg.steps, state.elapsed / budget if budget else 0.0)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(cfg, state.step, frac)
+        batch = sample_batch(train, cfg, g)
+        loss = loss_fn(model, batch, g)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+        opt.step()
+        state.step += 1
+        state.tokens_seen += batch.shape[0] * cfg.seq_len
+        now = time.time()
+        state.elapsed, t_last = state.elapsed + now - t_last, now
+        state.loss_ema = loss.item() if state.loss_ema is None else 0.95 * state.loss_ema + 0.05 * loss.item()
+        bar.update(1)
+        bar.set_postfix(loss=f"{state.loss_ema:.3f}", tok_s=f"{state.tokens_seen / max(state.elapsed, 1e-9):.0f}")
+        if state.step % cfg.eval_every == 0:
+            hl, ha = evaluate(model)
+            state.history.append({"step": state.step, "tokens": state.tokens_seen, "heldout_loss": hl,
+                                  "heldout_accuracy": ha, "train_loss": state.loss_ema})
+            bar.write(f"step {state.step}: heldout loss {hl:.3f} accuracy {ha:.3f}")
+            t_last = time.time()  # evaluation time is not training time
+        if state.step % cfg.checkpoint_every == 0:
+            checkpoint()
+    bar.close()
+    checkpoint()
+    return state
+
+
+def training_record(cfg: Any, model: NativeModel, state: Progress, heldout: tuple[float, float], split: dict,
+                    command: str | None, **extra: Any) -> dict:
+    """What ``training.json`` records next to a trained model."""
+    return {
+        "command": command or " ".join(sys.argv),
+        **extra,
+        "config": asdict(cfg),
+        "model": model.config.to_dict(),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "seed": cfg.seed,
+        "steps": state.step,
+        "tokens_seen": state.tokens_seen,
+        "heldout_loss": heldout[0],
+        "heldout_accuracy": heldout[1],
+        "wall_seconds": round(state.elapsed, 1),
+        "machine": {"platform": platform.platform(), "processor": platform.processor(),
+                    "threads": torch.get_num_threads(), "torch": torch.__version__},
+        "split": split,
+        "history": state.history,
+    }
