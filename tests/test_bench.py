@@ -219,7 +219,7 @@ RECORD_TYPES = {"task_id": str, "strategy": str, "prompt_tokens": int, "new_toke
                 "committed_per_call": MAYBE_DICT, "exact": bool, "agree": float, "gen_ppl": MAYBE_FLOAT, "ast_ok": bool}
 SUMMARY_KEYS = {"strategy", "lossless", "peer", "prompts", "new_tokens", "target_calls", "draft_calls", "seconds",
                 "tokens_per_call", "tok_s", "speedup", "speedup_ci95", "exact", "non_exact", "agree", "gen_ppl",
-                "ast_ok", "committed_per_call", "flagged"}
+                "ast_ok", "loops", "committed_per_call", "flagged"}
 ENV_KEYS = {"paragen", "python", "torch", "transformers", "numpy", "platform", "cpu", "cpu_count", "torch_threads",
             "cuda", "git_commit", "command", "started"}
 
@@ -278,3 +278,14 @@ def test_bench_end_to_end_on_a_tiny_model(tiny_models, tmp_path, capsys):
     html = (out / "report.html").read_text()
     assert html.count("src='data:image/png;base64,") == 3
     assert sorted(p.name for p in out.iterdir()) == ["bench.json", "report.html"]
+
+
+def test_loops_detects_short_periods_only():
+    from paragen.bench.metrics import loops
+
+    assert loops([1, 2, 3] * 30)  # period 3
+    assert loops(list(range(20)) + [7] * 64)  # period 1 at the end
+    assert not loops(list(range(100)))
+    assert not loops([1, 2, 3] * 10)  # shorter than the 64-token window
+    assert not loops(list(range(9)) * 10)  # period 9 > 8
+    assert loops(list(range(9)) * 10, max_period=9)

@@ -28,7 +28,7 @@ Modules: ``run`` (the protocol), ``metrics`` (pure metric functions), ``peers``
   output), ``ast_ok`` (bool).
 - ``summary``: name -> ``{strategy, lossless, peer, prompts, new_tokens, target_calls,
   draft_calls, seconds, tokens_per_call, tok_s, speedup, speedup_ci95: [lo, hi], exact,
-  non_exact: [task ids], agree, gen_ppl, ast_ok, committed_per_call, flagged}``;
+  non_exact: [task ids], agree, gen_ppl, ast_ok, loops, committed_per_call, flagged}``;
   definitions in ``paragen.bench.metrics.summarize_strategy``. ``flagged`` marks a
   lossless strategy that differed from ``ar`` under greedy decoding.
 """

@@ -78,6 +78,7 @@ class Summary:
     agree: float
     gen_ppl: float | None
     ast_ok: float
+    loops: float
     committed_per_call: dict[int, int] | None
     flagged: bool
 
@@ -100,6 +101,18 @@ def token_agreement(tokens: tuple[int, ...] | list[int], reference: tuple[int, .
     if n == 0:
         return 1.0
     return sum(a == b for a, b in zip(tokens, reference)) / n
+
+
+def loops(tokens: tuple[int, ...] | list[int], window: int = 64, max_period: int = 8) -> bool:
+    """Whether the last ``window`` tokens repeat with a period of ``max_period`` or less.
+
+    Such degenerate loops are easy to predict, so they inflate the tokens per call of
+    lookup-style strategies; the share of looping outputs says how much.
+    """
+    tail = list(tokens[-window:])
+    if len(tail) < window:
+        return False
+    return any(all(tail[i] == tail[i + p] for i in range(window - p)) for p in range(1, max_period + 1))
 
 
 def function_completion(prompt: str, output: str) -> str:
@@ -211,7 +224,8 @@ def summarize_strategy(
     tokens_per_call = sum new tokens / sum target calls (None if calls are unknown);
     speedup = sum ar seconds / sum strategy seconds over the same prompts, with a
     bootstrap 95% interval; tok_s = sum new tokens / sum seconds; exact, agree, ast_ok =
-    means over prompts; gen_ppl = pooled perplexity. ``flagged``: a lossless strategy that
+    means over prompts; gen_ppl = pooled perplexity; loops = share of outputs whose last
+    64 tokens repeat with a period of 8 or less (``loops``). ``flagged``: a lossless strategy that
     did not reproduce ``ar`` on every prompt under greedy decoding (a bug to look at).
     """
     ids = [r.task_id for r in records]
@@ -239,6 +253,7 @@ def summarize_strategy(
         agree=sum(r.agree or 0.0 for r in records) / len(records),
         gen_ppl=pooled_perplexity(records),
         ast_ok=sum(bool(r.ast_ok) for r in records) / len(records),
+        loops=sum(loops(r.tokens) for r in records) / len(records),
         committed_per_call=_merge_histograms(records),
         flagged=lossless and greedy and bool(non_exact),
     )

@@ -19,7 +19,7 @@ from typing import Any
 
 from paragen.bench.metrics import Summary
 
-COLUMNS = ("strategy", "exact", "tok/call", "speedup [95% CI]", "tok/s", "agree", "gen_ppl", "ast_ok",
+COLUMNS = ("strategy", "exact", "tok/call", "speedup [95% CI]", "tok/s", "agree", "gen_ppl", "ast_ok", "loops",
            "target calls", "draft calls")
 
 
@@ -39,7 +39,7 @@ def table_rows(summary: dict[str, Summary]) -> list[list[str]]:
         calls = "-" if s.target_calls is None else str(s.target_calls)
         drafts = "-" if s.draft_calls is None else str(s.draft_calls)
         rows.append([label, exact, _num(s.tokens_per_call), speedup, _num(s.tok_s, 1), _num(s.agree),
-                     _num(s.gen_ppl), _num(s.ast_ok), calls, drafts])
+                     _num(s.gen_ppl), _num(s.ast_ok), _num(s.loops), calls, drafts])
     return rows
 
 
