@@ -93,10 +93,8 @@ class Attention(nn.Module):
         k = k * cos + rotate_half(k) * sin
         if cache is not None:
             k, v = cache.write(layer, k, v)  # all live slots [B, Hkv, S, D]
-        if self.kv != self.h:
-            k = k.repeat_interleave(self.h // self.kv, dim=1)
-            v = v.repeat_interleave(self.h // self.kv, dim=1)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
+        # Grouped-query attention without materialising repeated key/value heads.
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=self.kv != self.h)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.h * self.d))
 
 
