@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import paragen
@@ -89,6 +89,7 @@ def test_identical_draft_accepts_everything():
 @settings(max_examples=20, deadline=None)
 @given(prompt=st.lists(st.integers(0, 11), min_size=1, max_size=10), n=st.integers(1, 30),
        case=st.sampled_from(GREEDY_CASES + [("speculative", {"k": 3})]))
+@example(prompt=[0, 3, 0, 0, 3, 0], n=10, case=("lookahead", {}))  # EOS right after the budget: still "length"
 def test_eos_is_handled_like_ar(prompt, n, case):
     name, options = case
     draft = tiny_model(8, vocab=12, eos=3) if name == "speculative" else None

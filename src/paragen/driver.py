@@ -97,11 +97,11 @@ def decode(
     while len(tokens) < max_new_tokens:
         committed = strategy.step(max_new_tokens - len(tokens))
         hist[len(committed)] += 1
+        committed = committed[: max_new_tokens - len(tokens)]  # a step may overshoot the budget
         if any(t in eos_ids for t in committed):
             committed = committed[: next(i for i, t in enumerate(committed) if t in eos_ids)]
             stats.finish_reason = "eos"
         tokens.extend(committed)
-        del tokens[max_new_tokens:]
         text = tokenizer.decode(tokens) if tokenizer is not None else ""
         cut = _stop_at(text, stop) if stop else None
         if cut is not None:
