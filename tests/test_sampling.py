@@ -41,7 +41,8 @@ def test_warp_matches_hand_computed_probabilities():
     # top-p 0.7: mass above token 2 is 0.75 >= 0.7, so tokens 0 and 1 stay
     assert torch.allclose(warp(logits, SamplingParams(1.0, top_p=0.7)), torch.tensor([2 / 3, 1 / 3, 0, 0], dtype=torch.float64))
     # top-p 0.8: token 2 (mass above 0.75 < 0.8) joins
-    assert torch.allclose(warp(logits, SamplingParams(1.0, top_p=0.8)), torch.tensor([0.5, 0.25, 0.15, 0], dtype=torch.float64) / 0.9)
+    expected = torch.tensor([0.5, 0.25, 0.15, 0], dtype=torch.float64) / 0.9
+    assert torch.allclose(warp(logits, SamplingParams(1.0, top_p=0.8)), expected)
     assert warp(logits, SamplingParams(0.0)).tolist() == [1.0, 0.0, 0.0, 0.0]
 
 
@@ -56,7 +57,8 @@ def test_choose_samples_the_warped_distribution(params):
     assert all(p[t] > 0 for t in counts)  # nothing outside top-k / top-p is ever drawn
 
 
-@pytest.mark.parametrize("bad", [dict(temperature=-0.1), dict(temperature=float("nan")), dict(top_k=0), dict(top_p=0.0), dict(top_p=1.5)])
+@pytest.mark.parametrize("bad", [dict(temperature=-0.1), dict(temperature=float("nan")), dict(top_k=0),
+                                 dict(top_p=0.0), dict(top_p=1.5)])
 def test_invalid_sampling_settings_raise(bad):
     with pytest.raises(InvalidInputError):
         SamplingParams(**{"temperature": 1.0, **bad})

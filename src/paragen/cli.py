@@ -27,8 +27,10 @@ def add_generate_parser(sub: argparse._SubParsersAction) -> None:
         epilog=strategy_help(), formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("prompt", help="prompt text, or - to read it from standard input")
-    p.add_argument("--model", default="code-target", help="built-in model name or Hugging Face model directory (default: code-target)")
-    p.add_argument("--backend", choices=["native", "hf"], default="native", help="native (paragen's own, fast) or hf (transformers)")
+    p.add_argument("--model", default="code-target",
+                   help="built-in model name or Hugging Face model directory (default: code-target)")
+    p.add_argument("--backend", choices=["native", "hf"], default="native",
+                   help="native (paragen's own, fast) or hf (transformers)")
     p.add_argument("--strategy", default="ar", help="decoding strategy (see below; default: ar)")
     p.add_argument("--draft", default=None, help="draft model name or directory (for speculative)")
     p.add_argument("--max-new-tokens", type=int, default=128, help="tokens to generate at most (default: 128)")

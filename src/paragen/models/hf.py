@@ -75,7 +75,9 @@ class HFModel(Model):
         from transformers import AutoModelForCausalLM
 
         try:
-            module = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, local_files_only=True, attn_implementation="sdpa")
+            module = AutoModelForCausalLM.from_pretrained(
+                str(path), dtype=dtype, local_files_only=True, attn_implementation="sdpa"
+            )
         except Exception as e:
             raise ModelLoadError(f"transformers could not load {path}: {e}") from e
         return cls(module)

@@ -164,7 +164,8 @@ class NativeModel(nn.Module, Model):
             if p.dim() == 1:
                 nn.init.ones_(p) if name.endswith("norm.weight") else nn.init.zeros_(p)
                 continue
-            s = std / math.sqrt(2 * self.config.num_hidden_layers) if name.endswith(("o_proj.weight", "down_proj.weight")) else std
+            residual = name.endswith(("o_proj.weight", "down_proj.weight"))
+            s = std / math.sqrt(2 * self.config.num_hidden_layers) if residual else std
             with torch.no_grad():
                 p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64) * s)
         return self

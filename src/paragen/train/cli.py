@@ -8,12 +8,31 @@ from dataclasses import fields
 
 from paragen.train.lm import SIZES, TrainConfig
 
+_NONE_DEFAULT_TYPES = {"minutes": float, "max_files": int}  # fields whose default None hides their type
+
+
+def add_config_flags(parser: argparse.ArgumentParser, config_cls: type, skip: set[str]) -> None:
+    """One ``--flag`` per config field (the dataclass stays the only place defaults live)."""
+    for f in fields(config_cls):
+        if f.name in skip:
+            continue
+        kind = type(f.default) if f.default is not None else _NONE_DEFAULT_TYPES.get(f.name, str)
+        parser.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=None, help=f"default: {f.default}")
+
+
+def config_from_args(config_cls: type, args: argparse.Namespace, **fixed) -> object:
+    """The config with every flag the user gave; the dataclass defaults for the rest."""
+    kw = {f.name: getattr(args, f.name) for f in fields(config_cls) if getattr(args, f.name, None) is not None}
+    return config_cls(**{**kw, **fixed})
+
 
 def add_train_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a tokenizer or a model on Python source", description="Train paragen's own models.")
+    p = sub.add_parser("train", help="train a tokenizer or a model on Python source",
+                       description="Train paragen's own models.")
     tsub = p.add_subparsers(dest="what", required=True, metavar="{tokenizer,lm,diffusion}")
 
-    t = tsub.add_parser("tokenizer", help="train the byte-level BPE tokenizer", description="Train a byte-level BPE tokenizer on the training split.")
+    t = tsub.add_parser("tokenizer", help="train the byte-level BPE tokenizer",
+                        description="Train a byte-level BPE tokenizer on the training split.")
     t.add_argument("--out", required=True, help="directory to write tokenizer.json into")
     t.add_argument("--data", default=None, help="directory of *.py files (default: the standard library)")
     t.add_argument("--vocab-size", type=int, default=4096)
@@ -28,12 +47,7 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     lm.add_argument("--out", required=True, help="output model directory")
     lm.add_argument("--resume", action="store_true", help="continue from the checkpoint beside --out")
     lm.add_argument("--quiet", action="store_true", help="no progress bar")
-    skip = {"size", "out"}
-    for f in fields(TrainConfig):
-        if f.name in skip:
-            continue
-        kind = type(f.default) if f.default is not None else (float if f.name == "minutes" else int if f.name == "max_files" else str)
-        lm.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=None, help=f"default: {f.default}")
+    add_config_flags(lm, TrainConfig, skip={"size", "out", "attention"})
     add_diffusion_parser(tsub)
 
 
@@ -53,21 +67,13 @@ def add_diffusion_parser(tsub: argparse._SubParsersAction) -> None:
     d.add_argument("--init", default=None, help="start from this model directory's weights (e.g. an AR model)")
     d.add_argument("--resume", action="store_true", help="continue from the checkpoint beside --out")
     d.add_argument("--quiet", action="store_true", help="no progress bar")
-    none_kinds = {"minutes": float, "max_files": int}
-    for f in fields(DiffusionTrainConfig):
-        if f.name in {"size", "out", "attention", "block_size", "init"}:
-            continue
-        kind = type(f.default) if f.default is not None else none_kinds.get(f.name, str)
-        d.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=None, help=f"default: {f.default}")
+    add_config_flags(d, DiffusionTrainConfig, skip={"size", "out", "attention", "block_size", "init"})
 
 
 def run_train_diffusion(args: argparse.Namespace) -> int:
     from paragen.train.diffusion import DiffusionTrainConfig, train_diffusion
 
-    names = [f.name for f in fields(DiffusionTrainConfig)]
-    kw = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
-    kw["attention"] = "block_causal" if args.block_size else "bidirectional"
-    cfg = DiffusionTrainConfig(**kw)
+    cfg = config_from_args(DiffusionTrainConfig, args, attention="block_causal" if args.block_size else "bidirectional")
     rec = train_diffusion(cfg, resume=args.resume, progress=not args.quiet, command="paragen " + " ".join(sys.argv[1:]))
     print(f"{cfg.out}: {rec['parameters'] / 1e6:.2f}M parameters, {rec['tokens_seen']} tokens, "
           f"heldout loss (bound) {rec['heldout_loss']:.3f}, masked accuracy {rec['heldout_accuracy']:.3f}")
@@ -91,8 +97,7 @@ def run_train(args: argparse.Namespace) -> int:
         return run_train_diffusion(args)
     from paragen.train.lm import train_lm
 
-    kw = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
-    cfg = TrainConfig(**kw)
+    cfg = config_from_args(TrainConfig, args)
     rec = train_lm(cfg, resume=args.resume, progress=not args.quiet, command="paragen " + " ".join(sys.argv[1:]))
     print(f"{cfg.out}: {rec['parameters'] / 1e6:.2f}M parameters, {rec['tokens_seen']} tokens, "
           f"heldout loss {rec['heldout_loss']:.3f}, accuracy {rec['heldout_accuracy']:.3f}")
