@@ -114,3 +114,13 @@ def test_save_is_atomic(tmp_path, tokenizer):
     with pytest.raises(Boom):
         save_model(model, BadTokenizer(), tmp_path / "m")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_hf_adapter_runs_bidirectional_models(tmp_path, tokenizer):
+    """A paragen diffusion model (bidirectional) gives the same logits through transformers."""
+    model = tiny_model(9, vocab=tokenizer.vocab_size, attention="bidirectional")
+    path = save_model(model, tokenizer, tmp_path / "m", dtype=torch.float64)
+    adapter = paragen.load(path, backend="hf", dtype=torch.float64)
+    assert adapter.info.attention == "bidirectional"
+    ids = [5, 9, 12, 7, 30]
+    torch.testing.assert_close(logits(adapter, ids), logits(model, ids), rtol=1e-10, atol=1e-10)

@@ -66,7 +66,10 @@ class HFModel(Model):
             max_length=getattr(cfg, "max_position_embeddings", 2048),
             eos_ids=eos_ids,
             mask_id=getattr(cfg, "mask_token_id", None),
-            attention="causal",
+            # paragen's diffusion models say so in config.json; every mask is passed explicitly
+            # below, so transformers runs them bidirectionally too.
+            attention=getattr(cfg, "paragen_attention", None) or "causal",
+            block_size=getattr(cfg, "paragen_block_size", None),
         )
         self.tokenizer = None
 
@@ -95,7 +98,7 @@ class HFModel(Model):
             cache.drop_pending()
             past = cache.length
         T = tokens.shape[1]
-        full = expand_mask(mask, past, T, causal=True, device=tokens.device)
+        full = expand_mask(mask, past, T, causal=self.info.attention == "causal", device=tokens.device)
         if full is None:  # one token, or everything visible: an explicit all-true mask
             full = torch.ones(tokens.shape[0], 1, T, past + T, dtype=torch.bool, device=tokens.device)
         # transformers takes a prepared 4D mask as additive floats: 0 allowed, min disallowed.

@@ -52,19 +52,22 @@ class Speculative(Strategy):
         self.k = self.opts.k
         ctx.extra.update(proposed=[0] * self.opts.k, accepted=[0] * self.opts.k)
 
-    def propose(self, k: int) -> tuple[list[int], torch.Tensor]:
-        """k draft tokens and their warped draft probabilities q [k, V]."""
+    def propose(self, k: int) -> tuple[list[int], torch.Tensor | None]:
+        """k draft tokens, and their warped draft probabilities q [k, V] when sampling
+        (greedy verification compares tokens only)."""
         ctx, draft, qs = self.ctx, [], []
         logits = catch_up(ctx.draft, self.draft_cache, self.seq)
         for i in range(k):
-            q = warp(logits, ctx.sampling)
-            x = int(q.argmax()) if ctx.sampling.greedy else int(torch.multinomial(q, 1, generator=ctx.generator))
+            if ctx.sampling.greedy:
+                x = int(logits.argmax())
+            else:
+                qs.append(warp(logits, ctx.sampling))
+                x = int(torch.multinomial(qs[-1], 1, generator=ctx.generator))
             draft.append(x)
-            qs.append(q)
             if i + 1 < k:  # the last draft token needs no draft forward
                 logits = feed(ctx.draft, self.draft_cache, [x], len(self.seq) + i)[-1]
                 self.draft_cache.commit(1)
-        return draft, torch.stack(qs)
+        return draft, torch.stack(qs) if qs else None
 
     def step(self, budget: int) -> list[int]:
         ctx, n = self.ctx, len(self.seq)
