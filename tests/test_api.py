@@ -36,6 +36,7 @@ MODEL = tiny_model(0, max_len=64)
     (dict(temperature=-1.0), InvalidInputError),
     (dict(temperature=1.0, top_p=2.0), InvalidInputError),
     (dict(prompt="text but no tokenizer"), InvalidInputError),
+    (dict(prompt=["a batch", "of prompts"]), InvalidInputError),
 ])
 def test_bad_input_raises_typed_error(kwargs, error):
     kwargs = {"prompt": [1, 2, 3], **kwargs}

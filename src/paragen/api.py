@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import random
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -50,6 +51,10 @@ def _prompt_ids(model: Model, prompt: str | Sequence[int]) -> list[int]:
             raise InvalidInputError("this model has no tokenizer: pass the prompt as a list of token ids")
         ids = model.tokenizer.encode(prompt)
     else:
+        if any(not isinstance(t, numbers.Integral) for t in prompt):
+            raise InvalidInputError(
+                "a prompt is a string or a list of token ids; batches are not supported: call once per prompt"
+            )
         ids = [int(t) for t in prompt]
         bad = [t for t in ids if not 0 <= t < model.info.vocab_size]
         if bad:
