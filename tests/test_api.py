@@ -37,6 +37,7 @@ MODEL = tiny_model(0, max_len=64)
     (dict(temperature=1.0, top_p=2.0), InvalidInputError),
     (dict(prompt="text but no tokenizer"), InvalidInputError),
     (dict(prompt=["a batch", "of prompts"]), InvalidInputError),
+    (dict(strategy="diffusion"), UnsupportedOptionError),  # a causal model
 ])
 def test_bad_input_raises_typed_error(kwargs, error):
     kwargs = {"prompt": [1, 2, 3], **kwargs}
@@ -44,6 +45,12 @@ def test_bad_input_raises_typed_error(kwargs, error):
     with pytest.raises(error) as info:
         paragen.generate(MODEL, prompt, **kwargs)
     assert str(info.value)  # a message that says what to do
+
+
+def test_causal_strategy_refuses_a_diffusion_model():
+    bidirectional = tiny_model(0, attention="bidirectional")
+    with pytest.raises(UnsupportedOptionError, match="pick a strategy for it"):
+        paragen.generate(bidirectional, [1, 2, 3], "ar")
 
 
 def test_errors_are_paragen_errors():

@@ -64,6 +64,17 @@ def _prompt_ids(model: Model, prompt: str | Sequence[int]) -> list[int]:
     return ids
 
 
+def _check_model(cls: type[Strategy], model: Model) -> None:
+    if model.info.attention != cls.attention:
+        runs = {"causal": "causal LMs", "bidirectional": "masked-diffusion models",
+                "block_causal": "block-causal diffusion models"}
+        raise UnsupportedOptionError(
+            f"strategy '{cls.name}' runs {runs.get(cls.attention, cls.attention)}, and this model is "
+            f"{model.info.attention}: pick a strategy for it, e.g. "
+            f"'{ {'bidirectional': 'diffusion', 'block_causal': 'block_diffusion'}.get(model.info.attention, 'ar') }'"
+        )
+
+
 def _check_draft(cls: type[Strategy], target: Model, draft: Model | None) -> None:
     if cls.needs_draft and draft is None:
         raise InvalidInputError(f"strategy '{cls.name}' needs a draft model: pass draft=... (CLI: --draft NAME_OR_DIR)")
@@ -105,6 +116,7 @@ def stream(
         raise UnsupportedOptionError(f"strategy '{cls.name}' is greedy-only: use temperature=0 or another strategy")
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise InvalidInputError(f"max_new_tokens must be a positive integer, got {max_new_tokens}")
+    _check_model(cls, model)
     _check_draft(cls, model, draft)
     ids = _prompt_ids(model, prompt)
     limit = model.info.max_length if draft is None else min(model.info.max_length, draft.info.max_length)

@@ -3,7 +3,8 @@
 A strategy keeps the committed sequence ``seq`` (prompt included) and a cache per model
 holding the keys/values of ``seq[:-1]``: the newest token is always fed by the next
 call. ``prefill`` fills the caches; each ``step`` makes one iteration
-(propose -> verify -> commit) and returns the tokens it committed (at least one).
+(propose -> verify -> commit) and returns the tokens it committed, left to right
+(draft-and-verify strategies commit at least one; a diffusion step may finish none).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class Strategy(ABC):
     needs_draft: ClassVar[bool] = False
     supports_sampling: ClassVar[bool] = True
     lossless: ClassVar[bool] = True
+    attention: ClassVar[str] = "causal"  # the kind of model it runs (ModelInfo.attention)
     summary: ClassVar[str] = ""
 
     @classmethod
@@ -71,7 +73,7 @@ class Strategy(ABC):
 
     @abstractmethod
     def step(self, budget: int) -> list[int]:
-        """Commit at least one token; ``budget`` is how many more are wanted (>= 1)."""
+        """Commit tokens in order; ``budget`` is how many more are wanted (>= 1)."""
 
 
 def feed(model: CountedModel, cache: Any, tokens: list[int], start: int, mask: torch.Tensor | None = None,

@@ -132,16 +132,14 @@ class DiffusionOptions(DenoiseOptions):
 
 
 def require_model(info: ModelInfo, strategy: str, attention: str) -> int:
-    """The model's mask id, or a clear error if this strategy cannot run the model."""
+    """The model's mask id, or a clear error if this strategy cannot run the model
+    (the API checks the attention kind first; this guards direct construction too)."""
     if info.mask_id is None:
         raise UnsupportedOptionError(
             f"'{strategy}' needs a masked-diffusion model with a mask token; this model has none"
         )
     if info.attention != attention:
-        other = {"causal": "an autoregressive strategy such as 'ar' or 'speculative'",
-                 "bidirectional": "strategy 'diffusion'", "block_causal": "strategy 'block_diffusion'"}
-        use = other.get(info.attention, "another strategy")
-        raise UnsupportedOptionError(f"'{strategy}' runs {attention} models; this one is {info.attention}: use {use}")
+        raise UnsupportedOptionError(f"'{strategy}' runs {attention} models; this one is {info.attention}")
     return info.mask_id
 
 
