@@ -150,8 +150,11 @@ def test_contenders_add_ar_and_validate_names_and_options():
         build_contenders(BenchConfig(strategies=("hf-lookup",), options=(option,)))
     with pytest.raises(InvalidInputError, match="not benchmarked"):
         build_contenders(BenchConfig(strategies=("ar",), options=(("lookup", "max_draft", "8"),)))
+    causal = [n for n, c in STRATEGIES.items() if c.attention == "causal"]
     everything = [c.name for c in build_contenders(BenchConfig(strategies=("all",)))]
-    assert everything == [*STRATEGIES, "hf-greedy", "hf-assisted", "hf-lookup"]
+    assert everything == [*causal, "hf-greedy", "hf-assisted", "hf-lookup"]
+    with_diffusion = BenchConfig(strategies=("all",), models=(("diffusion", "some-diffusion-model"),))
+    assert "diffusion" in [c.name for c in build_contenders(with_diffusion)]
     assert parse_option("lookup:max-draft=8") == ("lookup", "max_draft", "8")
     with pytest.raises(InvalidInputError, match="STRATEGY:KEY=VALUE"):
         parse_option("max_draft=8")

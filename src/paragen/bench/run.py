@@ -171,7 +171,11 @@ def build_contenders(config: BenchConfig) -> list[Contender]:
     """
     from paragen.api import make_options
 
-    listed = [n.strip() for s in config.strategies for n in ([*STRATEGIES, *PEERS] if s.strip() == "all" else [s])]
+    # "all": every peer and every strategy that can run the target (diffusion strategies
+    # only when --model-for gives them a diffusion model).
+    own = dict(config.models)
+    every = [n for n, c in STRATEGIES.items() if c.attention == "causal" or n in own] + list(PEERS)
+    listed = [n.strip() for s in config.strategies for n in (every if s.strip() == "all" else [s])]
     names = [REFERENCE] + [n for n in dict.fromkeys(listed) if n and n != REFERENCE]
     classes = {n: contender_class(n) for n in names}
     given: dict[str, dict[str, str]] = {n: {} for n in names}
