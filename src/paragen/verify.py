@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from paragen.sampling import sample
+from paragen.sampling import SamplingParams, sample, warp
 
 
 def greedy_accept(draft: list[int], target_argmax: list[int]) -> tuple[int, int]:
@@ -51,3 +51,21 @@ def speculative_accept(
     # total == 0 only when p == q, where rejection has probability 0; guard rounding anyway.
     residual = residual / total if total > 0 else p[a]
     return a, int(sample(residual, generator))
+
+
+def verify_chain(
+    draft: list[int], logits: torch.Tensor, sampling: SamplingParams, generator: torch.Generator | None,
+    q: torch.Tensor | None = None,
+) -> tuple[int, int]:
+    """(accept_len, next token) for a chain of drafts scored by one target forward.
+
+    logits [k + 1, V]: the target at the newest committed token and at each draft token.
+    Greedy: ``greedy_accept``. Sampling: ``speculative_accept`` with the draft's q [k, V],
+    or, for a deterministic draft (``q=None``, e.g. copied from the context), q = one-hot.
+    """
+    if sampling.greedy:
+        return greedy_accept(draft, logits.argmax(-1).tolist())
+    p = warp(logits, sampling)
+    if q is None:
+        q = torch.nn.functional.one_hot(torch.tensor(draft, dtype=torch.long), p.shape[-1]).double()
+    return speculative_accept(draft, q, p, generator)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from paragen.sampling import choose
-from paragen.strategies.base import Strategy, feed, prefill_cache
+from paragen.strategies.base import Strategy, feed
 
 
 @dataclass(frozen=True)
@@ -17,11 +17,6 @@ class AR(Strategy):
     name = "ar"
     Options = AROptions
     summary = "one token per target call (the reference)"
-
-    def prefill(self, prompt: list[int]) -> None:
-        self.seq = list(prompt)
-        self.cache = self.ctx.target.new_cache(self.ctx.cache_length)
-        prefill_cache(self.ctx.target, self.cache, self.seq)
 
     def step(self, budget: int) -> list[int]:
         n = len(self.seq)

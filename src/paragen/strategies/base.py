@@ -68,8 +68,11 @@ class Strategy(ABC):
         self.opts = options
         self.seq: list[int] = []
 
-    @abstractmethod
-    def prefill(self, prompt: list[int]) -> None: ...
+    def prefill(self, prompt: list[int]) -> None:
+        """Default: the target's cache gets ``prompt[:-1]``; the first step feeds the rest."""
+        self.seq = list(prompt)
+        self.cache = self.ctx.target.new_cache(self.ctx.cache_length)
+        prefill_cache(self.ctx.target, self.cache, self.seq)
 
     @abstractmethod
     def step(self, budget: int) -> list[int]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from paragen.errors import UnsupportedOptionError
-from paragen.strategies.base import Strategy, feed, prefill_cache
+from paragen.strategies.base import Strategy, feed
 
 
 @dataclass(frozen=True)
@@ -37,9 +37,7 @@ class Jacobi(Strategy):
         return o.window + 1
 
     def prefill(self, prompt: list[int]) -> None:
-        self.seq = list(prompt)
-        self.cache = self.ctx.target.new_cache(self.ctx.cache_length)
-        prefill_cache(self.ctx.target, self.cache, self.seq)
+        super().prefill(prompt)
         self.guesses = [self.seq[-1]] * self.opts.window  # initial guess: repeat the last token
 
     def step(self, budget: int) -> list[int]:

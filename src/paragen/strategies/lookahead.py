@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from paragen.errors import UnsupportedOptionError
-from paragen.strategies.base import Strategy, feed, prefill_cache
+from paragen.strategies.base import Strategy, feed
 
 
 @dataclass(frozen=True)
@@ -69,9 +69,7 @@ class Lookahead(Strategy):
 
     def prefill(self, prompt: list[int]) -> None:
         o = self.opts
-        self.seq = list(prompt)
-        self.cache = self.ctx.target.new_cache(self.ctx.cache_length)
-        prefill_cache(self.ctx.target, self.cache, self.seq)
+        super().prefill(prompt)
         # Rows start as prompt tokens (the paper seeds the window from the context too).
         self.rows = [[prompt[(r * o.window + j) % len(prompt)] for j in range(o.window)] for r in range(o.ngram - 1)]
         self.pool: dict[int, list[tuple[int, ...]]] = defaultdict(list)

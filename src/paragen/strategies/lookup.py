@@ -13,12 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from paragen.errors import UnsupportedOptionError
-from paragen.sampling import warp
-from paragen.strategies.base import Strategy, feed, prefill_cache
-from paragen.verify import greedy_accept, speculative_accept
+from paragen.strategies.base import Strategy, feed
+from paragen.verify import verify_chain
 
 
 @dataclass(frozen=True)
@@ -58,11 +56,6 @@ class Lookup(Strategy):
     def slack(cls, o: LookupOptions) -> int:
         return o.max_draft + 1
 
-    def prefill(self, prompt: list[int]) -> None:
-        self.seq = list(prompt)
-        self.cache = self.ctx.target.new_cache(self.ctx.cache_length)
-        prefill_cache(self.ctx.target, self.cache, self.seq)
-
     def step(self, budget: int) -> list[int]:
         ctx, n, o = self.ctx, len(self.seq), self.opts
         # 1. propose: copy what followed the latest earlier occurrence of the suffix
@@ -70,12 +63,7 @@ class Lookup(Strategy):
         draft = find_draft(np.asarray(self.seq), o.max_ngram, o.min_ngram, k) if k > 0 else []
         # 2. verify: one target forward over the newest token and the copied draft
         logits = feed(ctx.target, self.cache, [self.seq[-1], *draft], n - 1)
-        if ctx.sampling.greedy:
-            accept_len, nxt = greedy_accept(draft, logits.argmax(-1).tolist())
-        else:
-            p = warp(logits, ctx.sampling)
-            q = torch.nn.functional.one_hot(torch.tensor(draft, dtype=torch.long), p.shape[-1]).double()
-            accept_len, nxt = speculative_accept(draft, q, p, ctx.generator)
+        accept_len, nxt = verify_chain(draft, logits, ctx.sampling, ctx.generator)  # q = one-hot(draft)
         # 3. commit
         self.cache.commit(accept_len + 1)
         committed = [*draft[:accept_len], nxt]

@@ -15,7 +15,7 @@ import torch
 from paragen.errors import UnsupportedOptionError
 from paragen.sampling import warp
 from paragen.strategies.base import Strategy, catch_up, feed, prefill_cache
-from paragen.verify import greedy_accept, speculative_accept
+from paragen.verify import verify_chain
 
 
 @dataclass(frozen=True)
@@ -44,10 +44,8 @@ class Speculative(Strategy):
 
     def prefill(self, prompt: list[int]) -> None:
         ctx = self.ctx
-        self.seq = list(prompt)
-        self.cache = ctx.target.new_cache(ctx.cache_length)
+        super().prefill(prompt)
         self.draft_cache = ctx.draft.new_cache(ctx.cache_length)
-        prefill_cache(ctx.target, self.cache, self.seq)
         prefill_cache(ctx.draft, self.draft_cache, self.seq)
         self.k = self.opts.k
         ctx.extra.update(proposed=[0] * self.opts.k, accepted=[0] * self.opts.k)
@@ -76,11 +74,7 @@ class Speculative(Strategy):
         draft, q = self.propose(k) if k > 0 else ([], None)
         # 2. verify: one target forward over the newest committed token and the chain
         logits = feed(ctx.target, self.cache, [self.seq[-1], *draft], n - 1)
-        if ctx.sampling.greedy:
-            accept_len, nxt = greedy_accept(draft, logits.argmax(-1).tolist())
-        else:
-            p = warp(logits, ctx.sampling)
-            accept_len, nxt = speculative_accept(draft, q if q is not None else p[:0], p, ctx.generator)
+        accept_len, nxt = verify_chain(draft, logits, ctx.sampling, ctx.generator, q)
         # 3. commit: the target keeps seq[-1] and the accepted drafts; the draft cache
         #    drops what it wrote past the accepted prefix
         self.cache.commit(accept_len + 1)
