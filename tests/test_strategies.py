@@ -130,3 +130,17 @@ def test_hf_backend_strategies_equal_native(model_dir):
         assert a.tokens == b.tokens, name
     b = paragen.generate(hf, "def add(a, b):", "speculative", max_new_tokens=24, draft=hf)
     assert b.tokens == paragen.generate(native, "def add(a, b):", "ar", max_new_tokens=24).tokens
+
+
+def test_builtin_models_every_lossless_strategy_equals_oracle():
+    """The shipped models (float64), two HumanEval prompts: the oracle holds on a real model too."""
+    from paragen.tasks import humaneval
+
+    target = paragen.load("code-target", dtype=torch.float64)
+    draft = paragen.load("code-draft", dtype=torch.float64)
+    for task in humaneval()[:2]:
+        ids = target.tokenizer.encode(task.prompt)
+        expected = reference_greedy(target, ids, 32)
+        for name, options in GREEDY_CASES + [("speculative", {"draft": draft})]:
+            out = paragen.generate(target, ids, name, max_new_tokens=32, **options)
+            assert out.tokens == expected, (task.id, name, options)
