@@ -124,6 +124,10 @@ def test_function_completion_cut_rule():
     # The last def of the prompt is the one completed (HumanEval prompts may hold helpers).
     assert function_completion("def a():\n    pass\n\n\ndef b():\n", "    return 0\n") == "def b():\n    return 0\n"
     assert not completion_parses("def f():\n", "\nx = 1\n")  # an empty body is not a function
+    # a docstring prompt parses alone: an output that leaves the function at once wrote nothing
+    doc = 'def f():\n    """Doc."""\n'
+    assert not completion_parses(doc, "\ndef g():\n    return 1\n")
+    assert completion_parses(doc, "    return 1\n\ndef g():\n")
 
 
 def test_output_perplexity_of_a_uniform_model_is_the_vocabulary_size():

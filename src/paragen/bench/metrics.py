@@ -149,9 +149,14 @@ def _dedent(line: str, indent: int) -> str:
 
 
 def completion_parses(prompt: str, output: str) -> bool:
-    """Whether ``function_completion(prompt, output)`` is valid Python (``ast.parse``)."""
+    """Whether ``function_completion(prompt, output)`` is valid Python (``ast.parse``) and the
+    output wrote some of the body: a prompt's header and docstring parse on their own, so an
+    output that leaves the function at once (say, by starting a new ``def``) does not count."""
+    completion = function_completion(prompt, output)
+    if completion.strip() == function_completion(prompt, "").strip():
+        return False
     try:
-        ast.parse(function_completion(prompt, output))
+        ast.parse(completion)
     except (SyntaxError, ValueError, MemoryError, RecursionError):
         return False
     return True
