@@ -67,7 +67,7 @@ def test_humaneval_is_the_164_prompts_in_order():
     problems = read_problems()
     assert len(tasks) == 164
     assert [t.id for t in tasks] == [f"HumanEval/{i}" for i in range(164)]
-    assert all(t.prompt == problems[t.id]["prompt"] for t in tasks)
+    assert all(t.prompt == problems[t.id]["prompt"].rstrip() for t in tasks)  # see Task: no trailing newline
 
 
 def test_task_is_frozen():
@@ -83,9 +83,9 @@ def test_stdlib_cuts_at_function_boundaries(corpus_root: Path):
     assert [t.id for t in tasks] == [f"stdlib/{held}/6/add", f"stdlib/{held}/12/sub", f"stdlib/{held}/24/size"]
     add, _, size = tasks
     # Whole lines of context within 20 characters, then the def line and the docstring.
-    assert add.prompt == '\nCONSTANT = 1\n\n\ndef add(a, b):\n    """Add two numbers."""\n'
+    assert add.prompt == '\nCONSTANT = 1\n\n\ndef add(a, b):\n    """Add two numbers."""'
     # No docstring: the prompt ends after the first body line; decorators are part of the header.
-    assert size.prompt.endswith("    @property\n    def size(self):\n        n = 0\n")
+    assert size.prompt.endswith("    @property\n    def size(self):\n        n = 0")
     assert len(size.prompt) <= 20 + len("    @property\n    def size(self):\n        n = 0\n")
 
 
@@ -99,7 +99,7 @@ def test_repeat_pairs_similar_sibling_functions(corpus_root: Path):
     held = heldout_name("held")
     # add/sub are near copies; sub/short and the method are not similar enough.
     assert [t.id for t in tasks] == [f"repeat/{held}/12/sub"]
-    assert tasks[0].prompt == SOURCE[SOURCE.index("def add") : SOURCE.index("    total = a - b")]
+    assert tasks[0].prompt == SOURCE[SOURCE.index("def add") : SOURCE.index("    total = a - b")].rstrip()
 
 
 def test_repeat_dedents_methods(tmp_path: Path):
@@ -108,7 +108,7 @@ def test_repeat_dedents_methods(tmp_path: Path):
     (tmp_path / train_name("train")).write_text("x = 1\n")
     [task] = repeat(tmp_path)
     one = "def one(self, x):\n    y = x + 1\n    z = y * 2\n    return z\n\n"
-    assert task.prompt == one + "def two(self, x):\n    y = x + 1\n"
+    assert task.prompt == one + "def two(self, x):\n    y = x + 1"
 
 
 def test_real_stdlib_sets_are_deterministic_and_well_formed():
@@ -123,7 +123,7 @@ def test_real_stdlib_sets_are_deterministic_and_well_formed():
             path, line, name = rest.rsplit("/", 2)
             assert kind == make.__name__ and path in heldout and int(line) > 0
             assert re.search(rf"^\s*(async\s+)?def {re.escape(name)}\b", t.prompt, re.M), t.id
-            assert t.prompt.endswith("\n")
+            assert t.prompt == t.prompt.rstrip()  # no trailing newline (see Task)
     # Copy-heavy prompts hold two functions.
     assert all(len(re.findall(r"^\s*(async\s+)?def ", t.prompt, re.M)) >= 2 for t in built[repeat])
     # Bounded prompts: context_chars + max_header_chars by default; max_chars for repeat.

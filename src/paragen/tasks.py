@@ -28,10 +28,20 @@ __all__ = ["TASKS", "Task", "get_task", "humaneval", "repeat", "stdlib"]
 
 @dataclass(frozen=True)
 class Task:
-    """One prompt; ``id`` is stable across runs (``set/source/line/name``)."""
+    """One prompt; ``id`` is stable across runs (``set/source/line/name``).
+
+    Trailing whitespace is removed from every prompt. Byte-level BPE merges a newline with
+    the next line's indentation ("\\n   " + " return"), so a prompt that ends in a bare
+    newline token tells the model the next line is *not* indented: code-target then closes
+    the function at once. Ending on the last visible character leaves the model free to
+    write the newline and indentation itself (evaluation harnesses strip prompts likewise).
+    """
 
     id: str
     prompt: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "prompt", self.prompt.rstrip())
 
 
 def humaneval() -> list[Task]:
