@@ -296,3 +296,22 @@ def test_loops_detects_short_periods_only():
     assert not loops([1, 2, 3] * 10)  # shorter than the 64-token window
     assert not loops(list(range(9)) * 10)  # period 9 > 8
     assert loops(list(range(9)) * 10, max_period=9)
+
+
+def test_merge_labels_each_runs_rows(tmp_path):
+    """Two runs merge into one table: ar once, every other row labelled with its run."""
+    from paragen.bench.merge import merge
+    from paragen.bench.report import bench_json
+
+    for run, speedup in (("a", 2.0), ("b", 3.0)):
+        summary = {name: dict(strategy=name, lossless=name == "ar", peer=False, prompts=1, new_tokens=4, target_calls=2,
+                              draft_calls=0, seconds=1.0, tokens_per_call=2.0, tok_s=4.0,
+                              speedup=1.0 if name == "ar" else speedup, speedup_ci95=[1.0, 1.0], exact=1.0,
+                              non_exact=[], agree=1.0, gen_ppl=2.0, ast_ok=1.0, loops=0.0,
+                              committed_per_call={"2": 2}, flagged=False)
+                   for name in ("ar", "diffusion")}
+        (tmp_path / run).mkdir()
+        (tmp_path / run / "bench.json").write_text(bench_json({"config": {"task": "t"}, "summary": summary}))
+    _, merged = merge([tmp_path / "a", tmp_path / "b"])
+    assert list(merged) == ["ar", "diffusion[a]", "diffusion[b]"]
+    assert merged["diffusion[b]"].speedup == 3.0 and merged["diffusion[a]"].committed_per_call == {2: 2}
