@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 
@@ -40,6 +41,7 @@ class LookaheadOptions:
             raise UnsupportedOptionError(f"lookahead: need window >= 1, ngram >= 2, guesses >= 0; got {self}")
 
 
+@lru_cache(maxsize=64)  # the same few shapes every step: build each once (callers never modify it)
 def lookahead_mask(W: int, L: int, G: int, m: int) -> torch.Tensor:
     """Bool mask [T, T] over one call's new tokens, T = 1 + L*W + G*m (True = may attend)."""
     T = 1 + L * W + G * m
