@@ -167,7 +167,7 @@ def train_diffusion(
     work.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     init = load_native(Path(cfg.init)) if cfg.init else None
-    tok, train, heldout, split = prepare(replace(cfg, tokenizer=cfg.tokenizer or cfg.init), work)
+    tok, train, heldout, split = prepare(replace(cfg, tokenizer=cfg.tokenizer or cfg.init))
     if tok.mask_id is None or tok.eos_id is None:
         raise ValueError("the tokenizer needs an end-of-text and a mask token (`paragen train tokenizer` makes both)")
     if cfg.init and cfg.tokenizer and Tokenizer.from_dir(cfg.init).fingerprint() != tok.fingerprint():

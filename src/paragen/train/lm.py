@@ -8,7 +8,7 @@ optional wall-clock budget. The result is a Hugging Face layout model directory.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -81,7 +81,7 @@ def evaluate(model: NativeModel, heldout: torch.Tensor, cfg: TrainConfig) -> tup
     return sum(losses) / total, correct / total
 
 
-def prepare(cfg: TrainConfig, work: Path) -> tuple[Tokenizer, torch.Tensor, torch.Tensor, dict]:
+def prepare(cfg: TrainConfig) -> tuple[Tokenizer, torch.Tensor, torch.Tensor, dict]:
     corpus = find_corpus(cfg.data)
     train_files = corpus.train_files[: cfg.max_files] if cfg.max_files else corpus.train_files
     heldout_files = corpus.heldout_files[: max(1, cfg.max_files // 10)] if cfg.max_files else corpus.heldout_files
@@ -121,7 +121,7 @@ def train_lm(cfg: TrainConfig, resume: bool = False, progress: bool = True, comm
     work = out.parent / f".{out.name}.work"  # checkpoints live beside, not inside, the model dir
     work.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    tok, train, heldout, split = prepare(cfg, work)
+    tok, train, heldout, split = prepare(cfg)
     if tok.eos_id is None:
         raise ValueError("the tokenizer has no end-of-text token")
     mconf = NativeConfig(
@@ -135,7 +135,3 @@ def train_lm(cfg: TrainConfig, resume: bool = False, progress: bool = True, comm
     record = training_record(cfg, model, state, evaluate(model, heldout, cfg), split, command)
     save_model(model, tok, out, dtype=torch.float16, extra_files={"training.json": json.dumps(record, indent=2) + "\n"})
     return record
-
-
-def with_overrides(cfg: TrainConfig, **kw) -> TrainConfig:
-    return replace(cfg, **{k: v for k, v in kw.items() if v is not None})
