@@ -17,10 +17,11 @@ PROMPT = [3, 1, 4, 1, 5]
 
 
 def tiny(attention: str = "bidirectional", block_size: int | None = None, eos: int | None = None, seed: int = 0,
-         mask: int | None = MASK) -> NativeModel:
+         mask: int | None = MASK, shift: bool = False) -> NativeModel:
     cfg = NativeConfig(
         vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, attention=attention, block_size=block_size, mask_token_id=mask, eos_token_id=eos,
+        shift=shift,
     )
     return NativeModel(cfg).init_weights(seed, std=0.5).double().eval()
 
@@ -38,9 +39,9 @@ def model() -> NativeModel:
     return tiny()
 
 
-@pytest.fixture(scope="module")
-def block_model() -> NativeModel:
-    return tiny("block_causal", block_size=4)
+@pytest.fixture(scope="module", params=[False, True], ids=["unshifted", "shifted"])
+def block_model(request) -> NativeModel:
+    return tiny("block_causal", block_size=4, shift=request.param)
 
 
 def run(model, strategy="diffusion", prompt=PROMPT, **kw):
@@ -167,10 +168,30 @@ def test_block_diffusion_cache_is_exact(block_model, prompt_len):
         assert cached.stats.prefill_calls == (prompt_len >= 4)  # the prompt's whole blocks, once
 
 
+@pytest.mark.parametrize("shift", [False, True])
 @pytest.mark.parametrize("cache", ["prefix", "dual"])
-def test_approximate_caches_are_exact_when_every_call_refreshes(model, cache):
+def test_approximate_caches_are_exact_when_every_call_refreshes(cache, shift):
+    m = tiny(shift=shift)
     kw = dict(threshold=0.0, block_length=4)  # one call per block, and that call is the refresh
-    assert run(model, cache=cache, **kw).tokens == run(model, **kw).tokens
+    assert run(m, cache=cache, **kw).tokens == run(m, **kw).tokens
+
+
+@pytest.mark.parametrize("strategy", ["diffusion", "block_diffusion"])
+def test_shifted_models_predict_each_position_from_the_one_before(strategy):
+    """Golden: threshold 0 commits the whole first block in one call, the argmax of the rows
+    that predict it: rows 4..7 of [prompt; masks] unshifted, rows 3..6 shifted."""
+    prompt = [3, 1, 4, 2]  # a whole block, so the block mask over [prompt; masks] is block-causal
+    blk = torch.arange(8) // 4
+    mask = (blk[None, :] <= blk[:, None])[None] if strategy == "block_diffusion" else None
+    for shift in (False, True):
+        kw = dict(attention="block_causal", block_size=4) if strategy == "block_diffusion" else {}
+        m = tiny(shift=shift, seed=3, **kw)
+        logits = m(torch.tensor([prompt + [MASK] * 4]), torch.arange(8)[None], mask=mask)[0].clone()
+        logits[:, MASK] = float("-inf")
+        rows = logits[3:7] if shift else logits[4:8]
+        extra = dict(block_length=4) if strategy == "diffusion" else {}
+        g = run(m, strategy, prompt=prompt, threshold=0.0, max_new_tokens=4, **extra)
+        assert g.stats.target_calls == 1 and g.tokens == rows.argmax(-1).tolist(), shift
 
 
 def test_cache_audit_reports_deviation(model):
@@ -195,6 +216,8 @@ def test_rejects_models_it_cannot_run(model):
         run(tiny("block_causal", block_size=4))
     with pytest.raises(UnsupportedOptionError, match="'diffusion'"):
         run(model, "block_diffusion")
+    with pytest.raises(UnsupportedOptionError, match="block_length"):
+        run(model, block_length=0)
     with pytest.raises(UnsupportedOptionError, match="block_size"):
         run(tiny("block_causal"), "block_diffusion")
 

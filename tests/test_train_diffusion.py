@@ -67,14 +67,34 @@ def test_block_causal_training_sees_what_decoding_sees():
     assert torch.allclose(train, decode, atol=1e-10)
 
 
+def test_shifted_training_sees_what_decoding_sees():
+    """Shifted (--shift): a noised block's first position is predicted from the clean half's
+    position before it, the others from the noised position before them, as block_diffusion
+    predicts them (the finished block's last logit, then the live block's rows)."""
+    cfg = NativeConfig(vocab_size=30, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=2, attention="block_causal", block_size=4, mask_token_id=1, shift=True)
+    model = NativeModel(cfg).init_weights(0, std=0.5).double().eval()
+    x0 = torch.randint(2, 30, (1, 16), generator=torch.Generator().manual_seed(0))
+    xt = x0.clone()
+    xt[0, [8, 10, 12, 13, 14, 15]] = 1
+    train = denoise_logits(model, xt, x0, 4, shift=True)[0, 8:12]
+    blk = torch.arange(12) // 4
+    live = torch.cat([x0[:, :8], xt[:, 8:12]], 1)
+    decode = model(live, torch.arange(12)[None], mask=(blk[None, :] <= blk[:, None])[None])[0, 7:11]
+    assert torch.allclose(train, decode, atol=1e-10)
+    assert not torch.allclose(train, denoise_logits(model, xt, x0, 4)[0, 8:12])
+
+
 def test_corrupt_keeps_the_prefix_clean_and_weights_by_one_over_t():
     g = torch.Generator().manual_seed(0)
     x0 = torch.randint(2, 50, (64, 32), generator=g)
     block = DiffusionTrainConfig(seq_len=32, attention="block_causal", block_size=8)
-    for cfg in (DiffusionTrainConfig(seq_len=32), block):
+    shifted = DiffusionTrainConfig(seq_len=32, shift=True)
+    for cfg in (DiffusionTrainConfig(seq_len=32), block, shifted):
         xt, w, maskable = corrupt(x0, cfg, 1, g)
         masked = xt == 1
         assert torch.equal(masked, w > 0) and not (masked & ~maskable).any()
+        assert not cfg.shift or not maskable[:, 0].any()  # nothing predicts position 0
         assert torch.equal(xt[~masked], x0[~masked])
         assert (w[masked] >= 1).all() and (w[masked] <= 1 / cfg.eps).all()
         assert maskable[:, 0].float().mean() < 1  # some windows keep a clean prefix
@@ -111,14 +131,15 @@ def test_resume_matches_an_uninterrupted_run(tok_dir, tmp_path):
 
 def test_block_causal_through_the_cli(tok_dir, tmp_path):
     out = tmp_path / "bd"
-    args = ["train", "diffusion", "--out", str(out), "--size", "tiny", "--block-size", "8", "--tokenizer", tok_dir,
+    args = ["train", "diffusion", "--out", str(out), "--size", "tiny", "--block-size", "8", "--shift", "--tokenizer", tok_dir,
             "--max-files", str(FILES), "--seq-len", "32", "--batch-size", "4", "--steps", "6", "--warmup", "2",
             "--eval-every", "100", "--eval-windows", "4", "--quiet"]
     assert main(args) == 0
     record = json.loads((out / "training.json").read_text())
-    assert record["steps"] == 6 and record["config"]["block_size"] == 8
+    assert record["steps"] == 6 and record["config"]["block_size"] == 8 and record["config"]["shift"]
     model = paragen.load(out, dtype=torch.float64)
-    assert model.info.attention == "block_causal" and model.info.block_size == 8
+    assert model.info.attention == "block_causal" and model.info.block_size == 8 and model.info.shift
+    assert paragen.load(out, backend="hf").info.shift
     kw = dict(max_new_tokens=12, threshold=0.5)
     cached = paragen.generate(model, "import os\n", "block_diffusion", **kw)
     full = paragen.generate(model, "import os\n", "block_diffusion", cache="none", **kw)

@@ -66,7 +66,7 @@ class Tokenizer:
 
     def fingerprint(self) -> str:
         """Hash of the token -> id table: two models can share drafts iff these match."""
-        vocab = self.backend.get_vocab() if self._fast else self.backend.get_vocab()
+        vocab = self.backend.get_vocab()  # the same call on tokenizers and transformers tokenizers
         blob = json.dumps(sorted(vocab.items(), key=lambda kv: kv[1]), ensure_ascii=False)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -31,6 +31,10 @@ class ModelInfo:
     mask_id: int | None
     attention: str  # "causal" | "bidirectional" | "block_causal"
     block_size: int | None = None
+    # Diffusion models only: True when the logits at position i predict the token at i + 1,
+    # as in an AR model (Dream's and Fast-dLLM v2's "shift", which keeps an AR model's
+    # prediction head when adapting it to diffusion); False when they predict position i.
+    shift: bool = False
 
 
 class Model(ABC):

@@ -70,6 +70,7 @@ class HFModel(Model):
             # below, so transformers runs them bidirectionally too.
             attention=getattr(cfg, "paragen_attention", None) or "causal",
             block_size=getattr(cfg, "paragen_block_size", None),
+            shift=bool(getattr(cfg, "paragen_shift", False)),
         )
         self.tokenizer = None
 

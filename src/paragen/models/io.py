@@ -69,6 +69,7 @@ def native_config(cfg: dict[str, Any]) -> NativeConfig:
         eos_token_id=eos[0] if isinstance(eos, list) else eos,
         attention=cfg.get("paragen_attention", "causal"),
         block_size=cfg.get("paragen_block_size"),
+        shift=bool(cfg.get("paragen_shift", False)),
     )
     return NativeConfig.from_dict(d)
 
@@ -97,6 +98,7 @@ def hf_config(c: NativeConfig, dtype: torch.dtype) -> dict[str, Any]:
         # paragen-only fields; transformers ignores them.
         "paragen_attention": c.attention,
         "paragen_block_size": c.block_size,
+        "paragen_shift": c.shift,
         "mask_token_id": c.mask_token_id,
     }
     return cfg

@@ -34,6 +34,7 @@ class NativeConfig:
     attention_bias: bool = False  # Qwen2 has q/k/v bias
     attention: str = "causal"  # "causal" | "bidirectional" | "block_causal"
     block_size: int | None = None
+    shift: bool = False  # diffusion models: logits at i predict token i + 1 (see ModelInfo)
     eos_token_id: int | None = None
     mask_token_id: int | None = None
 
@@ -154,6 +155,7 @@ class NativeModel(nn.Module, Model):
             mask_id=config.mask_token_id,
             attention=config.attention,
             block_size=config.block_size,
+            shift=config.shift,
         )
         self.tokenizer = None
 

@@ -14,6 +14,10 @@ call feeds the finished block not yet cached, now clean, together with the live 
 the finished block sees the cache and itself, the live block the cache, the finished
 block and itself; the finished block's keys/values are then committed to the cache, so
 refreshing costs no extra call.
+
+A shifted model (``info.shift``) predicts a block's first position from the finished
+block's last one, computed when that block was fed clean: plain next-token prediction.
+That logit is kept (``edge``) for the block's later calls, which feed the live block only.
 """
 
 from __future__ import annotations
@@ -63,10 +67,13 @@ class BlockDiffusion(Diffusion):
         first = len(prompt) // self.B * self.B
         self.start(prompt, first_block=first, block_length=self.B, grow=True)
         self.cache = None
+        # the logits at position first - 1; with first = 0 they predict position 0, a prompt
+        # token that is never masked, so any row will do
+        self.edge = torch.zeros(self.ctx.target.info.vocab_size)
         if self.opts.cache == "exact":
             self.cache = self.ctx.target.new_cache(self.ctx.cache_length)
             if first:
-                feed(self.ctx.target, self.cache, prompt[:first], 0, mask=self.block_mask(0, first))
+                self.edge = feed(self.ctx.target, self.cache, prompt[:first], 0, mask=self.block_mask(0, first))[-1]
                 self.cache.commit(first)
 
     def block_mask(self, lo: int, hi: int) -> torch.Tensor:
@@ -76,11 +83,16 @@ class BlockDiffusion(Diffusion):
         return (blk[None, :] <= blk[:, None])[None]
 
     def forward(self) -> torch.Tensor:
-        """Logits [be - bs, V] of the live block."""
-        (bs, be), target = self.block, self.ctx.target
+        """Logits [be - bs, V] predicting the live block."""
+        (bs, be), target, s = self.block, self.ctx.target, self.shift
         if self.cache is None:
-            return feed(target, None, self.canvas[:be], 0, mask=self.block_mask(0, be))[bs:]
+            logits = feed(target, None, self.canvas[:be], 0, mask=self.block_mask(0, be))
+            return logits[(torch.arange(bs, be) - s).clamp_min(0)]  # position 0 is a prompt token
         lo = self.cache.length  # == bs, or the start of the finished block before it
         logits = feed(target, self.cache, self.canvas[lo:be], lo, mask=self.block_mask(lo, be))
         self.cache.commit(bs - lo)  # the finished block is final; the live block stays pending
-        return logits[bs - lo :]
+        if not s:
+            return logits[bs - lo :]
+        if lo < bs:
+            self.edge = logits[bs - lo - 1]
+        return torch.cat([self.edge[None].to(logits), logits[bs - lo : -1]])

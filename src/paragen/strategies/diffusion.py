@@ -34,6 +34,9 @@ top-k, top-p) in float64, as LLaDA does (float32 noise lowers the effective temp
 Length: ``max_new_tokens`` masks up front (LLaDA), or with ``grow`` one block at a time,
 the model seeing nothing past the current block, until EOS or the budget.
 
+Shifted models (``info.shift``; Dream, Fast-dLLM v2) predict position p from the logits at
+p - 1, so a call covers the block and the position before it; everything else is the same.
+
 Caches (Fast-dLLM), both approximate for a bidirectional model and refreshed once per
 block by a full forward that also serves the block's first call: ``prefix`` keeps the
 keys/values of everything left of the block, ``dual`` also those right of it. With
@@ -200,6 +203,7 @@ class Diffusion(Strategy):
     def __init__(self, ctx: DecodeContext, options: DenoiseOptions) -> None:
         super().__init__(ctx, options)
         self.mask_id = require_model(ctx.target.info, self.name, self.attention)
+        self.shift = int(ctx.target.info.shift)  # logits at p predict p + shift
 
     def prefill(self, prompt: list[int]) -> None:
         """No model call: the first step opens the first block right after the prompt."""
@@ -266,25 +270,31 @@ class Diffusion(Strategy):
         return self.canvas[start : self.frontier]
 
     def forward(self) -> torch.Tensor:
-        """Logits [be - bs, V] of the current block, with full bidirectional attention."""
+        """Logits [be - bs, V] predicting the current block, with full bidirectional attention.
+
+        They are the rows of the window [lo, be), lo = bs - shift (a block never starts at 0:
+        the prompt is not empty), so the caches keep what lies outside the window.
+        """
         (bs, be), c, target, n = self.block, self.canvas, self.ctx.target, len(self.canvas)
+        lo, b = bs - self.shift, be - bs
         if self.cache is None:
-            return feed(target, None, c, 0)[bs:be]
-        b = be - bs
+            return feed(target, None, c, 0)[lo : lo + b]
+        w = be - lo
         if self.refresh:
-            # A full forward (exact), keeping the keys/values of all but the block. Slots are
-            # position-addressed through RoPE, so dual puts the suffix before the block in the cache.
+            # A full forward (exact), keeping the keys/values of all but the window. Slots are
+            # position-addressed through RoPE, so dual puts the suffix before the window in the cache.
             self.refresh = False
             self.ctx.extra["cache_refreshes"] += 1
             self.cache.truncate(0)
-            order = list(range(n)) if self.opts.cache == "prefix" else [*range(bs), *range(be, n), *range(bs, be)]
+            order = list(range(n)) if self.opts.cache == "prefix" else [*range(lo), *range(be, n), *range(lo, be)]
             logits = feed(target, self.cache, [c[i] for i in order], 0, positions=order)
-            self.cache.commit(bs if self.opts.cache == "prefix" else n - b)
-            return logits[bs:be] if self.opts.cache == "prefix" else logits[n - b :]
-        if self.opts.cache == "prefix":  # the block and the suffix, over the cached prefix
-            logits = feed(target, self.cache, c[bs:], bs)[:b]
-        else:  # the block only, over the cached prefix and suffix
-            logits = feed(target, self.cache, c[bs:be], bs)
+            first = lo if self.opts.cache == "prefix" else n - w  # where the window's rows start
+            self.cache.commit(first)
+            return logits[first : first + b]
+        if self.opts.cache == "prefix":  # the window and the suffix, over the cached prefix
+            logits = feed(target, self.cache, c[lo:], lo)[:b]
+        else:  # the window only, over the cached prefix and suffix
+            logits = feed(target, self.cache, c[lo:be], lo)[:b]
         if self.opts.audit:
             self.audit(logits)
         return logits
@@ -292,7 +302,7 @@ class Diffusion(Strategy):
     def audit(self, logits: torch.Tensor) -> None:
         """Compare a cached call's block logits [b, V] with an uncached call on the same canvas."""
         bs, be = self.block
-        exact = feed(self.ctx.target, None, self.canvas, 0)[bs:be]
+        exact = feed(self.ctx.target, None, self.canvas, 0)[bs - self.shift : be - self.shift]
         m = torch.tensor(self.masked[bs:be])
         a, e = logits[m].double(), exact[m].double()
         a[:, self.mask_id] = e[:, self.mask_id] = float("-inf")

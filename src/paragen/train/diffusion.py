@@ -18,6 +18,14 @@ exactly what it sees at inference, where finished blocks are clean.
 ``--init DIR`` starts from a model directory's weights (an AR model: SDAR adapts AR
 models to block diffusion this way); the shape and tokenizer then come from DIR.
 
+``--shift`` (Dream, Ye et al. 2025; Fast-dLLM v2, Wu et al. 2025): the token at position p
+is predicted by the logits at p - 1, as in the AR model, so an adapted model keeps the
+head it already has instead of learning a new meaning for every output. Position 0 then
+has no predictor and is never masked. With blocks, the first position of a noised block
+is predicted from the clean half's last position of the block before (at inference that
+logit comes from the finished, clean block): it is plain next-token prediction, which the
+AR model already does.
+
 Everything else is ``paragen train lm``'s: AdamW, warm-up and cosine decay, bf16
 autocast on CPU, clipping, atomic resumable checkpoints, an optional wall-clock budget.
 """
@@ -50,6 +58,7 @@ class DiffusionTrainConfig(TrainConfig):
     block_size: int | None = None
     init: str | None = None
     eps: float = 1e-3
+    shift: bool = False
 
     def __post_init__(self) -> None:
         if self.attention == "bidirectional" and self.block_size is not None:
@@ -84,7 +93,8 @@ def corrupt(
     """Noise a batch x0 [B, L]: returns x_t [B, L], loss weights 1/t on masked positions
     (0 elsewhere) [B, L], and the maskable positions [B, L] (after the clean prefix)."""
     B, L = x0.shape
-    prefix = torch.randint(0, L, (B, 1), generator=g) if conditional else torch.zeros(B, 1, dtype=torch.long)
+    first = int(cfg.shift)  # a shifted model cannot predict position 0
+    prefix = torch.randint(first, L, (B, 1), generator=g) if conditional else torch.full((B, 1), first)
     maskable = torch.arange(L)[None] >= prefix
     groups = L // cfg.block_size if cfg.block_size else 1  # one t per row, or per block (BD3-LM)
     n = B * groups
@@ -95,14 +105,24 @@ def corrupt(
     return torch.where(masked, mask_id, x0), masked / t, maskable
 
 
-def denoise_logits(model: NativeModel, xt: torch.Tensor, x0: torch.Tensor, block_size: int | None) -> torch.Tensor:
-    """Logits [B, L, V] at every position of x_t."""
+def denoise_logits(
+    model: NativeModel, xt: torch.Tensor, x0: torch.Tensor, block_size: int | None, shift: bool = False
+) -> torch.Tensor:
+    """Logits [B, L, V] predicting each position of x_t (row 0 is meaningless when shifted)."""
     B, L = xt.shape
     pos = torch.arange(L).expand(B, -1)
     if block_size is None:
-        return model(xt, pos)  # a bidirectional model's default: full attention
+        h = model.hidden_states(xt, pos)  # a bidirectional model's default: full attention
+        src = (torch.arange(L) - 1).clamp_min(0) if shift else torch.arange(L)
+        return model.lm_head(h[:, src])
     h = model.hidden_states(torch.cat([xt, x0], 1), torch.cat([pos, pos], 1), mask=bd3_mask(L, block_size))
-    return model.lm_head(h[:, :L])  # the clean half only provides keys and values
+    if not shift:
+        return model.lm_head(h[:, :L])  # the clean half only provides keys and values
+    # p is predicted from p - 1 in its own noised block, or for a block's first position from
+    # the clean half's p - 1 (the finished block before it, as at inference)
+    p = torch.arange(L)
+    src = torch.where(p % block_size == 0, L + p - 1, p - 1).clamp_min(0)
+    return model.lm_head(h[:, src])
 
 
 def diffusion_loss(
@@ -112,7 +132,7 @@ def diffusion_loss(
     """The weighted masked cross-entropy per maskable token, and (correct, masked) counts."""
     xt, weight, maskable = corrupt(x0, cfg, mask_id, g, conditional)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
-        logits = denoise_logits(model, xt, x0, cfg.block_size)
+        logits = denoise_logits(model, xt, x0, cfg.block_size, cfg.shift)
     ce = F.cross_entropy(logits.float().flatten(0, 1), x0.flatten(), reduction="none").view_as(x0)
     loss = (ce * weight).sum() / maskable.sum().clamp_min(1)
     masked = weight > 0
@@ -142,7 +162,7 @@ def evaluate_diffusion(
 def model_config(cfg: DiffusionTrainConfig, tok: Tokenizer, init: NativeModel | None) -> NativeConfig:
     """The diffusion model's shape: ``SIZES[cfg.size]``, or the init model's."""
     common = dict(attention=cfg.attention, block_size=cfg.block_size, mask_token_id=tok.mask_id,
-                  eos_token_id=tok.eos_id)
+                  eos_token_id=tok.eos_id, shift=cfg.shift)
     if init is None:
         return NativeConfig(vocab_size=tok.vocab_size, max_position_embeddings=max(1024, cfg.seq_len),
                             **common, **SIZES[cfg.size])
@@ -182,7 +202,8 @@ def train_diffusion(
     state = fit(model, cfg, train, loss_fn, evaluate, work / "checkpoint.pt", resume=resume, progress=progress,
                 desc=f"diffusion {cfg.size}", stop_at=stop_at)
     objective = "masked diffusion (MDLM/LLaDA 1/t-weighted masked cross-entropy)" + (
-        f", block-causal blocks of {cfg.block_size} (BD3-LM)" if cfg.block_size else "")
+        f", block-causal blocks of {cfg.block_size} (BD3-LM)" if cfg.block_size else "") + (
+        ", shifted (logits at p predict p + 1)" if cfg.shift else "")
     # held-out loss: an upper bound on NLL per token, unconditional; accuracy: on masked tokens
     record = training_record(cfg, model, state, evaluate(model), split, command, objective=objective)
     save_model(model, tok, out, dtype=torch.float16, extra_files={"training.json": json.dumps(record, indent=2) + "\n"})
