@@ -134,7 +134,9 @@ def test_block_causal_through_the_cli(tok_dir, tmp_path):
     args = ["train", "diffusion", "--out", str(out), "--size", "tiny", "--block-size", "8", "--shift", "--tokenizer", tok_dir,
             "--max-files", str(FILES), "--seq-len", "32", "--batch-size", "4", "--steps", "6", "--warmup", "2",
             "--eval-every", "100", "--eval-windows", "4", "--quiet"]
-    assert main(args) == 0
+    assert main([*args, "--stop-at", "3"]) == 0  # in two chunks: stop at step 3, then resume
+    assert json.loads((out / "training.json").read_text())["steps"] == 3
+    assert main([*args, "--resume"]) == 0
     record = json.loads((out / "training.json").read_text())
     assert record["steps"] == 6 and record["config"]["block_size"] == 8 and record["config"]["shift"]
     model = paragen.load(out, dtype=torch.float64)

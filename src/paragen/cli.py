@@ -95,7 +95,7 @@ def run_models(args: argparse.Namespace) -> int:
         extra = f"{params / 1e6:.1f}M params" if params else ""
         if "heldout_loss" in info:
             extra += f", held-out loss {info['heldout_loss']:.2f}, accuracy {info['heldout_accuracy']:.3f}"
-        print(f"{name:<16} {cfg.get('paragen_attention', 'causal'):<14} {extra}  {path}")
+        print(f"{name:<22} {cfg.get('paragen_attention', 'causal'):<14} {extra}  {path}")
     return 0
 
 

@@ -32,6 +32,12 @@ def config_from_args(config_cls: type, args: argparse.Namespace, **fixed) -> obj
     return config_cls(**{**kw, **fixed})
 
 
+def add_stop_at(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--stop-at", type=int, default=None, metavar="N",
+                        help="end after step N of --steps (the schedule stays that of --steps): the model is saved "
+                        "and --resume continues; for comparing runs at equal steps, or training in chunks")
+
+
 def add_train_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a tokenizer or a model on Python source",
                        description="Train paragen's own models.")
@@ -52,6 +58,7 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     lm.add_argument("--size", choices=sorted(SIZES), default=defaults.size, help="model shape")
     lm.add_argument("--out", required=True, help="output model directory")
     lm.add_argument("--resume", action="store_true", help="continue from the checkpoint beside --out")
+    add_stop_at(lm)
     lm.add_argument("--quiet", action="store_true", help="no progress bar")
     add_config_flags(lm, TrainConfig, skip={"size", "out", "attention"})
     add_diffusion_parser(tsub)
@@ -72,6 +79,7 @@ def add_diffusion_parser(tsub: argparse._SubParsersAction) -> None:
     d.add_argument("--block-size", type=int, default=None, help="block-causal attention with blocks of this size")
     d.add_argument("--init", default=None, help="start from this model directory's weights (e.g. an AR model)")
     d.add_argument("--resume", action="store_true", help="continue from the checkpoint beside --out")
+    add_stop_at(d)
     d.add_argument("--quiet", action="store_true", help="no progress bar")
     add_config_flags(d, DiffusionTrainConfig, skip={"size", "out", "attention", "block_size", "init"})
 
@@ -80,7 +88,8 @@ def run_train_diffusion(args: argparse.Namespace) -> int:
     from paragen.train.diffusion import DiffusionTrainConfig, train_diffusion
 
     cfg = config_from_args(DiffusionTrainConfig, args, attention="block_causal" if args.block_size else "bidirectional")
-    rec = train_diffusion(cfg, resume=args.resume, progress=not args.quiet, command="paragen " + " ".join(sys.argv[1:]))
+    rec = train_diffusion(cfg, resume=args.resume, progress=not args.quiet, command="paragen " + " ".join(sys.argv[1:]),
+                          stop_at=args.stop_at)
     print(f"{cfg.out}: {rec['parameters'] / 1e6:.2f}M parameters, {rec['tokens_seen']} tokens, "
           f"heldout loss (bound) {rec['heldout_loss']:.3f}, masked accuracy {rec['heldout_accuracy']:.3f}")
     return 0
@@ -104,7 +113,8 @@ def run_train(args: argparse.Namespace) -> int:
     from paragen.train.lm import train_lm
 
     cfg = config_from_args(TrainConfig, args)
-    rec = train_lm(cfg, resume=args.resume, progress=not args.quiet, command="paragen " + " ".join(sys.argv[1:]))
+    rec = train_lm(cfg, resume=args.resume, progress=not args.quiet, command="paragen " + " ".join(sys.argv[1:]),
+                   stop_at=args.stop_at)
     print(f"{cfg.out}: {rec['parameters'] / 1e6:.2f}M parameters, {rec['tokens_seen']} tokens, "
           f"heldout loss {rec['heldout_loss']:.3f}, accuracy {rec['heldout_accuracy']:.3f}")
     return 0
