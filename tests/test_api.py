@@ -66,6 +66,15 @@ def test_cli_json(model_dir, capsys):
     assert out["stats"]["target_calls"] == out["stats"]["new_tokens"] + (out["stats"]["finish_reason"] == "eos")
 
 
+def test_cli_dtype(model_dir, capsys):
+    args = ["generate", "def add(a, b):", "--model", str(model_dir), "--max-new-tokens", "6", "--json"]
+    assert main([*args, "--dtype", "bfloat16"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["tokens"]) <= 6
+    with pytest.raises(SystemExit) as exit_:  # argparse: usage and the valid choices, exit 2
+        main([*args, "--dtype", "int8"])
+    assert exit_.value.code == 2 and "invalid choice" in capsys.readouterr().err
+
+
 def test_cli_strategy_options_and_stdin(model_dir, capsys, monkeypatch):
     import io
 

@@ -20,7 +20,7 @@ from paragen.bench.metrics import (
     token_agreement,
 )
 from paragen.bench.report import bench_json, markdown_table, write_atomic
-from paragen.bench.run import BenchConfig, build_contenders, output_perplexity, parse_option
+from paragen.bench.run import BenchConfig, build_contenders, load_models, output_perplexity, parse_option
 from paragen.cli import main
 from paragen.errors import InvalidInputError, UnknownStrategyError, UnsupportedOptionError
 from paragen.models.native import NativeConfig, NativeModel
@@ -285,6 +285,23 @@ def test_bench_end_to_end_on_a_tiny_model(tiny_models, tmp_path, capsys):
     html = (out / "report.html").read_text()
     assert html.count("src='data:image/png;base64,") == 3
     assert sorted(p.name for p in out.iterdir()) == ["bench.json", "report.html"]
+
+
+def test_bfloat16_runs_score_quality_in_float32(tiny_models, tmp_path, capsys):
+    tiny, _ = tiny_models
+    config = BenchConfig(strategies=("ar", "lookup", "hf-greedy"), model=str(tiny), draft=str(tiny), dtype="bfloat16")
+    models = load_models(config, build_contenders(config))
+    assert models.target.dtype == torch.bfloat16 and models.hf_target.dtype == torch.bfloat16
+    assert models.scorer.dtype == torch.float32
+    out = tmp_path / "bf16"
+    assert main(["bench", "--strategies", "lookup", "--limit", "1", "--max-new-tokens", "8", "--model", str(tiny),
+                 "--dtype", "bfloat16", "--no-progress", "--out", str(out)]) == 0
+    bench = json.loads((out / "bench.json").read_text())
+    assert bench["config"]["dtype"] == "bfloat16"
+    assert all(math.isfinite(r["gen_ppl"]) for r in bench["records"])
+    with pytest.raises(SystemExit) as exit_:  # argparse: usage and the valid choices, exit 2
+        main(["bench", "--dtype", "float16", "--out", str(tmp_path / "no")])
+    assert exit_.value.code == 2 and "invalid choice" in capsys.readouterr().err
 
 
 def test_loops_detects_short_periods_only():

@@ -10,7 +10,7 @@ import dataclasses
 import shlex
 import sys
 
-from paragen.bench.run import BenchConfig, parse_model_for, parse_option
+from paragen.bench.run import DTYPES, BenchConfig, parse_model_for, parse_option
 
 DEFAULTS = BenchConfig()
 # Everything that runs on a causal target (and a draft) today; "all" also picks up new strategies.
@@ -53,6 +53,8 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
                    help=f"draft model for draft strategies and hf-assisted (default: {DEFAULTS.draft})")
     p.add_argument("--backend", choices=["native", "hf"], default=DEFAULTS.backend,
                    help="backend of the paragen strategies (peers always use transformers)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default=DEFAULTS.dtype,
+                   help="weights' dtype for every contender (gen_ppl is scored in float32; default: float32)")
     p.add_argument("--option", action="append", default=[], metavar="STRATEGY:KEY=VALUE",
                    help="strategy option, e.g. lookup:max_draft=8 (repeatable)")
     p.add_argument("--model-for", action="append", default=[], metavar="STRATEGY=MODEL",
@@ -69,7 +71,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     return BenchConfig(
         strategies=tuple(s.strip() for s in args.strategies.split(",") if s.strip()),
         task=args.task, limit=args.limit, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-        seed=args.seed, model=args.model, draft=args.draft, backend=args.backend,
+        seed=args.seed, model=args.model, draft=args.draft, backend=args.backend, dtype=args.dtype,
         options=tuple(parse_option(o) for o in args.option),
         models=tuple(parse_model_for(m) for m in args.model_for),
     )

@@ -43,6 +43,9 @@ from paragen.strategies import STRATEGIES
 from paragen.tasks import Task, get_task
 
 SCHEMA = "paragen.bench/1"
+# Weight dtypes a run may use. bfloat16 roughly halves the bytes a decode step reads, which
+# is what bounds a small model's step on CPU; float16 matmuls are slow on most CPUs.
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,8 @@ class BenchConfig:
     """One benchmark run. ``options``: (contender, key, value) triples, values as typed on the CLI.
     ``models``: (strategy, model) pairs: that strategy runs on its own target model (a
     diffusion model, say) instead of ``model``; ``ar``, the peers and gen_ppl keep ``model``.
+    ``dtype``: the weights' dtype for every contender, peers included; gen_ppl is always
+    scored in float32, so quality compares across dtypes.
     """
 
     strategies: tuple[str, ...] = (REFERENCE,)
@@ -61,6 +66,7 @@ class BenchConfig:
     model: str = "code-target"
     draft: str = "code-draft"
     backend: str = "native"
+    dtype: str = "float32"
     options: tuple[tuple[str, str, str], ...] = ()
     models: tuple[tuple[str, str], ...] = ()
     resamples: int = 1000  # bootstrap resamples for the speedup interval
@@ -208,6 +214,8 @@ def check_config(config: BenchConfig) -> None:
         raise InvalidInputError(f"--temperature must be >= 0, got {config.temperature}")
     if config.resamples < 1:
         raise InvalidInputError(f"bootstrap resamples must be >= 1, got {config.resamples}")
+    if config.dtype not in DTYPES:
+        raise InvalidInputError(f"--dtype must be one of {', '.join(DTYPES)}, got '{config.dtype}'")
 
 
 # ---------------------------------------------------------------- models and prompts
@@ -215,7 +223,8 @@ def check_config(config: BenchConfig) -> None:
 
 @dataclass(frozen=True)
 class Models:
-    target: Model  # the AR target: ar runs on it, and it scores gen_ppl
+    target: Model  # the AR target: ar runs on it
+    scorer: Model  # the AR target in float32: it scores gen_ppl
     draft: Model | None
     own: dict[str, Model]  # contender name -> its own target (--model-for)
     hf_target: torch.nn.Module | None  # transformers modules, for the peers only
@@ -236,20 +245,22 @@ def load_models(config: BenchConfig, contenders: list[Contender]) -> Models:
 
     needs_draft = [c for c in contenders if c.needs_draft and not c.peer]
     peers = [c for c in contenders if c.peer]
-    target = paragen.load(config.model, backend=config.backend)
-    draft = paragen.load(config.draft, backend=config.backend) if needs_draft else None
+    dtype = DTYPES[config.dtype]
+    target = paragen.load(config.model, backend=config.backend, dtype=dtype)
+    scorer = target if dtype == torch.float32 else paragen.load(config.model, backend=config.backend)
+    draft = paragen.load(config.draft, backend=config.backend, dtype=dtype) if needs_draft else None
     loaded: dict[str, Model] = {}
     for c in contenders:
         if c.model is not None and c.model not in loaded:
-            loaded[c.model] = paragen.load(c.model, backend=config.backend)
+            loaded[c.model] = paragen.load(c.model, backend=config.backend, dtype=dtype)
     own = {c.name: loaded[c.model] for c in contenders if c.model is not None}
     for name, model in own.items():
         if model.tokenizer.fingerprint() != target.tokenizer.fingerprint():
             raise VocabularyMismatchError(f"the model for '{name}' has another tokenizer than --model: "
                                           "contenders must read the same prompt tokens")
-    hf_target = HFModel.from_dir(resolve(config.model)).module if peers else None
-    hf_draft = HFModel.from_dir(resolve(config.draft)).module if any(c.needs_draft for c in peers) else None
-    return Models(target, draft, own, hf_target, hf_draft)
+    hf_target = HFModel.from_dir(resolve(config.model), dtype).module if peers else None
+    hf_draft = HFModel.from_dir(resolve(config.draft), dtype).module if any(c.needs_draft for c in peers) else None
+    return Models(target, scorer, draft, own, hf_target, hf_draft)
 
 
 def prepare_prompts(tasks: list[Task], models: Models, max_new_tokens: int) -> list[Prompt]:
@@ -364,7 +375,7 @@ def run(config: BenchConfig, progress: bool = True, argv: list[str] | None = Non
                                       o.committed_per_call))
                 bar.update()
 
-    records = score_against_reference(add_quality(records, {p.task.id: p for p in prompts}, models.target))
+    records = score_against_reference(add_quality(records, {p.task.id: p for p in prompts}, models.scorer))
     summary = summarize(records, {c.name: bool(c.cls.lossless) for c in contenders},
                         {c.name for c in contenders if c.peer}, config.temperature == 0, config.seed, config.resamples)
     # Records grouped by contender, in the order contenders were listed, for readability.
