@@ -21,6 +21,8 @@ def strategy_help() -> str:
 
 
 def add_generate_parser(sub: argparse._SubParsersAction) -> None:
+    from paragen.models import DTYPES
+
     p = sub.add_parser(
         "generate", help="continue a prompt with a decoding strategy",
         description="Continue PROMPT with a model and a decoding strategy; print the text (or JSON with stats).",
@@ -31,7 +33,7 @@ def add_generate_parser(sub: argparse._SubParsersAction) -> None:
                    help="built-in model name or Hugging Face model directory (default: code-target)")
     p.add_argument("--backend", choices=["native", "hf"], default="native",
                    help="native (paragen's own, fast) or hf (transformers)")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float64"], default="float32",
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
                    help="weights' dtype (bfloat16 is faster on CPUs with bf16 support, with other rounding)")
     p.add_argument("--strategy", default="ar", help="decoding strategy (see below; default: ar)")
     p.add_argument("--draft", default=None, help="draft model name or directory (for speculative)")
@@ -47,10 +49,9 @@ def add_generate_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    import torch
-
     import paragen
     from paragen.errors import InvalidInputError
+    from paragen.models import DTYPES
 
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     options = {}
@@ -59,7 +60,7 @@ def run_generate(args: argparse.Namespace) -> int:
         if not sep:
             raise InvalidInputError(f"strategy option '{item}' must look like KEY=VALUE")
         options[key.replace("-", "_")] = value
-    dtype = getattr(torch, args.dtype)
+    dtype = DTYPES[args.dtype]
     model = paragen.load(args.model, backend=args.backend, dtype=dtype)
     draft = paragen.load(args.draft, backend=args.backend, dtype=dtype) if args.draft else None
     kwargs = dict(

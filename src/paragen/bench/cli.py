@@ -10,7 +10,8 @@ import dataclasses
 import shlex
 import sys
 
-from paragen.bench.run import DTYPES, BenchConfig, parse_model_for, parse_option
+from paragen.bench.run import BenchConfig, parse_model_for, parse_option
+from paragen.models import DTYPES
 
 DEFAULTS = BenchConfig()
 # Everything that runs on a causal target (and a draft) today; "all" also picks up new strategies.

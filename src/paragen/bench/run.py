@@ -38,14 +38,12 @@ from paragen.errors import (
     UnsupportedOptionError,
     VocabularyMismatchError,
 )
+from paragen.models import DTYPES
 from paragen.models.base import Model
 from paragen.strategies import STRATEGIES
 from paragen.tasks import Task, get_task
 
 SCHEMA = "paragen.bench/1"
-# Weight dtypes a run may use. bfloat16 roughly halves the bytes a decode step reads, which
-# is what bounds a small model's step on CPU; float16 matmuls are slow on most CPUs.
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 @dataclass(frozen=True)

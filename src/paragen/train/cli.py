@@ -9,8 +9,6 @@ from dataclasses import fields
 from paragen.train.lm import SIZES, TrainConfig
 
 _NONE_DEFAULT_TYPES = {"minutes": float, "max_files": int}  # fields whose default None hides their type
-_HELP = {"shift": "logits at position p predict token p + 1, as in the AR model (Dream / Fast-dLLM v2): "
-         "keeps an --init AR model's head"}
 
 
 def add_config_flags(parser: argparse.ArgumentParser, config_cls: type, skip: set[str]) -> None:
@@ -20,7 +18,7 @@ def add_config_flags(parser: argparse.ArgumentParser, config_cls: type, skip: se
             continue
         flag = f"--{f.name.replace('_', '-')}"
         if f.default is False:  # a switch, off by default
-            parser.add_argument(flag, action="store_true", default=None, help=_HELP.get(f.name))
+            parser.add_argument(flag, action="store_true", default=None, help=f.metadata.get("help"))
             continue
         kind = type(f.default) if f.default is not None else _NONE_DEFAULT_TYPES.get(f.name, str)
         parser.add_argument(flag, type=kind, default=None, help=f"default: {f.default}")

@@ -33,7 +33,7 @@ autocast on CPU, clipping, atomic resumable checkpoints, an optional wall-clock 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -58,7 +58,8 @@ class DiffusionTrainConfig(TrainConfig):
     block_size: int | None = None
     init: str | None = None
     eps: float = 1e-3
-    shift: bool = False
+    shift: bool = field(default=False, metadata={"help": "logits at position p predict token p + 1, as in the AR "
+                                                 "model (Dream / Fast-dLLM v2): keeps an --init AR model's head"})
 
     def __post_init__(self) -> None:
         if self.attention == "bidirectional" and self.block_size is not None:
