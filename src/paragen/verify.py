@@ -7,6 +7,7 @@ the bonus token); ``q`` the draft's probabilities for ``x``.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from paragen.sampling import SamplingParams, sample, warp
@@ -69,3 +70,110 @@ def verify_chain(
     if q is None:
         q = torch.nn.functional.one_hot(torch.tensor(draft, dtype=torch.long), p.shape[-1]).double()
     return speculative_accept(draft, q, p, generator)
+
+
+def recursive_rejection(
+    p: torch.Tensor, cands: list[int], q: torch.Tensor | None, replacement: bool, generator: torch.Generator | None
+) -> int:
+    """One token distributed exactly as p [V], given candidates drafted from q [V].
+
+    SpecInfer's multi-step speculative sampling (Miao et al. 2024, Alg. 2; Chen et al.'s
+    rule applied recursively): try c_j with probability min(1, r(c_j) / q_j(c_j)), where r
+    starts as p and after each rejection becomes norm(max(0, r - q_j)); if every candidate
+    is rejected, sample from the final r. Each try is an exact speculative-sampling step
+    for whatever distribution q_j the candidate was really drawn from, so:
+      - i.i.d. candidates (``replacement``): q_j = q;
+      - candidates drawn without replacement: q_j = q with c_1..c_{j-1} removed, renormalised
+        (Yang et al. 2023 / Jeon et al. 2024: without this the output is biased);
+      - ``q=None``: candidates chosen deterministically (the draft's top-w, a pruned tree):
+        q_j is one-hot, and the rule reduces to sampling Y ~ p and accepting it if drafted.
+    """
+    if q is None:
+        return int(sample(p, generator))
+    r, q = p.clone(), q.clone()
+    u = torch.rand(len(cands), generator=generator, dtype=torch.float64)
+    for j, c in enumerate(cands):
+        if u[j] * q[c] < r[c]:
+            return c
+        rest = (r - q).clamp_min(0.0)
+        # rest == 0 only when r == q, where rejection has probability 0; guard rounding.
+        r = rest / rest.sum() if rest.sum() > 0 else r
+        if not replacement:
+            q[c] = 0.0
+            if q.sum() <= 0:
+                break  # the draft's support is exhausted: no candidate can follow
+            q = q / q.sum()
+    return int(sample(r, generator))
+
+
+def kseq_rho(p: torch.Tensor, q: torch.Tensor, k: int, iters: int = 50) -> float:
+    """SpecTr's K-SEQ division factor (Sun et al. 2023, Alg. 2 / Lemma 3): the smallest
+    rho in [1, k] whose residual is a distribution.
+
+    With beta(rho) = sum_x min(q(x), p(x)/rho) and f = (1 - (1 - beta)^k) / beta, the
+    residual p - min(q, p/rho) f is >= 0 iff f <= rho (at a token with p/rho < q it reads
+    p (1 - f/rho); elsewhere q f <= (p/rho) f). f(beta(rho)) - rho is > 0 at rho = 1
+    (unless p == q or k == 1) and <= 0 at rho = k; bisection finds the crossing.
+    """
+    pn, qn = p.cpu().numpy(), q.cpu().numpy()  # ~50 tiny reductions: numpy's per-call cost is lower
+
+    def ok(rho: float) -> bool:
+        beta = float(np.minimum(qn, pn / rho).sum())
+        return beta > 0 and (1 - (1 - beta) ** k) / beta <= rho * (1 + 1e-12)
+
+    if ok(1.0):
+        return 1.0
+    lo, hi = 1.0, float(k)
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if ok(mid) else (mid, hi)
+    return hi
+
+
+def kseq(p: torch.Tensor, cands: list[int], q: torch.Tensor, generator: torch.Generator | None) -> int:
+    """SpecTr's K-SEQ rule (Sun et al. 2023, Alg. 2): one token distributed exactly as p [V],
+    given k candidates drawn i.i.d. from q [V].
+
+    Try X_i in turn, accepting with probability min(1, p(X_i) / (rho q(X_i))); if none is
+    accepted, sample from p_res ∝ p - min(q, p/rho) (1 - (1 - beta)^k) / beta. The mass
+    accepted at x is min(q, p/rho) sum_i (1 - beta)^(i-1) = min(q, p/rho) (1-(1-beta)^k)/beta,
+    and p_res carries the rest, so the output is p. Acceptance 1 - (1 - beta)^k is within
+    (1 - 1/e) of the optimal coupling's (their Thm. 2).
+    """
+    k = len(cands)
+    rho = kseq_rho(p, q, k)
+    a = torch.minimum(q, p / rho)  # accepted mass per token and try
+    beta = float(a.sum())
+    u = torch.rand(k, generator=generator, dtype=torch.float64)
+    for j, c in enumerate(cands):
+        if u[j] * q[c] < a[c]:
+            return c
+    res = (p - a * ((1 - (1 - beta) ** k) / beta)).clamp_min(0.0)
+    return int(sample(res / res.sum() if res.sum() > 0 else p, generator))
+
+
+def verify_tree(
+    tree, logits: torch.Tensor, sampling: SamplingParams, generator: torch.Generator | None, rule: str = "rrs"
+) -> tuple[list[int], int]:
+    """(accepted path of node indices, next token) for a token tree scored in one forward.
+
+    logits [N, V]: the target at every node (``paragen.tree.TokenTree`` order). Walk from
+    the root: at each node choose the token the target commits there (greedy: its argmax;
+    sampling: ``recursive_rejection`` or ``kseq`` over the node's drafted candidates, which
+    gives a token distributed exactly as the target), and descend into the child holding
+    that token. The first token with no child is the correction or bonus token.
+    """
+    path, node = [], 0
+    p = None if sampling.greedy else warp(logits, sampling)
+    while True:
+        if p is None:
+            y = int(logits[node].argmax())
+        elif rule == "kseq" and tree.q[node] is not None:
+            y = kseq(p[node], tree.cands[node], tree.q[node], generator)
+        else:
+            y = recursive_rejection(p[node], tree.cands[node], tree.q[node], tree.replacement, generator)
+        child = tree.child(node, y)
+        if child is None:
+            return path, y
+        path.append(child)
+        node = child

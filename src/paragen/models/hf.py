@@ -49,8 +49,9 @@ class HFCache:
     def truncate(self, n: int) -> None:
         if not 0 <= n <= self.length:
             raise IndexError(f"cannot truncate to {n}: length is {self.length}")
+        # Like KVCache, the slots past n stay readable until the next forward drops them,
+        # so truncate(n) followed by keep(...) can compact a tree path written earlier.
         self.length = n
-        self.drop_pending()
 
 
 class HFModel(Model):

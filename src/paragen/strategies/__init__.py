@@ -10,10 +10,12 @@ from paragen.strategies.diffusion import Diffusion
 from paragen.strategies.jacobi import Jacobi
 from paragen.strategies.lookahead import Lookahead
 from paragen.strategies.lookup import Lookup
+from paragen.strategies.spectr import SpecTr
 from paragen.strategies.speculative import Speculative
+from paragen.strategies.tree import Tree
 
 STRATEGIES: dict[str, type[Strategy]] = {
-    s.name: s for s in (AR, Speculative, Lookup, Jacobi, Lookahead, Diffusion, BlockDiffusion)
+    s.name: s for s in (AR, Speculative, Tree, SpecTr, Lookup, Jacobi, Lookahead, Diffusion, BlockDiffusion)
 }
 
 

@@ -1,0 +1,186 @@
+"""``tree``: token-tree speculative decoding with a draft model (SpecInfer, Miao et al. 2024;
+OPT-Tree, Wang et al. 2024; EAGLE-2's dynamic tree, Li et al. 2024).
+
+Each step the draft grows a tree of candidate continuations (one draft call per level),
+the target scores every node in one forward with an ancestor mask (``paragen.tree``), and
+``verify_tree`` walks the tree: greedy follows the child equal to the target's argmax;
+sampling chooses each node's token by recursive rejection over its drafted children, so
+the output is exactly the target's in both cases. Two shapes:
+
+  - ``static``: ``widths[d]`` children for every node at depth d (Medusa/SpecInfer style);
+  - ``dynamic``: at each depth expand the ``topk`` nodes with the highest path product of
+    draft probabilities, each into its ``topk`` most likely children, then keep the
+    ``budget`` best nodes overall (OPT-Tree / EAGLE-2: the path product is the draft's
+    estimate of the chance the target accepts that node, so this maximises the expected
+    accepted length under the draft's estimate). A node's score never exceeds its
+    parent's, so the best ``budget`` nodes form a tree.
+
+Sampling: the dynamic tree's candidates are chosen deterministically from the draft, so
+each node accepts a token Y ~ p iff it was drafted (recursive rejection with one-hot q).
+A static tree may instead sample its children from the draft (``draw``), without
+replacement (q renormalised after each rejection) or i.i.d.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from paragen.errors import UnsupportedOptionError
+from paragen.sampling import SamplingParams, warp
+from paragen.strategies.base import Strategy, feed
+from paragen.strategies.drafter import TreeDrafter
+from paragen.tree import TokenTree
+from paragen.verify import verify_tree
+
+DRAWS = ("top", "without", "with")
+
+
+def parse_widths(text: str) -> tuple[int, ...]:
+    try:
+        widths = tuple(int(w) for w in str(text).split(","))
+    except ValueError:
+        widths = ()
+    if not widths or min(widths) < 1:
+        raise UnsupportedOptionError(f"tree: widths must be positive integers separated by commas (e.g. 4,2,2,1), got '{text}'")
+    return widths
+
+
+@dataclass(frozen=True)
+class TreeOptions:
+    """shape: "dynamic" (best-first under a node budget) or "static" (fixed widths per depth).
+    budget: dynamic: drafted nodes verified per call.  depth: dynamic: draft levels (draft calls per step).
+    topk: dynamic: nodes expanded per level, and children per expanded node.
+    widths: static: children per node at each depth, e.g. "4,2,2,1" (4 + 8 + 16 + 16 nodes).
+    draw: static, sampling only: how children are drafted: "top" (the draft's top-w),
+    "without" (sampled without replacement), "with" (sampled i.i.d.).
+    """
+
+    shape: str = "dynamic"
+    budget: int = 16
+    depth: int = 5
+    topk: int = 4
+    widths: str = "4,2,2,1"
+    draw: str = "top"
+
+    def __post_init__(self) -> None:
+        if self.shape not in ("static", "dynamic"):
+            raise UnsupportedOptionError(f"tree: shape must be 'static' or 'dynamic', got '{self.shape}'")
+        if self.budget < 1 or self.depth < 1 or self.topk < 1:
+            raise UnsupportedOptionError(f"tree: budget, depth and topk must be >= 1, got {self.budget}, {self.depth}, {self.topk}")
+        parse_widths(self.widths)
+        if self.draw not in DRAWS:
+            raise UnsupportedOptionError(f"tree: draw must be one of {', '.join(DRAWS)}, got '{self.draw}'")
+        if self.shape == "dynamic" and self.draw != "top":
+            raise UnsupportedOptionError("tree: a dynamic tree drafts its candidates deterministically (draw=top); "
+                                         "sampled children need shape=static")
+
+    def nodes(self) -> int:
+        """Drafted nodes per step at most."""
+        if self.shape == "dynamic":
+            return self.budget
+        total, level = 0, 1
+        for w in parse_widths(self.widths):
+            level *= w
+            total += level
+        return total
+
+
+class Tree(Strategy):
+    name = "tree"
+    Options = TreeOptions
+    needs_draft = True
+    summary = "draft model proposes a token tree (static or dynamic), target verifies it in one call"
+
+    @classmethod
+    def slack(cls, o: TreeOptions) -> int:
+        return 1 + o.nodes()
+
+    def prefill(self, prompt: list[int]) -> None:
+        super().prefill(prompt)
+        self.drafter = TreeDrafter(self.ctx.draft, self.ctx.cache_length)
+        self.drafter.prefill(self.seq)
+        self.ctx.extra.update(proposed=[], accepted=[], nodes=0)
+
+    def draft_probs(self, logits: torch.Tensor) -> torch.Tensor:
+        """The draft's probabilities [..., V]: warped like the target's when sampling, its own
+        softmax (temperature 1) when greedy, where they only rank candidates."""
+        sampling = SamplingParams(1.0) if self.ctx.sampling.greedy else self.ctx.sampling
+        return warp(logits, sampling)
+
+    def grow_static(self, depth: int) -> TokenTree:
+        o, greedy = self.opts, self.ctx.sampling.greedy
+        widths = parse_widths(o.widths)[:depth]
+        tree, logits = self.drafter.start(self.seq)
+        level, logits = [0], logits[None]
+        for d, w in enumerate(widths):
+            for node, q in zip(level, self.draft_probs(logits)):
+                support = int((q > 0).sum())
+                if greedy or o.draw == "top":
+                    draws = q.topk(min(w, support)).indices
+                else:
+                    draws = torch.multinomial(q, w if o.draw == "with" else min(w, support),
+                                              replacement=o.draw == "with", generator=self.ctx.generator)
+                    tree.q[node] = q
+                for t in draws.tolist():
+                    tree.add(node, t)
+            level = tree.level(d + 1)
+            if d + 1 < len(widths):
+                logits = self.drafter.expand(tree, level)
+        tree.replacement = o.draw == "with"
+        return tree
+
+    def grow_dynamic(self, depth: int) -> TokenTree:
+        o = self.opts
+        tree, logits = self.drafter.start(self.seq)
+        score = {0: 0.0}  # log of the path product of draft probabilities
+        frontier, logits = [0], logits[None]
+        for d in range(depth):
+            new = []
+            for node, q in zip(frontier, self.draft_probs(logits)):
+                top = q.topk(min(o.topk, int((q > 0).sum())))
+                for pr, t in zip(top.values.log().tolist(), top.indices.tolist()):
+                    child = tree.add(node, t)
+                    score[child] = score[node] + pr
+                    new.append(child)
+            if d + 1 == depth:
+                break
+            frontier = sorted(new, key=lambda i: -score[i])[: o.topk]
+            logits = self.drafter.expand(tree, frontier)
+        # Ties broken by index keep a parent (equal score, smaller index) before its child.
+        best = sorted(score.keys() - {0}, key=lambda i: (-score[i], i))[: o.budget]
+        tree, new = tree.subtree(best)
+        self.drafter.renumber(new)
+        return tree
+
+    def step(self, budget: int) -> list[int]:
+        ctx, n = self.ctx, len(self.seq)
+        depth = min(self.opts.depth if self.opts.shape == "dynamic" else len(parse_widths(self.opts.widths)), budget - 1)
+        if depth == 0:  # one token wanted: no draft
+            tree = TokenTree(self.seq[-1])
+        else:
+            # 1. propose: a token tree from the draft
+            tree = self.grow_dynamic(depth) if self.opts.shape == "dynamic" else self.grow_static(depth)
+        # 2. verify: one target forward over the newest token and every node
+        logits = feed(ctx.target, self.cache, tree.tokens, n - 1, mask=tree.mask(), positions=tree.positions(n - 1))
+        path, nxt = verify_tree(tree, logits, ctx.sampling, ctx.generator)
+        # 3. commit: both caches keep the accepted path only
+        self.cache.keep([0, *path])
+        if depth:
+            self.drafter.accept(path)
+        committed = [*(tree.tokens[i] for i in path), nxt]
+        self.seq.extend(committed)
+        record_tree(ctx.extra, tree, len(path))
+        return committed
+
+
+def record_tree(extra: dict, tree: TokenTree, accept_len: int) -> None:
+    """Per-depth statistics: steps whose tree reached depth d + 1 (proposed[d]) and whose
+    accepted path did (accepted[d]); nodes verified in all (root excluded)."""
+    for key in ("proposed", "accepted"):
+        extra[key] += [0] * (tree.depth - len(extra[key]))
+    for d in range(tree.depth):
+        extra["proposed"][d] += 1
+        extra["accepted"][d] += int(d < accept_len)
+    extra["nodes"] += len(tree) - 1
