@@ -45,6 +45,7 @@ def test_token_tree_layout():
     tree = TokenTree(5)
     a, b = tree.add(0, 7), tree.add(0, 8)
     c = tree.add(a, 9)
+    assert (a, b, c) == (1, 2, 3)
     assert tree.add(0, 7) == a and tree.cands[0] == [7, 8, 7]  # a repeat is one node, one more candidate
     assert tree.tokens == [5, 7, 8, 9] and tree.parents == [-1, 0, 0, a]
     assert tree.positions(10) == [10, 11, 11, 12]

@@ -68,7 +68,8 @@ class TreeOptions:
         if self.shape not in ("static", "dynamic"):
             raise UnsupportedOptionError(f"tree: shape must be 'static' or 'dynamic', got '{self.shape}'")
         if self.budget < 1 or self.depth < 1 or self.topk < 1:
-            raise UnsupportedOptionError(f"tree: budget, depth and topk must be >= 1, got {self.budget}, {self.depth}, {self.topk}")
+            raise UnsupportedOptionError(
+                f"tree: budget, depth and topk must be >= 1, got {self.budget}, {self.depth}, {self.topk}")
         parse_widths(self.widths)
         if self.draw not in DRAWS:
             raise UnsupportedOptionError(f"tree: draw must be one of {', '.join(DRAWS)}, got '{self.draw}'")
