@@ -223,10 +223,11 @@ def tiny_models(tmp_path_factory) -> tuple[Path, Path]:
 MAYBE_INT, MAYBE_FLOAT, MAYBE_DICT = (int, type(None)), (float, type(None)), (dict, type(None))
 RECORD_TYPES = {"task_id": str, "strategy": str, "prompt_tokens": int, "new_tokens": int, "target_calls": MAYBE_INT,
                 "draft_calls": MAYBE_INT, "seconds": float, "tokens": list, "text": str, "finish_reason": str,
-                "committed_per_call": MAYBE_DICT, "exact": bool, "agree": float, "gen_ppl": MAYBE_FLOAT, "ast_ok": bool}
+                "committed_per_call": MAYBE_DICT, "extra": MAYBE_DICT, "exact": bool, "agree": float, "gen_ppl": MAYBE_FLOAT,
+                "ast_ok": bool}
 SUMMARY_KEYS = {"strategy", "lossless", "peer", "prompts", "new_tokens", "target_calls", "draft_calls", "seconds",
                 "tokens_per_call", "tok_s", "speedup", "speedup_ci95", "exact", "non_exact", "agree", "gen_ppl",
-                "ast_ok", "loops", "committed_per_call", "flagged"}
+                "ast_ok", "loops", "committed_per_call", "flagged", "drafted_per_call", "acceptance"}
 ENV_KEYS = {"paragen", "python", "torch", "transformers", "numpy", "platform", "cpu", "cpu_count", "torch_threads",
             "cuda", "git_commit", "command", "started"}
 
@@ -235,9 +236,10 @@ def test_bench_end_to_end_on_a_tiny_model(tiny_models, tmp_path, capsys):
     tiny, other = tiny_models
     out = tmp_path / "out"
     # lookup runs on other weights (--model-for): it cannot reproduce ar, and must be flagged.
-    rc = main(["bench", "--strategies", "speculative,lookup,hf-greedy,hf-assisted,hf-lookup", "--task", "humaneval",
-               "--limit", "2", "--max-new-tokens", "8", "--model", str(tiny), "--draft", str(tiny),
-               "--option", "lookup:max_draft=3", "--model-for", f"lookup={other}", "--threads", "1", "--no-progress",
+    rc = main(["bench", "--strategies", "speculative,lookup,tree@static,hf-greedy,hf-assisted,hf-lookup", "--task",
+               "humaneval", "--limit", "2", "--max-new-tokens", "8", "--model", str(tiny), "--draft", str(tiny),
+               "--option", "lookup:max_draft=3", "--option", "tree@static:shape=static",
+               "--model-for", f"lookup={other}", "--threads", "1", "--no-progress",
                "--out", str(out)])
     assert rc == 0
     stdout = capsys.readouterr().out
@@ -247,9 +249,10 @@ def test_bench_end_to_end_on_a_tiny_model(tiny_models, tmp_path, capsys):
     assert list(bench) == ["schema", "config", "environment", "contenders", "tasks", "records", "summary"]
     assert bench["schema"] == "paragen.bench/1"
     assert set(bench["environment"]) == ENV_KEYS and bench["environment"]["torch_threads"] == 1
-    names = ["ar", "speculative", "lookup", "hf-greedy", "hf-assisted", "hf-lookup"]
+    names = ["ar", "speculative", "lookup", "tree@static", "hf-greedy", "hf-assisted", "hf-lookup"]
     assert list(bench["contenders"]) == names == list(bench["summary"])
     assert bench["contenders"]["lookup"]["options"]["max_draft"] == 3  # the option reached the strategy
+    assert bench["contenders"]["tree@static"]["options"]["shape"] == "static"  # and the variant's
     assert bench["contenders"]["lookup"]["model"] == str(other) and bench["contenders"]["ar"]["model"] == str(tiny)
     assert [t["id"] for t in bench["tasks"]] == ["HumanEval/0", "HumanEval/1"]
     assert len(bench["records"]) == 2 * len(names)
@@ -268,6 +271,11 @@ def test_bench_end_to_end_on_a_tiny_model(tiny_models, tmp_path, capsys):
     assert summary["lookup"]["exact"] < 1.0 and summary["lookup"]["flagged"]
     assert summary["lookup"]["non_exact"] and summary["lookup"]["agree"] < 1.0
     assert summary["ar"]["tokens_per_call"] == 1.0 and summary["ar"]["speedup"] == 1.0
+    # Draft statistics: static tree 4,2,2,1 has 44 nodes a call (fewer near the budget's end); the draft is the
+    # target, so every drafted depth is accepted.
+    assert summary["ar"]["drafted_per_call"] is None and summary["ar"]["acceptance"] is None
+    assert 10 < summary["tree@static"]["drafted_per_call"] <= 44 and summary["tree@static"]["acceptance"] == [1.0] * 4
+    assert summary["speculative"]["drafted_per_call"] <= 4 and summary["speculative"]["acceptance"][0] == 1.0
     # A draft identical to the target is always accepted: several tokens per target call.
     assert summary["speculative"]["tokens_per_call"] > 1.0 and summary["speculative"]["draft_calls"] > 0
     # Peer calls are counted with hooks: greedy generate makes one target call per token (plus one for EOS).

@@ -44,6 +44,7 @@ class Record:
     text: str
     finish_reason: str
     committed_per_call: dict[int, int] | None = None
+    extra: dict[str, Any] | None = None  # the strategy's own statistics (``Stats.extra``)
     exact: bool | None = None
     agree: float | None = None
     gen_ppl: float | None = None
@@ -81,11 +82,14 @@ class Summary:
     loops: float
     committed_per_call: dict[int, int] | None
     flagged: bool
+    drafted_per_call: float | None = None
+    acceptance: tuple[float, ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["speedup_ci95"] = list(self.speedup_ci95)
         d["non_exact"] = list(self.non_exact)
+        d["acceptance"] = None if self.acceptance is None else list(self.acceptance)
         if self.committed_per_call is not None:
             d["committed_per_call"] = {str(k): v for k, v in sorted(self.committed_per_call.items())}
         return d
@@ -219,6 +223,24 @@ def _merge_histograms(records: list[Record]) -> dict[int, int] | None:
     return dict(sorted(total.items()))
 
 
+def draft_statistics(records: list[Record]) -> tuple[float | None, tuple[float, ...] | None]:
+    """(drafted tokens verified per target call, acceptance rate per draft position) of the
+    draft-and-verify strategies, whose ``extra`` holds ``nodes`` (tokens drafted and
+    verified in all; tree nodes for a tree) and per-position ``proposed`` / ``accepted``
+    counts (position d: steps that drafted that far, and steps that accepted that far;
+    the bonus token is not counted). (None, None) for the other strategies."""
+    if not records or any(r.extra is None or "nodes" not in r.extra for r in records):
+        return None, None
+    calls = sum(r.target_calls or 0 for r in records)
+    proposed: Counter[int] = Counter()
+    accepted: Counter[int] = Counter()
+    for r in records:
+        proposed.update(dict(enumerate(r.extra["proposed"])))
+        accepted.update(dict(enumerate(r.extra["accepted"])))
+    rates = tuple(accepted[d] / proposed[d] for d in sorted(proposed) if proposed[d])
+    return (sum(r.extra["nodes"] for r in records) / calls if calls else None), rates
+
+
 def summarize_strategy(
     records: list[Record], reference: dict[str, Record], lossless: bool, peer: bool, greedy: bool, seed: int,
     resamples: int = 1000,
@@ -240,6 +262,7 @@ def summarize_strategy(
     target_calls = _sum_or_none([r.target_calls for r in records])
     non_exact = tuple(r.task_id for r in records if not r.exact)
     total_seconds = sum(seconds)
+    drafted_per_call, acceptance = draft_statistics(records)
     return Summary(
         strategy=records[0].strategy,
         lossless=lossless,
@@ -261,6 +284,8 @@ def summarize_strategy(
         loops=sum(loops(r.tokens) for r in records) / len(records),
         committed_per_call=_merge_histograms(records),
         flagged=lossless and greedy and bool(non_exact),
+        drafted_per_call=drafted_per_call,
+        acceptance=acceptance,
     )
 
 

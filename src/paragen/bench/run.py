@@ -81,7 +81,7 @@ class Contender:
 
     @property
     def peer(self) -> bool:
-        return self.name in PEERS
+        return self.cls.name in PEERS
 
     @property
     def needs_draft(self) -> bool:
@@ -98,6 +98,7 @@ class Outcome:
     seconds: float
     finish_reason: str
     committed_per_call: dict[int, int] | None
+    extra: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -160,11 +161,16 @@ def parse_model_for(text: str) -> tuple[str, str]:
 
 
 def contender_class(name: str) -> type:
-    """The strategy or peer class called ``name``; UnknownStrategyError listing all names."""
-    if name in STRATEGIES:
-        return STRATEGIES[name]
-    if name in PEERS:
-        return PEERS[name]
+    """The strategy or peer class called ``name``; UnknownStrategyError listing all names.
+
+    ``NAME@LABEL`` is a variant of NAME with options of its own (``--option NAME@LABEL:k=v``),
+    so one run can compare settings of one strategy, e.g. ``tree@static``.
+    """
+    base = name.partition("@")[0]
+    if base in STRATEGIES:
+        return STRATEGIES[base]
+    if base in PEERS:
+        return PEERS[base]
     raise UnknownStrategyError(f"unknown strategy '{name}': choose from {', '.join([*STRATEGIES, *PEERS])}")
 
 
@@ -293,13 +299,13 @@ def make_runner(c: Contender, models: Models, config: BenchConfig) -> Callable[[
         draft = models.draft if c.needs_draft else None
         target = models.own.get(c.name, models.target)
         start = time.perf_counter()
-        gen = paragen.generate(target, ids, c.name, max_new_tokens=config.max_new_tokens,
+        gen = paragen.generate(target, ids, c.cls.name, max_new_tokens=config.max_new_tokens,
                                temperature=config.temperature, seed=seed, draft=draft,
                                **dataclasses.asdict(c.options))
         seconds = time.perf_counter() - start
         s = gen.stats
         return Outcome(tuple(gen.tokens), s.target_calls, s.draft_calls, seconds, s.finish_reason,
-                       dict(s.committed_per_call))
+                       dict(s.committed_per_call), s.extra)
 
     def run_hf(ids: list[int], seed: int) -> Outcome:
         out = run_peer(c.cls, c.options, models.hf_target, models.hf_draft, ids, config.max_new_tokens,
@@ -370,7 +376,7 @@ def run(config: BenchConfig, progress: bool = True, argv: list[str] | None = Non
                 o = attempt(runners[c.name], c.name, p, config.seed + i)
                 records.append(Record(p.task.id, c.name, len(p.ids), len(o.tokens), o.target_calls, o.draft_calls,
                                       o.seconds, o.tokens, tok.decode(list(o.tokens)), o.finish_reason,
-                                      o.committed_per_call))
+                                      o.committed_per_call, o.extra))
                 bar.update()
 
     records = score_against_reference(add_quality(records, {p.task.id: p for p in prompts}, models.scorer))

@@ -48,7 +48,7 @@ class Speculative(Strategy):
         self.draft_cache = ctx.draft.new_cache(ctx.cache_length)
         prefill_cache(ctx.draft, self.draft_cache, self.seq)
         self.k = self.opts.k
-        ctx.extra.update(proposed=[0] * self.opts.k, accepted=[0] * self.opts.k)
+        ctx.extra.update(proposed=[0] * self.opts.k, accepted=[0] * self.opts.k, nodes=0)
 
     def propose(self, k: int) -> tuple[list[int], torch.Tensor | None]:
         """k draft tokens, and their warped draft probabilities q [k, V] when sampling
@@ -85,6 +85,7 @@ class Speculative(Strategy):
         return committed
 
     def record(self, k: int, accept_len: int) -> None:
+        self.ctx.extra["nodes"] += k
         for i in range(k):
             self.ctx.extra["proposed"][i] += 1
             self.ctx.extra["accepted"][i] += int(i < accept_len)
