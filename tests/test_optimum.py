@@ -83,6 +83,12 @@ def test_fast_formula_without_replacement_k4_and_peaked_drafts():
     q = np.array([1 - 1e-5 - 2e-6, 1e-5, 1e-6, 1e-6])  # q mass outside the top 2 tokens: r = 2e-6
     p = np.array([0.1, 0.2, 0.3, 0.4])
     assert optimal_acceptance(p, q, 3, False) == pytest.approx(brute_force(p, q, 3, False), abs=1e-9)
+    # r = 5e-24 outside the top 3: a closed form in e^{q t} gave nan here (t reaches 1e25)
+    q = np.array([1 - 2.1e-8, 5.3e-24, 9.3e-27, 8.9e-9, 1.2e-8])
+    p = np.array([1e-13, 1.6e-7, 0.79, 2.1e-3, 0.0])
+    p[4] = 1 - p.sum()
+    for k in (3, 4):
+        assert optimal_acceptance(p, q, k, False) == pytest.approx(brute_force(p, q, k, False), abs=1e-9)
 
 
 def test_quadrature_matches_closed_form_at_vocabulary_4096():

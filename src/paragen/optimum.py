@@ -112,15 +112,14 @@ def optimal_acceptance_lp(p: Probs, q: Probs, k: int, replacement: bool = True) 
 def optimal_acceptance(p: Probs, q: Probs, k: int, replacement: bool = True) -> float:
     """alpha* from the subset form (*), minimised over prefixes of the tokens sorted by p/q: scales to V in the thousands.
 
-    Why prefixes: for i.i.d. drafts the miss term is 1 - q(S)^k, so (*) is a concave function of the
-    point (q(S), p(S)); its minimum over the zonotope spanned by the vectors (q(x), p(x)) sits at a vertex,
-    and the vertices are exactly the threshold sets {x : p(x)/q(x) < c}, i.e. prefixes of this order.
-    Without replacement P(all drafts in S) is not a function of q(S) alone; that the same prefixes suffice
-    is Hu et al.'s efficient computation (summarised as resting on a "q-convex" structure of both draft
-    laws; its proof is not reproduced here). Tests check both modes against the LP and against all 2^V
-    subsets on many random small cases (V <= 6, k <= 4). The value is exact, not a bound: ~1e-14 from
-    rounding, and without replacement for k >= 3 a quadrature (``_miss_without_replacement``) also ~1e-14.
-    Cost: O(V log V) with replacement and for k <= 2; O(V * nodes * k) (~300-600 nodes) for k >= 3.
+    Why prefixes, i.i.d.: the miss term is 1 - q(S)^k, so (*) is concave in the point (q(S), p(S)) and
+    its minimum over the zonotope spanned by the vectors (q(x), p(x)) sits at a vertex; the vertices are
+    threshold sets of p/q: prefixes of this order, or suffixes, which never beat S = {} (p(S) >= q(S)^k).
+    Without replacement P(all drafts in S) is not a function of q(S) alone; that prefixes still suffice is
+    Hu et al.'s result (a secondary summary names a "q-convex" structure; the proof was not at hand). Tests
+    check both modes against the LP and against all 2^V subsets on random small cases (V <= 6, k <= 4).
+    The value is exact, not a bound, to ~1e-14 (rounding; for k >= 3 without replacement, quadrature too).
+    Cost: O(V log V) with replacement and for k <= 2; O(V k nodes), ~300-600 nodes, for k >= 3.
     """
     p, q = _pair(p, q, k)
     ratio = torch.where(q > 0, p / q, torch.inf)  # cheap tokens first: little target mass per unit of draft mass
