@@ -14,11 +14,10 @@ from paragen.optimum import (
     _miss_without_replacement,
     draft_tuples,
     kseq_acceptance,
-    kseq_residual,
-    kseq_rho,
     optimal_acceptance,
     optimal_acceptance_lp,
 )
+from paragen.verify import kseq_residual, kseq_rho
 
 
 def t_(*v):
@@ -249,7 +248,7 @@ def test_bad_input():
     with pytest.raises(InvalidInputError, match="vocabulary"):
         optimal_acceptance(p, t_(0.2, 0.3, 0.5), 2)
     with pytest.raises(InvalidInputError, match="probability vector"):
-        kseq_rho(t_(1.5, -0.5), p, 2)
+        kseq_acceptance(t_(1.5, -0.5), p, 2)
     with pytest.raises(InvalidInputError, match="probability vector"):
         optimal_acceptance(t_(0.5, 0.4), p, 2)
     with pytest.raises(InvalidInputError, match="max_tuples"):

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from paragen.errors import InvalidInputError
+from paragen.verify import kseq_residual, kseq_rho
 
 MAX_TUPLES = 200_000  # enumeration and the LP are for tiny vocabularies only (tests, worked examples)
 Probs = torch.Tensor | np.ndarray | Sequence[float]
@@ -170,51 +171,8 @@ def _miss_without_replacement(qs: torch.Tensor, q_out: torch.Tensor, k: int, h: 
     return (h * t * q_out * torch.exp(-q_out * t) * below).sum(0)  # dt = t dtau
 
 
-def _beta(p: torch.Tensor, q: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
-    return torch.minimum(q, p / rho).sum(-1)
-
-
 def _hit(beta: torch.Tensor, k: int) -> torch.Tensor:
     return -torch.expm1(k * torch.log1p(-beta.clamp(max=1.0)))  # 1 - (1 - beta)^k
-
-
-def kseq_rho(p: Probs, q: Probs, k: int, steps: int = 50) -> float:
-    """SpecTr's K-SEQ rho: the smallest rho in [1, k] with rho * beta(rho) >= 1 - (1 - beta(rho))^k, by bisection.
-
-    beta(rho) = sum_x min(q(x), p(x)/rho). K-SEQ accepts X_i with probability min(1, p(X_i) / (rho q(X_i)))
-    and, if all k are rejected, samples the residual p_res(x) ∝ p(x) - min(q(x), p(x)/rho) (1-(1-beta)^k)/beta
-    (SpecTr's K-SEQ draft selection). p_res >= 0 holds iff the inequality above holds: a token with
-    q >= p/rho needs exactly it, and one with q < p/rho is then covered since p > rho q. The left side grows with rho and the
-    right side shrinks, so the feasible rhos form [rho*, k] (rho = k is feasible by Bernoulli's inequality),
-    and the smallest one gives the largest acceptance 1 - (1 - beta)^k: we return the feasible end of the
-    bracket, within (k - 1) 2^-steps of rho*. The largest feasible rho (k) is lossless too but accepts least.
-    Where beta is flat in rho, every rho there gives the same verifier. Cost: ~steps passes over V.
-    """
-    p, q = _pair(p, q, k)
-    lo, hi = torch.tensor(1.0, dtype=torch.float64), torch.tensor(float(k), dtype=torch.float64)
-
-    def feasible(rho: torch.Tensor) -> bool:
-        beta = _beta(p, q, rho)
-        return bool(rho * beta >= _hit(beta, k))
-
-    if feasible(lo):
-        return 1.0
-    for _ in range(steps):
-        mid = (lo + hi) / 2
-        lo, hi = (lo, mid) if feasible(mid) else (mid, hi)
-    return float(hi)
-
-
-def kseq_residual(p: Probs, q: Probs, k: int, rho: float | None = None) -> torch.Tensor:
-    """K-SEQ's residual distribution p_res (normalised, clamped at 0 against rounding) at rho (default kseq_rho)."""
-    p, q = _pair(p, q, k)
-    rho_t = torch.tensor(kseq_rho(p, q, k) if rho is None else rho, dtype=torch.float64)
-    m = torch.minimum(q, p / rho_t)
-    beta = m.sum()
-    # (1 - (1-beta)^k) / beta = sum_{j<k} (1-beta)^j: finite as beta -> 0 (disjoint supports)
-    scale = _hit(beta, k) / beta if beta > 0 else torch.tensor(float(k), dtype=torch.float64)
-    res = (p - m * scale).clamp_min(0.0)
-    return res / res.sum() if res.sum() > 0 else p
 
 
 def kseq_acceptance(p: Probs, q: Probs, k: int, rho: float | None = None) -> float:
@@ -229,12 +187,12 @@ def kseq_acceptance(p: Probs, q: Probs, k: int, rho: float | None = None) -> flo
     slightly larger at another rho (seen on V = 2, k = 3), though never above optimal_acceptance.
     """
     p, q = _pair(p, q, k)
-    rho_t = torch.tensor(kseq_rho(p, q, k) if rho is None else rho, dtype=torch.float64)
-    m = torch.minimum(q, p / rho_t)
+    rho = kseq_rho(p, q, k) if rho is None else rho
+    m = torch.minimum(q, p / rho)
     beta = m.sum()
     hit = _hit(beta, k)
     if beta >= 1.0:
         return float(hit)
     rejected = ((q - m) / (1.0 - beta)).clamp(0.0, 1.0)
-    extra = (kseq_residual(p, q, k, float(rho_t)) * _hit(rejected, k)).sum()
+    extra = (kseq_residual(p, q, k, rho) * _hit(rejected, k)).sum()
     return float(hit + (1.0 - hit) * extra)

@@ -106,50 +106,65 @@ def recursive_rejection(
     return int(sample(r, generator))
 
 
-def kseq_rho(p: torch.Tensor, q: torch.Tensor, k: int, iters: int = 50) -> float:
-    """SpecTr's K-SEQ division factor (Sun et al. 2023, Alg. 2 / Lemma 3): the smallest
+def _hit(beta: float, k: int) -> float:
+    """1 - (1 - beta)^k, accurate for small beta: the chance that one of k tries is accepted."""
+    return 1.0 if beta >= 1.0 else float(-np.expm1(k * np.log1p(-beta)))
+
+
+def kseq_rho(p: torch.Tensor, q: torch.Tensor, k: int, steps: int = 50) -> float:
+    """SpecTr's K-SEQ division factor (Sun et al. 2023, K-SEQ draft selection): the smallest
     rho in [1, k] whose residual is a distribution.
 
-    With beta(rho) = sum_x min(q(x), p(x)/rho) and f = (1 - (1 - beta)^k) / beta, the
-    residual p - min(q, p/rho) f is >= 0 iff f <= rho (at a token with p/rho < q it reads
-    p (1 - f/rho); elsewhere q f <= (p/rho) f). f(beta(rho)) - rho is > 0 at rho = 1
-    (unless p == q or k == 1) and <= 0 at rho = k; bisection finds the crossing.
+    With beta(rho) = sum_x min(q(x), p(x)/rho), the residual p - min(q, p/rho) (1-(1-beta)^k)/beta
+    is >= 0 iff rho beta >= 1 - (1 - beta)^k: a token with q >= p/rho needs exactly that, and
+    one with q < p/rho is then covered since p > rho q. The left side grows with rho and the
+    right side shrinks, so the feasible rhos form [rho*, k] (rho = k by Bernoulli's
+    inequality), and rho* gives the largest acceptance 1 - (1 - beta)^k. Bisection returns
+    the feasible end of the bracket, within (k - 1) 2^-steps of rho*.
     """
-    pn, qn = p.cpu().numpy(), q.cpu().numpy()  # ~50 tiny reductions: numpy's per-call cost is lower
+    pn, qn = p.cpu().numpy(), q.cpu().numpy()  # ~50 reductions: numpy's per-call cost is the lower
 
-    def ok(rho: float) -> bool:
+    def feasible(rho: float) -> bool:
         beta = float(np.minimum(qn, pn / rho).sum())
-        return beta > 0 and (1 - (1 - beta) ** k) / beta <= rho * (1 + 1e-12)
+        return rho * beta >= _hit(beta, k)
 
-    if ok(1.0):
+    if feasible(1.0):
         return 1.0
     lo, hi = 1.0, float(k)
-    for _ in range(iters):
+    for _ in range(steps):
         mid = (lo + hi) / 2
-        lo, hi = (lo, mid) if ok(mid) else (mid, hi)
+        lo, hi = (lo, mid) if feasible(mid) else (mid, hi)
     return hi
 
 
+def kseq_residual(p: torch.Tensor, q: torch.Tensor, k: int, rho: float | None = None) -> torch.Tensor:
+    """K-SEQ's residual p_res ∝ p - min(q, p/rho) (1 - (1 - beta)^k) / beta [V], normalised
+    (clamped at 0 against rounding), at ``rho`` (default: ``kseq_rho``)."""
+    m = torch.minimum(q, p / (kseq_rho(p, q, k) if rho is None else rho))
+    beta = float(m.sum())
+    # (1 - (1 - beta)^k) / beta = sum_{j<k} (1 - beta)^j -> k as beta -> 0 (disjoint supports)
+    res = (p - m * (_hit(beta, k) / beta if beta > 0 else k)).clamp_min(0.0)
+    return res / res.sum() if res.sum() > 0 else p
+
+
 def kseq(p: torch.Tensor, cands: list[int], q: torch.Tensor, generator: torch.Generator | None) -> int:
-    """SpecTr's K-SEQ rule (Sun et al. 2023, Alg. 2): one token distributed exactly as p [V],
-    given k candidates drawn i.i.d. from q [V].
+    """SpecTr's K-SEQ rule (Sun et al. 2023): one token distributed exactly as p [V], given k
+    candidates drawn i.i.d. from q [V].
 
     Try X_i in turn, accepting with probability min(1, p(X_i) / (rho q(X_i))); if none is
-    accepted, sample from p_res ∝ p - min(q, p/rho) (1 - (1 - beta)^k) / beta. The mass
-    accepted at x is min(q, p/rho) sum_i (1 - beta)^(i-1) = min(q, p/rho) (1-(1-beta)^k)/beta,
-    and p_res carries the rest, so the output is p. Acceptance 1 - (1 - beta)^k is within
-    (1 - 1/e) of the optimal coupling's (their Thm. 2).
+    accepted, sample from the residual (``kseq_residual``). The mass accepted at x is
+    min(q, p/rho) sum_i (1 - beta)^(i-1) = min(q, p/rho) (1 - (1 - beta)^k) / beta, and the
+    residual carries the rest, so the output is p. The acceptance 1 - (1 - beta)^k is within
+    a factor (1 - 1/e) of the optimal coupling's (``paragen.optimum``).
     """
     k = len(cands)
     rho = kseq_rho(p, q, k)
     a = torch.minimum(q, p / rho)  # accepted mass per token and try
-    beta = float(a.sum())
     u = torch.rand(k, generator=generator, dtype=torch.float64)
     for j, c in enumerate(cands):
         if u[j] * q[c] < a[c]:
             return c
-    res = (p - a * ((1 - (1 - beta) ** k) / beta)).clamp_min(0.0)
-    return int(sample(res / res.sum() if res.sum() > 0 else p, generator))
+    return int(sample(kseq_residual(p, q, k, rho), generator))
 
 
 def verify_tree(
