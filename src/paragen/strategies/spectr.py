@@ -34,18 +34,24 @@ class SpecTrOptions:
     verifier: "kseq" (SpecTr's K-SEQ) or "rrs" (recursive rejection sampling).
     replacement: drafts drawn i.i.d. (True) or, at each node, without replacement (False;
     K-SEQ is defined for i.i.d. drafts only).
+    ceiling: at the first N steps, compute the optimal acceptance of the root's drafts
+    (``paragen.optimum``) for ``stats.extra["ceiling"]``; 0 = off. A measurement, not a
+    decoding setting: ~5 ms a step (i.i.d.), up to ~0.5 s without replacement and k >= 3.
     """
 
     k: int = 4
     length: int = 4
     verifier: str = "kseq"
     replacement: bool = True
+    ceiling: int = 0
 
     def __post_init__(self) -> None:
         if self.k < 1 or self.length < 1:
             raise UnsupportedOptionError(f"spectr: k and length must be >= 1, got k={self.k}, length={self.length}")
         if self.verifier not in ("kseq", "rrs"):
             raise UnsupportedOptionError(f"spectr: verifier must be 'kseq' or 'rrs', got '{self.verifier}'")
+        if self.ceiling < 0:
+            raise UnsupportedOptionError(f"spectr: ceiling must be >= 0 (steps to measure), got {self.ceiling}")
         if self.verifier == "kseq" and not self.replacement:
             raise UnsupportedOptionError("spectr: K-SEQ assumes i.i.d. drafts; use replacement=true or verifier=rrs")
 
@@ -102,4 +108,21 @@ class SpecTr(Strategy):
         committed = [*(tree.tokens[i] for i in path), nxt]
         self.seq.extend(committed)
         record_tree(ctx.extra, tree, len(path))
+        if ctx.extra.get("ceiling", {}).get("positions", 0) < self.opts.ceiling and tree.q[0] is not None:
+            self.measure(logits[0], tree, bool(path))
         return committed
+
+    def measure(self, logits: torch.Tensor, tree: TokenTree, accepted: bool) -> None:
+        """Add the root position to ``extra["ceiling"]``: whether the target's token was among
+        the drafts, the optimal acceptance for this (p, q, k) (Hu et al. 2025), and K-SEQ's
+        exact acceptance (i.i.d. drafts). Means over positions = their sums / positions."""
+        from paragen.optimum import kseq_acceptance, optimal_acceptance
+
+        o, q, k = self.opts, tree.q[0], len(tree.cands[0])
+        p = warp(logits, self.ctx.sampling)  # one-hot under greedy: the argmax must be drafted
+        rec = self.ctx.extra.setdefault("ceiling", dict(positions=0, accepted=0, optimum=0.0, kseq=0.0))
+        rec["positions"] += 1
+        rec["accepted"] += int(accepted)
+        rec["optimum"] += optimal_acceptance(p, q, k, o.replacement)
+        if o.replacement:
+            rec["kseq"] += kseq_acceptance(p, q, k)
