@@ -261,7 +261,8 @@ def load_native(path: Path, dtype: torch.dtype = torch.float32) -> NativeModel:
         )
     if not config.tie_word_embeddings:
         if head is None:
-            said = "false" if "tie_word_embeddings" in raw else f"absent, which transformers reads as false for {raw['model_type']}"
+            kind = raw["model_type"]
+            said = "false" if "tie_word_embeddings" in raw else f"absent, which transformers reads as false for {kind}"
             raise ModelLoadError(
                 f"{path}: the weights have no lm_head.weight but tie_word_embeddings is {said}: "
                 "set \"tie_word_embeddings\": true in config.json if the head shares the embeddings"
