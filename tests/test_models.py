@@ -176,3 +176,13 @@ def test_a_sentencepiece_only_tokenizer_loads(tmp_path):
     assert model.info.eos_ids == (sp.eos_id(),) == (model.tokenizer.eos_id,)
     out = paragen.generate(model, text, max_new_tokens=3)
     assert out.text == sp.decode(out.tokens)
+
+
+def test_native_keeps_every_eos_id_of_the_config(tmp_path, tokenizer):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                      num_attention_heads=2, eos_token_id=[0, 5], pad_token_id=None)
+    LlamaForCausalLM(cfg).save_pretrained(str(tmp_path))
+    tokenizer.save(tmp_path)
+    assert paragen.load(tmp_path).info.eos_ids == (0, 5) == paragen.load(tmp_path, backend="hf").info.eos_ids

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -272,4 +273,7 @@ def load_native(path: Path, dtype: torch.dtype = torch.float32) -> NativeModel:
     missing = [m for m in missing if not (config.tie_word_embeddings and m == "lm_head.weight")]
     if missing or unexpected:
         raise ModelLoadError(f"{path}: weights do not match the config (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    eos = raw.get("eos_token_id")
+    if isinstance(eos, list) and eos:  # NativeConfig keeps one id; generation stops at any of them
+        model.info = replace(model.info, eos_ids=tuple(eos))
     return model.eval()

@@ -190,7 +190,8 @@ class NativeModel(nn.Module, Model):
         inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float32) / d))
         self.register_buffer("inv_freq", inv_freq, persistent=False)
         self.windows = [config.window(i) for i in range(config.num_hidden_layers)]
-        if any(w is not None for w in self.windows) and config.attention != "causal":
+        self.sliding = any(w is not None for w in self.windows)
+        if self.sliding and config.attention != "causal":
             raise ValueError("sliding-window attention is implemented for causal models only")
         eos = () if config.eos_token_id is None else (config.eos_token_id,)
         self.info = ModelInfo(
@@ -241,13 +242,17 @@ class NativeModel(nn.Module, Model):
         # A causal mask over a fresh sequence is SDPA's built-in is_causal (no mask tensor).
         is_causal = mask is None and causal and past == 0 and T > 1
         attn_mask = None if is_causal else expand_mask(mask, past, T, causal, tokens.device)
-        # Sliding-window layers see the same mask ANDed with their window (by position), built once per call.
-        sliding = {w for w in self.windows if w is not None}
-        windowed = {w: window_mask(expand_mask(mask, past, T, causal, tokens.device), positions, past, w) for w in sliding}
+        # Sliding-window layers see the same mask ANDed with their window (by position), built once
+        # per call; a window wider than any query's reach (its position) hides nothing and is skipped,
+        # which keeps SDPA's causal fast path for Mistral's 4096-token window on short sequences.
+        reach = int(positions.max()) if self.sliding else 0
+        windows = [w if w is not None and w <= reach else None for w in self.windows]
+        full = expand_mask(mask, past, T, causal, tokens.device) if reach else None
+        windowed = {w: window_mask(full, positions, past, w) for w in set(windows) - {None}}
         cos, sin = self.rope(positions)
         x = self.model.embed_tokens(tokens)
         for i, layer in enumerate(self.model.layers):
-            w = self.windows[i]
+            w = windows[i]
             if w is None:
                 x = layer(x, cos, sin, i, cache, attn_mask, is_causal)
             else:
