@@ -210,3 +210,12 @@ def test_native_refuses_fields_it_does_not_read(tmp_path, extra):
     (path / "config.json").write_text(json.dumps({**cfg, **extra}))
     with pytest.raises(ModelLoadError, match="not supported by the native backend; try backend='hf'"):
         paragen.load(path)
+
+
+def test_rope_parameters_win_over_a_legacy_rope_theta(tmp_path):
+    """transformers reads rope_parameters' theta when config.json also has a top-level rope_theta."""
+    path = save_transformers_model(tmp_path, Case("llama", "LlamaConfig"))
+    cfg = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**cfg, "rope_theta": 500000.0}))
+    native = paragen.load(path, dtype=torch.float64)
+    torch.testing.assert_close(step(native, None, SEQ, list(range(len(SEQ)))), reference(path)(SEQ), **TOL)

@@ -141,7 +141,8 @@ def native_config(cfg: dict[str, Any]) -> NativeConfig:
         **cfg,
         "num_key_value_heads": cfg.get("num_key_value_heads") or heads,
         "head_dim": cfg.get("head_dim") or cfg["hidden_size"] // heads,
-        "rope_theta": cfg.get("rope_theta") or rope.get("rope_theta", 10000.0),
+        # rope_parameters wins over a legacy top-level rope_theta, as transformers reads them
+        "rope_theta": rope.get("rope_theta") or cfg.get("rope_theta") or 10000.0,
         "attention_bias": attention_bias,
         "attention_out_bias": kind == "llama" and attention_bias,
         "mlp_bias": kind == "llama" and bool(cfg.get("mlp_bias")),
