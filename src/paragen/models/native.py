@@ -247,8 +247,10 @@ class NativeModel(nn.Module, Model):
         # which keeps SDPA's causal fast path for Mistral's 4096-token window on short sequences.
         reach = int(positions.max()) if self.sliding else 0
         windows = [w if w is not None and w <= reach else None for w in self.windows]
-        full = expand_mask(mask, past, T, causal, tokens.device) if reach else None
-        windowed = {w: window_mask(full, positions, past, w) for w in set(windows) - {None}}
+        windowed = {}
+        if any(w is not None for w in windows):
+            full = expand_mask(mask, past, T, causal, tokens.device) if is_causal else attn_mask
+            windowed = {w: window_mask(full, positions, past, w) for w in set(windows) - {None}}
         cos, sin = self.rope(positions)
         x = self.model.embed_tokens(tokens)
         for i, layer in enumerate(self.model.layers):
