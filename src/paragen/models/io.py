@@ -119,7 +119,9 @@ def native_config(cfg: dict[str, Any]) -> NativeConfig:
     missing = [k for k in _REQUIRED if k not in cfg]
     if missing:
         raise ModelLoadError(f"config.json has no {', '.join(missing)}: is it a complete {kind} config?")
-    unknown = sorted(k for k, v in cfg.items() if k not in _READ | _IGNORED and v not in (None, False))
+    # Any other field is refused unless it is switched off (null or false): transformers'
+    # own class would ignore it, but a model that sets it likely means it.
+    unknown = sorted(k for k, v in cfg.items() if k not in _READ | _IGNORED and v is not None and v is not False)
     if unknown:
         raise _refuse(f"config.json fields {', '.join(unknown)} are not read")
     cfg = {**_DEFAULTS[kind], **cfg}
