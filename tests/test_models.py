@@ -124,3 +124,65 @@ def test_hf_adapter_runs_bidirectional_models(tmp_path, tokenizer):
     assert adapter.info.attention == "bidirectional"
     ids = [5, 9, 12, 7, 30]
     torch.testing.assert_close(logits(adapter, ids), logits(model, ids), rtol=1e-10, atol=1e-10)
+
+
+def save_llama_without_tokenizer(path, vocab: int) -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                      max_position_embeddings=64, eos_token_id=2, bos_token_id=1, pad_token_id=None)
+    LlamaForCausalLM(cfg).save_pretrained(str(path))
+
+
+def test_a_model_without_tokenizer_loads_and_takes_token_ids(tmp_path):
+    from paragen.errors import InvalidInputError
+
+    save_llama_without_tokenizer(tmp_path, vocab=60)
+    with pytest.warns(UserWarning, match="has no tokenizer files: pass prompts as lists of token ids"):
+        model = paragen.load(tmp_path)
+    assert model.tokenizer is None
+    with pytest.raises(InvalidInputError, match="no tokenizer: pass the prompt as a list of token ids"):
+        paragen.generate(model, "def f():", max_new_tokens=2)
+    assert len(paragen.generate(model, [3, 4, 5], max_new_tokens=2).tokens) == 2
+
+
+def test_a_broken_tokenizer_gives_one_clear_line(tmp_path):
+    save_llama_without_tokenizer(tmp_path, vocab=60)
+    (tmp_path / "tokenizer_config.json").write_text('{"tokenizer_class": "NoSuchTokenizer"}')
+    with pytest.raises(ModelLoadError, match="no usable tokenizer") as e:
+        paragen.load(tmp_path)
+    assert "\n" not in str(e.value)
+
+
+def test_a_sentencepiece_only_tokenizer_loads(tmp_path):
+    """tokenizer.model alone (no tokenizer.json), trained here with sentencepiece itself."""
+    import io
+
+    import sentencepiece as spm
+
+    from tests.conftest import TEXTS
+
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(TEXTS), model_writer=buf, vocab_size=60, model_type="bpe",
+                                   minloglevel=2)
+    save_llama_without_tokenizer(tmp_path, vocab=60)
+    (tmp_path / "tokenizer.model").write_bytes(buf.getvalue())
+    sp = spm.SentencePieceProcessor(model_proto=buf.getvalue())
+    model = paragen.load(tmp_path)
+    text = "def add(a, b):"
+    assert model.tokenizer.encode(text) == sp.encode(text)
+    assert model.tokenizer.decode(sp.encode(text)) == text
+    assert model.info.eos_ids == (sp.eos_id(),) == (model.tokenizer.eos_id,)
+    out = paragen.generate(model, text, max_new_tokens=3)
+    assert out.text == sp.decode(out.tokens)
+
+
+def test_native_keeps_every_eos_id_of_the_config(tmp_path, tokenizer):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                      num_attention_heads=2, eos_token_id=[0, 5], pad_token_id=None)
+    LlamaForCausalLM(cfg).save_pretrained(str(tmp_path))
+    tokenizer.save(tmp_path)
+    assert paragen.load(tmp_path).info.eos_ids == (0, 5) == paragen.load(tmp_path, backend="hf").info.eos_ids

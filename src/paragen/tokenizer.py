@@ -1,13 +1,60 @@
-"""Tokenizer wrapper: one small interface over a ``tokenizers`` file or a transformers tokenizer."""
+"""Tokenizer wrapper: one small interface over a ``tokenizers`` file, a SentencePiece model or a transformers tokenizer."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
 from paragen.errors import ModelLoadError
+
+# Files that make a directory's tokenizer; a model directory with none of them has no tokenizer.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json", "vocab.txt", "spiece.model")
+
+
+def has_tokenizer(path: str | Path) -> bool:
+    """Whether a model directory ships any tokenizer file at all."""
+    return any((Path(path) / name).exists() for name in TOKENIZER_FILES)
+
+
+def _first_line(e: Exception) -> str:
+    return next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+
+
+class SentencePieceTokenizer:
+    """A bare SentencePiece model (``tokenizer.model`` without ``tokenizer.json``), with the
+    slice of the transformers tokenizer interface that :class:`Tokenizer` calls."""
+
+    def __init__(self, file: Path) -> None:
+        try:
+            import sentencepiece
+        except ImportError as e:
+            raise ModelLoadError(f"{file} is a SentencePiece model: pip install sentencepiece to read it") from e
+        self.file = file
+        self.sp = sentencepiece.SentencePieceProcessor(model_file=str(file))
+        eos = self.sp.eos_id()
+        self.eos_token = self.sp.id_to_piece(eos) if eos >= 0 else None
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        return self.sp.encode(text)
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
+        return self.sp.decode(list(ids))
+
+    def convert_tokens_to_ids(self, token: str) -> int | None:
+        i = self.sp.piece_to_id(token)
+        return None if i == self.sp.unk_id() and token != self.sp.id_to_piece(i) else i
+
+    def __len__(self) -> int:
+        return self.sp.get_piece_size()
+
+    def get_vocab(self) -> dict[str, int]:
+        return {self.sp.id_to_piece(i): i for i in range(len(self))}
+
+    def save_pretrained(self, path: str) -> None:
+        shutil.copy(self.file, Path(path) / "tokenizer.model")
 
 
 def _token_text(value: Any) -> str | None:
@@ -40,12 +87,19 @@ class Tokenizer:
                 return cls(RawTokenizer.from_file(str(path / "tokenizer.json")), eos, mask)
             except Exception as e:  # the tokenizers library raises bare Exceptions
                 raise ModelLoadError(f"{path / 'tokenizer.json'} is not a valid tokenizer file: {e}") from e
+        if (path / "tokenizer.model").exists():
+            # Read with sentencepiece itself: transformers would convert it to a fast tokenizer,
+            # which needs protobuf, or else falls back to tiktoken and fails.
+            sp = SentencePieceTokenizer(path / "tokenizer.model")
+            return cls(sp, eos or sp.eos_token, mask)
+        if not has_tokenizer(path):
+            raise ModelLoadError(f"{path} has no tokenizer files ({', '.join(TOKENIZER_FILES)})")
         try:
             from transformers import AutoTokenizer
 
             hf = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         except Exception as e:
-            raise ModelLoadError(f"no usable tokenizer in {path}: {e}") from e
+            raise ModelLoadError(f"no usable tokenizer in {path}: {_first_line(e)}") from e
         return cls(hf, hf.eos_token, getattr(hf, "mask_token", None))
 
     def token_to_id(self, token: str) -> int | None:

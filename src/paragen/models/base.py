@@ -85,3 +85,18 @@ def expand_mask(mask: torch.Tensor | None, past: int, t: int, causal: bool, devi
         new = new[None]
     prefix = torch.ones(*new.shape[:-1], past, dtype=torch.bool, device=device)
     return torch.cat([prefix, new], dim=-1)[:, None]
+
+
+def window_mask(full: torch.Tensor | None, positions: torch.Tensor, past: int, window: int) -> torch.Tensor:
+    """AND a causal sliding window into an expanded mask ``full`` [B|1, 1, T, past + T] (None: all visible).
+
+    The window is by position, as transformers applies it (masking_utils.sliding_window_overlay:
+    key visible iff ``k_pos > q_pos - window``, i.e. ``q_pos - k_pos < window``): committed slot
+    j holds position j (trees are compacted with ``cache.keep``), new token i has
+    ``positions[:, i]``. Shared by both backends so that they slide identically.
+    """
+    B = positions.shape[0]
+    committed = torch.arange(past, device=positions.device).expand(B, past)
+    keys = torch.cat([committed, positions], dim=1)  # [B, S]
+    near = (positions[:, :, None] - keys[:, None, :] < window)[:, None]  # [B, 1, T, S]
+    return near if full is None else full & near

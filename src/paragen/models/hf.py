@@ -3,6 +3,11 @@
 transformers appends every forward's keys/values to its cache; the adapter keeps the
 contract's "caller commits" rule by remembering the committed length and cropping the
 pending entries before the next forward.
+
+Every forward passes an explicit 4D mask, which transformers uses as given: so the adapter
+must itself build whatever the architecture's own masks would add. It does so for sliding
+windows (on every layer, as Mistral and Phi-3 slide, or on the layers ``layer_types`` names,
+as Qwen2 and Gemma-2 do) and refuses attention kinds it cannot build.
 """
 
 from __future__ import annotations
@@ -12,16 +17,21 @@ from pathlib import Path
 import torch
 
 from paragen.errors import ModelLoadError
-from paragen.models.base import Model, ModelInfo, expand_mask
+from paragen.models.base import Model, ModelInfo, expand_mask, window_mask
+
+# Layer kinds whose masks the adapter builds (transformers' layer_types names).
+LAYER_KINDS = ("full_attention", "sliding_attention")
 
 
 class HFCache:
     """Contract cache over a transformers ``DynamicCache``: same commit/keep/truncate API."""
 
-    def __init__(self, config) -> None:
+    def __init__(self) -> None:
         from transformers import DynamicCache
 
-        self.inner = DynamicCache(config=config)
+        # No config: every layer keeps every slot. With a config, sliding-window layers would
+        # drop old slots, and the adapter's masks and crops address slots by position.
+        self.inner = DynamicCache()
         self.length = 0
 
     def _stored(self) -> int:
@@ -74,17 +84,23 @@ class HFModel(Model):
             shift=bool(getattr(cfg, "paragen_shift", False)),
         )
         self.tokenizer = None
+        self.window, self.per_layer = sliding_window(cfg)
+        if self.window is not None and self.info.attention != "causal":
+            raise ModelLoadError("sliding-window attention is implemented for causal models only")
 
     @classmethod
     def from_dir(cls, path: Path, dtype: torch.dtype = torch.float32) -> HFModel:
         from transformers import AutoModelForCausalLM
 
         try:
-            module = AutoModelForCausalLM.from_pretrained(
-                str(path), dtype=dtype, local_files_only=True, attn_implementation="sdpa"
-            )
+            # transformers' own default attention (SDPA, or eager where the architecture needs
+            # it, e.g. Gemma-2's soft-capping): the forward transformers itself would run.
+            module = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, local_files_only=True)
         except Exception as e:
             raise ModelLoadError(f"transformers could not load {path}: {e}") from e
+        impl = module.config._attn_implementation
+        if impl not in ("sdpa", "eager"):
+            raise ModelLoadError(f"{path}: attention '{impl}' ignores explicit masks; not supported by the hf adapter")
         return cls(module)
 
     @property
@@ -92,25 +108,57 @@ class HFModel(Model):
         return self.module.dtype
 
     def new_cache(self, batch: int = 1, max_length: int | None = None) -> HFCache:
-        return HFCache(self.module.config)
+        return HFCache()
+
+    def additive(self, allowed: torch.Tensor, batch: int) -> torch.Tensor:
+        """A bool mask as transformers takes a prepared 4D mask: additive floats, 0 allowed, min disallowed."""
+        out = torch.zeros(allowed.shape, dtype=self.dtype, device=allowed.device)
+        out.masked_fill_(~allowed, torch.finfo(self.dtype).min)
+        return out.expand(batch, -1, -1, -1)
 
     def forward(self, tokens, positions, cache=None, mask=None) -> torch.Tensor:
         past = 0
         if cache is not None:
             cache.drop_pending()
             past = cache.length
-        T = tokens.shape[1]
+        B, T = tokens.shape
         full = expand_mask(mask, past, T, causal=self.info.attention == "causal", device=tokens.device)
         if full is None:  # one token, or everything visible: an explicit all-true mask
-            full = torch.ones(tokens.shape[0], 1, T, past + T, dtype=torch.bool, device=tokens.device)
-        # transformers takes a prepared 4D mask as additive floats: 0 allowed, min disallowed.
-        additive = torch.zeros(full.shape, dtype=self.dtype, device=tokens.device)
-        additive.masked_fill_(~full, torch.finfo(self.dtype).min)
+            full = torch.ones(1, 1, T, past + T, dtype=torch.bool, device=tokens.device)
+        attention = self.additive(full, B)
+        if self.window is not None:
+            windowed = self.additive(window_mask(full, positions, past, self.window), B)
+            # Per-layer architectures take one mask per layer kind, as their own forward builds them.
+            attention = {"full_attention": attention, "sliding_attention": windowed} if self.per_layer else windowed
         out = self.module(
             input_ids=tokens,
             position_ids=positions,
-            attention_mask=additive.expand(tokens.shape[0], -1, -1, -1),
+            attention_mask=attention,
             past_key_values=cache.inner if cache is not None else None,
             use_cache=cache is not None,
         )
         return out.logits
+
+
+def sliding_window(cfg) -> tuple[int | None, bool]:
+    """(window, per_layer) of a transformers config: the window its own masks would apply.
+
+    ``per_layer``: the architecture names each layer's kind in ``layer_types`` (Qwen2,
+    Gemma-2) and takes a mask per kind; otherwise a window applies to every layer (Mistral,
+    Phi-3, which build one sliding mask whenever ``sliding_window`` is set).
+    """
+    for name in ("attention_chunk_size", "use_bidirectional_attention"):
+        if getattr(cfg, name, None):
+            raise ModelLoadError(f"config field {name} changes the attention masks: not supported by the hf adapter")
+    window = getattr(cfg, "sliding_window", None)
+    types = getattr(cfg, "layer_types", None)
+    if types is None:
+        return window, False
+    unknown = sorted(set(types) - set(LAYER_KINDS))
+    if unknown:
+        raise ModelLoadError(f"attention layer types {', '.join(unknown)} are not supported by the hf adapter")
+    if "sliding_attention" not in types:
+        return None, False
+    if window is None:
+        raise ModelLoadError("layer_types names sliding_attention layers but the config sets no sliding_window")
+    return window, True

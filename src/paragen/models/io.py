@@ -6,18 +6,19 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from paragen.errors import ModelLoadError
-from paragen.models.native import NativeConfig, NativeModel
+from paragen.models.native import ACTIVATIONS, NativeConfig, NativeModel
 from paragen.tokenizer import Tokenizer
 
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "builtin"
 
-_HF_ARCH = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+_HF_ARCH = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "mistral": "MistralForCausalLM"}
 
 
 def builtin_models() -> dict[str, Path]:
@@ -48,34 +49,130 @@ def read_config(path: Path) -> dict[str, Any]:
         raise ModelLoadError(f"cannot read {path / 'config.json'}: {e}") from e
 
 
+# transformers' defaults (the class defaults of LlamaConfig, Qwen2Config and MistralConfig;
+# tests/test_parity.py checks them against the installed transformers) for the fields the
+# native backend reads: a config.json that leaves one out means what it means to transformers.
+_DEFAULTS: dict[str, dict[str, Any]] = {
+    "llama": {"hidden_act": "silu", "max_position_embeddings": 2048, "rms_norm_eps": 1e-6,
+              "tie_word_embeddings": False, "attention_bias": False, "mlp_bias": False},
+    "qwen2": {"hidden_act": "silu", "max_position_embeddings": 32768, "rms_norm_eps": 1e-6,
+              "tie_word_embeddings": False, "use_sliding_window": False, "sliding_window": 4096,
+              "max_window_layers": 28},
+    "mistral": {"hidden_act": "silu", "max_position_embeddings": 131072, "rms_norm_eps": 1e-6,
+                "tie_word_embeddings": False, "sliding_window": 4096},
+}
+_REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+# Fields read below (or by NativeConfig), per architecture.
+_READ = {
+    *_REQUIRED, "model_type", "num_key_value_heads", "head_dim", "rope_theta", "rope_parameters", "rope_scaling",
+    "eos_token_id", "mask_token_id", "paragen_attention", "paragen_block_size", "paragen_shift", "layer_types",
+    *(k for d in _DEFAULTS.values() for k in d),
+}
+# Fields that do not change inference logits: bookkeeping, training-only settings (dropout,
+# initialisation), token ids used by generation loops, and old generation defaults.
+_IGNORED = {
+    "architectures", "transformers_version", "dtype", "torch_dtype", "_name_or_path", "use_cache",
+    "initializer_range", "attention_dropout", "pretraining_tp", "bos_token_id", "pad_token_id", "sep_token_id",
+    "tokenizer_class", "output_attentions", "output_hidden_states", "return_dict", "id2label", "label2id",
+    "problem_type", "max_length", "min_length", "do_sample", "temperature", "top_k", "top_p", "num_beams",
+    "repetition_penalty", "early_stopping", "length_penalty", "no_repeat_ngram_size", "num_return_sequences",
+    "is_decoder", "is_encoder_decoder", "add_cross_attention", "tie_encoder_decoder", "chunk_size_feed_forward",
+}
+_ROPE_KEYS = {"rope_type", "type", "rope_theta"}
+
+
+def _refuse(what: str) -> ModelLoadError:
+    return ModelLoadError(f"{what}: not supported by the native backend; try backend='hf'")
+
+
+def _layer_types(kind: str, cfg: dict[str, Any]) -> tuple[int | None, tuple[str, ...] | None]:
+    """(sliding_window, layer_types) as transformers derives them for this architecture."""
+    window = cfg["sliding_window"] if kind != "llama" else None
+    if kind == "mistral":  # every layer slides when a window is set (MistralModel builds one mask)
+        return window, None
+    if kind == "llama":
+        return None, None
+    # Qwen2Config: the window exists only with use_sliding_window; by default layers from
+    # max_window_layers on slide, unless config.json lists layer_types itself.
+    window = window if cfg["use_sliding_window"] else None
+    types = cfg.get("layer_types") or [
+        "sliding_attention" if window is not None and i >= cfg["max_window_layers"] else "full_attention"
+        for i in range(cfg["num_hidden_layers"])
+    ]
+    unknown = set(types) - {"full_attention", "sliding_attention"}
+    if unknown or len(types) != cfg["num_hidden_layers"]:
+        raise _refuse(f"layer_types {sorted(set(types))} (for {cfg['num_hidden_layers']} layers)")
+    if "sliding_attention" in types and window is None:
+        raise ModelLoadError("layer_types has sliding_attention layers but no sliding window is set (use_sliding_window)")
+    return window, tuple(types)
+
+
 def native_config(cfg: dict[str, Any]) -> NativeConfig:
-    """Map a Hugging Face Llama/Qwen2 config.json onto NativeConfig."""
+    """Map a Hugging Face Llama/Qwen2/Mistral config.json onto NativeConfig, refusing what it cannot compute.
+
+    Every field that changes the logits is either read here or refused with a ModelLoadError;
+    fields missing from config.json take transformers' default for the architecture.
+    """
     kind = cfg.get("model_type")
-    if kind not in _HF_ARCH:
-        raise ModelLoadError(f"the native backend reads llama and qwen2 models, not '{kind}'; try backend='hf'")
+    if kind not in _DEFAULTS:
+        raise ModelLoadError(f"the native backend reads llama, qwen2 and mistral models, not '{kind}'; try backend='hf'")
+    missing = [k for k in _REQUIRED if k not in cfg]
+    if missing:
+        raise ModelLoadError(f"config.json has no {', '.join(missing)}: is it a complete {kind} config?")
+    # Any other field is refused unless it is switched off (null or false): transformers'
+    # own class would ignore it, but a model that sets it likely means it.
+    unknown = sorted(k for k, v in cfg.items() if k not in _READ | _IGNORED and v is not None and v is not False)
+    if unknown:
+        raise _refuse(f"config.json fields {', '.join(unknown)} are not read")
+    cfg = {**_DEFAULTS[kind], **cfg}
     heads = cfg["num_attention_heads"]
-    if cfg.get("head_dim") not in (None, cfg["hidden_size"] // heads):
-        raise ModelLoadError("the native backend needs head_dim == hidden_size / num_attention_heads; try backend='hf'")
     rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
-    if rope.get("rope_type", "default") != "default":
-        raise ModelLoadError(f"rope scaling '{rope.get('rope_type')}' is not supported natively; try backend='hf'")
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type != "default":
+        raise _refuse(f"rope scaling '{rope_type}'")
+    extra = sorted(k for k, v in rope.items() if k not in _ROPE_KEYS and v is not None)
+    if extra and not (extra == ["partial_rotary_factor"] and rope["partial_rotary_factor"] == 1.0):
+        raise _refuse(f"rope parameters {', '.join(extra)}")
+    if cfg["hidden_act"] not in ACTIVATIONS:
+        raise _refuse(f"hidden_act '{cfg['hidden_act']}'")
+    window, types = _layer_types(kind, cfg)
     eos = cfg.get("eos_token_id")
-    d = dict(cfg)
-    d.update(
-        num_key_value_heads=cfg.get("num_key_value_heads") or heads,
-        rope_theta=cfg.get("rope_theta") or rope.get("rope_theta", 10000.0),
-        attention_bias=kind == "qwen2" or bool(cfg.get("attention_bias", False)),
-        tie_word_embeddings=cfg.get("tie_word_embeddings", kind != "qwen2"),
-        eos_token_id=eos[0] if isinstance(eos, list) else eos,
-        attention=cfg.get("paragen_attention", "causal"),
-        block_size=cfg.get("paragen_block_size"),
-        shift=bool(cfg.get("paragen_shift", False)),
-    )
-    return NativeConfig.from_dict(d)
+    # Qwen2 always has q/k/v biases and Mistral never; Llama's attention_bias also biases o_proj.
+    attention_bias = kind == "qwen2" or (kind == "llama" and bool(cfg["attention_bias"]))
+    return NativeConfig.from_dict({
+        **cfg,
+        "num_key_value_heads": cfg.get("num_key_value_heads") or heads,
+        "head_dim": cfg.get("head_dim") or cfg["hidden_size"] // heads,
+        # rope_parameters wins over a legacy top-level rope_theta, as transformers reads them
+        "rope_theta": rope.get("rope_theta") or cfg.get("rope_theta") or 10000.0,
+        "attention_bias": attention_bias,
+        "attention_out_bias": kind == "llama" and attention_bias,
+        "mlp_bias": kind == "llama" and bool(cfg.get("mlp_bias")),
+        "sliding_window": window,
+        "layer_types": types,
+        "eos_token_id": eos[0] if isinstance(eos, list) else eos,
+        "attention": cfg.get("paragen_attention") or "causal",
+        "block_size": cfg.get("paragen_block_size"),
+        "shift": bool(cfg.get("paragen_shift", False)),
+    })
+
+
+def _hf_kind(c: NativeConfig) -> str:
+    """The transformers architecture that computes exactly what this NativeConfig computes."""
+    qwen2 = c.attention_bias and not c.attention_out_bias and not c.mlp_bias
+    if c.sliding_window is not None and c.layer_types is None and not (c.attention_bias or c.mlp_bias):
+        return "mistral"
+    if c.sliding_window is not None and c.layer_types is not None and qwen2:
+        return "qwen2"
+    if c.sliding_window is None and qwen2:
+        return "qwen2"
+    if c.sliding_window is None and c.attention_bias == c.attention_out_bias:
+        return "llama"
+    raise ValueError("no transformers architecture computes this combination of biases and sliding windows")
 
 
 def hf_config(c: NativeConfig, dtype: torch.dtype) -> dict[str, Any]:
-    kind = "qwen2" if c.attention_bias else "llama"
+    kind = _hf_kind(c)
     cfg = {
         "architectures": [_HF_ARCH[kind]],
         "model_type": kind,
@@ -90,8 +187,10 @@ def hf_config(c: NativeConfig, dtype: torch.dtype) -> dict[str, Any]:
         "rope_theta": c.rope_theta,
         "rms_norm_eps": c.rms_norm_eps,
         "tie_word_embeddings": c.tie_word_embeddings,
-        "hidden_act": "silu",
+        "hidden_act": c.hidden_act,
         "attention_bias": c.attention_bias,
+        "mlp_bias": c.mlp_bias,
+        "sliding_window": c.sliding_window,
         "eos_token_id": c.eos_token_id,
         "bos_token_id": c.eos_token_id,
         "torch_dtype": str(dtype).removeprefix("torch."),
@@ -101,6 +200,8 @@ def hf_config(c: NativeConfig, dtype: torch.dtype) -> dict[str, Any]:
         "paragen_shift": c.shift,
         "mask_token_id": c.mask_token_id,
     }
+    if kind == "qwen2" and c.sliding_window is not None:
+        cfg.update(use_sliding_window=True, layer_types=list(c.layer_types))
     return cfg
 
 
@@ -152,13 +253,30 @@ def load_state(path: Path) -> dict[str, torch.Tensor]:
 
 
 def load_native(path: Path, dtype: torch.dtype = torch.float32) -> NativeModel:
-    config = native_config(read_config(path))
+    raw = read_config(path)
+    config = native_config(raw)
     model = NativeModel(config).to(dtype)  # cast first: loading into float32 would round float64 weights
     state = load_state(path)
-    if config.tie_word_embeddings:
-        state.pop("lm_head.weight", None)
+    head, embed = state.pop("lm_head.weight", None), state.get("model.embed_tokens.weight")
+    if config.tie_word_embeddings and head is not None and not (embed is not None and torch.equal(head, embed)):
+        raise ModelLoadError(
+            f"{path}: config.json ties the output head to the embeddings (tie_word_embeddings) but the weights hold "
+            "a different lm_head.weight: set \"tie_word_embeddings\": false if the head is its own"
+        )
+    if not config.tie_word_embeddings:
+        if head is None:
+            kind = raw["model_type"]
+            said = "false" if "tie_word_embeddings" in raw else f"absent, which transformers reads as false for {kind}"
+            raise ModelLoadError(
+                f"{path}: the weights have no lm_head.weight but tie_word_embeddings is {said}: "
+                "set \"tie_word_embeddings\": true in config.json if the head shares the embeddings"
+            )
+        state["lm_head.weight"] = head
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [m for m in missing if not (config.tie_word_embeddings and m == "lm_head.weight")]
     if missing or unexpected:
         raise ModelLoadError(f"{path}: weights do not match the config (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    eos = raw.get("eos_token_id")
+    if isinstance(eos, list) and eos:  # NativeConfig keeps one id; generation stops at any of them
+        model.info = replace(model.info, eos_ids=tuple(eos))
     return model.eval()

@@ -1,14 +1,17 @@
 """Native backend: a lean Llama-style decoder in plain PyTorch.
 
-RMSNorm, rotary positions (the Hugging Face "rotate half" layout), SwiGLU, grouped-query
-attention, optional q/k/v bias (Qwen2). Parameter names follow the Hugging Face Llama
-layout, so the state dict saves to and loads from ``model.safetensors`` unchanged.
+RMSNorm, rotary positions (the Hugging Face "rotate half" layout), a gated MLP (SwiGLU or
+another activation of transformers' table), grouped-query attention, optional biases
+(Qwen2's q/k/v, Llama's ``attention_bias`` and ``mlp_bias``), optional sliding-window
+layers (Mistral, Qwen2). Parameter names follow the Hugging Face Llama layout, so the state
+dict saves to and loads from ``model.safetensors`` unchanged.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
+from functools import partial
 from typing import Any
 
 import torch
@@ -16,7 +19,24 @@ import torch.nn.functional as F
 from torch import nn
 
 from paragen.cache import KVCache
-from paragen.models.base import Model, ModelInfo, expand_mask
+from paragen.models.base import Model, ModelInfo, expand_mask, window_mask
+
+
+def gelu_tanh_formula(x: torch.Tensor) -> torch.Tensor:
+    """transformers' "gelu_new" (OpenAI GPT's GELU), written out: it differs from torch's tanh GELU in the last bits."""
+    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
+
+
+# The MLP activations of transformers' ACT2FN that Llama-family configs name, computed as
+# transformers computes them (transformers/activations.py); any other name is refused on load.
+ACTIVATIONS = {
+    "silu": F.silu,
+    "swish": F.silu,
+    "gelu": F.gelu,  # exact (erf) GELU
+    "gelu_pytorch_tanh": partial(F.gelu, approximate="tanh"),
+    "gelu_new": gelu_tanh_formula,
+    "relu": F.relu,
+}
 
 
 @dataclass(frozen=True)
@@ -31,21 +51,42 @@ class NativeConfig:
     rope_theta: float = 10000.0
     rms_norm_eps: float = 1e-5
     tie_word_embeddings: bool = True
-    attention_bias: bool = False  # Qwen2 has q/k/v bias
+    attention_bias: bool = False  # q/k/v bias (Qwen2; Llama's attention_bias also sets attention_out_bias)
+    attention_out_bias: bool = False  # o_proj bias
+    mlp_bias: bool = False
+    hidden_act: str = "silu"  # a key of ACTIVATIONS
+    head_dim: int | None = None  # None: hidden_size // num_attention_heads
+    # Sliding-window attention (Mistral, Qwen2): a key is visible iff its position is within
+    # `sliding_window` of the query's. `layer_types` names each layer "full_attention" or
+    # "sliding_attention"; None with a window means every layer slides (Mistral).
+    sliding_window: int | None = None
+    layer_types: tuple[str, ...] | None = None
     attention: str = "causal"  # "causal" | "bidirectional" | "block_causal"
     block_size: int | None = None
     shift: bool = False  # diffusion models: logits at i predict token i + 1 (see ModelInfo)
     eos_token_id: int | None = None
     mask_token_id: int | None = None
 
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
+    def __post_init__(self) -> None:
+        if self.head_dim is None:  # frozen: the derived default is written once, here
+            object.__setattr__(self, "head_dim", self.hidden_size // self.num_attention_heads)
+        if self.layer_types is not None:
+            object.__setattr__(self, "layer_types", tuple(self.layer_types))
+        if self.sliding_window is not None and self.sliding_window < 1:
+            raise ValueError(f"sliding_window must be at least 1, got {self.sliding_window}")
+        if self.hidden_act not in ACTIVATIONS:
+            raise ValueError(f"hidden_act '{self.hidden_act}' is not one of {', '.join(ACTIVATIONS)}")
+
+    def window(self, layer: int) -> int | None:
+        """The sliding window of one layer, or None for full attention."""
+        if self.layer_types is not None and self.layer_types[layer] != "sliding_attention":
+            return None
+        return self.sliding_window
 
     def num_parameters(self) -> int:
         h, i, v = self.hidden_size, self.intermediate_size, self.vocab_size
-        kv = self.num_key_value_heads * self.head_dim
-        layer = 2 * h * h + 2 * h * kv + 3 * h * i + 2 * h
+        q, kv = self.num_attention_heads * self.head_dim, self.num_key_value_heads * self.head_dim
+        layer = 2 * h * q + 2 * h * kv + 3 * h * i + 2 * h
         return v * h * (1 if self.tie_word_embeddings else 2) + self.num_hidden_layers * layer + h
 
     @classmethod
@@ -83,7 +124,7 @@ class Attention(nn.Module):
         self.q_proj = nn.Linear(c.hidden_size, self.h * self.d, bias=c.attention_bias)
         self.k_proj = nn.Linear(c.hidden_size, self.kv * self.d, bias=c.attention_bias)
         self.v_proj = nn.Linear(c.hidden_size, self.kv * self.d, bias=c.attention_bias)
-        self.o_proj = nn.Linear(self.h * self.d, c.hidden_size, bias=False)
+        self.o_proj = nn.Linear(self.h * self.d, c.hidden_size, bias=c.attention_out_bias)
 
     def forward(self, x, cos, sin, layer: int, cache: KVCache | None, mask, is_causal: bool) -> torch.Tensor:
         B, T, _ = x.shape
@@ -102,12 +143,13 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, c: NativeConfig) -> None:
         super().__init__()
-        self.gate_proj = nn.Linear(c.hidden_size, c.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(c.hidden_size, c.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(c.intermediate_size, c.hidden_size, bias=False)
+        self.gate_proj = nn.Linear(c.hidden_size, c.intermediate_size, bias=c.mlp_bias)
+        self.up_proj = nn.Linear(c.hidden_size, c.intermediate_size, bias=c.mlp_bias)
+        self.down_proj = nn.Linear(c.intermediate_size, c.hidden_size, bias=c.mlp_bias)
+        self.act = ACTIVATIONS[c.hidden_act]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
 
 
 class Block(nn.Module):
@@ -147,6 +189,10 @@ class NativeModel(nn.Module, Model):
         # Rotary frequencies in float32, as Hugging Face computes them (parity in every dtype).
         inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float32) / d))
         self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.windows = [config.window(i) for i in range(config.num_hidden_layers)]
+        self.sliding = any(w is not None for w in self.windows)
+        if self.sliding and config.attention != "causal":
+            raise ValueError("sliding-window attention is implemented for causal models only")
         eos = () if config.eos_token_id is None else (config.eos_token_id,)
         self.info = ModelInfo(
             vocab_size=config.vocab_size,
@@ -196,10 +242,23 @@ class NativeModel(nn.Module, Model):
         # A causal mask over a fresh sequence is SDPA's built-in is_causal (no mask tensor).
         is_causal = mask is None and causal and past == 0 and T > 1
         attn_mask = None if is_causal else expand_mask(mask, past, T, causal, tokens.device)
+        # Sliding-window layers see the same mask ANDed with their window (by position), built once
+        # per call; a window wider than any query's reach (its position) hides nothing and is skipped,
+        # which keeps SDPA's causal fast path for Mistral's 4096-token window on short sequences.
+        reach = int(positions.max()) if self.sliding else 0
+        windows = [w if w is not None and w <= reach else None for w in self.windows]
+        windowed = {}
+        if any(w is not None for w in windows):
+            full = expand_mask(mask, past, T, causal, tokens.device) if is_causal else attn_mask
+            windowed = {w: window_mask(full, positions, past, w) for w in set(windows) - {None}}
         cos, sin = self.rope(positions)
         x = self.model.embed_tokens(tokens)
         for i, layer in enumerate(self.model.layers):
-            x = layer(x, cos, sin, i, cache, attn_mask, is_causal)
+            w = windows[i]
+            if w is None:
+                x = layer(x, cos, sin, i, cache, attn_mask, is_causal)
+            else:
+                x = layer(x, cos, sin, i, cache, windowed[w], False)
         return self.model.norm(x)
 
     def forward(self, tokens, positions, cache=None, mask=None) -> torch.Tensor:
