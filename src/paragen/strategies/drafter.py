@@ -5,6 +5,11 @@ call per level: the nodes to expand are fed together, each seeing the committed 
 its own ancestors among the nodes fed before, and itself. Those slots stay in the draft's
 cache until verification; then ``accept`` keeps the accepted path's slots (``keep``) and
 drops the rest, so the next step's ``catch_up`` feeds only what the draft has not seen.
+
+While a tree grows, its fed levels sit in committed slots whose positions are not their
+slot indices; a sliding-window draft (whose window masks assume slot j holds position j)
+then sees a window shifted by at most the tree's size: its proposals may differ slightly,
+never the output, which the target verifies on an exact cache.
 """
 
 from __future__ import annotations
