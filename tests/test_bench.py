@@ -176,6 +176,7 @@ def test_contenders_add_ar_and_validate_names_and_options():
         (["--model-for", "jacobi=elsewhere"], "--model-for 'jacobi', which is not benchmarked"),
         (["--model-for", "lookup"], "STRATEGY=MODEL"),
         (["--strategies", "jacobi", "--temperature", "0.5"], "'jacobi' is greedy-only"),
+        (["--temperature", "0.5", "--top-p", "1.5"], "--top-p must be in (0, 1]"),
     ],
 )
 def test_cli_errors_are_clear_and_early(flags, message, tmp_path, capsys):
@@ -183,6 +184,25 @@ def test_cli_errors_are_clear_and_early(flags, message, tmp_path, capsys):
     assert main(["bench", "--out", str(tmp_path / "o"), "--strategies", "ar,lookup", *flags]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_sampled_bench_passes_top_p_to_every_contender(tiny_models, tmp_path, monkeypatch):
+    """--temperature and --top-p reach paragen strategies and the transformers peers alike."""
+    import paragen
+    from paragen.bench import peers
+
+    tiny, _ = tiny_models
+    seen = []
+    real_generate, real_peer = paragen.generate, peers.run_peer
+    monkeypatch.setattr(paragen, "generate", lambda *a, **k: seen.append(("paragen", k["top_p"])) or real_generate(*a, **k))
+    monkeypatch.setattr("paragen.bench.run.run_peer", lambda *a: seen.append(("peer", a[-1])) or real_peer(*a))
+    rc = main(["bench", "--strategies", "spectr,hf-greedy", "--task", "humaneval", "--limit", "1", "--max-new-tokens", "6",
+               "--model", str(tiny), "--draft", str(tiny), "--temperature", "0.8", "--top-p", "0.9", "--threads", "1",
+               "--no-progress", "--out", str(tmp_path / "o")])
+    assert rc == 0
+    bench = json.loads((tmp_path / "o" / "bench.json").read_text())
+    assert bench["config"]["top_p"] == 0.9 and bench["config"]["temperature"] == 0.8
+    assert {kind for kind, _ in seen} == {"paragen", "peer"} and {top_p for _, top_p in seen} == {0.9}
 
 
 def test_markdown_table_lists_every_strategy_and_flags(records):

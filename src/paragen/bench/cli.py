@@ -47,6 +47,7 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-new-tokens", type=int, default=DEFAULTS.max_new_tokens,
                    help=f"tokens per prompt at most (default: {DEFAULTS.max_new_tokens})")
     p.add_argument("--temperature", type=float, default=DEFAULTS.temperature, help="0 = greedy (default)")
+    p.add_argument("--top-p", type=float, default=DEFAULTS.top_p, help="nucleus sampling mass in (0, 1] (with --temperature > 0)")
     p.add_argument("--seed", type=int, default=DEFAULTS.seed, help="sampling and bootstrap seed (default: 0)")
     p.add_argument("--model", default=DEFAULTS.model,
                    help=f"target model name or directory (default: {DEFAULTS.model})")
@@ -71,7 +72,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     """The BenchConfig the flags describe (options parsed, nothing loaded)."""
     return BenchConfig(
         strategies=tuple(s.strip() for s in args.strategies.split(",") if s.strip()),
-        task=args.task, limit=args.limit, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+        task=args.task, limit=args.limit, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
         seed=args.seed, model=args.model, draft=args.draft, backend=args.backend, dtype=args.dtype,
         options=tuple(parse_option(o) for o in args.option),
         models=tuple(parse_model_for(m) for m in args.model_for),

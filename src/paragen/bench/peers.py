@@ -140,6 +140,7 @@ def run_peer(
     temperature: float,
     seed: int,
     eos_ids: tuple[int, ...],
+    top_p: float | None = None,
 ) -> PeerOutput:
     """One ``generate`` call; its output is cut before the first EOS, as paragen's driver does.
 
@@ -154,8 +155,8 @@ def run_peer(
         num_beams=1, eos_token_id=list(eos_ids) or None, pad_token_id=eos_ids[0] if eos_ids else 0,
         **peer.generate_kwargs(options),
     )
-    if temperature > 0:  # plain temperature sampling, as paragen's: no top-k / top-p default
-        kwargs.update(do_sample=True, temperature=temperature, top_k=0, top_p=1.0)
+    if temperature > 0:  # temperature (and top-p) as paragen's: no top-k / top-p default
+        kwargs.update(do_sample=True, temperature=temperature, top_k=0, top_p=top_p or 1.0)
     else:
         kwargs.update(do_sample=False)
     if peer.needs_draft:

@@ -60,6 +60,7 @@ class BenchConfig:
     limit: int | None = None
     max_new_tokens: int = 128
     temperature: float = 0.0
+    top_p: float | None = None  # nucleus sampling for every contender (peers included) when temperature > 0
     seed: int = 0
     model: str = "code-target"
     draft: str = "code-draft"
@@ -216,6 +217,8 @@ def check_config(config: BenchConfig) -> None:
         raise InvalidInputError(f"--limit must be >= 1, got {config.limit}")
     if not config.temperature >= 0:
         raise InvalidInputError(f"--temperature must be >= 0, got {config.temperature}")
+    if config.top_p is not None and not 0 < config.top_p <= 1:
+        raise InvalidInputError(f"--top-p must be in (0, 1], got {config.top_p}")
     if config.resamples < 1:
         raise InvalidInputError(f"bootstrap resamples must be >= 1, got {config.resamples}")
     if config.dtype not in DTYPES:
@@ -300,7 +303,7 @@ def make_runner(c: Contender, models: Models, config: BenchConfig) -> Callable[[
         target = models.own.get(c.name, models.target)
         start = time.perf_counter()
         gen = paragen.generate(target, ids, c.cls.name, max_new_tokens=config.max_new_tokens,
-                               temperature=config.temperature, seed=seed, draft=draft,
+                               temperature=config.temperature, top_p=config.top_p, seed=seed, draft=draft,
                                **dataclasses.asdict(c.options))
         seconds = time.perf_counter() - start
         s = gen.stats
@@ -309,7 +312,7 @@ def make_runner(c: Contender, models: Models, config: BenchConfig) -> Callable[[
 
     def run_hf(ids: list[int], seed: int) -> Outcome:
         out = run_peer(c.cls, c.options, models.hf_target, models.hf_draft, ids, config.max_new_tokens,
-                       config.temperature, seed, eos)
+                       config.temperature, seed, eos, config.top_p)
         # Per-call accepted counts are internal to transformers: no histogram for peers.
         return Outcome(out.tokens, out.target_calls, out.draft_calls, out.seconds, out.finish_reason, None)
 
