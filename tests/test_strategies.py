@@ -141,6 +141,8 @@ def test_builtin_models_every_lossless_strategy_equals_oracle():
     for task in humaneval()[:2]:
         ids = target.tokenizer.encode(task.prompt)
         expected = reference_greedy(target, ids, 32)
-        for name, options in GREEDY_CASES + [("speculative", {"draft": draft})]:
+        drafted = [("speculative", {"draft": draft}), ("tree", {"draft": draft}), ("spectr", {"draft": draft}),
+                   ("tree", {"draft": draft, "shape": "static", "widths": "3,2,1"})]
+        for name, options in GREEDY_CASES + drafted:
             out = paragen.generate(target, ids, name, max_new_tokens=32, **options)
             assert out.tokens == expected, (task.id, name, options)
