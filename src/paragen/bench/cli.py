@@ -6,7 +6,6 @@ Writes ``OUT/bench.json`` and ``OUT/report.html`` and prints a Markdown table.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import shlex
 import sys
 
@@ -20,13 +19,13 @@ DEFAULT_STRATEGIES = "ar,speculative,lookup,jacobi,lookahead,hf-greedy,hf-assist
 
 def _epilog() -> str:
     from paragen.bench.peers import PEERS
-    from paragen.cli import strategy_help
+    from paragen.cli import options_help, strategy_help
     from paragen.tasks import TASKS
 
     peers = []
     for name, cls in PEERS.items():
-        opts = ", ".join(f"{f.name}={f.default}" for f in dataclasses.fields(cls.Options)) or "no options"
-        peers.append(f"  {name:<12} {cls.summary} [{opts}]")
+        peers.append(f"  {name:<16}{cls.summary}")
+        peers += options_help(cls)
     return (strategy_help().replace("(-o KEY=VALUE)", "(--option STRATEGY:KEY=VALUE)")
             + "\ntransformers peers (same weights):\n" + "\n".join(peers)
             + f"\n\ntasks: {', '.join(TASKS)}. ar always runs: it is the reference.")
