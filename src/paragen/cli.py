@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import sys
@@ -99,6 +100,7 @@ def run_generate(args: argparse.Namespace) -> int:
     from paragen.api import torch_threads
     from paragen.errors import InvalidInputError
     from paragen.models import DTYPES
+    from paragen.quiet import quiet_transformers
 
     prompt = read_stdin() if args.prompt == "-" else args.prompt
     options = {}
@@ -114,8 +116,9 @@ def run_generate(args: argparse.Namespace) -> int:
               "--temperature 0 (greedy decoding is deterministic)", file=sys.stderr)
     dtype = DTYPES[args.dtype]
     with torch_threads(args.threads):
-        model = paragen.load(args.model, backend=args.backend, dtype=dtype)
-        draft = paragen.load(args.draft, backend=args.backend, dtype=dtype) if args.draft else None
+        with quiet_transformers() if args.backend == "hf" else contextlib.nullcontext():
+            model = paragen.load(args.model, backend=args.backend, dtype=dtype)
+            draft = paragen.load(args.draft, backend=args.backend, dtype=dtype) if args.draft else None
         it = paragen.stream(model, prompt, strategy=args.strategy, max_new_tokens=args.max_new_tokens,
                             temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                             stop=args.stop, draft=draft, **options)
