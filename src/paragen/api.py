@@ -28,8 +28,10 @@ from paragen.strategies.base import MAX_CALL_TOKENS, CountedModel, DecodeContext
 __all__ = ["DEFAULT_THREADS", "Generation", "Stream", "generate", "load", "make_options", "stream", "torch_threads"]
 
 # torch CPU threads for `paragen generate` and `paragen bench` unless --threads says otherwise.
-# Measured (scripts/threads.sh): batch-1 decoding of these small models gains little from a
-# second thread on a quiet machine and loses up to 20x when another job holds the cores.
+# Measured with scripts/threads.sh on a 2-core machine under load (load average 6-7, training
+# jobs running): code-target ar 114-199 tok/s on 1 thread against 4-8 tok/s on 2; lookahead
+# 75-125 against 5-7. Batch-1 decoding of small models has little work to split per token, and
+# a thread that waits for a busy core stalls every step. (Quiet-machine numbers: TODO lead.)
 DEFAULT_THREADS = 1
 
 
