@@ -6,7 +6,10 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 from paragen.errors import ParagenError
@@ -167,8 +170,33 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@contextlib.contextmanager
+def interrupts_held() -> Iterator[None]:
+    """Hold Ctrl-C until the block ends, then raise it as KeyboardInterrupt.
+
+    An interrupt that lands inside an extension module's initialisation (torch's, while
+    ``build_parser`` imports it) can abort the interpreter from C++ instead of raising
+    KeyboardInterrupt; held for the second or two of imports, it ends the command cleanly.
+    The previous handler is restored on the way out; off the main thread (where signals
+    cannot be handled) this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
+
+
 def run(argv: list[str] | None) -> int:
-    args = build_parser().parse_args(argv)
+    with interrupts_held():
+        parser = build_parser()  # imports torch, numpy, tokenizers
+    args = parser.parse_args(argv)
     if args.command == "generate":
         return run_generate(args)
     if args.command == "models":
