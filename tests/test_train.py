@@ -34,6 +34,10 @@ def test_tiny_training_lowers_heldout_loss(tmp_path):
         assert key in saved
     model = paragen.load(tmp_path / "m")
     assert model.tokenizer.mask_id is not None and model.info.eos_ids == (model.tokenizer.eos_id,)
+    (tmp_path / "plain").mkdir()  # the modes the user's umask gives: the model directory follows it
+    plain = (tmp_path / "plain").stat().st_mode & 0o777
+    assert (tmp_path / "m").stat().st_mode & 0o777 == plain
+    assert {f.stat().st_mode & 0o777 for f in (tmp_path / "m").iterdir()} == {plain & 0o666}
 
 
 def test_resume_continues_to_the_same_result(tmp_path):
