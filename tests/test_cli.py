@@ -68,6 +68,9 @@ def test_greedy_notes_ignored_sampling_flags_once(model_dir, capsys):
     assert err == "paragen: note: --top-k, --seed have no effect with --temperature 0 (greedy decoding is deterministic)\n"
     assert main([*args, "--seed", "3", "--top-k", "5", "--temperature", "0.8"]) == 0
     assert capsys.readouterr().err == ""
+    # a lossy strategy may use the seed when greedy (diffusion's random ordering): no note
+    assert main([*args[:2], "--strategy", "diffusion", "--seed", "3"]) == 2  # a causal model: refused, quietly
+    assert "note" not in capsys.readouterr().err
 
 
 def test_stats_and_threads(model_dir, capsys):

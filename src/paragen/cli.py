@@ -104,6 +104,7 @@ def run_generate(args: argparse.Namespace) -> int:
     from paragen.errors import InvalidInputError
     from paragen.models import DTYPES
     from paragen.quiet import quiet_transformers
+    from paragen.strategies import get_strategy
 
     prompt = read_stdin() if args.prompt == "-" else args.prompt
     options = {}
@@ -112,8 +113,11 @@ def run_generate(args: argparse.Namespace) -> int:
         if not sep:
             raise InvalidInputError(f"strategy option '{item}' must look like KEY=VALUE")
         options[key.replace("-", "_")] = value
-    ignored = [flag for flag, value in (("--top-k", args.top_k), ("--top-p", args.top_p), ("--seed", args.seed))
-               if value is not None]
+    # Greedy: top-k/top-p change nothing, and neither does the seed for a lossless strategy
+    # (its output is argmax decoding's); a lossy one may draw noise (diffusion's random ordering).
+    lossless = get_strategy(args.strategy).lossless
+    ignored = [flag for flag, value in (("--top-k", args.top_k), ("--top-p", args.top_p),
+                                        ("--seed", args.seed if lossless else None)) if value is not None]
     if args.temperature == 0 and ignored:
         print(f"paragen: note: {', '.join(ignored)} {'has' if len(ignored) == 1 else 'have'} no effect with "
               "--temperature 0 (greedy decoding is deterministic)", file=sys.stderr)
