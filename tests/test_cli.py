@@ -132,3 +132,10 @@ def test_hf_loading_draws_no_progress_bars(model_dir, capfd):
         assert not hf_logging.is_progress_bar_enabled()  # a caller's own choice is kept too
     finally:
         hf_logging.enable_progress_bar()
+
+
+def test_bench_help_names_its_option_syntax(capsys):
+    with pytest.raises(SystemExit):
+        main(["bench", "--help"])
+    out = capsys.readouterr().out
+    assert "(--option STRATEGY:KEY=VALUE;" in out and "-o KEY=VALUE" not in out and "max_draft=10" in out

@@ -26,7 +26,7 @@ def _epilog() -> str:
     for name, cls in PEERS.items():
         peers.append(f"  {name:<16}{cls.summary}")
         peers += options_help(cls)
-    return (strategy_help().replace("(-o KEY=VALUE)", "(--option STRATEGY:KEY=VALUE)")
+    return (strategy_help().replace("(-o KEY=VALUE;", "(--option STRATEGY:KEY=VALUE;")
             + "\ntransformers peers (same weights):\n" + "\n".join(peers)
             + f"\n\ntasks: {', '.join(TASKS)}, file:PATH. ar always runs: it is the reference.")
 
