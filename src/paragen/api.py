@@ -92,7 +92,8 @@ def _check_call_size(cls: type[Strategy], opts: Any, model: Model) -> None:
     n = cls.call_tokens(opts)
     limit, what = min((model.info.max_length, "the model context"), (MAX_CALL_TOKENS, "paragen's cap MAX_CALL_TOKENS"))
     if n > limit:
-        names = ", ".join(f.name for f in dataclasses.fields(opts)) or "its options"
+        hints = typing.get_type_hints(type(opts))
+        names = ", ".join(f.name for f in dataclasses.fields(opts) if hints[f.name] is int) or "its options"
         raise UnsupportedOptionError(
             f"strategy '{cls.name}' with these options feeds {n} tokens per model call, more than {limit} "
             f"({what}): use smaller values of {names}"
