@@ -89,7 +89,7 @@ def test_cli_strategy_options_and_stdin(model_dir, capsys, monkeypatch):
 @pytest.mark.parametrize("args,needle", [
     (["--strategy", "nope"], "unknown strategy"),
     (["--strategy", "lookup", "-o", "bogus=1"], "has no option bogus"),
-    (["--strategy", "lookup", "-o", "max_draft=x"], "needs a int"),
+    (["--strategy", "lookup", "-o", "max_draft=x"], "needs an integer"),
     (["--max-new-tokens", "0"], "max_new_tokens"),
     (["--temperature", "-2"], "temperature"),
     (["--strategy", "speculative"], "needs a draft"),
@@ -109,3 +109,71 @@ def test_cli_stream(model_dir, capsys):
     assert main(["generate", "def add(a, b):", "--model", str(model_dir), "--max-new-tokens", "10", "--stream"]) == 0
     captured = capsys.readouterr()
     assert "tokens/call" in captured.err
+
+
+@pytest.mark.parametrize("strategy,options,needle", [
+    ("speculative", dict(k=2.7), "needs an integer, got 2.7"),
+    ("speculative", dict(k="2.7"), "needs an integer, got '2.7'"),
+    ("speculative", dict(k=True), "needs an integer"),
+    ("speculative", dict(adaptive="ture"), "needs a boolean"),
+    ("speculative", dict(adaptive=2), "needs a boolean"),
+    ("diffusion", dict(threshold="high"), "needs a number"),
+    ("diffusion", dict(cache=1), "needs a string"),
+])
+def test_make_options_checks_types(strategy, options, needle):
+    from paragen.api import make_options
+    from paragen.strategies import get_strategy
+
+    with pytest.raises(UnsupportedOptionError, match=needle.replace("(", r"\(")):
+        make_options(get_strategy(strategy), options)
+
+
+@pytest.mark.parametrize("text,value", [("true", True), ("YES", True), ("1", True), ("False", False), ("no", False),
+                                        ("0", False)])
+def test_make_options_booleans_from_strings(text, value):
+    from paragen.api import make_options
+    from paragen.strategies import get_strategy
+
+    opts = make_options(get_strategy("speculative"), {"adaptive": text, "k": "3"})
+    assert opts.adaptive is value and opts.k == 3
+    assert make_options(get_strategy("diffusion"), {"threshold": 1, "steps": "4"}).threshold == 1.0
+
+
+def test_sampling_settings_name_the_wrong_type():
+    with pytest.raises(InvalidInputError, match="temperature must be a number, got str '0.5'"):
+        paragen.generate(MODEL, [1, 2, 3], temperature="0.5")
+    with pytest.raises(InvalidInputError, match="top_k must be an integer"):
+        paragen.generate(MODEL, [1, 2, 3], temperature=1.0, top_k=2.5)
+
+
+def test_options_are_bounded_by_what_one_call_holds():
+    from paragen.strategies.base import MAX_CALL_TOKENS
+
+    # 1 + 49 * (500 + 50) tokens per call: refused before any work (this once ran 10 minutes at 5.8 GB)
+    with pytest.raises(UnsupportedOptionError, match="26951 tokens per model call.*values of window, ngram, guesses$"):
+        paragen.generate(tiny_model(0, max_len=4096), [1, 2, 3], "lookahead", max_new_tokens=16,
+                         window=500, ngram=50, guesses=50)
+    with pytest.raises(UnsupportedOptionError, match="model context"):  # MODEL's context is 64 tokens
+        paragen.generate(MODEL, [1, 2, 3], "jacobi", max_new_tokens=4, window=64)
+    big = tiny_model(0, max_len=4 * MAX_CALL_TOKENS)
+    with pytest.raises(UnsupportedOptionError, match="MAX_CALL_TOKENS"):
+        paragen.generate(big, [1, 2, 3], "lookup", max_new_tokens=4, max_draft=MAX_CALL_TOKENS)
+    assert paragen.generate(MODEL, [1, 2, 3], "jacobi", max_new_tokens=4, window=62).stats.new_tokens == 4
+
+
+def test_stream_exposes_the_generation():
+    it = paragen.stream(MODEL, [1, 2, 3], "lookup", max_new_tokens=8)
+    assert it.generation is None
+    pieces = list(it)
+    assert pieces == [] and it.generation.stats.new_tokens == 8  # no tokenizer: no text pieces
+    assert it.generation.tokens == paragen.generate(MODEL, [1, 2, 3], "ar", max_new_tokens=8).tokens
+    again = paragen.stream(MODEL, [1, 2, 3], max_new_tokens=3)
+    with pytest.raises(StopIteration) as done:  # the generator protocol still holds
+        while True:
+            next(again)
+    assert done.value.value is again.generation
+
+
+def test_stream_checks_arguments_when_called():
+    with pytest.raises(InvalidInputError):
+        paragen.stream(MODEL, [], max_new_tokens=3)  # no next() needed

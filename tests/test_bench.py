@@ -149,7 +149,7 @@ def test_contenders_add_ar_and_validate_names_and_options():
         build_contenders(BenchConfig(strategies=("nope",)))
     with pytest.raises(UnsupportedOptionError, match="no option bogus"):
         build_contenders(BenchConfig(strategies=("lookup",), options=(("lookup", "bogus", "1"),)))
-    with pytest.raises(UnsupportedOptionError, match="prompt_lookup_num_tokens needs a int"):
+    with pytest.raises(UnsupportedOptionError, match="prompt_lookup_num_tokens needs an integer"):
         option = ("hf-lookup", "prompt_lookup_num_tokens", "x")
         build_contenders(BenchConfig(strategies=("hf-lookup",), options=(option,)))
     with pytest.raises(InvalidInputError, match="not benchmarked"):
@@ -266,7 +266,8 @@ def test_bench_end_to_end_on_a_tiny_model(tiny_models, tmp_path, capsys):
     bench = json.loads((out / "bench.json").read_text())
 
     # The documented schema.
-    assert list(bench) == ["schema", "config", "environment", "contenders", "tasks", "records", "summary"]
+    assert list(bench) == ["schema", "config", "environment", "contenders", "tasks", "records", "summary", "seconds"]
+    assert bench["config"]["threads"] == 1 and bench["seconds"] > 0
     assert bench["schema"] == "paragen.bench/1"
     assert set(bench["environment"]) == ENV_KEYS and bench["environment"]["torch_threads"] == 1
     names = ["ar", "speculative", "lookup", "tree@static", "hf-greedy", "hf-assisted", "hf-lookup"]
@@ -312,7 +313,7 @@ def test_bench_end_to_end_on_a_tiny_model(tiny_models, tmp_path, capsys):
     assert "(!) lookup is lossless but differed from ar" in stdout
     html = (out / "report.html").read_text()
     assert html.count("src='data:image/png;base64,") == 3
-    assert sorted(p.name for p in out.iterdir()) == ["bench.json", "report.html"]
+    assert sorted(p.name for p in out.iterdir()) == ["bench.json", "bench.md", "report.html"]
 
 
 def test_bfloat16_runs_score_quality_in_float32(tiny_models, tmp_path, capsys):
@@ -360,3 +361,65 @@ def test_merge_labels_each_runs_rows(tmp_path):
     _, merged = merge([tmp_path / "a", tmp_path / "b"])
     assert list(merged) == ["ar", "diffusion[a]", "diffusion[b]"]
     assert merged["diffusion[b]"].speedup == 3.0 and merged["diffusion[a]"].committed_per_call == {2: 2}
+
+
+def test_bench_on_a_users_prompt_file_explains_itself(tiny_models, tmp_path, capsys):
+    """file:PATH prompts; bench.md beside the JSON; the HTML defines the metrics, shows each
+    prompt's outputs collapsed, the total time and threads, warns about few prompts, and
+    shows settings as typed (no JSON quotes)."""
+    tiny, _ = tiny_models
+    prompts = tmp_path / "mine.jsonl"
+    prompts.write_text('{"id": "first", "prompt": "def add(a, b):"}\n\n{"prompt": "class <Point>:"}\n')
+    out = tmp_path / "out"
+    assert main(["bench", "--strategies", "lookup", "--task", f"file:{prompts}", "--max-new-tokens", "6",
+                 "--model", str(tiny), "--option", "lookup:max_draft=3", "--threads", "2", "--no-progress",
+                 "--out", str(out)]) == 0
+    bench = json.loads((out / "bench.json").read_text())
+    assert [t["id"] for t in bench["tasks"]] == ["first", "mine.jsonl/3"]
+    assert bench["environment"]["torch_threads"] == 2 and torch.get_num_threads() == 1  # restored
+    md = (out / "bench.md").read_text()
+    assert md.startswith(f"# paragen bench: file:{prompts}\n") and "| lookup |" in md
+    assert "2 torch thread(s)" in md and "Only 2 prompts" in md and "- **tok/call**: new tokens / target" in md
+    page = (out / "report.html").read_text()
+    assert page.count("<details>") == 2 and "&lt;Point&gt;" in page  # outputs collapsed, escaped
+    assert "<dt>gen_ppl</dt>" in page and "total time" in page and "class='warn'>Only 2 prompts" in page
+    assert "<td>options</td><td>lookup:max_draft=3</td>" in page and "<td>model</td><td>" + str(tiny) in page
+    assert '&quot;' not in page.split("<h2>Settings</h2>")[1]
+
+
+@pytest.mark.parametrize("text,suffix,message", [
+    ("", ".txt", "holds no prompts"),
+    ("not json\n", ".jsonl", "mine.jsonl:1: not JSON"),
+    ('{"text": "x"}\n', ".jsonl", 'needs a "prompt" string'),
+    ('{"id": 1, "prompt": "a"}\n{"id": 1, "prompt": "b"}\n', ".jsonl", "ids must be unique"),
+])
+def test_prompt_file_errors(tmp_path, text, suffix, message):
+    from paragen.errors import InvalidInputError
+    from paragen.tasks import get_task
+
+    path = tmp_path / f"mine{suffix}"
+    path.write_text(text)
+    with pytest.raises(InvalidInputError, match=message):
+        get_task(f"file:{path}")
+    with pytest.raises(InvalidInputError, match="cannot read prompts"):
+        get_task(f"file:{tmp_path / 'missing.txt'}")
+
+
+def test_prompt_file_txt_is_one_prompt_per_line(tmp_path):
+    from paragen.tasks import get_task
+
+    path = tmp_path / "p.txt"
+    path.write_text("def f(x):\n\n   \nimport os  \n")
+    assert [(t.id, t.prompt) for t in get_task(f"file:{path}")] == [("p.txt/1", "def f(x):"), ("p.txt/4", "import os")]
+
+
+def test_caveats_flag_few_prompts_and_wide_intervals(records):
+    from paragen.bench.metrics import summarize
+    from paragen.bench.report import caveats
+
+    summary = summarize(records, {"ar": True, "fast": True, "rough": False, "buggy": True}, set(), True, 0)
+    few = caveats({"tasks": [{}] * 3}, summary)
+    assert few[0].startswith("Only 3 prompts")
+    # rough's per-prompt ratios are 4 and 1: its interval is wide; fast's is [2, 2]
+    assert "Wide speedup intervals" in few[1] and "rough [" in few[1] and "fast" not in few[1]
+    assert not caveats({"tasks": [{}] * 40}, {"fast": summary["fast"]})

@@ -34,6 +34,10 @@ def test_tiny_training_lowers_heldout_loss(tmp_path):
         assert key in saved
     model = paragen.load(tmp_path / "m")
     assert model.tokenizer.mask_id is not None and model.info.eos_ids == (model.tokenizer.eos_id,)
+    (tmp_path / "plain").mkdir()  # the modes the user's umask gives: the model directory follows it
+    plain = (tmp_path / "plain").stat().st_mode & 0o777
+    assert (tmp_path / "m").stat().st_mode & 0o777 == plain
+    assert {f.stat().st_mode & 0o777 for f in (tmp_path / "m").iterdir()} == {plain & 0o666}
 
 
 def test_resume_continues_to_the_same_result(tmp_path):
@@ -63,3 +67,87 @@ def test_transformers_loads_shipped_models(name):
         ref = hf(torch.tensor([ids])).logits[0]
         ours = native(torch.tensor([ids]), torch.arange(len(ids))[None])[0]
     torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_config_refuses_what_would_silently_differ():
+    from paragen.errors import InvalidInputError
+
+    with pytest.raises(InvalidInputError, match="precision must be one of bf16, fp32"):
+        TrainConfig(precision="fp16")  # fp16 once trained in fp32 without a word
+    with pytest.raises(InvalidInputError, match="leave it out for no time budget"):
+        TrainConfig(minutes=0)  # 0 once meant "no budget"
+
+
+def test_cli_rejects_fp16_and_zero_minutes(tmp_path, capsys):
+    from paragen.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["train", "lm", "--out", str(tmp_path / "m"), "--precision", "fp16"])
+    assert done.value.code == 2 and "invalid choice: 'fp16'" in capsys.readouterr().err
+    assert main(["train", "lm", "--out", str(tmp_path / "m"), "--minutes", "0"]) == 2
+    assert "minutes must be > 0" in capsys.readouterr().err
+
+
+def test_train_help_comes_from_the_config(capsys):
+    from paragen.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["train", "lm", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "held-out evaluation every N steps (default: 200)" in out and "{bf16,fp32}" in out
+
+
+def test_says_what_it_reads_and_times_the_bar_by_the_budget(tmp_path, capsys):
+    cfg = TrainConfig(out=str(tmp_path / "m"), steps=100000, minutes=0.05, **TINY)  # a 3-second budget
+    rec = train_lm(cfg, progress=True)
+    err = capsys.readouterr().err
+    assert "paragen train: reading 30 training and 3 held-out files" in err and "training tokens" in err
+    assert "/3 [" in err and "/100000 [" not in err  # the bar's total: 3 s of budget, not 100000 steps
+    assert f"step={rec['steps']}/100000" in err
+    assert rec["steps"] < 100000
+
+
+def test_ctrl_c_says_how_to_resume_and_keeps_the_checkpoint(tmp_path, capsys, monkeypatch):
+    import paragen.train.lm as lm
+    from paragen.cli import main
+
+    calls = []
+    real = lm.lm_loss
+
+    def interrupt_at_step_15(model, batch, precision):
+        calls.append(1)
+        if len(calls) == 15:
+            raise KeyboardInterrupt
+        return real(model, batch, precision)
+
+    monkeypatch.setattr(lm, "lm_loss", interrupt_at_step_15)
+    args = ["train", "lm", "--out", str(tmp_path / "m"), "--steps", "20", "--quiet", "--max-files", "30", "--seq-len",
+            "64", "--batch-size", "8", "--vocab-size", "300", "--precision", "fp32", "--checkpoint-every", "10"]
+    assert main(args) == 130
+    err = capsys.readouterr().err
+    assert "paragen: interrupted; the last checkpoint is" in err and "--resume`" in err
+    checkpoint = torch.load(tmp_path / ".m.work" / "checkpoint.pt", weights_only=False)
+    assert checkpoint["progress"]["step"] == 10  # the last one written, untouched by the interrupt
+    assert not (tmp_path / "m").exists()
+
+
+def test_saved_files_follow_the_umask(tmp_path, model_dir):
+    import os
+    import shutil
+    import stat
+
+    from paragen.train.loop import follow_umask
+
+    for umask, want_dir, want_file in ((0o022, 0o755, 0o644), (0o077, 0o700, 0o600)):
+        old = os.umask(umask)
+        try:
+            out = tmp_path / f"m{umask:o}"
+            shutil.copytree(model_dir, out)
+            os.chmod(out, 0o700)
+            os.chmod(out / "model.safetensors", 0o600)  # what save_model's mkdtemp and safetensors give
+            follow_umask(out)
+        finally:
+            os.umask(old)
+        assert stat.S_IMODE(out.stat().st_mode) == want_dir
+        assert {stat.S_IMODE(f.stat().st_mode) for f in out.iterdir()} == {want_file}
+        assert not list(tmp_path.glob(".*umask-probe"))

@@ -159,6 +159,14 @@ def test_init_from_an_ar_model(tok_dir, tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), ref.state_dict().values()))
 
 
+def test_init_accepts_a_builtin_name(tmp_path):
+    cfg = config(None, tmp_path / "d", init="code-draft", steps=0, eval_windows=2, max_files=3)
+    train_diffusion(cfg, progress=False)  # once: "code-draft" is not a directory
+    model, ref = paragen.load(tmp_path / "d"), paragen.load("code-draft")
+    assert model.info.attention == "bidirectional"
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), ref.state_dict().values()))
+
+
 def test_config_errors():
     with pytest.raises(ValueError, match="block_causal"):
         DiffusionTrainConfig(block_size=8)

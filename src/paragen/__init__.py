@@ -1,9 +1,30 @@
-"""paragen: fast parallel decoding of generative sequence models behind one API."""
+"""paragen: fast parallel decoding of generative sequence models behind one API.
 
-from paragen.api import generate, load, stream
-from paragen.driver import Generation, Stats
+The public names are imported on first use (PEP 562), so ``import paragen.cli`` does not
+load torch: the command line is inside its own error handling before torch loads, and an
+interrupt during the slow imports ends with one line, not a traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from paragen.errors import ParagenError
-from paragen.strategies import STRATEGIES
 
-__all__ = ["STRATEGIES", "Generation", "ParagenError", "Stats", "generate", "load", "stream"]
+if TYPE_CHECKING:
+    from paragen.api import Stream, generate, load, stream
+    from paragen.driver import Generation, Stats
+    from paragen.strategies import STRATEGIES
+
+__all__ = ["STRATEGIES", "Generation", "ParagenError", "Stats", "Stream", "generate", "load", "stream"]
 __version__ = "0.1.0"
+
+_HOME = {"generate": "paragen.api", "load": "paragen.api", "stream": "paragen.api", "Stream": "paragen.api",
+         "Generation": "paragen.driver", "Stats": "paragen.driver", "STRATEGIES": "paragen.strategies"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HOME:
+        return getattr(importlib.import_module(_HOME[name]), name)
+    raise AttributeError(f"module 'paragen' has no attribute '{name}'")

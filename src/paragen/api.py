@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import numbers
 import random
-from collections.abc import Iterator, Sequence
+import typing
+from collections.abc import Generator, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -21,28 +23,81 @@ from paragen.models import load
 from paragen.models.base import Model
 from paragen.sampling import SamplingParams
 from paragen.strategies import get_strategy
-from paragen.strategies.base import CountedModel, DecodeContext, Strategy
+from paragen.strategies.base import MAX_CALL_TOKENS, CountedModel, DecodeContext, Strategy
 
-__all__ = ["Generation", "generate", "load", "make_options", "stream"]
+__all__ = ["DEFAULT_THREADS", "Generation", "Stream", "generate", "load", "make_options", "stream", "torch_threads"]
+
+# torch CPU threads for `paragen generate` and `paragen bench` unless --threads says otherwise.
+# Measured with scripts/threads.sh on a 2-core machine under load (load average 6-7, training
+# jobs running): code-target ar 114-199 tok/s on 1 thread against 4-8 tok/s on 2; lookahead
+# 75-125 against 5-7. Batch-1 decoding of small models has little work to split per token, and
+# a thread that waits for a busy core stalls every step. (Quiet-machine numbers: TODO lead.)
+DEFAULT_THREADS = 1
 
 
-def make_options(cls: type[Strategy], options: dict[str, Any]) -> Any:
-    """Build a strategy's frozen options; strings (from the CLI) are converted by field type."""
+# Spellings a boolean option accepts from the CLI (case-insensitive); anything else is an error,
+# so a typo like "ture" never turns into a silent False.
+BOOLEAN_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
+def _convert(strategy: str, key: str, kind: type, value: Any) -> Any:
+    """``value`` as a ``kind`` (bool, int, float or str), from a Python value or a CLI string.
+
+    Strict: an int option refuses 2.7 and "2.7", a bool option refuses 2 and "ture".
+    """
+    what = {bool: "a boolean (true/false, 1/0, yes/no)", int: "an integer", float: "a number",
+            str: "a string"}.get(kind, kind.__name__)
+    bad = UnsupportedOptionError(f"{strategy}: option {key} needs {what}, got {value!r}")
+    if isinstance(value, str) and kind is not str:
+        text = value.strip()
+        if kind is bool:
+            if text.lower() not in BOOLEAN_WORDS:
+                raise bad
+            return BOOLEAN_WORDS[text.lower()]
+        try:
+            return kind(text)
+        except ValueError:
+            raise bad from None
+    if kind is bool:
+        ok = isinstance(value, bool)
+    elif kind is int:
+        ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    elif kind is float:
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, kind)
+    if not ok:
+        raise bad
+    return kind(value)
+
+
+def make_options(cls: type, options: dict[str, Any]) -> Any:
+    """Build a strategy's (or a bench peer's) frozen options from keyword values or CLI strings.
+
+    Each value is checked against its field's type (see ``_convert``); the options
+    dataclass's own ``__post_init__`` then checks ranges.
+    """
     fields = {f.name: f for f in dataclasses.fields(cls.Options)}
     unknown = sorted(set(options) - set(fields))
     if unknown:
         valid = ", ".join(fields) or "none"
         raise UnsupportedOptionError(f"strategy '{cls.name}' has no option {', '.join(unknown)} (its options: {valid})")
-    converted = {}
-    for key, value in options.items():
-        kind = type(fields[key].default)
-        if isinstance(value, str) and kind is not str:
-            try:
-                value = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
-            except ValueError:
-                raise UnsupportedOptionError(f"{cls.name}: option {key} needs a {kind.__name__}, got '{value}'") from None
-        converted[key] = value
-    return cls.Options(**converted)
+    hints = typing.get_type_hints(cls.Options)
+    return cls.Options(**{key: _convert(cls.name, key, hints[key], value) for key, value in options.items()})
+
+
+def _check_call_size(cls: type[Strategy], opts: Any, model: Model) -> None:
+    """Refuse options whose model calls would not fit the context or ``MAX_CALL_TOKENS``
+    (a huge lookahead window would otherwise run for minutes on gigabytes)."""
+    n = cls.call_tokens(opts)
+    limit, what = min((model.info.max_length, "the model context"), (MAX_CALL_TOKENS, "paragen's cap MAX_CALL_TOKENS"))
+    if n > limit:
+        hints = typing.get_type_hints(type(opts))
+        names = ", ".join(f.name for f in dataclasses.fields(opts) if hints[f.name] is int) or "its options"
+        raise UnsupportedOptionError(
+            f"strategy '{cls.name}' with these options feeds {n} tokens per model call, more than {limit} "
+            f"({what}): use smaller values of {names}"
+        )
 
 
 def _prompt_ids(model: Model, prompt: str | Sequence[int]) -> list[int]:
@@ -92,6 +147,41 @@ def _check_draft(cls: type[Strategy], target: Model, draft: Model | None) -> Non
         )
 
 
+class Stream:
+    """The committed text pieces of one generation, and its ``Generation`` once exhausted.
+
+    Iterate it for the text; afterwards ``.generation`` holds the tokens, text and stats
+    (``None`` before the end). ``next()`` also ends with ``StopIteration`` whose ``value``
+    is the Generation, as a generator's return value would be.
+    """
+
+    def __init__(self, pieces: Generator[str, None, Generation]) -> None:
+        self._pieces = pieces
+        self.generation: Generation | None = None
+
+    def __iter__(self) -> Stream:
+        return self
+
+    def __next__(self) -> str:
+        try:
+            return next(self._pieces)
+        except StopIteration as done:
+            self.generation = done.value
+            raise StopIteration(done.value) from None
+
+
+def _check_sampling(temperature: Any, top_k: Any, top_p: Any) -> SamplingParams:
+    """SamplingParams, after type checks that name the wrong type (a string "0.5" is not 0.5)."""
+    for name, value, kinds in (("temperature", temperature, numbers.Real), ("top_k", top_k, numbers.Integral),
+                               ("top_p", top_p, numbers.Real)):
+        if value is None and name != "temperature":
+            continue
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            need = "an integer" if kinds is numbers.Integral else "a number"
+            raise InvalidInputError(f"{name} must be {need}, got {type(value).__name__} {value!r}")
+    return SamplingParams(float(temperature), top_k, None if top_p is None else float(top_p))
+
+
 def stream(
     model: Model,
     prompt: str | Sequence[int],
@@ -104,20 +194,23 @@ def stream(
     stop: str | Sequence[str] | None = None,
     draft: Model | None = None,
     **options: Any,
-) -> Iterator[str]:
-    """Yield committed text pieces as they are decoded; the generator returns the Generation.
+) -> Stream:
+    """Decode lazily: returns a ``Stream`` yielding committed text pieces as they are decoded,
+    whose ``.generation`` holds the ``Generation`` (tokens, text, stats) once it is exhausted.
 
-    Batch size is one: a list of prompts is not accepted (call once per prompt).
+    Every argument is checked here, before the first token. Batch size is one: a list of
+    prompts is not accepted (call once per prompt).
     """
     cls = get_strategy(strategy)
     opts = make_options(cls, options)
-    sampling = SamplingParams(temperature, top_k, top_p)
+    sampling = _check_sampling(temperature, top_k, top_p)
     if not sampling.greedy and not cls.supports_sampling:
         raise UnsupportedOptionError(f"strategy '{cls.name}' is greedy-only: use temperature=0 or another strategy")
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise InvalidInputError(f"max_new_tokens must be a positive integer, got {max_new_tokens}")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise InvalidInputError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
     _check_model(cls, model)
     _check_draft(cls, model, draft)
+    _check_call_size(cls, opts, model)
     ids = _prompt_ids(model, prompt)
     limit = model.info.max_length if draft is None else min(model.info.max_length, draft.info.max_length)
     if len(ids) + max_new_tokens > limit:
@@ -128,9 +221,11 @@ def stream(
     stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
     if stops and model.tokenizer is None:
         raise InvalidInputError("stop strings need a model with a tokenizer")
-    if any(not s for s in stops):
-        raise InvalidInputError("stop strings must be non-empty")
-    generator = torch.Generator().manual_seed(seed if seed is not None else random.randrange(2**63))
+    if any(not isinstance(s, str) or not s for s in stops):
+        raise InvalidInputError("stop strings must be non-empty strings")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
+        raise InvalidInputError(f"seed must be an integer or None, got {seed!r}")
+    generator = torch.Generator().manual_seed(int(seed) if seed is not None else random.randrange(2**63))
     ctx = DecodeContext(
         target=CountedModel(model),
         draft=CountedModel(draft) if draft is not None else None,
@@ -138,9 +233,13 @@ def stream(
         generator=generator,
         cache_length=len(ids) + max_new_tokens + cls.slack(opts),
     )
-    with torch.inference_mode():
-        gen = yield from decode(cls(ctx, opts), ctx, ids, max_new_tokens, model.tokenizer, model.info.eos_ids, stops)
-    return gen
+
+    def pieces() -> Generator[str, None, Generation]:
+        with torch.inference_mode():
+            return (yield from decode(cls(ctx, opts), ctx, ids, max_new_tokens, model.tokenizer,
+                                      model.info.eos_ids, stops))
+
+    return Stream(pieces())
 
 
 def generate(model: Model, prompt: str | Sequence[int], strategy: str = "ar", **kwargs: Any) -> Generation:
@@ -149,8 +248,23 @@ def generate(model: Model, prompt: str | Sequence[int], strategy: str = "ar", **
     Returns ``Generation(tokens, text, stats)`` with the new tokens only.
     """
     it = stream(model, prompt, strategy, **kwargs)
-    while True:
-        try:
-            next(it)
-        except StopIteration as done:
-            return done.value
+    for _ in it:
+        pass
+    return it.generation
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with ``n`` torch CPU threads, then restore the previous count.
+
+    torch's thread count is process-wide, so commands set it for their own duration only
+    (``paragen generate`` / ``bench`` ``--threads``; default ``DEFAULT_THREADS``).
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise InvalidInputError(f"threads must be an integer >= 1, got {n!r}")
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -3,24 +3,41 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from typing import Any
 
 from paragen.errors import ParagenError
 
 
+def options_help(cls: type, indent: str = "      ") -> list[str]:
+    """One line per field of ``cls.Options``: ``name=default  help`` (the help lives in the
+    field's metadata, the one place an option is described)."""
+    rows = [(f"{f.name}={f.default}", f.metadata.get("help", "")) for f in dataclasses.fields(cls.Options)]
+    if not rows:
+        return [f"{indent}(no options)"]
+    width = max(len(a) for a, _ in rows)
+    return [f"{indent}{a:<{width}}  {h}".rstrip() for a, h in rows]
+
+
 def strategy_help() -> str:
+    """The strategies and their options, for ``--help`` epilogs."""
     from paragen.strategies import STRATEGIES
 
     lines = []
     for name, cls in STRATEGIES.items():
-        opts = ", ".join(f"{f.name}={f.default}" for f in dataclasses.fields(cls.Options)) or "no options"
-        lines.append(f"  {name:<12} {cls.summary} [{opts}]")
-    return "strategies and their options (-o KEY=VALUE):\n" + "\n".join(lines)
+        lines.append(f"  {name:<16}{cls.summary}")
+        lines += options_help(cls)
+    return "strategies and their options (-o KEY=VALUE; booleans: true/false, 1/0, yes/no):\n" + "\n".join(lines)
 
 
 def add_generate_parser(sub: argparse._SubParsersAction) -> None:
+    from paragen.api import DEFAULT_THREADS
     from paragen.models import DTYPES
 
     p = sub.add_parser(
@@ -28,7 +45,7 @@ def add_generate_parser(sub: argparse._SubParsersAction) -> None:
         description="Continue PROMPT with a model and a decoding strategy; print the text (or JSON with stats).",
         epilog=strategy_help(), formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("prompt", help="prompt text, or - to read it from standard input")
+    p.add_argument("prompt", help="prompt text, or - to read it (UTF-8) from standard input")
     p.add_argument("--model", default="code-target",
                    help="built-in model name or Hugging Face model directory (default: code-target)")
     p.add_argument("--backend", choices=["native", "hf"], default="native",
@@ -39,52 +56,89 @@ def add_generate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--draft", default=None, help="draft model name or directory (for speculative)")
     p.add_argument("--max-new-tokens", type=int, default=128, help="tokens to generate at most (default: 128)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
-    p.add_argument("--top-k", type=int, default=None, help="sample from the k most likely tokens only")
-    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass in (0, 1]")
-    p.add_argument("--seed", type=int, default=None, help="random seed for sampling (reproducible runs)")
+    p.add_argument("--top-k", type=int, default=None,
+                   help="sample from the k most likely tokens only (no effect when greedy: a note says so)")
+    p.add_argument("--top-p", type=float, default=None,
+                   help="nucleus sampling mass in (0, 1] (no effect when greedy: a note says so)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="random seed for sampling (reproducible runs; no effect when greedy: a note says so)")
     p.add_argument("--stop", action="append", default=None, help="stop before this string (repeatable)")
     p.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE", help="strategy option (repeatable)")
-    p.add_argument("--stream", action="store_true", help="print text as it is committed")
-    p.add_argument("--json", action="store_true", help="print one JSON object: text, tokens (new only), stats")
+    p.add_argument("--threads", type=int, default=DEFAULT_THREADS,
+                   help=f"torch CPU threads for this command (default: {DEFAULT_THREADS}; more rarely helps "
+                   "batch-1 decoding of small models, and hurts badly on a busy machine)")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--stream", action="store_true",
+                     help="print text as it is committed, then a statistics line on stderr")
+    out.add_argument("--json", action="store_true",
+                     help="print one JSON object at the end: text, tokens (new only), stats (not with --stream)")
+    p.add_argument("--stats", action="store_true", help="print a statistics line on stderr after the text")
+
+
+def read_stdin() -> str:
+    """Standard input as UTF-8 text; one clear error for other bytes."""
+    raw = getattr(sys.stdin, "buffer", None)
+    if raw is None:  # a text stream without bytes underneath (e.g. io.StringIO)
+        return sys.stdin.read()
+    data = raw.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        from paragen.errors import InvalidInputError
+
+        raise InvalidInputError(f"standard input is not UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start}): "
+                                "convert it first, e.g. iconv -f LATIN1 -t UTF-8") from None
+
+
+def stats_line(gen: Any) -> str:
+    """One line of statistics for stderr."""
+    s = gen.stats
+    return (f"[{s.strategy}: {s.new_tokens} tokens, {s.target_calls} target calls, "
+            f"{s.tokens_per_call:.2f} tokens/call, {s.seconds:.2f} s, {s.tokens_per_second:.1f} tok/s, "
+            f"finish: {s.finish_reason}]")
 
 
 def run_generate(args: argparse.Namespace) -> int:
     import paragen
+    from paragen.api import torch_threads
     from paragen.errors import InvalidInputError
     from paragen.models import DTYPES
+    from paragen.quiet import quiet_transformers
+    from paragen.strategies import get_strategy
 
-    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    prompt = read_stdin() if args.prompt == "-" else args.prompt
     options = {}
     for item in args.option:
         key, sep, value = item.partition("=")
         if not sep:
             raise InvalidInputError(f"strategy option '{item}' must look like KEY=VALUE")
         options[key.replace("-", "_")] = value
+    # Greedy: top-k/top-p change nothing, and neither does the seed for a lossless strategy
+    # (its output is argmax decoding's); a lossy one may draw noise (diffusion's random ordering).
+    lossless = get_strategy(args.strategy).lossless
+    ignored = [flag for flag, value in (("--top-k", args.top_k), ("--top-p", args.top_p),
+                                        ("--seed", args.seed if lossless else None)) if value is not None]
+    if args.temperature == 0 and ignored:
+        print(f"paragen: note: {', '.join(ignored)} {'has' if len(ignored) == 1 else 'have'} no effect with "
+              "--temperature 0 (greedy decoding is deterministic)", file=sys.stderr)
     dtype = DTYPES[args.dtype]
-    model = paragen.load(args.model, backend=args.backend, dtype=dtype)
-    draft = paragen.load(args.draft, backend=args.backend, dtype=dtype) if args.draft else None
-    kwargs = dict(
-        strategy=args.strategy, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-        top_k=args.top_k, top_p=args.top_p, seed=args.seed, stop=args.stop, draft=draft, **options,
-    )
-    if args.stream and not args.json:
-        it = paragen.stream(model, prompt, **kwargs)
-        while True:
-            try:
-                print(next(it), end="", flush=True)
-            except StopIteration as done:
-                gen = done.value
-                break
-        print()
-        s = gen.stats
-        print(f"[{s.strategy}: {s.new_tokens} tokens, {s.target_calls} target calls, "
-              f"{s.tokens_per_call:.2f} tokens/call, {s.tokens_per_second:.1f} tok/s]", file=sys.stderr)
-        return 0
-    gen = paragen.generate(model, prompt, **kwargs)
+    with torch_threads(args.threads):
+        with quiet_transformers() if args.backend == "hf" else contextlib.nullcontext():
+            model = paragen.load(args.model, backend=args.backend, dtype=dtype)
+            draft = paragen.load(args.draft, backend=args.backend, dtype=dtype) if args.draft else None
+        it = paragen.stream(model, prompt, strategy=args.strategy, max_new_tokens=args.max_new_tokens,
+                            temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                            stop=args.stop, draft=draft, **options)
+        for piece in it:
+            if args.stream:
+                print(piece, end="", flush=True)
+    gen = it.generation
     if args.json:
         print(json.dumps(gen.to_dict()))
     else:
-        print(gen.text)
+        print("" if args.stream else gen.text)
+    if args.stream or args.stats:
+        print(stats_line(gen), file=sys.stderr)
     return 0
 
 
@@ -106,10 +160,12 @@ def run_models(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from paragen import __version__
     from paragen.bench.cli import add_bench_parser
     from paragen.train.cli import add_train_parser
 
     p = argparse.ArgumentParser(prog="paragen", description="Fast parallel decoding of generative sequence models.")
+    p.add_argument("--version", action="version", version=f"paragen {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_generate_parser(sub)
     sub.add_parser("models", help="list the built-in models", description="List the built-in models and their training results.")
@@ -118,28 +174,61 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+@contextlib.contextmanager
+def interrupts_held() -> Iterator[None]:
+    """Hold Ctrl-C until the block ends, then raise it as KeyboardInterrupt.
+
+    An interrupt that lands inside an extension module's initialisation (torch's, while
+    ``build_parser`` imports it) can abort the interpreter from C++ instead of raising
+    KeyboardInterrupt; held for the second or two of imports, it ends the command cleanly.
+    The previous handler is restored on the way out; off the main thread (where signals
+    cannot be handled) this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
     try:
-        if args.command == "generate":
-            return run_generate(args)
-        if args.command == "models":
-            return run_models(args)
-        if args.command == "train":
-            from paragen.train.cli import run_train
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
 
-            return run_train(args)
-        if args.command == "bench":
-            from paragen.bench.cli import run_bench
 
-            return run_bench(args)
+def run(argv: list[str] | None) -> int:
+    with interrupts_held():
+        parser = build_parser()  # imports torch, numpy, tokenizers
+    args = parser.parse_args(argv)
+    if args.command == "generate":
+        return run_generate(args)
+    if args.command == "models":
+        return run_models(args)
+    if args.command == "train":
+        from paragen.train.cli import run_train
+
+        return run_train(args)
+    from paragen.bench.cli import run_bench
+
+    return run_bench(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The ``paragen`` command: 0 on success, 2 with one line on bad input, 130 on Ctrl-C.
+
+    Everything heavy (torch, transformers) is imported inside, so an interrupt while
+    starting up is caught here too.
+    """
+    try:
+        return run(argv)
     except (ParagenError, FileNotFoundError) as e:
         print(f"paragen: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        sys.stdout.flush()
         print("paragen: interrupted", file=sys.stderr)
         return 130
-    return 0
 
 
 if __name__ == "__main__":

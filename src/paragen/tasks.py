@@ -6,6 +6,7 @@
   first body line). The model continues the function body.
 - ``repeat``: copy-heavy prompts: a function, then the header of the next sibling function
   that closely resembles it, so a good continuation largely copies the first body.
+- ``file:PATH``: a user's prompts, JSON Lines or one per line (``from_file``).
 
 Every set is a pure function of its inputs (the data file, or the held-out file list and
 their contents): same interpreter, same prompts, same order.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import json
 import re
 import warnings
 from collections.abc import Callable, Iterator
@@ -23,7 +25,7 @@ from pathlib import Path
 
 from paragen.errors import InvalidInputError
 
-__all__ = ["TASKS", "Task", "get_task", "humaneval", "repeat", "stdlib"]
+__all__ = ["TASKS", "Task", "from_file", "get_task", "humaneval", "repeat", "stdlib"]
 
 
 @dataclass(frozen=True)
@@ -245,8 +247,47 @@ def repeat(
 TASKS: dict[str, Callable[[], list[Task]]] = {"humaneval": humaneval, "stdlib": stdlib, "repeat": repeat}
 
 
+def from_file(path: str | Path) -> list[Task]:
+    """A user's prompts: JSON Lines (``.jsonl``: one object per line with a ``"prompt"``
+    string, and optionally an ``"id"`` or ``"task_id"``), or any other file as plain text
+    with one prompt per line (blank lines skipped; use JSON Lines for multi-line prompts).
+    Ids default to ``NAME/LINE``."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise InvalidInputError(f"cannot read prompts from {path}: {e}") from None
+    tasks = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{n}"
+        if path.suffix == ".jsonl":
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InvalidInputError(f"{where}: not JSON ({e.msg}): a .jsonl file holds one object per line") from None
+            if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
+                raise InvalidInputError(f'{where}: each line needs a "prompt" string, e.g. {{"prompt": "def f(x):"}}')
+            task_id, prompt = str(row.get("id", row.get("task_id", f"{path.name}/{n}"))), row["prompt"]
+        else:
+            task_id, prompt = f"{path.name}/{n}", line
+        if not prompt.strip():
+            raise InvalidInputError(f"{where}: the prompt is empty")
+        tasks.append(Task(task_id, prompt))
+    if not tasks:
+        raise InvalidInputError(f"{path} holds no prompts")
+    ids = [t.id for t in tasks]
+    repeated = sorted({i for i in ids if ids.count(i) > 1})
+    if repeated:
+        raise InvalidInputError(f"{path}: prompt ids must be unique (repeated: {', '.join(repeated[:3])})")
+    return tasks
+
+
 def get_task(name: str) -> list[Task]:
-    """The task set called ``name``; InvalidInputError on an unknown name."""
+    """The task set called ``name``, or ``file:PATH`` (``from_file``); InvalidInputError on an unknown name."""
+    if name.startswith("file:"):
+        return from_file(name.removeprefix("file:"))
     if name not in TASKS:
-        raise InvalidInputError(f"unknown task '{name}': choose one of {', '.join(TASKS)}")
+        raise InvalidInputError(f"unknown task '{name}': choose one of {', '.join(TASKS)}, or file:PATH")
     return TASKS[name]()

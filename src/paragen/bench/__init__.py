@@ -10,7 +10,8 @@ Modules: ``run`` (the protocol), ``metrics`` (pure metric functions), ``peers``
 - ``config``: the run's settings: ``strategies`` (as given), ``task``, ``limit``,
   ``max_new_tokens``, ``temperature``, ``seed``, ``model``, ``draft``, ``backend``,
   ``options`` (list of ``[strategy, key, value]``), ``models`` (list of ``[strategy,
-  model]``: strategies run on their own target), ``resamples`` (bootstrap).
+  model]``: strategies run on their own target), ``resamples`` (bootstrap), ``threads``
+  (torch CPU threads the run used; also ``environment.torch_threads``).
 - ``environment``: ``paragen``, ``python``, ``torch``, ``transformers``, ``numpy``
   versions; ``platform``, ``cpu``, ``cpu_count``, ``torch_threads``, ``cuda``;
   ``git_commit`` (``-dirty`` suffix with local changes; null outside git); ``command``
@@ -31,4 +32,8 @@ Modules: ``run`` (the protocol), ``metrics`` (pure metric functions), ``peers``
   non_exact: [task ids], agree, gen_ppl, ast_ok, loops, committed_per_call, flagged}``;
   definitions in ``paragen.bench.metrics.summarize_strategy``. ``flagged`` marks a
   lossless strategy that differed from ``ar`` under greedy decoding.
+- ``seconds``: the whole run's wall time (loading, warm-up, timed runs, scoring).
+
+Beside it, ``bench.md`` (the table, caveats and metric definitions) and ``report.html``
+(the same, plus plots and every prompt's outputs, collapsed).
 """

@@ -1,17 +1,17 @@
 """``paragen bench``: measure strategies and transformers peers against ``ar`` on a task set.
 
-Writes ``OUT/bench.json`` and ``OUT/report.html`` and prints a Markdown table.
+Writes ``OUT/bench.json``, ``OUT/bench.md`` and ``OUT/report.html`` and prints a Markdown table.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import shlex
 import sys
 
 from paragen.bench.run import BenchConfig, parse_model_for, parse_option
 from paragen.models import DTYPES
+from paragen.tasks import TASKS
 
 DEFAULTS = BenchConfig()
 # Everything that runs on a causal target (and a draft) today; "all" also picks up new strategies.
@@ -20,16 +20,15 @@ DEFAULT_STRATEGIES = "ar,speculative,lookup,jacobi,lookahead,hf-greedy,hf-assist
 
 def _epilog() -> str:
     from paragen.bench.peers import PEERS
-    from paragen.cli import strategy_help
-    from paragen.tasks import TASKS
+    from paragen.cli import options_help, strategy_help
 
     peers = []
     for name, cls in PEERS.items():
-        opts = ", ".join(f"{f.name}={f.default}" for f in dataclasses.fields(cls.Options)) or "no options"
-        peers.append(f"  {name:<12} {cls.summary} [{opts}]")
-    return (strategy_help().replace("(-o KEY=VALUE)", "(--option STRATEGY:KEY=VALUE)")
+        peers.append(f"  {name:<16}{cls.summary}")
+        peers += options_help(cls)
+    return (strategy_help().replace("(-o KEY=VALUE;", "(--option STRATEGY:KEY=VALUE;")
             + "\ntransformers peers (same weights):\n" + "\n".join(peers)
-            + f"\n\ntasks: {', '.join(TASKS)}. ar always runs: it is the reference.")
+            + f"\n\ntasks: {', '.join(TASKS)}, file:PATH. ar always runs: it is the reference.")
 
 
 def add_bench_parser(sub: argparse._SubParsersAction) -> None:
@@ -37,12 +36,14 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "bench", help="benchmark strategies against ar (speedup, tokens per call, quality)",
         description="Run every strategy and ar on each prompt of a task set, interleaved, after a warm-up; "
-        "write OUT/bench.json and OUT/report.html and print a table.",
+        "write OUT/bench.json, OUT/bench.md and OUT/report.html and print a table.",
         epilog=_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--strategies", default=DEFAULT_STRATEGIES,
                    help=f"comma-separated strategies and peers, or all (default: {DEFAULT_STRATEGIES})")
-    p.add_argument("--task", default=DEFAULTS.task, help=f"task set (default: {DEFAULTS.task})")
+    p.add_argument("--task", default=DEFAULTS.task,
+                   help=f"task set: {', '.join(TASKS)}, or file:PATH for your own prompts (JSON Lines with a "
+                   f"\"prompt\" field per line if PATH ends in .jsonl, else one prompt per line; default: {DEFAULTS.task})")
     p.add_argument("--limit", type=int, default=None, help="first N prompts only (default: all)")
     p.add_argument("--max-new-tokens", type=int, default=DEFAULTS.max_new_tokens,
                    help=f"tokens per prompt at most (default: {DEFAULTS.max_new_tokens})")
@@ -62,8 +63,8 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model-for", action="append", default=[], metavar="STRATEGY=MODEL",
                    help="run STRATEGY on its own target, e.g. diffusion=code-diffusion (repeatable); "
                    "ar, the peers and gen_ppl stay on --model")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads for this run (default: torch's own choice)")
+    p.add_argument("--threads", type=int, default=DEFAULTS.threads,
+                   help=f"torch CPU threads for this run, recorded in the report (default: {DEFAULTS.threads})")
     p.add_argument("--out", required=True, help="output directory (created if missing)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -75,35 +76,26 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         task=args.task, limit=args.limit, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
         seed=args.seed, model=args.model, draft=args.draft, backend=args.backend, dtype=args.dtype,
         options=tuple(parse_option(o) for o in args.option),
-        models=tuple(parse_model_for(m) for m in args.model_for),
+        models=tuple(parse_model_for(m) for m in args.model_for), threads=args.threads,
     )
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    """Run the benchmark, write bench.json and report.html atomically, print the table."""
+    """Run the benchmark, write bench.json, bench.md and report.html atomically, print the table."""
     from pathlib import Path
 
-    import torch
-
-    from paragen.bench.report import bench_json, html_report, markdown_table, write_atomic
+    from paragen.bench.report import bench_json, bench_markdown, html_report, markdown_table, write_atomic
     from paragen.bench.run import run
-    from paragen.errors import InvalidInputError
 
     config = config_from_args(args)
-    if args.threads is not None and args.threads < 1:
-        raise InvalidInputError(f"--threads must be >= 1, got {args.threads}")
-    threads = torch.get_num_threads()
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)  # process-wide in torch: restored below
-    try:
-        result = run(config, progress=not args.no_progress, argv=["paragen", *sys.argv[1:]])
-    finally:
-        torch.set_num_threads(threads)
+    result = run(config, progress=not args.no_progress, argv=["paragen", *sys.argv[1:]])
     out = Path(args.out)
     bench = result.to_dict()
     write_atomic(out / "bench.json", bench_json(bench))
+    write_atomic(out / "bench.md", bench_markdown(bench, result.summary))
     write_atomic(out / "report.html", html_report(bench, result.summary))
     print(markdown_table(result.summary))
-    print(f"wrote {out / 'bench.json'} and {out / 'report.html'}  ({shlex.join(bench['environment']['command'])})",
+    print(f"wrote {out / 'bench.json'}, bench.md and report.html in {result.seconds:.0f} s on "
+          f"{bench['environment']['torch_threads']} thread(s)  ({shlex.join(bench['environment']['command'])})",
           file=sys.stderr)
     return 0

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -31,17 +31,19 @@ class HFGreedyOptions:
 class HFAssistedOptions:
     """transformers' own defaults for an assistant model (its GenerationConfig)."""
 
-    num_assistant_tokens: int = 20
-    num_assistant_tokens_schedule: str = "constant"
-    assistant_confidence_threshold: float = 0.4
+    num_assistant_tokens: int = field(default=20, metadata={"help": "draft tokens per step (the start, if scheduled)"})
+    num_assistant_tokens_schedule: str = field(default="constant", metadata={
+        "help": "constant | heuristic | heuristic_transient (transformers' GenerationConfig)"})
+    assistant_confidence_threshold: float = field(default=0.4, metadata={
+        "help": "the assistant stops drafting below this confidence"})
 
 
 @dataclass(frozen=True)
 class HFLookupOptions:
-    """prompt_lookup_num_tokens: tokens copied per match; max_matching_ngram_size: longest n-gram matched."""
+    """transformers' prompt lookup settings."""
 
-    prompt_lookup_num_tokens: int = 10
-    max_matching_ngram_size: int = 2
+    prompt_lookup_num_tokens: int = field(default=10, metadata={"help": "tokens copied per match"})
+    max_matching_ngram_size: int = field(default=2, metadata={"help": "longest n-gram matched"})
 
 
 class Peer:

@@ -13,6 +13,7 @@ import io
 import json
 import math
 import os
+import shlex
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,27 @@ from paragen.bench.metrics import Summary
 
 COLUMNS = ("strategy", "exact", "tok/call", "speedup [95% CI]", "tok/s", "agree", "gen_ppl", "ast_ok", "loops",
            "target calls", "draft calls")
+
+# What each column means (shown under the table in bench.md and report.html).
+METRICS = {
+    "strategy": "the contender; (peer): transformers generate() on the same weights; (lossy): output may differ "
+                "from ar by design",
+    "exact": "share of prompts whose output is token for token ar's; (!) marks a lossless strategy that differed "
+             "under greedy decoding (a bug)",
+    "tok/call": "new tokens / target forward calls (the one prompt prefill call excluded): the parallelism",
+    "speedup [95% CI]": "ar seconds / this contender's seconds, summed over the same prompts (wall clock, warm-up "
+                        "excluded); 95% bootstrap interval over prompts",
+    "tok/s": "new tokens / seconds",
+    "agree": "share of token positions equal to ar's output (over the longer of the two), mean over prompts",
+    "gen_ppl": "perplexity of the output under the target model in float32, pooled over prompts (lower is better; "
+               "compare with ar's)",
+    "ast_ok": "share of completions that parse as Python when cut at the end of the function",
+    "loops": "share of outputs whose last 64 tokens repeat with a period of 8 or less (degenerate repetition)",
+    "target calls": "target forward calls over all prompts (prefill excluded)",
+    "draft calls": "draft model forward calls over all prompts (its prefill included)",
+}
+SMALL_N = 20  # fewer prompts than this: say that the intervals are wide
+WIDE_CI = 0.25  # a speedup interval wider than this share of the speedup: say so
 
 
 def _num(value: float | None, digits: int = 2) -> str:
@@ -56,6 +78,61 @@ def markdown_table(summary: dict[str, Summary]) -> str:
     lines += ["| " + " | ".join(row) + " |" for row in table_rows(summary)]
     notes = flag_notes(summary)
     return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
+
+
+def caveats(bench: dict[str, Any], summary: dict[str, Summary]) -> list[str]:
+    """Warnings about how far the numbers can be trusted: few prompts, wide intervals."""
+    out = []
+    n = len(bench.get("tasks", ()))
+    if n < SMALL_N:
+        out.append(f"Only {n} prompt{'s' if n != 1 else ''}: intervals are wide and small differences are noise "
+                   f"(use {SMALL_N} or more, e.g. a larger --limit).")
+    wide = [f"{name} [{_num(s.speedup_ci95[0])}, {_num(s.speedup_ci95[1])}]" for name, s in summary.items()
+            if name != "ar" and math.isfinite(s.speedup) and s.speedup > 0
+            and (s.speedup_ci95[1] - s.speedup_ci95[0]) / s.speedup > WIDE_CI]
+    if wide:
+        out.append(f"Wide speedup intervals (more than {WIDE_CI:.0%} of the speedup): {', '.join(wide)}; "
+                   "more prompts, or a quieter machine, narrow them.")
+    return out
+
+
+def plain(key: str, value: Any) -> str:
+    """A setting as a person writes it: no JSON quotes; options as STRATEGY:KEY=VALUE."""
+    if value is None:
+        return "-"
+    if key == "options" and isinstance(value, list):
+        return ", ".join(f"{s}:{k}={v}" for s, k, v in value) or "-"
+    if key == "models" and isinstance(value, list):
+        return ", ".join(f"{s}={m}" for s, m in value) or "-"
+    if key == "command" and isinstance(value, list):
+        return shlex.join(value)
+    if isinstance(value, list | tuple):
+        return ", ".join(plain("", v) for v in value) or "-"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={plain(k, v)}" for k, v in value.items()) or "-"
+    return str(value)
+
+
+def run_line(bench: dict[str, Any]) -> str:
+    """Prompts, total time and threads of a run, in one sentence."""
+    env = bench.get("environment", {})
+    seconds = bench.get("seconds")
+    took = f"total time {seconds:.0f} s (loading, warm-up, timed runs, scoring)" if seconds else "total time not recorded"
+    return (f"{len(bench.get('tasks', ()))} prompts of {bench['config']['task']}, {took}, "
+            f"{env.get('torch_threads', '?')} torch thread(s) on {env.get('cpu_count', '?')} CPUs ({env.get('cpu', '?')}).")
+
+
+def bench_markdown(bench: dict[str, Any], summary: dict[str, Summary]) -> str:
+    """``bench.md``: the run in one sentence, the command, the table, caveats and the metric definitions."""
+    cfg, env = bench["config"], bench.get("environment", {})
+    lines = [f"# paragen bench: {cfg['task']}", "", run_line(bench), ""]
+    if env.get("command"):
+        lines += [f"Command: `{plain('command', env['command'])}`", ""]
+    lines += [markdown_table(summary)]
+    lines += [f"> {c}" for c in caveats(bench, summary)] + [""] if caveats(bench, summary) else []
+    lines += ["Settings: " + "; ".join(f"{k} {plain(k, v)}" for k, v in cfg.items()), "", "Metrics:", ""]
+    lines += [f"- **{name}**: {text}" for name, text in METRICS.items()]
+    return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------- plots
@@ -156,8 +233,30 @@ def _html_table(header: list[str] | tuple[str, ...], rows: list[list[str]]) -> s
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def html_report(bench: dict[str, Any], summary: dict[str, Summary]) -> str:
-    """A self-contained HTML page: settings, summary table, plots, environment."""
+def html_outputs(bench: dict[str, Any]) -> str:
+    """Per-prompt outputs, one collapsed <details> per prompt: the prompt, then each contender's text."""
+    by_task: dict[str, list[dict[str, Any]]] = {}
+    for r in bench.get("records", ()):
+        by_task.setdefault(r["task_id"], []).append(r)
+    parts = []
+    for t in bench.get("tasks", ()):
+        rows = []
+        for r in by_task.get(t["id"], ()):
+            calls = "-" if r.get("target_calls") is None else r["target_calls"]
+            meta = (f"{r['new_tokens']} tokens, {calls} target calls, {r['seconds']:.3f} s, {r['finish_reason']}"
+                    + ("" if r.get("exact") is None else f", exact {'yes' if r['exact'] else 'no'}"))
+            rows.append(f"<h4>{html.escape(r['strategy'])} <small>({html.escape(meta)})</small></h4>"
+                        f"<pre>{html.escape(r['text'])}</pre>")
+        summary = f"{t['id']} ({t['prompt_tokens']} prompt tokens{', truncated' if t.get('truncated') else ''})"
+        parts.append(f"<details><summary>{html.escape(summary)}</summary><h4>prompt</h4>"
+                     f"<pre class='prompt'>{html.escape(t['prompt'])}</pre>{''.join(rows)}</details>")
+    return "".join(parts)
+
+
+def html_report(bench: dict[str, Any], summary: dict[str, Summary], outputs: bool = True) -> str:
+    """A self-contained HTML page: the run, summary table, caveats, metric definitions,
+    plots, per-prompt outputs (collapsed; ``outputs=False`` leaves them out), settings,
+    environment."""
     cfg, env = bench["config"], bench["environment"]
     images = [("Speedup against tokens per call", plot_speedup_vs_calls(summary)),
               ("Quality against speedup", plot_quality_vs_speedup(summary)),
@@ -165,20 +264,27 @@ def html_report(bench: dict[str, Any], summary: dict[str, Summary]) -> str:
     figures = "".join(f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='data:image/png;base64,{png}'>"
                       for title, png in images if png)
     notes = "".join(f"<p class='flag'>{html.escape(n)}</p>" for n in flag_notes(summary))
-    settings = _html_table(["setting", "value"], [[k, json.dumps(v)] for k, v in cfg.items()])
-    environment = _html_table(["", ""], [[k, json.dumps(v)] for k, v in env.items()])
+    warnings = "".join(f"<p class='warn'>{html.escape(c)}</p>" for c in caveats(bench, summary))
+    metrics = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in METRICS.items())
+    per_prompt = html_outputs(bench) if outputs else ""
+    if per_prompt:
+        per_prompt = f"<h2>Outputs per prompt</h2>{per_prompt}"
+    settings = _html_table(["setting", "value"], [[k, plain(k, v)] for k, v in cfg.items()])
+    environment = _html_table(["", ""], [[k, plain(k, v)] for k, v in env.items()])
     title = f"paragen bench: {cfg['task']}, {len(bench['tasks'])} prompts"
     return f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse;margin:1em 0}}
 td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}td:first-child,th:first-child{{text-align:left}}
-.flag{{color:#b00}}img{{max-width:100%}}</style></head><body>
+.flag{{color:#b00}}.warn{{color:#a60;font-weight:bold}}img{{max-width:100%}}dt{{font-weight:bold}}
+pre{{background:#f6f6f6;padding:4px;white-space:pre-wrap}}pre.prompt{{background:#eef}}summary{{cursor:pointer}}
+h4{{margin:0.6em 0 0.2em}}</style></head><body>
 <h1>{html.escape(title)}</h1>
-<p>Speedup is ar seconds / strategy seconds over the same prompts (95% bootstrap interval over prompts);
-tok/call is new tokens per target forward call; exact is the share of outputs identical to ar;
-(peer) rows are transformers <code>generate()</code> on the same weights.</p>
-{_html_table(COLUMNS, table_rows(summary))}{notes}
+<p>{html.escape(run_line(bench))}</p>
+{_html_table(COLUMNS, table_rows(summary))}{notes}{warnings}
+<h2>Metrics</h2><dl>{metrics}</dl>
 {figures}
+{per_prompt}
 <h2>Settings</h2>{settings}
 <h2>Environment</h2>{environment}
 </body></html>

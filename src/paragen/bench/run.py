@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from paragen.api import DEFAULT_THREADS, torch_threads
 from paragen.bench.metrics import REFERENCE, Record, Summary, completion_parses, score_against_reference, summarize
 from paragen.bench.peers import PEERS, run_peer
 from paragen.errors import (
@@ -40,6 +41,7 @@ from paragen.errors import (
 )
 from paragen.models import DTYPES
 from paragen.models.base import Model
+from paragen.quiet import quiet_transformers
 from paragen.strategies import STRATEGIES
 from paragen.tasks import Task, get_task
 
@@ -52,7 +54,8 @@ class BenchConfig:
     ``models``: (strategy, model) pairs: that strategy runs on its own target model (a
     diffusion model, say) instead of ``model``; ``ar``, the peers and gen_ppl keep ``model``.
     ``dtype``: the weights' dtype for every contender, peers included; gen_ppl is always
-    scored in float32, so quality compares across dtypes.
+    scored in float32, so quality compares across dtypes. ``threads``: torch CPU threads
+    for the run (set for its duration, restored after).
     """
 
     strategies: tuple[str, ...] = (REFERENCE,)
@@ -69,6 +72,7 @@ class BenchConfig:
     options: tuple[tuple[str, str, str], ...] = ()
     models: tuple[tuple[str, str], ...] = ()
     resamples: int = 1000  # bootstrap resamples for the speedup interval
+    threads: int = DEFAULT_THREADS
 
 
 @dataclass(frozen=True)
@@ -122,6 +126,7 @@ class BenchResult:
     prompts: list[Prompt]
     records: list[Record]
     summary: dict[str, Summary]
+    seconds: float = 0.0  # the whole run: loading, warm-up, timed runs, scoring
 
     def to_dict(self) -> dict[str, Any]:
         config = dataclasses.asdict(self.config)
@@ -138,6 +143,7 @@ class BenchResult:
                       for p in self.prompts],
             "records": [r.to_dict() for r in self.records],
             "summary": {name: s.to_dict() for name, s in self.summary.items()},
+            "seconds": round(self.seconds, 1),
         }
 
 
@@ -223,6 +229,8 @@ def check_config(config: BenchConfig) -> None:
         raise InvalidInputError(f"bootstrap resamples must be >= 1, got {config.resamples}")
     if config.dtype not in DTYPES:
         raise InvalidInputError(f"--dtype must be one of {', '.join(DTYPES)}, got '{config.dtype}'")
+    if config.threads < 1:
+        raise InvalidInputError(f"--threads must be >= 1, got {config.threads}")
 
 
 # ---------------------------------------------------------------- models and prompts
@@ -354,14 +362,25 @@ def add_quality(records: list[Record], prompts: dict[str, Prompt], target: Model
 
 
 def run(config: BenchConfig, progress: bool = True, argv: list[str] | None = None) -> BenchResult:
-    """Run the benchmark described by ``config``; see the module docstring for the protocol."""
+    """Run the benchmark described by ``config`` on ``config.threads`` torch threads; see the
+    module docstring for the protocol."""
+    check_config(config)
+    start = time.perf_counter()
+    with torch_threads(config.threads):
+        result = run_protocol(config, progress, argv)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def run_protocol(config: BenchConfig, progress: bool, argv: list[str] | None) -> BenchResult:
+    """Steps 1-4 of the module docstring (``run`` sets the threads and times it)."""
     from tqdm.auto import tqdm
 
-    check_config(config)
     env = environment(argv)
     contenders = build_contenders(config)
     tasks = get_task(config.task)[: config.limit]
-    models = load_models(config, contenders)
+    with quiet_transformers():  # no "Loading weights" bars (peers, --backend hf)
+        models = load_models(config, contenders)
     prompts = prepare_prompts(tasks, models, config.max_new_tokens)
     runners = {c.name: make_runner(c, models, config) for c in contenders}
     tok = models.target.tokenizer

@@ -18,6 +18,12 @@ import torch
 from paragen.models.base import Model
 from paragen.sampling import SamplingParams
 
+# The most tokens one model call may feed, whatever the context: the API refuses options
+# whose ``Strategy.call_tokens`` exceeds it or the model context. Attention over T new
+# tokens costs O(T^2) memory; 1024 is ~30x the default lookahead call (31 tokens) and keeps
+# one call of the built-in models under a few hundred MB.
+MAX_CALL_TOKENS = 1024
+
 
 class CountedModel:
     """Delegates to a model and counts forward calls (the unit every speedup is measured in)."""
@@ -62,6 +68,14 @@ class Strategy(ABC):
     def slack(cls, options: Any) -> int:
         """Cache slots a step may write beyond the committed tokens (drafts, windows)."""
         return 1
+
+    @classmethod
+    def call_tokens(cls, options: Any) -> int:
+        """The most tokens one model call feeds with these options (the newest token plus
+        drafts, windows, guesses). The API refuses options for which this exceeds the model
+        context or ``MAX_CALL_TOKENS``. Default: ``slack``, since a call writes what it
+        feeds; override when they differ."""
+        return cls.slack(options)
 
     def __init__(self, ctx: DecodeContext, options: Any) -> None:
         self.ctx = ctx

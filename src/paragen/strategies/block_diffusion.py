@@ -22,7 +22,7 @@ That logit is kept (``edge``) for the block's later calls, which feed the live b
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
@@ -34,13 +34,14 @@ from paragen.strategies.diffusion import DenoiseOptions, Diffusion
 
 @dataclass(frozen=True)
 class BlockDiffusionOptions(DenoiseOptions):
-    """cache: exact (finished blocks cached) | none (recompute the whole sequence each call).
+    """Settings of ``block_diffusion``: ``diffusion``'s commit settings plus the cache.
     The block size is the model's (``info.block_size``): it is fixed by training.
     """
 
     strategy: ClassVar[str] = "block_diffusion"
 
-    cache: str = "exact"
+    cache: str = field(default="exact", metadata={
+        "help": "exact (finished blocks cached) | none (recompute the whole sequence each call)"})
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
@@ -71,22 +71,21 @@ CACHES = ("none", "prefix", "dual")
 @dataclass(frozen=True)
 class DenoiseOptions:
     """How each call commits tokens; shared by the diffusion family (``block_diffusion`` too).
-
-    steps: calls per block under the ``fixed`` rule, capped at the block's masks (LLaDA's
-        total ``steps`` is this times the number of blocks); unused by the other rules.
-    ordering: low_confidence | random | margin | entropy (the score; see the module doc).
-    rule: fixed | threshold | factor (how many to commit per call; see the module doc).
-    threshold: commit every masked position whose score >= threshold (at least one).
-    factor: Fast-dLLM's f: commit the top n while (n + 1)(1 - s_n) < f (at least one).
+    ``steps``: LLaDA's total steps is this times the number of blocks. Scores and rules: see
+    the module doc.
     """
 
     strategy: ClassVar[str] = "diffusion"
 
-    steps: int = 32
-    ordering: str = "low_confidence"
-    rule: str = "threshold"
-    threshold: float = 0.9
-    factor: float = 1.0
+    steps: int = field(default=32, metadata={
+        "help": "calls per block under rule=fixed, capped at the block's masks; unused by other rules; >= 1"})
+    ordering: str = field(default="low_confidence", metadata={
+        "help": "score that picks what to commit: low_confidence | random | margin | entropy"})
+    rule: str = field(default="threshold", metadata={"help": "how many to commit per call: fixed | threshold | factor"})
+    threshold: float = field(default=0.9, metadata={
+        "help": "rule=threshold: commit every masked position scoring >= this (at least one); >= 0"})
+    factor: float = field(default=1.0, metadata={
+        "help": "rule=factor (Fast-dLLM f): commit the top n while (n + 1)(1 - s_n) < f; > 0"})
 
     def __post_init__(self) -> None:
         name = self.strategy
@@ -111,16 +110,15 @@ class DenoiseOptions:
 
 @dataclass(frozen=True)
 class DiffusionOptions(DenoiseOptions):
-    """block_length: masks denoised together, blocks left to right (semi-autoregressive).
-    grow: add one block of masks at a time until EOS, instead of max_new_tokens up front.
-    cache: none | prefix | dual (approximate; refreshed once per block).
-    audit: also run each cached call uncached and report the deviation (cache_audit).
-    """
+    """Settings of ``diffusion``: the commit settings plus blocks, length and caches."""
 
-    block_length: int = 32
-    grow: bool = False
-    cache: str = "none"
-    audit: bool = False
+    block_length: int = field(default=32, metadata={
+        "help": "masks denoised together, blocks left to right (semi-autoregressive); >= 1"})
+    grow: bool = field(default=False, metadata={
+        "help": "add one block of masks at a time until EOS, instead of max_new_tokens up front"})
+    cache: str = field(default="none", metadata={"help": "none | prefix | dual (approximate; refreshed once per block)"})
+    audit: bool = field(default=False, metadata={
+        "help": "also run each cached call uncached and report the deviation (cache_audit); needs a cache"})
 
     def __post_init__(self) -> None:
         super().__post_init__()

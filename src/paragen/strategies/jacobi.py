@@ -9,7 +9,7 @@ remaining y as the next iteration's guesses. Exactly greedy decoding.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from paragen.errors import UnsupportedOptionError
 from paragen.strategies.base import Strategy, feed
@@ -17,9 +17,9 @@ from paragen.strategies.base import Strategy, feed
 
 @dataclass(frozen=True)
 class JacobiOptions:
-    """window: number of guessed future tokens refined per call."""
+    """Settings of ``jacobi``."""
 
-    window: int = 8
+    window: int = field(default=8, metadata={"help": "guessed future tokens refined per call; >= 1"})
 
     def __post_init__(self) -> None:
         if self.window < 1:

@@ -16,7 +16,7 @@ The accepted candidate's cache slots are compacted with ``cache.keep``.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import torch
@@ -27,14 +27,13 @@ from paragen.strategies.base import Strategy, feed
 
 @dataclass(frozen=True)
 class LookaheadOptions:
-    """window (W): Jacobi columns; ngram (N): n-gram length, so N - 1 window rows;
-    guesses (G): pool candidates verified per call; pool_from_prompt: seed the pool with
-    the prompt's own n-grams."""
+    """Settings of ``lookahead``: W = window, N = ngram, G = guesses; one call feeds
+    1 + (N - 1)(W + G) tokens."""
 
-    window: int = 5
-    ngram: int = 4
-    guesses: int = 5
-    pool_from_prompt: bool = True
+    window: int = field(default=5, metadata={"help": "W: Jacobi window columns (tokens guessed ahead); >= 1"})
+    ngram: int = field(default=4, metadata={"help": "N: n-gram length, so N - 1 window rows; >= 2"})
+    guesses: int = field(default=5, metadata={"help": "G: pool n-grams verified per call; >= 0"})
+    pool_from_prompt: bool = field(default=True, metadata={"help": "seed the n-gram pool with the prompt's own n-grams"})
 
     def __post_init__(self) -> None:
         if self.window < 1 or self.ngram < 2 or self.guesses < 0:

@@ -10,7 +10,7 @@ as the target's; greedy output equals greedy decoding.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -21,12 +21,11 @@ from paragen.verify import verify_chain
 
 @dataclass(frozen=True)
 class LookupOptions:
-    """max_ngram / min_ngram: lengths of the suffix to match, longest first.
-    max_draft: tokens copied after a match (the draft length k)."""
+    """Settings of ``lookup``: suffix lengths are tried longest first."""
 
-    max_ngram: int = 3
-    min_ngram: int = 1
-    max_draft: int = 10
+    max_ngram: int = field(default=3, metadata={"help": "longest context suffix to match; >= min_ngram"})
+    min_ngram: int = field(default=1, metadata={"help": "shortest context suffix to match; >= 1"})
+    max_draft: int = field(default=10, metadata={"help": "tokens copied after a match (the draft length k); >= 1"})
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_ngram <= self.max_ngram:

@@ -8,7 +8,7 @@ argmax matching when greedy, the speculative-sampling rule otherwise. Lossless i
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -20,12 +20,11 @@ from paragen.verify import verify_chain
 
 @dataclass(frozen=True)
 class SpeculativeOptions:
-    """k: draft tokens per step (the maximum when adaptive).
-    adaptive: transformers' heuristic: k += 2 after a fully accepted chain, else k -= 1 (k >= 1).
-    """
+    """Settings of ``speculative``; each field's help is shown by ``paragen generate --help``."""
 
-    k: int = 4
-    adaptive: bool = False
+    k: int = field(default=4, metadata={"help": "draft tokens per step (the maximum when adaptive); >= 1"})
+    adaptive: bool = field(default=False, metadata={
+        "help": "transformers' heuristic: k += 2 after a fully accepted chain, else k -= 1 (between 1 and k)"})
 
     def __post_init__(self) -> None:
         if self.k < 1:

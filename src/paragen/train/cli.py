@@ -3,25 +3,36 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
+import typing
 from dataclasses import fields
+from pathlib import Path
 
 from paragen.train.lm import SIZES, TrainConfig
 
-_NONE_DEFAULT_TYPES = {"minutes": float, "max_files": int}  # fields whose default None hides their type
+
+def field_help(config_cls: type, name: str) -> str:
+    """A config field's help (its metadata), for flags the command defines itself."""
+    return next(f for f in fields(config_cls) if f.name == name).metadata["help"]
 
 
 def add_config_flags(parser: argparse.ArgumentParser, config_cls: type, skip: set[str]) -> None:
-    """One ``--flag`` per config field (the dataclass stays the only place defaults live)."""
+    """One ``--flag`` per config field: the dataclass is the one place its default, type,
+    help (``metadata["help"]``) and allowed values (``metadata["choices"]``) live."""
+    hints = typing.get_type_hints(config_cls)
     for f in fields(config_cls):
         if f.name in skip:
             continue
         flag = f"--{f.name.replace('_', '-')}"
+        text = f.metadata.get("help", "").replace("%", "%%")  # argparse formats help with %
         if f.default is False:  # a switch, off by default
-            parser.add_argument(flag, action="store_true", default=None, help=f.metadata.get("help"))
+            parser.add_argument(flag, action="store_true", default=None, help=text)
             continue
-        kind = type(f.default) if f.default is not None else _NONE_DEFAULT_TYPES.get(f.name, str)
-        parser.add_argument(flag, type=kind, default=None, help=f"default: {f.default}")
+        kind = next(t for t in typing.get_args(hints[f.name]) or (hints[f.name],) if t is not type(None))
+        if f.default is not None:
+            text += f" (default: {f.default})"
+        parser.add_argument(flag, type=kind, default=None, choices=f.metadata.get("choices"), help=text)
 
 
 def config_from_args(config_cls: type, args: argparse.Namespace, **fixed) -> object:
@@ -45,7 +56,7 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
                         description="Train a byte-level BPE tokenizer on the training split.")
     t.add_argument("--out", required=True, help="directory to write tokenizer.json into")
     t.add_argument("--data", default=None, help="directory of *.py files (default: the standard library)")
-    t.add_argument("--vocab-size", type=int, default=4096)
+    t.add_argument("--vocab-size", type=int, default=4096, help="tokens in the vocabulary (default: 4096)")
 
     lm = tsub.add_parser(
         "lm", help="train a causal language model",
@@ -53,8 +64,8 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
         "held-out evaluation and resumable checkpoints. Writes a Hugging Face layout model directory.",
     )
     defaults = TrainConfig()
-    lm.add_argument("--size", choices=sorted(SIZES), default=defaults.size, help="model shape")
-    lm.add_argument("--out", required=True, help="output model directory")
+    lm.add_argument("--size", choices=sorted(SIZES), default=defaults.size, help=field_help(TrainConfig, "size"))
+    lm.add_argument("--out", required=True, help=field_help(TrainConfig, "out"))
     lm.add_argument("--resume", action="store_true", help="continue from the checkpoint beside --out")
     add_stop_at(lm)
     lm.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -72,22 +83,41 @@ def add_diffusion_parser(tsub: argparse._SubParsersAction) -> None:
         "Same optimiser, schedule, checkpoints and budget as `train lm`.",
     )
     defaults = DiffusionTrainConfig()
-    d.add_argument("--size", choices=sorted(SIZES), default=defaults.size, help="model shape (ignored with --init)")
-    d.add_argument("--out", required=True, help="output model directory")
-    d.add_argument("--block-size", type=int, default=None, help="block-causal attention with blocks of this size")
-    d.add_argument("--init", default=None, help="start from this model directory's weights (e.g. an AR model)")
+    d.add_argument("--size", choices=sorted(SIZES), default=defaults.size,
+                   help=field_help(DiffusionTrainConfig, "size") + " (ignored with --init)")
+    d.add_argument("--out", required=True, help=field_help(DiffusionTrainConfig, "out"))
+    d.add_argument("--block-size", type=int, default=None, help=field_help(DiffusionTrainConfig, "block_size"))
+    d.add_argument("--init", default=None, help=field_help(DiffusionTrainConfig, "init"))
     d.add_argument("--resume", action="store_true", help="continue from the checkpoint beside --out")
     add_stop_at(d)
     d.add_argument("--quiet", action="store_true", help="no progress bar")
     add_config_flags(d, DiffusionTrainConfig, skip={"size", "out", "attention", "block_size", "init"})
 
 
+def interrupted(out: str) -> int:
+    """After Ctrl-C: one line saying how to continue (the last checkpoint is left as it was:
+    checkpoints are replaced atomically, and a half-done step is never saved). Exit 130."""
+    out_path = Path(out)
+    checkpoint = out_path.parent / f".{out_path.name}.work" / "checkpoint.pt"
+    argv = sys.argv[1:] + ([] if "--resume" in sys.argv else ["--resume"])
+    if checkpoint.exists():
+        print(f"paragen: interrupted; the last checkpoint is {checkpoint}: continue with "
+              f"`paragen {shlex.join(argv)}`", file=sys.stderr)
+    else:
+        print("paragen: interrupted before the first checkpoint (see --checkpoint-every): nothing to resume",
+              file=sys.stderr)
+    return 130
+
+
 def run_train_diffusion(args: argparse.Namespace) -> int:
     from paragen.train.diffusion import DiffusionTrainConfig, train_diffusion
 
     cfg = config_from_args(DiffusionTrainConfig, args, attention="block_causal" if args.block_size else "bidirectional")
-    rec = train_diffusion(cfg, resume=args.resume, progress=not args.quiet, command="paragen " + " ".join(sys.argv[1:]),
-                          stop_at=args.stop_at)
+    try:
+        rec = train_diffusion(cfg, resume=args.resume, progress=not args.quiet,
+                              command="paragen " + " ".join(sys.argv[1:]), stop_at=args.stop_at)
+    except KeyboardInterrupt:
+        return interrupted(cfg.out)
     print(f"{cfg.out}: {rec['parameters'] / 1e6:.2f}M parameters, {rec['tokens_seen']} tokens, "
           f"heldout loss (bound) {rec['heldout_loss']:.3f}, masked accuracy {rec['heldout_accuracy']:.3f}")
     return 0
@@ -95,8 +125,6 @@ def run_train_diffusion(args: argparse.Namespace) -> int:
 
 def run_train(args: argparse.Namespace) -> int:
     if args.what == "tokenizer":
-        from pathlib import Path
-
         from paragen.train.corpus import find_corpus
         from paragen.train.tokenizer import train_tokenizer
 
@@ -111,8 +139,11 @@ def run_train(args: argparse.Namespace) -> int:
     from paragen.train.lm import train_lm
 
     cfg = config_from_args(TrainConfig, args)
-    rec = train_lm(cfg, resume=args.resume, progress=not args.quiet, command="paragen " + " ".join(sys.argv[1:]),
-                   stop_at=args.stop_at)
+    try:
+        rec = train_lm(cfg, resume=args.resume, progress=not args.quiet, command="paragen " + " ".join(sys.argv[1:]),
+                       stop_at=args.stop_at)
+    except KeyboardInterrupt:
+        return interrupted(cfg.out)
     print(f"{cfg.out}: {rec['parameters'] / 1e6:.2f}M parameters, {rec['tokens_seen']} tokens, "
           f"heldout loss {rec['heldout_loss']:.3f}, accuracy {rec['heldout_accuracy']:.3f}")
     return 0

@@ -40,11 +40,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from paragen.models.io import load_native, save_model
+from paragen.errors import InvalidInputError
+from paragen.models.io import load_native, resolve, save_model
 from paragen.models.native import NativeConfig, NativeModel
 from paragen.tokenizer import Tokenizer
-from paragen.train.lm import SIZES, TrainConfig, prepare
-from paragen.train.loop import fit, training_record
+from paragen.train.lm import SIZES, TrainConfig, prepare, say
+from paragen.train.loop import fit, follow_umask, training_record
 
 
 @dataclass(frozen=True)
@@ -53,26 +54,30 @@ class DiffusionTrainConfig(TrainConfig):
     (which must divide ``seq_len``); ``init``: a model directory to start from; ``eps``:
     the smallest masking rate."""
 
-    out: str = "runs/diffusion"
-    attention: str = "bidirectional"
-    block_size: int | None = None
-    init: str | None = None
-    eps: float = 1e-3
+    out: str = field(default="runs/diffusion", metadata={"help": "output model directory"})
+    attention: str = field(default="bidirectional", metadata={
+        "help": "bidirectional | block_causal (set from --block-size, not a flag)"})
+    block_size: int | None = field(default=None, metadata={
+        "help": "block-causal attention with blocks of this many positions (must divide --seq-len)"})
+    init: str | None = field(default=None, metadata={
+        "help": "start from this model's weights, shape and tokenizer (a built-in name or a directory, e.g. an AR model)"})
+    eps: float = field(default=1e-3, metadata={"help": "smallest masking rate t, in (0, 1): 1/t weights stay bounded"})
     shift: bool = field(default=False, metadata={"help": "logits at position p predict token p + 1, as in the AR "
                                                  "model (Dream / Fast-dLLM v2): keeps an --init AR model's head"})
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.attention == "bidirectional" and self.block_size is not None:
-            raise ValueError("block_size needs attention='block_causal' (the CLI sets it from --block-size)")
+            raise InvalidInputError("block_size needs attention='block_causal' (the CLI sets it from --block-size)")
         if self.attention == "block_causal":
             if not self.block_size or self.block_size < 1 or self.seq_len % self.block_size:
-                raise ValueError(
+                raise InvalidInputError(
                     f"block-causal training needs a block_size dividing seq_len ({self.seq_len}), got {self.block_size}"
                 )
         elif self.attention != "bidirectional":
-            raise ValueError(f"a diffusion model is 'bidirectional' or 'block_causal', not '{self.attention}'")
+            raise InvalidInputError(f"a diffusion model is 'bidirectional' or 'block_causal', not '{self.attention}'")
         if not 0 < self.eps < 1:
-            raise ValueError(f"eps must be in (0, 1), got {self.eps}")
+            raise InvalidInputError(f"eps must be in (0, 1), got {self.eps}")
 
 
 def bd3_mask(L: int, B: int) -> torch.Tensor:
@@ -168,8 +173,8 @@ def model_config(cfg: DiffusionTrainConfig, tok: Tokenizer, init: NativeModel | 
         return NativeConfig(vocab_size=tok.vocab_size, max_position_embeddings=max(1024, cfg.seq_len),
                             **common, **SIZES[cfg.size])
     if init.config.vocab_size != tok.vocab_size:
-        raise ValueError(f"the --init model has {init.config.vocab_size} tokens and the tokenizer {tok.vocab_size}: "
-                         "use the init model's own tokenizer")
+        raise InvalidInputError(f"the --init model has {init.config.vocab_size} tokens and the tokenizer "
+                                f"{tok.vocab_size}: use the init model's own tokenizer")
     context = max(init.config.max_position_embeddings, cfg.seq_len)
     return replace(init.config, max_position_embeddings=context, **common)
 
@@ -187,12 +192,14 @@ def train_diffusion(
     work = out.parent / f".{out.name}.work"  # checkpoints live beside, not inside, the model dir
     work.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    init = load_native(Path(cfg.init)) if cfg.init else None
-    tok, train, heldout, split = prepare(replace(cfg, tokenizer=cfg.tokenizer or cfg.init))
+    init_dir = str(resolve(cfg.init)) if cfg.init else None  # a built-in name or a directory
+    init = load_native(Path(init_dir)) if init_dir else None
+    tok, train, heldout, split = prepare(replace(cfg, tokenizer=cfg.tokenizer or init_dir),
+                                         log=say if progress else lambda message: None)
     if tok.mask_id is None or tok.eos_id is None:
-        raise ValueError("the tokenizer needs an end-of-text and a mask token (`paragen train tokenizer` makes both)")
-    if cfg.init and cfg.tokenizer and Tokenizer.from_dir(cfg.init).fingerprint() != tok.fingerprint():
-        raise ValueError(f"--tokenizer {cfg.tokenizer} is not the --init model's tokenizer: drop --tokenizer")
+        raise InvalidInputError("the tokenizer needs an end-of-text and a mask token (`paragen train tokenizer` makes both)")
+    if init_dir and cfg.tokenizer and Tokenizer.from_dir(init_dir).fingerprint() != tok.fingerprint():
+        raise InvalidInputError(f"--tokenizer {cfg.tokenizer} is not the --init model's tokenizer: drop --tokenizer")
     mask_id = tok.mask_id
     model = NativeModel(model_config(cfg, tok, init)).init_weights(cfg.seed)
     if init is not None:
@@ -208,4 +215,5 @@ def train_diffusion(
     # held-out loss: an upper bound on NLL per token, unconditional; accuracy: on masked tokens
     record = training_record(cfg, model, state, evaluate(model), split, command, objective=objective)
     save_model(model, tok, out, dtype=torch.float16, extra_files={"training.json": json.dumps(record, indent=2) + "\n"})
+    follow_umask(out)
     return record

@@ -8,18 +8,21 @@ optional wall-clock budget. The result is a Hugging Face layout model directory.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from paragen.errors import InvalidInputError
 from paragen.models.io import save_model
 from paragen.models.native import NativeConfig, NativeModel
 from paragen.tokenizer import Tokenizer
 from paragen.train.corpus import find_corpus
-from paragen.train.loop import fit, training_record
+from paragen.train.loop import fit, follow_umask, training_record
 from paragen.train.tokenizer import train_tokenizer
 
 # Model shapes by name. ``target`` and ``draft`` are the shipped pair (draft ~10x smaller).
@@ -30,28 +33,47 @@ SIZES: dict[str, dict] = {
 }
 
 
+PRECISIONS = ("bf16", "fp32")  # bf16 autocast on CPU, or plain fp32; fp16 autocast is not implemented
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    size: str = "tiny"
-    out: str = "runs/lm"
-    data: str | None = None  # directory of *.py files; None = the standard library
-    tokenizer: str | None = None  # reuse a tokenizer directory (a draft shares its target's)
-    vocab_size: int = 4096
-    seq_len: int = 256
-    batch_size: int = 16
-    steps: int = 1000
-    minutes: float | None = None  # wall-clock budget; the schedule follows time when set
-    lr: float = 1e-3
-    warmup: int = 100
-    weight_decay: float = 0.1
-    clip: float = 1.0
-    seed: int = 0
-    precision: str = "bf16"  # "bf16" autocast or "fp32"
-    eval_every: int = 200
-    eval_windows: int = 64
-    checkpoint_every: int = 200
-    max_files: int | None = None  # cap the corpus (tests)
-    attention: str = "causal"
+    """Settings of ``paragen train lm``: each field's help is its ``--flag``'s help."""
+
+    size: str = field(default="tiny", metadata={"help": "model shape: " + " | ".join(SIZES)})
+    out: str = field(default="runs/lm", metadata={"help": "output model directory"})
+    data: str | None = field(default=None, metadata={
+        "help": "directory of *.py files to train on (default: the running Python's standard library)"})
+    tokenizer: str | None = field(default=None, metadata={
+        "help": "reuse this tokenizer directory (a draft must share its target's); default: train one"})
+    vocab_size: int = field(default=4096, metadata={"help": "tokens in a newly trained tokenizer"})
+    seq_len: int = field(default=256, metadata={"help": "tokens per training window"})
+    batch_size: int = field(default=16, metadata={"help": "windows per optimiser step"})
+    steps: int = field(default=1000, metadata={
+        "help": "optimiser steps (the schedule's length unless --minutes ends training first)"})
+    minutes: float | None = field(default=None, metadata={
+        "help": "wall-clock budget in minutes, > 0; the schedule then follows time (default: none, --steps only)"})
+    lr: float = field(default=1e-3, metadata={"help": "peak learning rate (AdamW), after warm-up; cosine decay to 10%"})
+    warmup: int = field(default=100, metadata={"help": "linear warm-up steps"})
+    weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay (not on norms and biases)"})
+    clip: float = field(default=1.0, metadata={"help": "gradient norm clipping"})
+    seed: int = field(default=0, metadata={"help": "seed of the weights and the batch sampler"})
+    precision: str = field(default="bf16", metadata={
+        "help": "bf16 (autocast on CPU) | fp32", "choices": PRECISIONS})
+    eval_every: int = field(default=200, metadata={"help": "held-out evaluation every N steps"})
+    eval_windows: int = field(default=64, metadata={"help": "held-out windows per evaluation"})
+    checkpoint_every: int = field(default=200, metadata={"help": "checkpoint every N steps (and at the end)"})
+    max_files: int | None = field(default=None, metadata={"help": "read only the first N corpus files (for tests)"})
+    attention: str = field(default="causal", metadata={"help": "causal (set by the command, not a flag)"})
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise InvalidInputError(f"precision must be one of {', '.join(PRECISIONS)}, got '{self.precision}'")
+        if self.minutes is not None and not self.minutes > 0:
+            raise InvalidInputError(f"minutes must be > 0, got {self.minutes}: leave it out for no time budget")
+        for name in ("seq_len", "batch_size", "vocab_size", "eval_every", "eval_windows", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise InvalidInputError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
 def encode_files(tok: Tokenizer, texts: list[str]) -> np.ndarray:
@@ -81,17 +103,24 @@ def evaluate(model: NativeModel, heldout: torch.Tensor, cfg: TrainConfig) -> tup
     return sum(losses) / total, correct / total
 
 
-def prepare(cfg: TrainConfig) -> tuple[Tokenizer, torch.Tensor, torch.Tensor, dict]:
+def prepare(cfg: TrainConfig, log: Callable[[str], None] = lambda message: None) -> tuple[
+        Tokenizer, torch.Tensor, torch.Tensor, dict]:
+    """Read, split and tokenize the corpus (a tokenizer is trained first unless given);
+    ``log`` hears what it is doing (this takes tens of seconds on the standard library)."""
     corpus = find_corpus(cfg.data)
     train_files = corpus.train_files[: cfg.max_files] if cfg.max_files else corpus.train_files
     heldout_files = corpus.heldout_files[: max(1, cfg.max_files // 10)] if cfg.max_files else corpus.heldout_files
+    log(f"reading {len(train_files)} training and {len(heldout_files)} held-out files under {corpus.root}")
     train_texts = [corpus.read(f) for f in train_files]
     if cfg.tokenizer:
         tok = Tokenizer.from_dir(cfg.tokenizer)
     else:
+        log(f"training a {cfg.vocab_size}-token BPE tokenizer")
         tok = train_tokenizer(train_texts, cfg.vocab_size)
+    log("tokenizing")
     train = torch.from_numpy(encode_files(tok, train_texts).astype(np.int64))
     heldout = torch.from_numpy(encode_files(tok, [corpus.read(f) for f in heldout_files]).astype(np.int64))
+    log(f"{len(train)} training tokens, {len(heldout)} held out")
     split = {
         "root": str(corpus.root),
         "train_files": len(train_files),
@@ -100,6 +129,11 @@ def prepare(cfg: TrainConfig) -> tuple[Tokenizer, torch.Tensor, torch.Tensor, di
         "heldout_tokens": len(heldout),
     }
     return tok, train, heldout, split
+
+
+def say(message: str) -> None:
+    """A progress message on stderr (the model's output goes to stdout)."""
+    print(f"paragen train: {message}", file=sys.stderr, flush=True)
 
 
 def lm_loss(model: NativeModel, batch: torch.Tensor, precision: str) -> torch.Tensor:
@@ -121,7 +155,7 @@ def train_lm(cfg: TrainConfig, resume: bool = False, progress: bool = True, comm
     work = out.parent / f".{out.name}.work"  # checkpoints live beside, not inside, the model dir
     work.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    tok, train, heldout, split = prepare(cfg)
+    tok, train, heldout, split = prepare(cfg, log=say if progress else lambda message: None)
     if tok.eos_id is None:
         raise ValueError("the tokenizer has no end-of-text token")
     mconf = NativeConfig(
@@ -134,4 +168,5 @@ def train_lm(cfg: TrainConfig, resume: bool = False, progress: bool = True, comm
                 desc=f"train {cfg.size}", stop_at=stop_at)
     record = training_record(cfg, model, state, evaluate(model, heldout, cfg), split, command)
     save_model(model, tok, out, dtype=torch.float16, extra_files={"training.json": json.dumps(record, indent=2) + "\n"})
+    follow_umask(out)
     return record

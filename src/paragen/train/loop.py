@@ -89,7 +89,13 @@ def fit(
     model.train()
     budget = cfg.minutes * 60 if cfg.minutes else None
     last = min(cfg.steps, stop_at) if stop_at is not None else cfg.steps
-    bar = tqdm(total=cfg.steps, initial=state.step, disable=not progress, desc=desc, dynamic_ncols=True)
+    # Under a time budget the bar counts training seconds against it, so that its total and
+    # ETA hold (the budget, not --steps, usually ends such a run); otherwise it counts steps.
+    if budget:
+        bar = tqdm(total=round(budget), initial=min(round(state.elapsed), round(budget)), unit="s",
+                   disable=not progress, desc=desc, dynamic_ncols=True)
+    else:
+        bar = tqdm(total=cfg.steps, initial=state.step, disable=not progress, desc=desc, dynamic_ncols=True)
 
     def checkpoint() -> None:
         save_checkpoint(checkpoint_path, dict(model=model.state_dict(), optimizer=opt.state_dict(),
@@ -111,8 +117,9 @@ def fit(
         now = time.time()
         state.elapsed, t_last = state.elapsed + now - t_last, now
         state.loss_ema = loss.item() if state.loss_ema is None else 0.95 * state.loss_ema + 0.05 * loss.item()
-        bar.update(1)
-        bar.set_postfix(loss=f"{state.loss_ema:.3f}", tok_s=f"{state.tokens_seen / max(state.elapsed, 1e-9):.0f}")
+        bar.update(min(round(state.elapsed), round(budget)) - bar.n if budget else 1)
+        bar.set_postfix(**({"step": f"{state.step}/{last}"} if budget else {}), loss=f"{state.loss_ema:.3f}",
+                        tok_s=f"{state.tokens_seen / max(state.elapsed, 1e-9):.0f}")
         if state.step % cfg.eval_every == 0:
             hl, ha = evaluate(model)
             state.history.append({"step": state.step, "tokens": state.tokens_seen, "heldout_loss": hl,
@@ -124,6 +131,21 @@ def fit(
     bar.close()
     checkpoint()
     return state
+
+
+def follow_umask(directory: Path) -> None:
+    """Give a saved model directory and its files the modes a plain mkdir and open would
+    (the user's umask): ``save_model`` builds it in a private temporary directory (0700)
+    and safetensors writes its file 0600. The umask is read by making a probe directory,
+    since ``os.umask`` can only be read by setting it (process-wide)."""
+    probe = directory.parent / f".{directory.name}.umask-probe"
+    probe.mkdir()
+    dir_mode = probe.stat().st_mode & 0o777
+    probe.rmdir()
+    directory.chmod(dir_mode)
+    for f in directory.iterdir():
+        if f.is_file():
+            f.chmod(dir_mode & 0o666)
 
 
 def training_record(cfg: Any, model: NativeModel, state: Progress, heldout: tuple[float, float], split: dict,

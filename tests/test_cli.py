@@ -1,0 +1,141 @@
+"""The command line explains itself and ends every failure with one line: bad bytes,
+Ctrl-C, conflicting flags, settings that have no effect."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import paragen
+from paragen.cli import main
+
+SRC = str(Path(__file__).resolve().parent.parent / "src")
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.strip() == f"paragen {paragen.__version__}"
+
+
+def test_non_utf8_stdin_is_one_line(model_dir, capsys, monkeypatch):
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"def f():\n    return '\xff\xfe'\n")))
+    assert main(["generate", "-", "--model", str(model_dir), "--max-new-tokens", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "not UTF-8 (byte 0xff at offset 21)" in err and err.count("\n") == 1
+
+
+def test_interrupt_is_one_line_and_130(model_dir, capsys, monkeypatch):
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("paragen.cli.run_generate", interrupted)
+    assert main(["generate", "x", "--model", str(model_dir)]) == 130
+    assert capsys.readouterr().err == "paragen: interrupted\n"
+
+
+def test_ctrl_c_while_starting():
+    """A real SIGINT, while torch loads or while the command waits for stdin: exit 130, one line."""
+    env = {**os.environ, "PYTHONPATH": SRC}
+    proc = subprocess.Popen([sys.executable, "-m", "paragen", "generate", "-"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    time.sleep(1.5)  # past interpreter start-up: inside main(), importing torch or reading stdin
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert err.decode() == "paragen: interrupted\n" and out == b""
+
+
+def test_stream_and_json_exclude_each_other(model_dir, capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["generate", "x", "--model", str(model_dir), "--stream", "--json"])
+    assert done.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+
+
+def test_greedy_notes_ignored_sampling_flags_once(model_dir, capsys):
+    args = ["generate", "def add(a, b):", "--model", str(model_dir), "--max-new-tokens", "4"]
+    assert main([*args, "--seed", "3", "--top-k", "5"]) == 0
+    err = capsys.readouterr().err
+    assert err == "paragen: note: --top-k, --seed have no effect with --temperature 0 (greedy decoding is deterministic)\n"
+    assert main([*args, "--seed", "3", "--top-k", "5", "--temperature", "0.8"]) == 0
+    assert capsys.readouterr().err == ""
+    # a lossy strategy may use the seed when greedy (diffusion's random ordering): no note
+    assert main([*args[:2], "--strategy", "diffusion", "--seed", "3"]) == 2  # a causal model: refused, quietly
+    assert "note" not in capsys.readouterr().err
+
+
+def test_stats_and_threads(model_dir, capsys):
+    before = torch.get_num_threads()
+    args = ["generate", "def add(a, b):", "--model", str(model_dir), "--max-new-tokens", "5", "--threads", "2"]
+    assert main([*args, "--stats"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.startswith("[ar: ") and "target calls" in captured.err and "tok/s" in captured.err
+    assert torch.get_num_threads() == before  # set for the command only
+    assert main([*args, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["stats"]["new_tokens"] <= 5
+    assert main([*args[:-2], "--threads", "0"]) == 2
+    assert "threads must be an integer >= 1" in capsys.readouterr().err
+
+
+def test_bad_boolean_option_is_an_error(model_dir, capsys):
+    assert main(["generate", "x = 1", "--model", str(model_dir), "--strategy", "lookahead",
+                 "-o", "pool_from_prompt=ture"]) == 2
+    assert "needs a boolean (true/false, 1/0, yes/no), got 'ture'" in capsys.readouterr().err
+
+
+def test_every_option_and_train_flag_has_help():
+    """The convention: each field's help lives in its dataclass metadata (shown by --help)."""
+    from dataclasses import fields
+
+    from paragen.bench.peers import PEERS
+    from paragen.strategies import STRATEGIES
+    from paragen.train.diffusion import DiffusionTrainConfig
+    from paragen.train.lm import TrainConfig
+
+    classes = [c.Options for c in [*STRATEGIES.values(), *PEERS.values()]] + [TrainConfig, DiffusionTrainConfig]
+    missing = [f"{cls.__qualname__}.{f.name}" for cls in classes for f in fields(cls) if not f.metadata.get("help")]
+    assert not missing, f"fields without help metadata: {missing}"
+
+
+def test_generate_help_shows_option_meanings(capsys):
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    out = capsys.readouterr().out
+    assert "k=4" in out and "draft tokens per step" in out and "low_confidence | random | margin | entropy" in out
+
+
+def test_hf_loading_draws_no_progress_bars(model_dir, capfd):
+    from transformers.utils import logging as hf_logging
+
+    from paragen.models.hf import HFModel
+    from paragen.quiet import quiet_transformers
+
+    HFModel.from_dir(model_dir)  # transformers on its own draws its bar
+    assert "Loading weights" in capfd.readouterr().err
+    assert main(["generate", "def add(a, b):", "--model", str(model_dir), "--backend", "hf",
+                 "--max-new-tokens", "3"]) == 0
+    assert "Loading weights" not in capfd.readouterr().err
+    assert hf_logging.is_progress_bar_enabled()  # restored after the command
+    hf_logging.disable_progress_bar()
+    try:
+        with quiet_transformers():
+            pass
+        assert not hf_logging.is_progress_bar_enabled()  # a caller's own choice is kept too
+    finally:
+        hf_logging.enable_progress_bar()
+
+
+def test_bench_help_names_its_option_syntax(capsys):
+    with pytest.raises(SystemExit):
+        main(["bench", "--help"])
+    out = capsys.readouterr().out
+    assert "(--option STRATEGY:KEY=VALUE;" in out and "-o KEY=VALUE" not in out and "max_draft=10" in out
