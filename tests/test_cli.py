@@ -114,15 +114,19 @@ def test_generate_help_shows_option_meanings(capsys):
 
 
 def test_hf_loading_draws_no_progress_bars(model_dir, capfd):
+    from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
-    from paragen.models.hf import HFModel
     from paragen.quiet import quiet_transformers
 
-    HFModel.from_dir(model_dir)  # transformers on its own draws its bar
+    AutoModelForCausalLM.from_pretrained(str(model_dir))  # transformers on its own draws its bar
     assert "Loading weights" in capfd.readouterr().err
     assert main(["generate", "def add(a, b):", "--model", str(model_dir), "--backend", "hf",
                  "--max-new-tokens", "3"]) == 0
+    assert "Loading weights" not in capfd.readouterr().err
+    import paragen
+
+    paragen.load(model_dir, backend="hf")  # the library call too
     assert "Loading weights" not in capfd.readouterr().err
     assert hf_logging.is_progress_bar_enabled()  # restored after the command
     hf_logging.disable_progress_bar()

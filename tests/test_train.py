@@ -131,21 +131,19 @@ def test_ctrl_c_says_how_to_resume_and_keeps_the_checkpoint(tmp_path, capsys, mo
     assert not (tmp_path / "m").exists()
 
 
-def test_saved_files_follow_the_umask(tmp_path, model_dir):
+def test_saved_files_follow_the_umask(tmp_path, tokenizer):
+    """save_model builds the directory in a private temporary one (0700) and safetensors writes
+    0600: the saved model must end with the modes a plain mkdir and open would give."""
     import os
-    import shutil
     import stat
 
-    from paragen.train.loop import follow_umask
+    from paragen.models.io import save_model
+    from tests.conftest import tiny_model
 
     for umask, want_dir, want_file in ((0o022, 0o755, 0o644), (0o077, 0o700, 0o600)):
         old = os.umask(umask)
         try:
-            out = tmp_path / f"m{umask:o}"
-            shutil.copytree(model_dir, out)
-            os.chmod(out, 0o700)
-            os.chmod(out / "model.safetensors", 0o600)  # what save_model's mkdtemp and safetensors give
-            follow_umask(out)
+            out = save_model(tiny_model(0, vocab=tokenizer.vocab_size), tokenizer, tmp_path / f"m{umask:o}")
         finally:
             os.umask(old)
         assert stat.S_IMODE(out.stat().st_mode) == want_dir

@@ -103,7 +103,6 @@ def run_generate(args: argparse.Namespace) -> int:
     from paragen.api import torch_threads
     from paragen.errors import InvalidInputError
     from paragen.models import DTYPES
-    from paragen.quiet import quiet_transformers
     from paragen.strategies import get_strategy
 
     prompt = read_stdin() if args.prompt == "-" else args.prompt
@@ -123,9 +122,8 @@ def run_generate(args: argparse.Namespace) -> int:
               "--temperature 0 (greedy decoding is deterministic)", file=sys.stderr)
     dtype = DTYPES[args.dtype]
     with torch_threads(args.threads):
-        with quiet_transformers() if args.backend == "hf" else contextlib.nullcontext():
-            model = paragen.load(args.model, backend=args.backend, dtype=dtype)
-            draft = paragen.load(args.draft, backend=args.backend, dtype=dtype) if args.draft else None
+        model = paragen.load(args.model, backend=args.backend, dtype=dtype)
+        draft = paragen.load(args.draft, backend=args.backend, dtype=dtype) if args.draft else None
         it = paragen.stream(model, prompt, strategy=args.strategy, max_new_tokens=args.max_new_tokens,
                             temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                             stop=args.stop, draft=draft, **options)

@@ -41,7 +41,6 @@ from paragen.errors import (
 )
 from paragen.models import DTYPES
 from paragen.models.base import Model
-from paragen.quiet import quiet_transformers
 from paragen.strategies import STRATEGIES
 from paragen.tasks import Task, get_task
 
@@ -379,8 +378,7 @@ def run_protocol(config: BenchConfig, progress: bool, argv: list[str] | None) ->
     env = environment(argv)
     contenders = build_contenders(config)
     tasks = get_task(config.task)[: config.limit]
-    with quiet_transformers():  # no "Loading weights" bars (peers, --backend hf)
-        models = load_models(config, contenders)
+    models = load_models(config, contenders)
     prompts = prepare_prompts(tasks, models, config.max_new_tokens)
     runners = {c.name: make_runner(c, models, config) for c in contenders}
     tok = models.target.tokenizer

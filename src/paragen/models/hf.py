@@ -18,6 +18,7 @@ import torch
 
 from paragen.errors import ModelLoadError
 from paragen.models.base import Model, ModelInfo, expand_mask, window_mask
+from paragen.quiet import quiet_transformers
 
 # Layer kinds whose masks the adapter builds (transformers' layer_types names).
 LAYER_KINDS = ("full_attention", "sliding_attention")
@@ -95,7 +96,8 @@ class HFModel(Model):
         try:
             # transformers' own default attention (SDPA, or eager where the architecture needs
             # it, e.g. Gemma-2's soft-capping): the forward transformers itself would run.
-            module = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, local_files_only=True)
+            with quiet_transformers():  # no "Loading weights" bar inside paragen's own output
+                module = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, local_files_only=True)
         except Exception as e:
             raise ModelLoadError(f"transformers could not load {path}: {e}") from e
         impl = module.config._attn_implementation

@@ -227,6 +227,7 @@ def save_model(
         tokenizer.save(tmp)
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
+        follow_umask(tmp)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
@@ -234,6 +235,21 @@ def save_model(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def follow_umask(directory: Path) -> None:
+    """Give a saved model directory and its files the modes a plain mkdir and open would
+    (the user's umask): ``save_model`` builds it in a private temporary directory (0700)
+    and safetensors writes its file 0600. The umask is read by making a probe directory,
+    since ``os.umask`` can only be read by setting it (process-wide)."""
+    probe = directory.parent / f".{directory.name}.umask-probe"
+    probe.mkdir()
+    dir_mode = probe.stat().st_mode & 0o777
+    probe.rmdir()
+    directory.chmod(dir_mode)
+    for f in directory.iterdir():
+        if f.is_file():
+            f.chmod(dir_mode & 0o666)
 
 
 def load_state(path: Path) -> dict[str, torch.Tensor]:

@@ -15,7 +15,7 @@ argmax (the drafts are then sampled from the draft's own distribution, for diver
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -30,20 +30,17 @@ from paragen.verify import verify_tree
 
 @dataclass(frozen=True)
 class SpecTrOptions:
-    """k: draft sequences per step.  length: tokens per draft sequence (draft calls per step).
-    verifier: "kseq" (SpecTr's K-SEQ) or "rrs" (recursive rejection sampling).
-    replacement: drafts drawn i.i.d. (True) or, at each node, without replacement (False;
-    K-SEQ is defined for i.i.d. drafts only).
-    ceiling: at the first N steps, compute the optimal acceptance of the root's drafts
-    (``paragen.optimum``) for ``stats.extra["ceiling"]``; 0 = off. A measurement, not a
-    decoding setting: ~5 ms a step (i.i.d.), up to ~0.5 s without replacement and k >= 3.
-    """
+    """Settings of ``spectr``; each field's help is shown by ``paragen generate --help``."""
 
-    k: int = 4
-    length: int = 4
-    verifier: str = "kseq"
-    replacement: bool = True
-    ceiling: int = 0
+    k: int = field(default=4, metadata={"help": "draft sequences per step; >= 1"})
+    length: int = field(default=4, metadata={"help": "tokens per draft sequence, i.e. draft calls per step; >= 1"})
+    verifier: str = field(default="kseq", metadata={
+        "help": "kseq (SpecTr's K-SEQ, i.i.d. drafts) or rrs (recursive rejection sampling)"})
+    replacement: bool = field(default=True, metadata={
+        "help": "drafts drawn i.i.d. (true) or, at each node, without replacement (false; rrs only)"})
+    ceiling: int = field(default=0, metadata={
+        "help": "measure the first N steps' acceptance against the optimal multi-draft acceptance "
+        "(stats.extra.ceiling; ~5 ms a step i.i.d., up to ~0.5 s without replacement); 0 = off"})
 
     def __post_init__(self) -> None:
         if self.k < 1 or self.length < 1:

@@ -23,7 +23,7 @@ replacement (q renormalised after each rejection) or i.i.d.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -49,20 +49,18 @@ def parse_widths(text: str) -> tuple[int, ...]:
 
 @dataclass(frozen=True)
 class TreeOptions:
-    """shape: "dynamic" (best-first under a node budget) or "static" (fixed widths per depth).
-    budget: dynamic: drafted nodes verified per call.  depth: dynamic: draft levels (draft calls per step).
-    topk: dynamic: nodes expanded per level, and children per expanded node.
-    widths: static: children per node at each depth, e.g. "4,2,2,1" (4 + 8 + 16 + 16 nodes).
-    draw: static, sampling only: how children are drafted: "top" (the draft's top-w),
-    "without" (sampled without replacement), "with" (sampled i.i.d.).
-    """
+    """Settings of ``tree``; each field's help is shown by ``paragen generate --help``."""
 
-    shape: str = "dynamic"
-    budget: int = 16
-    depth: int = 5
-    topk: int = 4
-    widths: str = "4,2,2,1"
-    draw: str = "top"
+    shape: str = field(default="dynamic", metadata={
+        "help": "dynamic (best nodes by draft path probability under a budget) or static (fixed widths per depth)"})
+    budget: int = field(default=16, metadata={"help": "dynamic: drafted nodes verified per call; >= 1"})
+    depth: int = field(default=5, metadata={"help": "dynamic: draft levels, i.e. draft calls per step; >= 1"})
+    topk: int = field(default=4, metadata={"help": "dynamic: nodes expanded per level and children per expanded node; >= 1"})
+    widths: str = field(default="4,2,2,1", metadata={
+        "help": "static: children per node at each depth, comma-separated positive integers (4,2,2,1: 44 nodes)"})
+    draw: str = field(default="top", metadata={
+        "help": "static, sampling: children are the draft's top-w (top), sampled without replacement (without) or "
+        "i.i.d. (with); verified by recursive rejection"})
 
     def __post_init__(self) -> None:
         if self.shape not in ("static", "dynamic"):

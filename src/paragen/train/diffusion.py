@@ -45,7 +45,7 @@ from paragen.models.io import load_native, resolve, save_model
 from paragen.models.native import NativeConfig, NativeModel
 from paragen.tokenizer import Tokenizer
 from paragen.train.lm import SIZES, TrainConfig, prepare, say
-from paragen.train.loop import fit, follow_umask, training_record
+from paragen.train.loop import fit, training_record
 
 
 @dataclass(frozen=True)
@@ -215,5 +215,4 @@ def train_diffusion(
     # held-out loss: an upper bound on NLL per token, unconditional; accuracy: on masked tokens
     record = training_record(cfg, model, state, evaluate(model), split, command, objective=objective)
     save_model(model, tok, out, dtype=torch.float16, extra_files={"training.json": json.dumps(record, indent=2) + "\n"})
-    follow_umask(out)
     return record

@@ -22,7 +22,7 @@ from paragen.models.io import save_model
 from paragen.models.native import NativeConfig, NativeModel
 from paragen.tokenizer import Tokenizer
 from paragen.train.corpus import find_corpus
-from paragen.train.loop import fit, follow_umask, training_record
+from paragen.train.loop import fit, training_record
 from paragen.train.tokenizer import train_tokenizer
 
 # Model shapes by name. ``target`` and ``draft`` are the shipped pair (draft ~10x smaller).
@@ -168,5 +168,4 @@ def train_lm(cfg: TrainConfig, resume: bool = False, progress: bool = True, comm
                 desc=f"train {cfg.size}", stop_at=stop_at)
     record = training_record(cfg, model, state, evaluate(model, heldout, cfg), split, command)
     save_model(model, tok, out, dtype=torch.float16, extra_files={"training.json": json.dumps(record, indent=2) + "\n"})
-    follow_umask(out)
     return record

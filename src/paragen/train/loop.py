@@ -133,21 +133,6 @@ def fit(
     return state
 
 
-def follow_umask(directory: Path) -> None:
-    """Give a saved model directory and its files the modes a plain mkdir and open would
-    (the user's umask): ``save_model`` builds it in a private temporary directory (0700)
-    and safetensors writes its file 0600. The umask is read by making a probe directory,
-    since ``os.umask`` can only be read by setting it (process-wide)."""
-    probe = directory.parent / f".{directory.name}.umask-probe"
-    probe.mkdir()
-    dir_mode = probe.stat().st_mode & 0o777
-    probe.rmdir()
-    directory.chmod(dir_mode)
-    for f in directory.iterdir():
-        if f.is_file():
-            f.chmod(dir_mode & 0o666)
-
-
 def training_record(cfg: Any, model: NativeModel, state: Progress, heldout: tuple[float, float], split: dict,
                     command: str | None, **extra: Any) -> dict:
     """What ``training.json`` records next to a trained model."""
