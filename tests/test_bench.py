@@ -308,11 +308,12 @@ def test_bench_end_to_end_on_a_tiny_model(tiny_models, tmp_path, capsys):
             assert r["draft_calls"] > 0
     assert summary["hf-greedy"]["committed_per_call"] is None
 
-    # The table on stdout and the HTML report with its three plots.
+    # The table on stdout and the HTML report with its four plots (the fourth for the draft strategies).
     assert "| ar | 1.00 | 1.00 | 1.00 [1.00, 1.00] |" in stdout and "| hf-greedy (peer) |" in stdout
     assert "(!) lookup is lossless but differed from ar" in stdout
+    assert stdout.splitlines()[0].endswith("| draft calls | drafted/call |")
     html = (out / "report.html").read_text()
-    assert html.count("src='data:image/png;base64,") == 3
+    assert html.count("src='data:image/png;base64,") == 4 and "drafted tokens per call" in html
     assert sorted(p.name for p in out.iterdir()) == ["bench.json", "bench.md", "report.html"]
 
 

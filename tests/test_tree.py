@@ -14,7 +14,7 @@ from collections import Counter
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import paragen
@@ -199,6 +199,8 @@ tree_cases = st.one_of(
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(prompt=st.lists(st.integers(0, 49), min_size=1, max_size=20), n=st.integers(1, 30), case=tree_cases,
        draft_kind=st.sampled_from(["same", "other", "avoiding"]), seed=st.integers(0, 9))
+@example(prompt=[0], n=4, case=("tree", {"budget": 1, "depth": 3, "topk": 4}), draft_kind="same", seed=0)  # draft
+# cache: a dynamic tree expands more nodes than it keeps
 def test_tree_strategies_greedy_equal_oracle(prompt, n, case, draft_kind, seed):
     draft = {"same": TARGET, "other": OTHER, "avoiding": AvoidingDraft(TARGET)}[draft_kind]
     name, options = case

@@ -21,7 +21,7 @@ from typing import Any
 from paragen.bench.metrics import Summary
 
 COLUMNS = ("strategy", "exact", "tok/call", "speedup [95% CI]", "tok/s", "agree", "gen_ppl", "ast_ok", "loops",
-           "target calls", "draft calls")
+           "target calls", "draft calls", "drafted/call")
 
 # What each column means (shown under the table in bench.md and report.html).
 METRICS = {
@@ -40,6 +40,9 @@ METRICS = {
     "loops": "share of outputs whose last 64 tokens repeat with a period of 8 or less (degenerate repetition)",
     "target calls": "target forward calls over all prompts (prefill excluded)",
     "draft calls": "draft model forward calls over all prompts (its prefill included)",
+    "drafted/call": "drafted tokens verified per target call (tree nodes for a tree; k for a chain): what each call "
+                    "costs beyond one token; the report plots tokens per call against it, and the acceptance rate "
+                    "per draft position (the bonus token not counted)",
 }
 SMALL_N = 20  # fewer prompts than this: say that the intervals are wide
 WIDE_CI = 0.25  # a speedup interval wider than this share of the speedup: say so
@@ -61,7 +64,7 @@ def table_rows(summary: dict[str, Summary]) -> list[list[str]]:
         calls = "-" if s.target_calls is None else str(s.target_calls)
         drafts = "-" if s.draft_calls is None else str(s.draft_calls)
         rows.append([label, exact, _num(s.tokens_per_call), speedup, _num(s.tok_s, 1), _num(s.agree),
-                     _num(s.gen_ppl), _num(s.ast_ok), _num(s.loops), calls, drafts])
+                     _num(s.gen_ppl), _num(s.ast_ok), _num(s.loops), calls, drafts, _num(s.drafted_per_call, 1)])
     return rows
 
 
@@ -198,6 +201,30 @@ def plot_quality_vs_speedup(summary: dict[str, Summary]) -> str:
     return _png(fig)
 
 
+def plot_draft_efficiency(summary: dict[str, Summary]) -> str | None:
+    """Draft-and-verify contenders: tokens per call against drafted tokens per call (a chain
+    of k, a tree of n nodes: what a bigger tree buys), and the acceptance rate per draft
+    position (how far drafts survive)."""
+    from matplotlib.figure import Figure
+
+    shown = {n: s for n, s in summary.items() if s.drafted_per_call is not None and s.tokens_per_call is not None}
+    if not shown:
+        return None
+    colors = _colors(summary)
+    fig = Figure(figsize=(11, 4))
+    left, right = fig.subplots(1, 2)
+    _scatter(left, [(n, s.drafted_per_call, s.tokens_per_call) for n, s in shown.items()], colors,
+             "drafted tokens verified per target call", "tokens per target call")
+    for name, s in shown.items():
+        right.plot(range(1, len(s.acceptance or ()) + 1), s.acceptance or (), "o-", color=colors[name], label=name)
+    right.set_xlabel("draft position (depth)")
+    right.set_ylabel("acceptance rate")
+    right.set_ylim(0, 1.05)
+    right.grid(alpha=0.3)
+    right.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    return _png(fig)
+
+
 def plot_committed_histograms(summary: dict[str, Summary]) -> str | None:
     """Share of target calls that committed k tokens, one panel per strategy with a histogram."""
     from matplotlib.figure import Figure
@@ -260,7 +287,9 @@ def html_report(bench: dict[str, Any], summary: dict[str, Summary], outputs: boo
     cfg, env = bench["config"], bench["environment"]
     images = [("Speedup against tokens per call", plot_speedup_vs_calls(summary)),
               ("Quality against speedup", plot_quality_vs_speedup(summary)),
-              ("Tokens committed per target call", plot_committed_histograms(summary))]
+              ("Tokens committed per target call", plot_committed_histograms(summary)),
+              ("Drafts: tokens per call against drafted tokens per call; acceptance per position",
+               plot_draft_efficiency(summary))]
     figures = "".join(f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='data:image/png;base64,{png}'>"
                       for title, png in images if png)
     notes = "".join(f"<p class='flag'>{html.escape(n)}</p>" for n in flag_notes(summary))

@@ -94,6 +94,13 @@ class Tree(Strategy):
 
     @classmethod
     def slack(cls, o: TreeOptions) -> int:
+        # The target writes the root and the kept nodes; the draft's cache holds every node
+        # it expanded, which a dynamic tree may prune away: (depth - 1) levels of topk.
+        expanded = (o.depth - 1) * o.topk if o.shape == "dynamic" else 0
+        return 1 + max(o.nodes(), expanded)
+
+    @classmethod
+    def call_tokens(cls, o: TreeOptions) -> int:
         return 1 + o.nodes()
 
     def prefill(self, prompt: list[int]) -> None:
