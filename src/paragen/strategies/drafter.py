@@ -14,10 +14,15 @@ never the output, which the target verifies on an exact cache.
 
 from __future__ import annotations
 
+from abc import abstractmethod
+from typing import ClassVar
+
 import torch
 
-from paragen.strategies.base import CountedModel, catch_up, feed, prefill_cache
+from paragen.sampling import SamplingParams, warp
+from paragen.strategies.base import CountedModel, Strategy, catch_up, feed, prefill_cache
 from paragen.tree import TokenTree
+from paragen.verify import verify_tree
 
 
 class TreeDrafter:
@@ -68,3 +73,60 @@ class TreeDrafter:
             kept.append(self.slot[node])
         self.cache.truncate(self.base)
         self.cache.keep(kept)
+
+
+class TreeDraftStrategy(Strategy):
+    """The loop of a tree-shaped draft-and-verify strategy; subclasses say how deep a step
+    drafts (``depth``) and how the tree grows (``grow``), nothing else.
+
+    Stats (``extra``): ``proposed[d]`` / ``accepted[d]``: steps whose tree reached depth
+    d + 1, and whose accepted path did; ``nodes``: drafted nodes verified in all.
+    """
+
+    needs_draft = True
+    rule: ClassVar[str] = "rrs"  # verify_tree's sampling rule
+
+    @abstractmethod
+    def depth(self) -> int:
+        """Draft levels a step grows at most."""
+
+    @abstractmethod
+    def grow(self, depth: int) -> TokenTree:
+        """A tree of at most ``depth`` levels from ``self.drafter`` (started on ``self.seq``)."""
+
+    def prefill(self, prompt: list[int]) -> None:
+        super().prefill(prompt)
+        self.drafter = TreeDrafter(self.ctx.draft, self.ctx.cache_length)
+        self.drafter.prefill(self.seq)
+        self.ctx.extra.update(proposed=[], accepted=[], nodes=0)
+
+    def draft_probs(self, logits: torch.Tensor) -> torch.Tensor:
+        """The draft's probabilities [..., V]: warped like the target's when sampling, its own
+        softmax (temperature 1) when greedy, where they only rank or diversify candidates."""
+        return warp(logits, SamplingParams(1.0) if self.ctx.sampling.greedy else self.ctx.sampling)
+
+    def step(self, budget: int) -> list[int]:
+        ctx, n = self.ctx, len(self.seq)
+        depth = min(self.depth(), budget - 1)
+        # 1. propose: a token tree from the draft (none when one token is wanted)
+        tree = self.grow(depth) if depth else TokenTree(self.seq[-1])
+        # 2. verify: one target forward over the newest token and every node (tree mask)
+        logits = feed(ctx.target, self.cache, tree.tokens, n - 1, mask=tree.mask(), positions=tree.positions(n - 1))
+        path, nxt = verify_tree(tree, logits, ctx.sampling, ctx.generator, rule=self.rule)
+        # 3. commit: both caches keep the accepted path only
+        self.cache.keep([0, *path])
+        if depth:
+            self.drafter.accept(path)
+        committed = [*(tree.tokens[i] for i in path), nxt]
+        self.seq.extend(committed)
+        self.record(tree, logits, path)
+        return committed
+
+    def record(self, tree: TokenTree, logits: torch.Tensor, path: list[int]) -> None:
+        extra = self.ctx.extra
+        for key in ("proposed", "accepted"):
+            extra[key] += [0] * (tree.depth - len(extra[key]))
+        for d in range(tree.depth):
+            extra["proposed"][d] += 1
+            extra["accepted"][d] += int(d < len(path))
+        extra["nodes"] += len(tree) - 1

@@ -20,12 +20,9 @@ from dataclasses import dataclass, field
 import torch
 
 from paragen.errors import UnsupportedOptionError
-from paragen.sampling import SamplingParams, warp
-from paragen.strategies.base import Strategy, feed
-from paragen.strategies.drafter import TreeDrafter
-from paragen.strategies.tree import record_tree
+from paragen.sampling import warp
+from paragen.strategies.drafter import TreeDraftStrategy
 from paragen.tree import TokenTree
-from paragen.verify import verify_tree
 
 
 @dataclass(frozen=True)
@@ -53,31 +50,30 @@ class SpecTrOptions:
             raise UnsupportedOptionError("spectr: K-SEQ assumes i.i.d. drafts; use replacement=true or verifier=rrs")
 
 
-class SpecTr(Strategy):
+class SpecTr(TreeDraftStrategy):
     name = "spectr"
     Options = SpecTrOptions
-    needs_draft = True
     summary = "k sampled draft sequences as a tree, verified by SpecTr's K-SEQ (or recursive rejection)"
 
     @classmethod
     def slack(cls, o: SpecTrOptions) -> int:
         return 1 + o.k * o.length
 
-    def prefill(self, prompt: list[int]) -> None:
-        super().prefill(prompt)
-        self.drafter = TreeDrafter(self.ctx.draft, self.ctx.cache_length)
-        self.drafter.prefill(self.seq)
-        self.ctx.extra.update(proposed=[], accepted=[], nodes=0)
+    @property
+    def rule(self) -> str:  # verify_tree's rule at each node: K-SEQ or recursive rejection
+        return self.opts.verifier
 
-    def propose(self, length: int) -> TokenTree:
+    def depth(self) -> int:
+        return self.opts.length
+
+    def grow(self, length: int) -> TokenTree:
         """k draft sequences of ``length`` tokens, as a tree with per-node candidates and q."""
         o, ctx = self.opts, self.ctx
-        sampling = SamplingParams(1.0) if ctx.sampling.greedy else ctx.sampling
         tree, logits = self.drafter.start(self.seq)
         through = {0: o.k}  # node -> drafts passing through it
         level, logits = [0], logits[None]
         for d in range(length):
-            for node, q in zip(level, warp(logits, sampling)):
+            for node, q in zip(level, self.draft_probs(logits)):
                 m = through[node] if o.replacement else min(through[node], int((q > 0).sum()))
                 tree.q[node] = q
                 for t in torch.multinomial(q, m, replacement=o.replacement, generator=ctx.generator).tolist():
@@ -89,25 +85,10 @@ class SpecTr(Strategy):
         tree.replacement = o.replacement
         return tree
 
-    def step(self, budget: int) -> list[int]:
-        ctx, n = self.ctx, len(self.seq)
-        length = min(self.opts.length, budget - 1)
-        # 1. propose: k draft sequences merged into a tree (none when one token is wanted)
-        tree = self.propose(length) if length else TokenTree(self.seq[-1])
-        # 2. verify: one target forward over the newest token and every node; K-SEQ or
-        #    recursive rejection among the surviving drafts at each depth
-        logits = feed(ctx.target, self.cache, tree.tokens, n - 1, mask=tree.mask(), positions=tree.positions(n - 1))
-        path, nxt = verify_tree(tree, logits, ctx.sampling, ctx.generator, rule=self.opts.verifier)
-        # 3. commit: both caches keep the accepted path only
-        self.cache.keep([0, *path])
-        if length:
-            self.drafter.accept(path)
-        committed = [*(tree.tokens[i] for i in path), nxt]
-        self.seq.extend(committed)
-        record_tree(ctx.extra, tree, len(path))
-        if ctx.extra.get("ceiling", {}).get("positions", 0) < self.opts.ceiling and tree.q[0] is not None:
+    def record(self, tree: TokenTree, logits: torch.Tensor, path: list[int]) -> None:
+        super().record(tree, logits, path)
+        if self.ctx.extra.get("ceiling", {}).get("positions", 0) < self.opts.ceiling and tree.q[0] is not None:
             self.measure(logits[0], tree, bool(path))
-        return committed
 
     def measure(self, logits: torch.Tensor, tree: TokenTree, accepted: bool) -> None:
         """Add the root position to ``extra["ceiling"]``: whether the target's token was among

@@ -28,11 +28,8 @@ from dataclasses import dataclass, field
 import torch
 
 from paragen.errors import UnsupportedOptionError
-from paragen.sampling import SamplingParams, warp
-from paragen.strategies.base import Strategy, feed
-from paragen.strategies.drafter import TreeDrafter
+from paragen.strategies.drafter import TreeDraftStrategy
 from paragen.tree import TokenTree
-from paragen.verify import verify_tree
 
 DRAWS = ("top", "without", "with")
 
@@ -86,10 +83,9 @@ class TreeOptions:
         return total
 
 
-class Tree(Strategy):
+class Tree(TreeDraftStrategy):
     name = "tree"
     Options = TreeOptions
-    needs_draft = True
     summary = "draft model proposes a token tree (static or dynamic), target verifies it in one call"
 
     @classmethod
@@ -103,17 +99,11 @@ class Tree(Strategy):
     def call_tokens(cls, o: TreeOptions) -> int:
         return 1 + o.nodes()
 
-    def prefill(self, prompt: list[int]) -> None:
-        super().prefill(prompt)
-        self.drafter = TreeDrafter(self.ctx.draft, self.ctx.cache_length)
-        self.drafter.prefill(self.seq)
-        self.ctx.extra.update(proposed=[], accepted=[], nodes=0)
+    def depth(self) -> int:
+        return self.opts.depth if self.opts.shape == "dynamic" else len(parse_widths(self.opts.widths))
 
-    def draft_probs(self, logits: torch.Tensor) -> torch.Tensor:
-        """The draft's probabilities [..., V]: warped like the target's when sampling, its own
-        softmax (temperature 1) when greedy, where they only rank candidates."""
-        sampling = SamplingParams(1.0) if self.ctx.sampling.greedy else self.ctx.sampling
-        return warp(logits, sampling)
+    def grow(self, depth: int) -> TokenTree:
+        return self.grow_dynamic(depth) if self.opts.shape == "dynamic" else self.grow_static(depth)
 
     def grow_static(self, depth: int) -> TokenTree:
         o, greedy = self.opts, self.ctx.sampling.greedy
@@ -159,34 +149,3 @@ class Tree(Strategy):
         tree, new = tree.subtree(best)
         self.drafter.renumber(new)
         return tree
-
-    def step(self, budget: int) -> list[int]:
-        ctx, n = self.ctx, len(self.seq)
-        depth = min(self.opts.depth if self.opts.shape == "dynamic" else len(parse_widths(self.opts.widths)), budget - 1)
-        if depth == 0:  # one token wanted: no draft
-            tree = TokenTree(self.seq[-1])
-        else:
-            # 1. propose: a token tree from the draft
-            tree = self.grow_dynamic(depth) if self.opts.shape == "dynamic" else self.grow_static(depth)
-        # 2. verify: one target forward over the newest token and every node
-        logits = feed(ctx.target, self.cache, tree.tokens, n - 1, mask=tree.mask(), positions=tree.positions(n - 1))
-        path, nxt = verify_tree(tree, logits, ctx.sampling, ctx.generator)
-        # 3. commit: both caches keep the accepted path only
-        self.cache.keep([0, *path])
-        if depth:
-            self.drafter.accept(path)
-        committed = [*(tree.tokens[i] for i in path), nxt]
-        self.seq.extend(committed)
-        record_tree(ctx.extra, tree, len(path))
-        return committed
-
-
-def record_tree(extra: dict, tree: TokenTree, accept_len: int) -> None:
-    """Per-depth statistics: steps whose tree reached depth d + 1 (proposed[d]) and whose
-    accepted path did (accepted[d]); nodes verified in all (root excluded)."""
-    for key in ("proposed", "accepted"):
-        extra[key] += [0] * (tree.depth - len(extra[key]))
-    for d in range(tree.depth):
-        extra["proposed"][d] += 1
-        extra["accepted"][d] += int(d < accept_len)
-    extra["nodes"] += len(tree) - 1
