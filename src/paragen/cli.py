@@ -1,4 +1,4 @@
-"""The ``paragen`` command line: generate, models, train, bench."""
+"""The ``paragen`` command line: generate, models, train, bench, serve."""
 
 from __future__ import annotations
 
@@ -107,6 +107,7 @@ def run_models(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from paragen.bench.cli import add_bench_parser
+    from paragen.serve.cli import add_serve_parser
     from paragen.train.cli import add_train_parser
 
     p = argparse.ArgumentParser(prog="paragen", description="Fast parallel decoding of generative sequence models.")
@@ -115,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("models", help="list the built-in models", description="List the built-in models and their training results.")
     add_train_parser(sub)
     add_bench_parser(sub)
+    add_serve_parser(sub)
     return p
 
 
@@ -133,6 +135,10 @@ def main(argv: list[str] | None = None) -> int:
             from paragen.bench.cli import run_bench
 
             return run_bench(args)
+        if args.command == "serve":
+            from paragen.serve.cli import run_serve
+
+            return run_serve(args)
     except (ParagenError, FileNotFoundError) as e:
         print(f"paragen: error: {e}", file=sys.stderr)
         return 2
