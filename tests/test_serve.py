@@ -281,6 +281,17 @@ def test_load_100_concurrent_streaming_clients(model):
     print(f"100 streaming clients: {seconds:.1f} s, {len(refused)} answered 429 and retried")
 
 
+def wait_until_idle(url: str, cancelled: int) -> None:
+    """Wait (5 s at most) for no request waiting or running and ``cancelled`` decodes cancelled, then check it."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and (
+            metric(url, "paragen_in_flight") or metric(url, "paragen_queue_depth")
+            or metric(url, 'paragen_decodes_total{outcome="cancelled"}') < cancelled):
+        time.sleep(0.05)
+    assert metric(url, "paragen_in_flight") == metric(url, "paragen_queue_depth") == 0
+    assert metric(url, 'paragen_decodes_total{outcome="cancelled"}') == cancelled
+
+
 def test_disconnect_frees_the_slot(model):
     slow = SlowModel(model, delay=0.03)  # 240 tokens take >= 7 s: the disconnect comes long before
     with serving(slow, max_tokens=240) as base:
@@ -293,14 +304,12 @@ def test_disconnect_frees_the_slot(model):
             # a second client queues behind it, then gives up before its turn
             with pytest.raises(httpx.ReadTimeout):
                 httpx.post(f"{base}/v1/completions", json={**long, "stream": False}, timeout=1.0)
-        # both connections are closed now: the queued one leaves the queue, the running one stops between steps
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and (
-                metric(base, "paragen_in_flight") or metric(base, "paragen_queue_depth")
-                or metric(base, 'paragen_decodes_total{outcome="cancelled"}') < 2):
-            time.sleep(0.05)
-        assert metric(base, "paragen_in_flight") == metric(base, "paragen_queue_depth") == 0
-        assert metric(base, 'paragen_decodes_total{outcome="cancelled"}') == 2
+        # both connections are closed now: the queued one left the queue, the running one stops between steps
+        wait_until_idle(base, cancelled=2)
+        # a non-streaming client that leaves mid-decode stops it too
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{base}/v1/completions", json={**long, "stream": False}, timeout=1.0)
+        wait_until_idle(base, cancelled=3)
         assert metric(base, 'paragen_decodes_total{outcome="finished"}') == 0
         # the slot is free: the next request is served at once
         out = client(base).completions.create(model=model.name, prompt=PROMPT, max_tokens=3, temperature=0)

@@ -155,22 +155,30 @@ def create_app(model: Model, draft: Model | None = None, config: ServeConfig | N
                     draft=draft if cls.needs_draft else None, **{k: getattr(options, k) for k in body.paragen.options})
 
     async def events(job: Job, request: Request) -> AsyncIterator[tuple[str, Any]]:
-        """The job's events until the last; a gone client cancels the job, a passed deadline ends it."""
+        """The job's events until the last; a gone client cancels the job, a passed deadline ends it.
+
+        The client is looked for every POLL_SECONDS even while pieces flow, so a non-streaming
+        client that leaves mid-decode stops it too (a streaming one is also seen by Starlette).
+        """
+        polled = time.monotonic()
         try:
             while True:
                 left = job.deadline - time.monotonic()
                 try:
-                    kind, value = await asyncio.wait_for(job.events.get(), timeout=max(0.0, min(POLL_SECONDS, left)))
+                    event = await asyncio.wait_for(job.events.get(), timeout=max(0.0, min(POLL_SECONDS, left)))
                 except asyncio.TimeoutError:
+                    event = None
                     if time.monotonic() > job.deadline:  # e.g. still queued behind a long decode
                         yield "timeout", None
                         return
+                if time.monotonic() - polled >= POLL_SECONDS:
+                    polled = time.monotonic()
                     if await request.is_disconnected():
                         return
-                    continue
-                yield kind, value
-                if kind != "piece":
-                    return
+                if event is not None:
+                    yield event
+                    if event[0] != "piece":
+                        return
         finally:
             scheduler.cancel(job)  # no-op when the job has finished; frees its place or stops its decode
 
