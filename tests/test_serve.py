@@ -11,8 +11,6 @@ import json
 import random
 import re
 import shutil
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,34 +19,19 @@ import httpx
 import openai
 import pytest
 import torch
-import uvicorn
 
 import paragen
 from paragen.cli import main
 from paragen.errors import InvalidInputError
 from paragen.models.base import Model
-from paragen.serve.app import ServeConfig, create_app
+from paragen.serve.app import ServeConfig, create_app, serve_in_thread
 
 
 @contextmanager
 def serving(model: Model, draft: Model | None = None, **config) -> Iterator[str]:
-    """Run the app on 127.0.0.1:<free port> in a thread; yield its base URL; stop it after."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(create_app(model, draft, ServeConfig(**config)), log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(20)
-        sock.close()
+    """The app on 127.0.0.1:<free port> in a thread; yields its base URL."""
+    with serve_in_thread(create_app(model, draft, ServeConfig(**config))) as url:
+        yield url
 
 
 class SlowModel(Model):
