@@ -67,7 +67,7 @@ class ServeConfig:
     def __post_init__(self) -> None:
         if self.max_batch != 1:
             raise InvalidInputError(f"--max-batch {self.max_batch}: only 1 is supported until batched decoding lands "
-                               "(requests are decoded one at a time behind the queue); use --max-batch 1")
+                                    "(requests are decoded one at a time behind the queue); use --max-batch 1")
         if self.max_queue < 1 or self.max_tokens < 1 or self.timeout <= 0:
             raise InvalidInputError("--max-queue and --max-tokens must be at least 1 and --timeout positive")
 
@@ -210,18 +210,15 @@ def create_app(model: Model, draft: Model | None = None, config: ServeConfig | N
             return Response(status_code=499)  # nobody to answer: the client disconnected while queued
         if first[0] not in ("piece", "done"):
             raise failure(*first)
-        if not body.stream:
-            text = []
+        if not body.stream:  # the pieces add up to the Generation's text, which comes with "done"
             async for kind, value in _chain(first, stream):
-                if kind == "piece":
-                    text.append(value)
-                elif kind == "done":
+                if kind == "done":
                     usage = usage_body(prompt_tokens, len(value.tokens))
                     return JSONResponse(response_body(rid, served, now(), value.text, finish_reason(value.stats.finish_reason),
                                                       usage, chat))
-                else:
+                if kind != "piece":
                     raise failure(kind, value)
-            return Response(status_code=499)
+            return Response(status_code=499)  # the client left mid-decode
 
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
