@@ -326,3 +326,20 @@ def test_serve_flags_and_defaults():
     assert (args.host, args.max_batch, args.strategy, args.api_key) == ("127.0.0.1", 1, "ar", None)
     args = build_parser().parse_args(["serve", "--port", "0", "--max-queue", "2", "--timeout", "5", "--threads", "1"])
     assert (args.port, args.max_queue, args.timeout, args.threads) == (0, 2, 5.0, 1)
+
+
+class BrokenModel(SlowModel):
+    """A model whose forward fails: a server bug stands in for any unexpected exception."""
+
+    def forward(self, tokens, positions, cache=None, mask=None):
+        raise RuntimeError("secret internal detail")
+
+
+def test_an_internal_error_is_a_500_without_traceback(model):
+    with serving(BrokenModel(model, 0.0)) as base:
+        for stream in (False, True):
+            r = httpx.post(f"{base}/v1/completions", json=body(model=model.name, stream=stream), timeout=30)
+            assert r.status_code == 500 and r.json()["error"]["type"] == "server_error"
+            assert "secret" not in r.text and "Traceback" not in r.text
+        assert httpx.get(f"{base}/health").json()["status"] == "ok"  # the decoder thread survived
+        assert metric(base, 'paragen_decodes_total{outcome="failed"}') == 2
