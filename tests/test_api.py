@@ -172,6 +172,15 @@ def test_stream_exposes_the_generation():
         while True:
             next(again)
     assert done.value.value is again.generation
+    assert list(again) == [] and again.generation is done.value.value  # exhausted: the result stays
+
+
+def test_stream_close_stops_decoding(model_dir):
+    model = paragen.load(model_dir)
+    stopped = paragen.stream(model, "def add(a, b):", max_new_tokens=50)
+    assert next(stopped)  # a first piece of text
+    stopped.close()  # decoding ends where it stands (a server's client left)
+    assert list(stopped) == [] and stopped.generation is None
 
 
 def test_stream_checks_arguments_when_called():

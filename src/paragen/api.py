@@ -166,8 +166,14 @@ class Stream:
         try:
             return next(self._pieces)
         except StopIteration as done:
-            self.generation = done.value
-            raise StopIteration(done.value) from None
+            # A closed or exhausted generator ends again with None: keep the result it gave.
+            self.generation = self.generation or done.value
+            raise StopIteration(self.generation) from None
+
+    def close(self) -> None:
+        """Stop decoding now (a server whose client left, a deadline): the decode loop ends
+        where it stands and its cache is freed; ``generation`` stays ``None``."""
+        self._pieces.close()
 
 
 def _check_sampling(temperature: Any, top_k: Any, top_p: Any) -> SamplingParams:

@@ -1,4 +1,4 @@
-"""The ``paragen`` command line: generate, models, train, bench."""
+"""The ``paragen`` command line: generate, models, train, bench, serve."""
 
 from __future__ import annotations
 
@@ -160,6 +160,7 @@ def run_models(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from paragen import __version__
     from paragen.bench.cli import add_bench_parser
+    from paragen.serve.cli import add_serve_parser
     from paragen.train.cli import add_train_parser
 
     p = argparse.ArgumentParser(prog="paragen", description="Fast parallel decoding of generative sequence models.")
@@ -169,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("models", help="list the built-in models", description="List the built-in models and their training results.")
     add_train_parser(sub)
     add_bench_parser(sub)
+    add_serve_parser(sub)
     return p
 
 
@@ -207,6 +209,10 @@ def run(argv: list[str] | None) -> int:
         from paragen.train.cli import run_train
 
         return run_train(args)
+    if args.command == "serve":
+        from paragen.serve.cli import run_serve
+
+        return run_serve(args)
     from paragen.bench.cli import run_bench
 
     return run_bench(args)

@@ -1,0 +1,88 @@
+"""The ``paragen serve`` subcommand: its flags and how it starts uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from paragen.errors import InvalidInputError, ParagenError
+
+DESCRIPTION = """\
+Serve a model over an OpenAI-compatible HTTP API: POST /v1/completions (and
+/v1/chat/completions for models with a chat template), GET /v1/models, /health, /metrics.
+Each request may pick its strategy and options in the extra body:
+  {"paragen": {"strategy": "lookup", "options": {"max_ngram": 3}}}
+Requests are decoded one at a time, in arrival order, behind a queue of --max-queue
+(batched decoding is not built yet); a full queue is answered 429."""
+
+EPILOG = """\
+example:
+  paragen serve --model code-target --draft code-draft --strategy speculative
+  python -c "import openai; c = openai.OpenAI(base_url='http://127.0.0.1:8000/v1', api_key='-');
+             print(c.completions.create(model='code-target', prompt='def add(a, b):', max_tokens=32).choices[0].text)"
+"""
+
+
+def add_serve_parser(sub: argparse._SubParsersAction) -> None:
+    from paragen.models import DTYPES
+
+    p = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API", description=DESCRIPTION,
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000; 0 picks a free one)")
+    p.add_argument("--model", default="code-target", help="built-in model name or model directory (default: code-target)")
+    p.add_argument("--draft", default=None, help="draft model for the strategies that need one (speculative, tree, spectr)")
+    p.add_argument("--strategy", default="ar", help="strategy for requests that name none (default: ar)")
+    p.add_argument("--backend", choices=["native", "hf"], default="native", help="model backend (default: native)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="weights' dtype (default: float32)")
+    p.add_argument("--max-batch", type=int, default=1,
+                   help="requests decoded together; must be 1 until batched decoding lands (default: 1)")
+    p.add_argument("--max-queue", type=int, default=64,
+                   help="requests that may wait behind the one being decoded; more are answered 429 (default: 64)")
+    p.add_argument("--max-tokens", type=int, default=1024, help="largest max_tokens a request may ask for (default: 1024)")
+    p.add_argument("--timeout", type=float, default=300.0,
+                   help="seconds a request may take from arrival, queueing included; then its decode stops between "
+                        "steps and the client gets a 504 (or an error event if streaming) (default: 300)")
+    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1/* (default: no key)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+
+
+def chat_template(name_or_path: str) -> str | None:
+    """The model directory's chat template (tokenizer_config.json or chat_template.jinja), if any."""
+    from paragen.models.io import resolve
+
+    path = resolve(name_or_path)
+    if (path / "chat_template.jinja").exists():
+        return (path / "chat_template.jinja").read_text()
+    cfg = path / "tokenizer_config.json"
+    template = json.loads(cfg.read_text()).get("chat_template") if cfg.exists() else None
+    if isinstance(template, list):  # named templates: [{"name": "default", "template": ...}, ...]
+        template = next((t["template"] for t in template if t.get("name") == "default"), None)
+    return template
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from paragen.serve.app import ServeConfig, create_app
+    except ImportError as e:
+        raise ParagenError(f"serving needs FastAPI and uvicorn ({e}): pip install 'paragen[serve]'") from None
+    import torch
+
+    import paragen
+    from paragen.models import DTYPES
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise InvalidInputError(f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    config = ServeConfig(strategy=args.strategy, max_batch=args.max_batch, max_queue=args.max_queue,
+                         max_tokens=args.max_tokens, timeout=args.timeout, api_key=args.api_key,
+                         chat_template=chat_template(args.model))
+    dtype = DTYPES[args.dtype]
+    model = paragen.load(args.model, backend=args.backend, dtype=dtype)
+    draft = paragen.load(args.draft, backend=args.backend, dtype=dtype) if args.draft else None
+    app = create_app(model, draft, config)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    return 0
