@@ -27,8 +27,10 @@ class CountedModel:
         self.info = model.info
         self.calls = 0
 
-    def __call__(self, tokens, positions, cache=None, mask=None) -> torch.Tensor:
+    def __call__(self, tokens, positions, cache=None, mask=None, return_hidden=False):
         self.calls += 1
+        if return_hidden:
+            return self.model(tokens, positions, cache=cache, mask=mask, return_hidden=True)
         return self.model(tokens, positions, cache=cache, mask=mask)
 
     def new_cache(self, max_length: int) -> Any:
@@ -80,13 +82,17 @@ class Strategy(ABC):
 
 
 def feed(model: CountedModel, cache: Any, tokens: list[int], start: int, mask: torch.Tensor | None = None,
-         positions: list[int] | None = None) -> torch.Tensor:
-    """One forward of ``tokens`` (batch 1) after the cache's committed slots; logits [T, V].
+         positions: list[int] | None = None, hidden: bool = False):
+    """One forward of ``tokens`` (batch 1) after the cache's committed slots; logits [T, V],
+    or (logits [T, V], final-norm hidden states [T, H]) from the same call when ``hidden``.
 
     Positions are ``start, start+1, ...`` unless given (trees and windows pass their own).
     """
     x = torch.tensor([tokens])
     pos = torch.tensor([positions]) if positions is not None else torch.arange(start, start + len(tokens))[None]
+    if hidden:
+        logits, states = model(x, pos, cache=cache, mask=mask, return_hidden=True)
+        return logits[0], states[0]
     return model(x, pos, cache=cache, mask=mask)[0]
 
 
