@@ -3,7 +3,8 @@
 from paragen.api import generate, load, stream
 from paragen.driver import Generation, Stats
 from paragen.errors import ParagenError
+from paragen.heads import load_heads
 from paragen.strategies import STRATEGIES
 
-__all__ = ["STRATEGIES", "Generation", "ParagenError", "Stats", "generate", "load", "stream"]
+__all__ = ["STRATEGIES", "Generation", "ParagenError", "Stats", "generate", "load", "load_heads", "stream"]
 __version__ = "0.1.0"

@@ -46,6 +46,7 @@ class DecodeContext:
     generator: torch.Generator
     cache_length: int  # slots to allocate: prompt + max_new_tokens + room for pending drafts
     draft: CountedModel | None = None
+    heads: Any = None  # paragen.heads.Heads bound to the target, for strategies that ride on heads
     extra: dict[str, Any] = field(default_factory=dict)  # strategy-specific statistics
 
 
@@ -55,6 +56,7 @@ class Strategy(ABC):
     name: ClassVar[str]
     Options: ClassVar[type]
     needs_draft: ClassVar[bool] = False
+    head_kinds: ClassVar[tuple[str, ...]] = ()  # the kinds of prediction heads it runs on (none: needs no heads)
     supports_sampling: ClassVar[bool] = True
     lossless: ClassVar[bool] = True
     attention: ClassVar[str] = "causal"  # the kind of model it runs (ModelInfo.attention)
