@@ -8,9 +8,12 @@ acceptance pinned on a hand-made case and flagged lossy.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
+import paragen
 from paragen.errors import HeadsMismatchError, ModelLoadError
 from paragen.heads import KINDS, load_heads, new_heads, save_heads
 from tests.conftest import tiny_model
@@ -67,3 +70,42 @@ def test_zero_initialised_heads_start_as_the_targets_next_token():
             out = new_heads(TARGET, kind, 3, std=0.3).train_logits(hidden, x)
             for j in range(3):
                 torch.testing.assert_close(out[:, :, j], logits, rtol=1e-12, atol=1e-12)
+
+
+# ---------------------------------------------------------------- training
+
+TINY = dict(max_files=20, seq_len=48, batch_size=8, precision="fp32", warmup=4, eval_every=5, checkpoint_every=10,
+            eval_windows=8, lr=3e-3)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_tiny_training_lowers_heldout_head_loss(tmp_path, model_dir, kind):
+    from paragen.train.heads import HeadsTrainConfig, train_heads
+
+    rec = train_heads(HeadsTrainConfig(kind=kind, target=str(model_dir), out=str(tmp_path / "h"), num_heads=2,
+                                       steps=45, **TINY), progress=False)
+    losses = [h["heldout_loss"] for h in rec["history"]]
+    assert losses[-1] < losses[0] - 0.05, losses
+    assert len(rec["per_head_accuracy"]) == (1 if kind == "eagle" else 2)
+    saved = json.loads((tmp_path / "h" / "training.json").read_text())
+    assert saved["target"] == str(model_dir) and saved["per_head_accuracy"] == rec["per_head_accuracy"]
+    target = paragen.load(model_dir)
+    assert load_heads(tmp_path / "h", target).kind == kind
+
+
+def test_heads_training_resumes_to_the_same_result(tmp_path, model_dir):
+    from paragen.train.heads import HeadsTrainConfig, train_heads
+
+    def cfg(name):
+        return HeadsTrainConfig(kind="hydra", target=str(model_dir), out=str(tmp_path / name), num_heads=2, steps=20,
+                                **TINY)
+
+    straight = train_heads(cfg("a"), progress=False)
+    train_heads(cfg("b"), progress=False, stop_at=10)
+    resumed = train_heads(cfg("b"), resume=True, progress=False)
+    assert resumed["steps"] == straight["steps"] == 20
+    target = paragen.load(model_dir)
+    a, b = load_heads(tmp_path / "a", target), load_heads(tmp_path / "b", target)
+    for (name, pa), (_, pb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(pa, pb), name
+    assert resumed["history"] == straight["history"]

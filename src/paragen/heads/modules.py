@@ -47,7 +47,7 @@ class HeadsConfig:
     (``target``: the fingerprint of ``paragen.heads.io.fingerprint``)."""
 
     kind: str
-    num_heads: int  # K: tokens drafted beyond the target's own next token (eagle: draft depth it was trained for)
+    num_heads: int  # K: tokens drafted beyond the target's own next token (eagle: 1, it drafts by autoregression)
     hidden_size: int
     vocab_size: int
     inner_size: int | None = None  # blockwise: the feed-forward width (default: hidden_size)
@@ -228,11 +228,14 @@ class Eagle(Heads):
         attn = None if is_causal else expand_mask(mask, past, T, True, tokens.device)
         return self.layer(x, cos, sin, 0, cache, attn, is_causal)
 
-    def train_logits(self, hidden: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    def train_features(self, hidden: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Predicted features of t + 1 [B, L, H] from the target's at t and x_{t+1} (teacher forcing)."""
         B, L = tokens.shape
         nxt = torch.cat([tokens[:, 1:], tokens.new_zeros(B, 1)], dim=1)  # x_{t+1}; the last is masked out
-        pred = self(hidden, nxt, torch.arange(L).expand(B, -1))
-        return self.readout(pred)[:, :, None]  # one step of teacher forcing: [B, L, 1, V]
+        return self(hidden, nxt, torch.arange(L, device=tokens.device).expand(B, -1))
+
+    def train_logits(self, hidden: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        return self.readout(self.train_features(hidden, tokens))[:, :, None]  # one step: [B, L, 1, V]
 
 
 CLASSES: dict[str, type[Heads]] = {c.kind: c for c in (Blockwise, Medusa, Hydra, Eagle)}

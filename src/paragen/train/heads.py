@@ -1,0 +1,140 @@
+"""Train prediction heads on a frozen target: ``paragen train heads``.
+
+Data: windows of the same Python corpus the target was trained on, labelled by the target
+itself. One frozen forward per window gives the target's final-norm hidden state h_t and
+its prediction at every position t, so head j at position t learns the target's prediction
+at t + j + 1 (the token the target would emit after the true prefix x_{<=t+j+1}); hydra's
+and eagle's token inputs are the true tokens x_{t+1}.., the prefix those labels condition
+on. No generation is needed: a window costs one target forward, and every position of it
+is a training example for every head.
+
+Why not Medusa-1's self-distillation on generated text: generating the corpus costs one
+target call per token (the target greedily continuing each prompt), against one call per
+window here, and a greedy continuation of a 4096-token model loops readily, which would
+train the heads on repetitive text. The labels are the target's own in both cases, so the
+heads still learn to agree with the target rather than with the corpus. ``labels``:
+``argmax`` (cross-entropy against the target's top-1: what greedy acceptance tests) or
+``soft`` (cross-entropy against its whole distribution: the knowledge-distillation loss of
+Medusa-2, closer to what sampling acceptance rewards); compare both on the same budget.
+
+EAGLE's loss (Li et al. 2024, section 4.2): Smooth L1 between the predicted feature of
+t + 1 and the target's, plus ``eagle_cls_weight`` (their 0.1) times the token loss.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from paragen.heads import KINDS, Heads, new_heads, save_heads
+from paragen.models import load
+from paragen.models.base import Model
+from paragen.models.io import resolve
+from paragen.train.lm import TrainConfig, prepare
+from paragen.train.loop import fit, training_record
+
+
+@dataclass(frozen=True)
+class HeadsTrainConfig:
+    kind: str = "medusa"
+    target: str = "code-target"
+    out: str = "runs/heads"
+    num_heads: int = 4  # blockwise, medusa, hydra: tokens drafted past the target's own (eagle: always 1)
+    labels: str = "argmax"  # "argmax" or "soft": see the module docstring
+    eagle_cls_weight: float = 0.1
+    data: str | None = None  # directory of *.py files; None = the standard library
+    max_files: int | None = None  # cap the corpus (tests)
+    seq_len: int = 256
+    batch_size: int = 16
+    steps: int = 2000
+    minutes: float | None = None  # wall-clock budget; the schedule follows time when set
+    lr: float = 1e-3
+    warmup: int = 50
+    weight_decay: float = 0.0
+    clip: float = 1.0
+    seed: int = 0
+    precision: str = "bf16"  # "bf16" autocast or "fp32"
+    eval_every: int = 200
+    eval_windows: int = 32
+    checkpoint_every: int = 200
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown head kind '{self.kind}': choose one of {', '.join(KINDS)}")
+        if self.labels not in ("argmax", "soft"):
+            raise ValueError(f"labels must be 'argmax' or 'soft', got '{self.labels}'")
+
+
+def head_loss(heads: Heads, target: Model, batch: torch.Tensor, cfg: HeadsTrainConfig
+              ) -> tuple[torch.Tensor, list[int], list[int]]:
+    """Loss over windows [B, L + 1] (the last token is unused) and, per head, (correct top-1, count)."""
+    x = batch[:, :-1]
+    B, L = x.shape
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+        with torch.no_grad():  # the frozen target: labels and features
+            logits, hidden = target(x, torch.arange(L).expand(B, -1), return_hidden=True)
+        hidden = hidden.float()
+        if heads.kind == "eagle":
+            feats = heads.train_features(hidden, x)  # [B, L, H]: predicted features of t + 1
+            out = heads.readout(feats)[:, :, None]
+        else:
+            out = heads.train_logits(hidden, x)  # [B, L, K, V]
+    losses, correct, count = [], [], []
+    for j in range(out.shape[2]):
+        pred, want = out[:, : L - j - 1, j].float().flatten(0, 1), logits[:, j + 1 :].float().flatten(0, 1)
+        top = want.argmax(-1)
+        losses.append(F.cross_entropy(pred, top if cfg.labels == "argmax" else want.softmax(-1)))
+        correct.append(int((pred.argmax(-1) == top).sum()))
+        count.append(int(top.numel()))
+    loss = torch.stack(losses).mean()
+    if heads.kind == "eagle":
+        loss = F.smooth_l1_loss(feats[:, :-1].float(), hidden[:, 1:]) + cfg.eagle_cls_weight * loss
+    return loss, correct, count
+
+
+@torch.no_grad()
+def evaluate_heads(heads: Heads, target: Model, heldout: torch.Tensor, cfg: HeadsTrainConfig) -> tuple[float, list[float]]:
+    """Mean loss and per-head top-1 agreement with the target over fixed held-out windows."""
+    heads.eval()
+    n = min(cfg.eval_windows, max(1, (len(heldout) - 1) // cfg.seq_len))
+    starts = np.linspace(0, len(heldout) - cfg.seq_len - 1, n).astype(int)
+    losses, correct, count = [], None, None
+    for chunk in np.array_split(starts, max(1, n // 8)):
+        batch = torch.stack([heldout[s : s + cfg.seq_len + 1] for s in chunk]).long()
+        loss, c, k = head_loss(heads, target, batch, cfg)
+        losses.append(loss.item() * len(chunk))
+        correct = c if correct is None else [a + b for a, b in zip(correct, c)]
+        count = k if count is None else [a + b for a, b in zip(count, k)]
+    heads.train()
+    return sum(losses) / len(starts), [a / b for a, b in zip(correct, count)]
+
+
+def train_heads(cfg: HeadsTrainConfig, resume: bool = False, progress: bool = True, command: str | None = None,
+                stop_at: int | None = None) -> dict:
+    """Train heads for ``cfg.target`` (frozen) and write the heads directory; returns the training record.
+    ``stop_at`` and ``resume`` as in ``paragen.train.lm.train_lm``."""
+    out = Path(cfg.out)
+    work = out.parent / f".{out.name}.work"
+    work.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    target = load(cfg.target, dtype=torch.float32)
+    for p in getattr(target, "parameters", lambda: [])():
+        p.requires_grad_(False)
+    _, train, heldout, split = prepare(TrainConfig(data=cfg.data, max_files=cfg.max_files,
+                                                   tokenizer=str(resolve(cfg.target))))
+    heads = new_heads(target, cfg.kind, 1 if cfg.kind == "eagle" else cfg.num_heads, seed=cfg.seed)
+    state = fit(heads, cfg, train, lambda h, batch, g: head_loss(h, target, batch, cfg)[0],
+                lambda h: (lambda loss, acc: (loss, sum(acc) / len(acc)))(*evaluate_heads(h, target, heldout, cfg)),
+                work / "checkpoint.pt", resume=resume, progress=progress, desc=f"train {cfg.kind} heads",
+                stop_at=stop_at)
+    loss, per_head = evaluate_heads(heads, target, heldout, cfg)
+    record = training_record(cfg, heads, state, (loss, sum(per_head) / len(per_head)), split, command,
+                             target=cfg.target, per_head_accuracy=per_head,
+                             bytes_fp16=2 * sum(p.numel() for p in heads.parameters()))
+    save_heads(heads, out, dtype=torch.float16, extra_files={"training.json": json.dumps(record, indent=2) + "\n"})
+    return record
