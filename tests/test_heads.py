@@ -9,13 +9,17 @@ acceptance pinned on a hand-made case and flagged lossy.
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import paragen
-from paragen.errors import HeadsMismatchError, ModelLoadError
+from paragen.errors import HeadsMismatchError, ModelLoadError, UnsupportedOptionError
 from paragen.heads import KINDS, load_heads, new_heads, save_heads
+from paragen.reference import reference_greedy
 from tests.conftest import tiny_model
 
 TARGET, OTHER = tiny_model(0), tiny_model(1)
@@ -109,3 +113,183 @@ def test_heads_training_resumes_to_the_same_result(tmp_path, model_dir):
     for (name, pa), (_, pb) in zip(a.state_dict().items(), b.state_dict().items()):
         assert torch.equal(pa, pb), name
     assert resumed["history"] == straight["history"]
+
+
+# ---------------------------------------------------------------- strategies: the oracle
+
+
+class OracleHeads(torch.nn.Module):
+    """Test double: heads that know the target's greedy future, wrong where ``wrong`` says.
+
+    The states of the oracle trajectory are computed once with no cache; a state seen while
+    decoding is looked up by nearest neighbour (equal up to rounding), and head j answers
+    the token j + 2 places after it: the draft of a perfect drafter, or of a partly wrong one.
+    """
+
+    def __init__(self, target, prompt: list[int], n: int, kind: str, num_heads: int = 4, wrong: float = 0.0, seed: int = 0):
+        super().__init__()
+        self.kind, self.num_heads = kind, num_heads
+        self.embed, self.proj = target.head_weights()
+        self.future = prompt + reference_greedy(target, prompt, n + num_heads + 2)
+        with torch.inference_mode():
+            _, hidden = target(torch.tensor([self.future]), torch.arange(len(self.future))[None], return_hidden=True)
+        self.keys = hidden[0]
+        g = torch.Generator().manual_seed(seed)
+        self.wrong = torch.rand(len(self.future), num_heads, generator=g) < wrong
+        self.V = self.proj.shape[0]
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[H] -> logits [K, V]: one-hot-like on the oracle's token (or a wrong one)."""
+        d = (self.keys - hidden).norm(dim=-1)
+        i = int(d.argmin())
+        assert float(d[i]) < 1e-6, "a state off the oracle's trajectory: the output already differs"
+        out = torch.zeros(self.num_heads, self.V, dtype=hidden.dtype)
+        for j in range(self.num_heads):
+            t = self.future[i + 2 + j] if i + 2 + j < len(self.future) else 0
+            out[j, (t + 1) % self.V if self.wrong[i, j] else t] = 10.0
+        return out
+
+    def head(self, j: int, hidden: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
+        """Hydra's interface: the same answer for every node of a level."""
+        return torch.stack([self(h)[j] for h in hidden])
+
+
+LOSSLESS = [
+    ("blockwise", "blockwise", {}), ("blockwise", "medusa", {"k": 2}), ("blockwise", "blockwise", {"k": 1}),
+    ("medusa", "medusa", {}), ("medusa", "blockwise", {"widths": "1,1,1,1"}), ("medusa", "medusa", {"widths": "3,1,2"}),
+    ("hydra", "hydra", {}), ("hydra", "hydra", {"widths": "1,1,1"}), ("hydra", "hydra", {"widths": "2,3"}),
+]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(prompt=st.lists(st.integers(0, 49), min_size=1, max_size=16), n=st.integers(1, 30),
+       case=st.sampled_from(LOSSLESS), seed=st.integers(0, 9), zero_out=st.booleans())
+def test_lossless_modes_with_random_heads_equal_the_oracle(prompt, n, case, seed, zero_out):
+    name, kind, options = case
+    heads = new_heads(TARGET, kind, 4, seed=seed, std=0.3, zero_out=zero_out)
+    out = paragen.generate(TARGET, prompt, name, max_new_tokens=n, heads=heads, **options)
+    assert out.tokens == reference_greedy(TARGET, prompt, n)
+    assert out.stats.extra.get("lossy", False) is False
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(prompt=st.lists(st.integers(0, 49), min_size=1, max_size=16), n=st.integers(1, 30),
+       case=st.sampled_from(LOSSLESS), wrong=st.sampled_from([0.0, 0.3, 0.7, 1.0]), seed=st.integers(0, 9))
+def test_lossless_modes_with_partly_right_heads_equal_the_oracle(prompt, n, case, wrong, seed):
+    """Heads right at a given rate exercise every accept length; perfect heads accept everything."""
+    name, kind, options = case
+    heads = OracleHeads(TARGET, prompt, n, kind, wrong=wrong, seed=seed)
+    out = paragen.generate(TARGET, prompt, name, max_new_tokens=n, heads=heads, **options)
+    assert out.tokens == reference_greedy(TARGET, prompt, n)
+    if wrong == 0.0:
+        assert out.stats.extra["accepted"] == out.stats.extra["proposed"]
+    if wrong == 1.0 and prompt != [] and name != "hydra":
+        assert sum(out.stats.extra["accepted"]) == 0
+
+
+def test_perfect_heads_give_a_block_per_call():
+    prompt, n = [3, 1, 4, 1, 5], 40
+    for name, kind, calls in [("blockwise", "blockwise", 8), ("medusa", "medusa", 8), ("hydra", "hydra", 8)]:
+        out = paragen.generate(TARGET, prompt, name, max_new_tokens=n, heads=OracleHeads(TARGET, prompt, n, kind))
+        assert out.tokens == reference_greedy(TARGET, prompt, n)
+        assert out.stats.target_calls == calls  # 5 tokens per call (4 heads + the target's own)
+
+
+def test_heads_on_the_hf_backend(model_dir):
+    native = paragen.load(model_dir, dtype=torch.float64)
+    hf = paragen.load(model_dir, backend="hf", dtype=torch.float64)
+    expected = paragen.generate(native, "def add(a, b):", "ar", max_new_tokens=24).tokens
+    for name, kind in [("blockwise", "blockwise"), ("medusa", "medusa"), ("hydra", "hydra")]:
+        heads = new_heads(hf, kind, 3, std=0.3)
+        assert paragen.generate(hf, "def add(a, b):", name, max_new_tokens=24, heads=heads).tokens == expected
+
+
+# ---------------------------------------------------------------- strategies: sampling
+
+
+@pytest.mark.parametrize("name,kind,options", [
+    ("blockwise", "blockwise", {}),
+    ("medusa", "medusa", {"widths": "2,2"}),
+    ("medusa", "medusa", {"widths": "3,2", "draw": "sample"}),
+    ("hydra", "hydra", {"widths": "2,2"}),
+    ("hydra", "hydra", {"widths": "2,1", "draw": "sample"}),
+])
+def test_sampled_sequences_follow_the_target_distribution(name, kind, options):
+    """Sequences of three tokens (every depth drafted, the bonus token included) against the
+    exact distribution under the warped target; see tests/test_sampling.py for the bound."""
+    from tests.test_sampling import PROMPT, exact_sequence_distribution, tv, tv_bound
+    from tests.test_sampling import TARGET as SMALL
+
+    params = paragen.sampling.SamplingParams(0.9, top_p=0.95)
+    heads = new_heads(SMALL, kind, 2, seed=3, std=0.5, zero_out=False)
+    length, n = 3, 4000
+    exact = exact_sequence_distribution(SMALL, PROMPT, length, params)
+    counts: Counter = Counter()
+    accepted = proposed = 0
+    for i in range(n):
+        out = paragen.generate(SMALL, PROMPT, name, max_new_tokens=length, temperature=params.temperature,
+                               top_p=params.top_p, seed=i, heads=heads, **options)
+        counts[tuple(out.tokens)] += 1
+        accepted += sum(out.stats.extra["accepted"])
+        proposed += sum(out.stats.extra["proposed"])
+    assert tv(counts, exact, n) < tv_bound(len(exact), n)
+    assert 0 < accepted < proposed  # drafts were both accepted and rejected
+
+
+# ---------------------------------------------------------------- relaxed (lossy) acceptance
+
+
+def test_relaxed_acceptance_rules_on_a_hand_made_case():
+    from paragen.verify import relaxed_accept
+
+    logits = torch.tensor([[3.0, 2.0, 1.0, 0.0],  # draft 1 is 2nd: in the top 2, 1 nat from the best
+                           [0.0, 1.0, 5.0, 4.0],  # draft 2 is the argmax
+                           [1.0, 0.0, 3.0, 2.0],  # draft 0 is 3rd: two tokens rank above it
+                           [0.0, 0.0, 0.0, 9.0]])
+    draft = [1, 2, 0]
+    assert relaxed_accept(draft, logits, "top_m", m=1) == (0, 0)  # m = 1: greedy acceptance
+    assert relaxed_accept(draft, logits, "top_m", m=2) == (2, 2)  # stops at the 3rd-ranked proposal
+    assert relaxed_accept(draft, logits, "top_m", m=3) == (3, 3)  # everything, then the target's bonus
+    assert relaxed_accept(draft, logits, "distance", eps=0.5) == (0, 0)
+    assert relaxed_accept(draft, logits, "distance", eps=1.5) == (2, 2)  # row 0: 1 nat; row 2: 2 nats > 1.5
+    assert relaxed_accept(draft, logits, "distance", eps=2.5) == (3, 3)
+
+
+def test_relaxed_output_is_flagged_lossy_and_never_counted_as_exact():
+    from paragen.strategies import STRATEGIES
+
+    cls = STRATEGIES["blockwise_relaxed"]
+    assert cls.lossless is False and STRATEGIES["blockwise"].lossless is True
+    prompt, n = [3, 1, 4, 1, 5], 40
+    heads = OracleHeads(TARGET, prompt, n, "blockwise", wrong=0.5, seed=1)
+    # m = V accepts any proposal: zero-initialised heads propose the target's next token again
+    out = paragen.generate(TARGET, prompt, "blockwise_relaxed", max_new_tokens=n, heads=new_heads(TARGET, "medusa", 4),
+                           m=50)
+    assert out.stats.extra["lossy"] is True and out.stats.extra["acceptance"] == "top_m=50"
+    assert all(a == p for a, p in zip(out.stats.extra["accepted"], out.stats.extra["proposed"]))  # m = V: all taken
+    assert out.tokens != reference_greedy(TARGET, prompt, n)
+    exact = paragen.generate(TARGET, prompt, "blockwise_relaxed", max_new_tokens=n, heads=heads, m=1)
+    assert exact.tokens == reference_greedy(TARGET, prompt, n) and exact.stats.extra["lossy"] is True
+    with pytest.raises(UnsupportedOptionError, match="greedy-only"):
+        paragen.generate(TARGET, prompt, "blockwise_relaxed", max_new_tokens=4, heads=heads, temperature=1.0)
+
+
+# ---------------------------------------------------------------- API boundary
+
+
+def test_heads_are_required_checked_and_refused_clearly():
+    heads = new_heads(TARGET, "medusa", 2)
+    with pytest.raises(HeadsMismatchError, match="needs prediction heads"):
+        paragen.generate(TARGET, [1, 2], "medusa", max_new_tokens=4)
+    with pytest.raises(UnsupportedOptionError, match="uses no prediction heads"):
+        paragen.generate(TARGET, [1, 2], "ar", max_new_tokens=4, heads=heads)
+    with pytest.raises(HeadsMismatchError, match="runs on hydra heads, not medusa"):
+        paragen.generate(TARGET, [1, 2], "hydra", max_new_tokens=4, heads=heads)
+    with pytest.raises(HeadsMismatchError, match="bound to another model"):
+        paragen.generate(OTHER, [1, 2], "medusa", max_new_tokens=4, heads=heads)
+    with pytest.raises(HeadsMismatchError, match="k=3 but the heads have 2"):
+        paragen.generate(TARGET, [1, 2], "blockwise", max_new_tokens=4, heads=heads, k=3)
+    for name, options in [("blockwise", {"k": -1}), ("medusa", {"widths": "2,0"}), ("medusa", {"draw": "some"}),
+                          ("blockwise_relaxed", {"accept": "near"}), ("blockwise_relaxed", {"m": 0})]:
+        with pytest.raises(UnsupportedOptionError):
+            paragen.generate(TARGET, [1, 2], name, max_new_tokens=4, heads=heads, **options)

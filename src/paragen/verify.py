@@ -192,3 +192,30 @@ def verify_tree(
             return path, y
         path.append(child)
         node = child
+
+
+def relaxed_accept(draft: list[int], logits: torch.Tensor, rule: str, m: int = 2, eps: float = 1.0) -> tuple[int, int]:
+    """LOSSY acceptance (Stern et al. 2018, section 5 "approximate inference"): (accept_len, next token).
+
+    logits [k + 1, V] as in ``verify_chain``. Accept x_i while
+      - ``top_m``: x_i is among the target's m most likely tokens there;
+      - ``distance``: log p(argmax) - log p(x_i) <= eps. Stern et al.'s distance rule,
+        |x_i - argmax| <= eps, is for ordinal outputs (pixel intensities); token ids have
+        no order, so the distance is measured in the target's log-probability instead.
+    The next token is the target's argmax after the accepted prefix. With m = 1 or eps = 0
+    (and no ties) this is greedy acceptance; otherwise the output differs from the target's.
+    """
+    if rule not in ("top_m", "distance"):
+        raise ValueError(f"unknown relaxed acceptance rule '{rule}': top_m or distance")
+    a = 0
+    while a < len(draft):
+        row = logits[a].double()
+        if rule == "top_m":
+            ok = bool((row > row[draft[a]]).sum() < m)  # fewer than m tokens rank strictly above it
+        else:
+            lp = torch.log_softmax(row, -1)
+            ok = bool(lp.max() - lp[draft[a]] <= eps)
+        if not ok:
+            break
+        a += 1
+    return a, int(logits[a].argmax())
