@@ -154,10 +154,43 @@ class OracleHeads(torch.nn.Module):
         return torch.stack([self(h)[j] for h in hidden])
 
 
+class OracleEagle(torch.nn.Module):
+    """Test double for the eagle drafter: its "feature" of position p holds p, read out as the
+    target's greedy token after p (wrong where ``wrong`` says): a perfect or partly wrong drafter."""
+
+    kind, num_heads = "eagle", 1
+
+    def __init__(self, target, prompt: list[int], n: int, wrong: float = 0.0, seed: int = 0):
+        super().__init__()
+        self.embed, self.proj = target.head_weights()
+        self.future = prompt + reference_greedy(target, prompt, n + 12)
+        self.wrong = torch.rand(len(self.future) + 16, generator=torch.Generator().manual_seed(seed)) < wrong
+
+    def new_cache(self, max_length: int):
+        from paragen.cache import KVCache
+
+        return KVCache(1, 1, 1, 1, max_length, torch.float64)
+
+    def forward(self, features, tokens, positions, cache=None, mask=None):
+        out = torch.zeros(*tokens.shape, self.proj.shape[1], dtype=torch.float64)
+        out[..., 0] = positions + 1  # the feature of the next position
+        return out
+
+    def readout(self, x: torch.Tensor) -> torch.Tensor:
+        pos = x[..., 0].round().long().reshape(-1)
+        out = torch.zeros(len(pos), self.proj.shape[0], dtype=torch.float64)
+        for i, p in enumerate(pos.tolist()):
+            t = self.future[p + 1] if p + 1 < len(self.future) else 0
+            out[i, (t + 1) % out.shape[1] if self.wrong[p] else t] = 10.0
+        return out.reshape(*x.shape[:-1], -1)
+
+
 LOSSLESS = [
     ("blockwise", "blockwise", {}), ("blockwise", "medusa", {"k": 2}), ("blockwise", "blockwise", {"k": 1}),
     ("medusa", "medusa", {}), ("medusa", "blockwise", {"widths": "1,1,1,1"}), ("medusa", "medusa", {"widths": "3,1,2"}),
     ("hydra", "hydra", {}), ("hydra", "hydra", {"widths": "1,1,1"}), ("hydra", "hydra", {"widths": "2,3"}),
+    ("eagle", "eagle", {}), ("eagle", "eagle", {"budget": 5, "depth": 3, "topk": 2}),
+    ("eagle", "eagle", {"shape": "static", "widths": "2,2,1"}), ("eagle", "eagle", {"shape": "static", "widths": "1,1,1,1"}),
 ]
 
 
@@ -178,19 +211,25 @@ def test_lossless_modes_with_random_heads_equal_the_oracle(prompt, n, case, seed
 def test_lossless_modes_with_partly_right_heads_equal_the_oracle(prompt, n, case, wrong, seed):
     """Heads right at a given rate exercise every accept length; perfect heads accept everything."""
     name, kind, options = case
-    heads = OracleHeads(TARGET, prompt, n, kind, wrong=wrong, seed=seed)
+    if kind == "eagle":
+        heads = OracleEagle(TARGET, prompt, n, wrong, seed)
+    else:
+        heads = OracleHeads(TARGET, prompt, n, kind, wrong=wrong, seed=seed)
     out = paragen.generate(TARGET, prompt, name, max_new_tokens=n, heads=heads, **options)
     assert out.tokens == reference_greedy(TARGET, prompt, n)
     if wrong == 0.0:
         assert out.stats.extra["accepted"] == out.stats.extra["proposed"]
-    if wrong == 1.0 and prompt != [] and name != "hydra":
+    if wrong == 1.0 and name == "blockwise":  # (in a tree, a wrong top-1's siblings may hold the right token)
         assert sum(out.stats.extra["accepted"]) == 0
 
 
 def test_perfect_heads_give_a_block_per_call():
     prompt, n = [3, 1, 4, 1, 5], 40
-    for name, kind, calls in [("blockwise", "blockwise", 8), ("medusa", "medusa", 8), ("hydra", "hydra", 8)]:
-        out = paragen.generate(TARGET, prompt, name, max_new_tokens=n, heads=OracleHeads(TARGET, prompt, n, kind))
+    for name, kind, calls in [("blockwise", "blockwise", 8), ("medusa", "medusa", 8), ("hydra", "hydra", 8),
+                              ("eagle", "eagle", 8)]:
+        heads = OracleEagle(TARGET, prompt, n) if kind == "eagle" else OracleHeads(TARGET, prompt, n, kind)
+        options = {"shape": "static", "widths": "2,1,1,1"} if kind == "eagle" else {}
+        out = paragen.generate(TARGET, prompt, name, max_new_tokens=n, heads=heads, **options)
         assert out.tokens == reference_greedy(TARGET, prompt, n)
         assert out.stats.target_calls == calls  # 5 tokens per call (4 heads + the target's own)
 
@@ -199,9 +238,34 @@ def test_heads_on_the_hf_backend(model_dir):
     native = paragen.load(model_dir, dtype=torch.float64)
     hf = paragen.load(model_dir, backend="hf", dtype=torch.float64)
     expected = paragen.generate(native, "def add(a, b):", "ar", max_new_tokens=24).tokens
-    for name, kind in [("blockwise", "blockwise"), ("medusa", "medusa"), ("hydra", "hydra")]:
+    for name, kind in [("blockwise", "blockwise"), ("medusa", "medusa"), ("hydra", "hydra"), ("eagle", "eagle")]:
         heads = new_heads(hf, kind, 3, std=0.3)
         assert paragen.generate(hf, "def add(a, b):", name, max_new_tokens=24, heads=heads).tokens == expected
+
+
+@pytest.mark.parametrize("options", [{}, {"shape": "static", "widths": "2,2,2"}])
+def test_eagle_feeds_the_drafter_the_targets_true_features(options):
+    """Every committed position's entry in the drafter's cache is (h_t, x_{t+1}) with the
+    target's own h_t, fed once, in order: what the drafter was trained on. A partly right
+    drafter makes accepted paths run through every branch of the tree."""
+    fed = []
+
+    class Spy(OracleEagle):
+        def forward(self, features, tokens, positions, cache=None, mask=None):
+            if mask is None:  # catch-up entries (tree levels pass their masks)
+                fed.extend(zip(features[0], tokens[0].tolist(), positions[0].tolist()))
+            return super().forward(features, tokens, positions, cache, mask)
+
+    prompt, n = [5, 9, 2, 7], 40
+    out = paragen.generate(TARGET, prompt, "eagle", max_new_tokens=n, heads=Spy(TARGET, prompt, n, 0.4, 2), **options)
+    seq = prompt + out.tokens
+    assert out.tokens == reference_greedy(TARGET, prompt, n) and sum(out.stats.extra["accepted"][1:]) > 3
+    with torch.inference_mode():
+        _, hidden = TARGET(torch.tensor([seq]), torch.arange(len(seq))[None], return_hidden=True)
+    assert [p for _, _, p in fed] == list(range(len(fed))) and len(fed) >= len(seq) - 2 - 5
+    for feature, token, p in fed:
+        assert token == seq[p + 1]
+        torch.testing.assert_close(feature, hidden[0, p], rtol=1e-10, atol=1e-10)
 
 
 # ---------------------------------------------------------------- strategies: sampling
@@ -213,6 +277,8 @@ def test_heads_on_the_hf_backend(model_dir):
     ("medusa", "medusa", {"widths": "3,2", "draw": "sample"}),
     ("hydra", "hydra", {"widths": "2,2"}),
     ("hydra", "hydra", {"widths": "2,1", "draw": "sample"}),
+    ("eagle", "eagle", {"budget": 4, "depth": 2, "topk": 2}),
+    ("eagle", "eagle", {"shape": "static", "widths": "2,2", "draw": "without"}),
 ])
 def test_sampled_sequences_follow_the_target_distribution(name, kind, options):
     """Sequences of three tokens (every depth drafted, the bonus token included) against the

@@ -9,6 +9,7 @@ from paragen.strategies.block_diffusion import BlockDiffusion
 from paragen.strategies.blockwise import Blockwise
 from paragen.strategies.blockwise_relaxed import BlockwiseRelaxed
 from paragen.strategies.diffusion import Diffusion
+from paragen.strategies.eagle import Eagle
 from paragen.strategies.hydra import Hydra
 from paragen.strategies.jacobi import Jacobi
 from paragen.strategies.lookahead import Lookahead
@@ -20,7 +21,7 @@ from paragen.strategies.tree import Tree
 
 STRATEGIES: dict[str, type[Strategy]] = {
     s.name: s for s in (AR, Speculative, Tree, SpecTr, Lookup, Jacobi, Lookahead, Blockwise, BlockwiseRelaxed,
-                        Medusa, Hydra, Diffusion, BlockDiffusion)
+                        Medusa, Hydra, Eagle, Diffusion, BlockDiffusion)
 }
 
 
