@@ -340,6 +340,44 @@ def test_relaxed_output_is_flagged_lossy_and_never_counted_as_exact():
         paragen.generate(TARGET, prompt, "blockwise_relaxed", max_new_tokens=4, heads=heads, temperature=1.0)
 
 
+def test_typical_acceptance_on_a_hand_made_tree():
+    """Threshold min(epsilon, delta e^-H): at the root H = 1.142 (e^-H = .319), at node a
+    H = .967 (e^-H = .380)."""
+    from paragen.sampling import SamplingParams
+    from paragen.tree import TokenTree
+    from paragen.verify import typical_accept_tree
+
+    tree = TokenTree(0)
+    a = tree.add(0, 1)
+    tree.add(0, 2)
+    c = tree.add(a, 0)
+    p = torch.tensor([[0.5, 0.3, 0.15, 0.05],
+                      [0.05, 0.05, 0.6, 0.3],
+                      [0.25, 0.25, 0.25, 0.25],
+                      [0.1, 0.6, 0.2, 0.1]], dtype=torch.float64)
+    greedy = SamplingParams(0.0)
+    # defaults (.09, .3): root bar .09, tokens 1 (.3) and 2 (.15) pass, the likelier is taken; at a the
+    # bar is .09 and token 0 (.05) fails: the target's argmax there (2) follows
+    assert typical_accept_tree(tree, p.log(), greedy, None) == ([a], 2)
+    # delta .1: bars .0319 and .0380: token 0 passes at a too; the argmax at c (1) follows
+    assert typical_accept_tree(tree, p.log(), greedy, None, delta=0.1) == ([a, c], 1)
+    # epsilon .35, delta 4: the root's bar is .35, above both children
+    assert typical_accept_tree(tree, p.log(), greedy, None, epsilon=0.35, delta=4.0) == ([], 0)
+
+
+def test_typical_acceptance_is_flagged_lossy():
+    from paragen.strategies import STRATEGIES
+
+    assert STRATEGIES["medusa_typical"].lossless is False and STRATEGIES["medusa"].lossless is True
+    heads = new_heads(TARGET, "medusa", 4)
+    prompt, n = [3, 1, 4, 1, 5], 40
+    out = paragen.generate(TARGET, prompt, "medusa_typical", max_new_tokens=n, heads=heads, epsilon=0.0, delta=0.0)
+    assert out.stats.extra["lossy"] is True and out.stats.extra["acceptance"].startswith("typical")
+    assert out.tokens != reference_greedy(TARGET, prompt, n)  # a zero threshold keeps every drafted token
+    sampled = paragen.generate(TARGET, prompt, "medusa_typical", max_new_tokens=n, heads=heads, temperature=1.0, seed=0)
+    assert sampled.stats.extra["lossy"] is True and len(sampled.tokens) == n
+
+
 # ---------------------------------------------------------------- API boundary
 
 

@@ -15,13 +15,14 @@ from paragen.strategies.jacobi import Jacobi
 from paragen.strategies.lookahead import Lookahead
 from paragen.strategies.lookup import Lookup
 from paragen.strategies.medusa import Medusa
+from paragen.strategies.medusa_typical import MedusaTypical
 from paragen.strategies.spectr import SpecTr
 from paragen.strategies.speculative import Speculative
 from paragen.strategies.tree import Tree
 
 STRATEGIES: dict[str, type[Strategy]] = {
     s.name: s for s in (AR, Speculative, Tree, SpecTr, Lookup, Jacobi, Lookahead, Blockwise, BlockwiseRelaxed,
-                        Medusa, Hydra, Eagle, Diffusion, BlockDiffusion)
+                        Medusa, MedusaTypical, Hydra, Eagle, Diffusion, BlockDiffusion)
 }
 
 

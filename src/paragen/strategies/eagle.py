@@ -98,7 +98,7 @@ class Eagle(Tree):
             _, hidden = feed(ctx.target, self.cache, self.seq[:-1], 0, hidden=True)
             self.cache.commit(len(self.seq) - 1)
         self.drafter = EagleDrafter(ctx.heads, ctx.cache_length, hidden)
-        ctx.extra.update(proposed=[], accepted=[], nodes=0)
+        ctx.extra.update(proposed=[], accepted=[], nodes=0, lossy=False)
 
     def step(self, budget: int) -> list[int]:
         ctx, o, n = self.ctx, self.opts, len(self.seq)

@@ -68,7 +68,7 @@ class Medusa(Strategy):
         self.seq = list(prompt)
         self.cache = self.ctx.target.new_cache(self.ctx.cache_length)
         self.hidden = prefill_hidden(self.ctx.target, self.cache, self.seq)
-        self.ctx.extra.update(proposed=[], accepted=[], nodes=0)
+        self.ctx.extra.update(proposed=[], accepted=[], nodes=0, lossy=not self.lossless)
 
     def child_logits(self, tree: TokenTree, level: list[int], depth: int) -> torch.Tensor:
         """Logits [len(level), V] of the children of the nodes at ``depth``: head ``depth``'s, the
@@ -97,6 +97,9 @@ class Medusa(Strategy):
         tree.replacement = False
         return tree
 
+    def verify(self, tree: TokenTree, logits: torch.Tensor) -> tuple[list[int], int]:
+        return verify_tree(tree, logits, self.ctx.sampling, self.ctx.generator)
+
     def step(self, budget: int) -> list[int]:
         ctx, n = self.ctx, len(self.seq)
         depth = 0 if self.hidden is None else min(len(self.widths), budget - 1)
@@ -105,7 +108,7 @@ class Medusa(Strategy):
         # 2. verify: one forward over the newest token and every node, with hidden states
         logits, hidden = feed(ctx.target, self.cache, tree.tokens, n - 1, mask=tree.mask(),
                               positions=tree.positions(n - 1), hidden=True)
-        path, nxt = verify_tree(tree, logits, ctx.sampling, ctx.generator)
+        path, nxt = self.verify(tree, logits)
         # 3. commit: the accepted path; the next tree comes from the last accepted node's state
         self.cache.keep([0, *path])
         self.hidden = hidden[path[-1] if path else 0]
