@@ -114,7 +114,22 @@ class Heads(nn.Module):
         raise NotImplementedError
 
 
-class Blockwise(Heads):
+class OneStateHeads(Heads):
+    """Heads that read one hidden state each, independently of the tokens before theirs."""
+
+    def features(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[..., H] -> [..., K, H]: every head's output feature."""
+        raise NotImplementedError
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits of every head [..., K, V] from hidden states [..., H]."""
+        return self.readout(self.features(hidden))
+
+    def train_logits(self, hidden: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        return self(hidden)
+
+
+class Blockwise(OneStateHeads):
     """Stern et al.'s heads: ``h + W2 relu(W1 h + b1) + b2`` per head, then ``proj``."""
 
     kind = "blockwise"
@@ -129,24 +144,16 @@ class Blockwise(Heads):
         return list(self.w2)
 
     def features(self, hidden: torch.Tensor) -> torch.Tensor:
-        """[..., H] -> [..., K, H]: every head's output feature."""
         return torch.stack([hidden + w2(F.relu(w1(hidden))) for w1, w2 in zip(self.w1, self.w2)], dim=-2)
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Logits of every head [..., K, V] from hidden states [..., H]."""
-        return self.readout(self.features(hidden))
 
-    def train_logits(self, hidden: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        return self(hidden)
-
-
-class Medusa(Blockwise):
+class Medusa(OneStateHeads):
     """Medusa-1 heads: one ResBlock ``h + SiLU(W h + b)`` each, then the shared ``proj``."""
 
     kind = "medusa"
 
     def __init__(self, config: HeadsConfig, embed: torch.Tensor, proj: torch.Tensor) -> None:
-        Heads.__init__(self, config, embed, proj)
+        super().__init__(config, embed, proj)
         H = config.hidden_size
         self.res = nn.ModuleList(nn.Linear(H, H) for _ in range(config.num_heads))
 
