@@ -122,9 +122,7 @@ def train_heads(cfg: HeadsTrainConfig, resume: bool = False, progress: bool = Tr
     work = out.parent / f".{out.name}.work"
     work.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    target = load(cfg.target, dtype=torch.float32)
-    for p in getattr(target, "parameters", lambda: [])():
-        p.requires_grad_(False)
+    target = load(cfg.target, dtype=torch.float32).eval().requires_grad_(False)  # native backend: an nn.Module
     _, train, heldout, split = prepare(TrainConfig(data=cfg.data, max_files=cfg.max_files,
                                                    tokenizer=str(resolve(cfg.target))))
     heads = new_heads(target, cfg.kind, 1 if cfg.kind == "eagle" else cfg.num_heads, seed=cfg.seed)
