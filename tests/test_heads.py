@@ -115,6 +115,33 @@ def test_heads_training_resumes_to_the_same_result(tmp_path, model_dir):
     assert resumed["history"] == straight["history"]
 
 
+def test_training_labels_are_the_targets_own_tokens_j_plus_2_ahead():
+    """Pins the alignment decoding relies on: head j at position t is scored against the
+    target's prediction at t + j + 1 (the token at t + j + 2). Heads that answer exactly
+    that are 100% right; the same heads one position off are not."""
+    from paragen.train.heads import HeadsTrainConfig, head_loss
+
+    class Shifted(torch.nn.Module):
+        kind, num_heads = "medusa", 3
+
+        def __init__(self, shift: int):
+            super().__init__()
+            self.shift = shift
+
+        def train_logits(self, hidden, tokens):
+            with torch.no_grad():
+                logits = TARGET(tokens, torch.arange(tokens.shape[1]).expand(tokens.shape[0], -1))
+            pad = torch.cat([logits, logits[:, :4]], dim=1)  # the tail is never scored
+            return torch.stack([pad[:, j + self.shift : j + self.shift + tokens.shape[1]] for j in range(3)], dim=2)
+
+    batch = torch.randint(0, 50, (2, 21), generator=torch.Generator().manual_seed(0))
+    cfg = HeadsTrainConfig(precision="fp32")
+    _, correct, count = head_loss(Shifted(1), TARGET, batch, cfg)
+    assert correct == count == [2 * 19, 2 * 18, 2 * 17]
+    _, correct, count = head_loss(Shifted(0), TARGET, batch, cfg)
+    assert all(c < n / 2 for c, n in zip(correct, count))
+
+
 def test_train_heads_command(tmp_path, model_dir, capsys):
     from paragen.cli import main
 
