@@ -97,11 +97,12 @@ def test_tiny_training_lowers_heldout_head_loss(tmp_path, model_dir, kind):
     assert load_heads(tmp_path / "h", target).kind == kind
 
 
-def test_heads_training_resumes_to_the_same_result(tmp_path, model_dir):
+@pytest.mark.parametrize("kind", ["hydra", "eagle"])  # eagle draws feature noise from the checkpointed generator
+def test_heads_training_resumes_to_the_same_result(tmp_path, model_dir, kind):
     from paragen.train.heads import HeadsTrainConfig, train_heads
 
     def cfg(name):
-        return HeadsTrainConfig(kind="hydra", target=str(model_dir), out=str(tmp_path / name), num_heads=2, steps=20,
+        return HeadsTrainConfig(kind=kind, target=str(model_dir), out=str(tmp_path / name), num_heads=2, steps=20,
                                 **TINY)
 
     straight = train_heads(cfg("a"), progress=False)

@@ -35,7 +35,9 @@ MAX_HEADS = 16  # k = 0 ("every head") reserves cache room for this many
 
 @dataclass(frozen=True)
 class BlockwiseOptions:
-    """k: heads used per step, so at most k + 1 tokens per call (0: every head the heads have)."""
+    """k: heads used per step, so at most k + 1 tokens per call (0: every head the heads have);
+    Stern et al.'s block size is k + 1 (their k = 2, 4, 8 are k = 1, 3, 7 here).
+    """
 
     k: int = 0
 

@@ -18,7 +18,9 @@ heads still learn to agree with the target rather than with the corpus. ``labels
 Medusa-2, closer to what sampling acceptance rewards); compare both on the same budget.
 
 EAGLE's loss (Li et al. 2024, section 4.2): Smooth L1 between the predicted feature of
-t + 1 and the target's, plus ``eagle_cls_weight`` (their 0.1) times the token loss.
+t + 1 and the target's, plus ``eagle_cls_weight`` (their 0.1) times the token loss; its
+input features get uniform noise (``eagle_noise``, their U(-0.1, 0.1)) so that, drafting
+past depth 1 on its own slightly wrong features, the drafter has seen inputs like them.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ class HeadsTrainConfig:
     num_heads: int = 4  # blockwise, medusa, hydra: tokens drafted past the target's own (eagle: always 1)
     labels: str = "argmax"  # "argmax" or "soft": see the module docstring
     eagle_cls_weight: float = 0.1
+    eagle_noise: float = 0.1  # uniform noise U(-a, a) on the drafter's input features (EAGLE's; training only)
     data: str | None = None  # directory of *.py files; None = the standard library
     max_files: int | None = None  # cap the corpus (tests)
     seq_len: int = 256
@@ -70,9 +73,11 @@ class HeadsTrainConfig:
             raise ValueError(f"labels must be 'argmax' or 'soft', got '{self.labels}'")
 
 
-def head_loss(heads: Heads, target: Model, batch: torch.Tensor, cfg: HeadsTrainConfig
-              ) -> tuple[torch.Tensor, list[int], list[int]]:
-    """Loss over windows [B, L + 1] (the last token is unused) and, per head, (correct top-1, count)."""
+def head_loss(heads: Heads, target: Model, batch: torch.Tensor, cfg: HeadsTrainConfig,
+              generator: torch.Generator | None = None) -> tuple[torch.Tensor, list[int], list[int]]:
+    """Loss over windows [B, L + 1] (the last token is unused) and, per head, (correct top-1, count).
+    ``generator``: training draws eagle's feature noise from it (checkpointed, so resume stays
+    exact); evaluation passes None: no noise."""
     x = batch[:, :-1]
     B, L = x.shape
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
@@ -80,7 +85,11 @@ def head_loss(heads: Heads, target: Model, batch: torch.Tensor, cfg: HeadsTrainC
             logits, hidden = target(x, torch.arange(L).expand(B, -1), return_hidden=True)
         hidden = hidden.float()
         if heads.kind == "eagle":
-            feats = heads.train_features(hidden, x)  # [B, L, H]: predicted features of t + 1
+            noisy = hidden
+            if generator is not None and cfg.eagle_noise > 0:
+                noise = torch.rand(hidden.shape, generator=generator, dtype=hidden.dtype)
+                noisy = hidden + (2 * noise - 1) * cfg.eagle_noise
+            feats = heads.train_features(noisy, x)  # [B, L, H]: predicted features of t + 1
             out = heads.readout(feats)[:, :, None]
         else:
             out = heads.train_logits(hidden, x)  # [B, L, K, V]
@@ -126,7 +135,7 @@ def train_heads(cfg: HeadsTrainConfig, resume: bool = False, progress: bool = Tr
     _, train, heldout, split = prepare(TrainConfig(data=cfg.data, max_files=cfg.max_files,
                                                    tokenizer=str(resolve(cfg.target))))
     heads = new_heads(target, cfg.kind, 1 if cfg.kind == "eagle" else cfg.num_heads, seed=cfg.seed)
-    state = fit(heads, cfg, train, lambda h, batch, g: head_loss(h, target, batch, cfg)[0],
+    state = fit(heads, cfg, train, lambda h, batch, g: head_loss(h, target, batch, cfg, g)[0],
                 lambda h: (lambda loss, acc: (loss, sum(acc) / len(acc)))(*evaluate_heads(h, target, heldout, cfg)),
                 work / "checkpoint.pt", resume=resume, progress=progress, desc=f"train {cfg.kind} heads",
                 stop_at=stop_at)
