@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import paragen
 from paragen.bench.metrics import (
     Record,
     bootstrap_ratio_ci,
@@ -154,7 +155,7 @@ def test_contenders_add_ar_and_validate_names_and_options():
         build_contenders(BenchConfig(strategies=("hf-lookup",), options=(option,)))
     with pytest.raises(InvalidInputError, match="not benchmarked"):
         build_contenders(BenchConfig(strategies=("ar",), options=(("lookup", "max_draft", "8"),)))
-    causal = [n for n, c in STRATEGIES.items() if c.attention == "causal"]
+    causal = [n for n, c in STRATEGIES.items() if c.attention == "causal" and not c.head_kinds]
     everything = [c.name for c in build_contenders(BenchConfig(strategies=("all",)))]
     assert everything == [*causal, "hf-greedy", "hf-assisted", "hf-lookup"]
     with_diffusion = BenchConfig(strategies=("all",), models=(("diffusion", "some-diffusion-model"),))
@@ -175,6 +176,8 @@ def test_contenders_add_ar_and_validate_names_and_options():
         (["--model-for", "ar=elsewhere"], "'ar' runs on --model"),
         (["--model-for", "jacobi=elsewhere"], "--model-for 'jacobi', which is not benchmarked"),
         (["--model-for", "lookup"], "STRATEGY=MODEL"),
+        (["--strategies", "medusa"], "give them with --heads medusa=DIR"),
+        (["--heads", "medusa=somewhere"], "--heads 'medusa', which is not benchmarked"),
         (["--strategies", "jacobi", "--temperature", "0.5"], "'jacobi' is greedy-only"),
         (["--temperature", "0.5", "--top-p", "1.5"], "--top-p must be in (0, 1]"),
     ],
@@ -315,6 +318,25 @@ def test_bench_end_to_end_on_a_tiny_model(tiny_models, tmp_path, capsys):
     html = (out / "report.html").read_text()
     assert html.count("src='data:image/png;base64,") == 4 and "drafted tokens per call" in html
     assert sorted(p.name for p in out.iterdir()) == ["bench.json", "bench.md", "report.html"]
+
+
+def test_bench_runs_heads_strategies_and_reports_relaxed_ones_as_lossy(tiny_models, tmp_path, capsys):
+    from paragen.heads import new_heads, save_heads
+
+    tiny, _ = tiny_models
+    heads = save_heads(new_heads(paragen.load(tiny), "medusa", 3), tmp_path / "heads")
+    out = tmp_path / "out"
+    rc = main(["bench", "--strategies", "blockwise,blockwise_relaxed,medusa", "--limit", "2", "--max-new-tokens", "8",
+               "--model", str(tiny), "--heads", f"blockwise={heads}", "--heads", f"blockwise_relaxed={heads}",
+               "--heads", f"medusa={heads}", "--option", "blockwise_relaxed:m=3", "--no-progress", "--out", str(out)])
+    assert rc == 0
+    bench = json.loads((out / "bench.json").read_text())
+    assert bench["config"]["heads"][0] == ["blockwise", str(heads)]
+    assert bench["contenders"]["blockwise_relaxed"]["lossless"] is False
+    for name in ("blockwise", "medusa"):
+        assert bench["contenders"][name]["lossless"] and bench["summary"][name]["exact"] == 1.0
+    assert not bench["summary"]["blockwise_relaxed"]["flagged"]
+    assert "| blockwise_relaxed (lossy) |" in capsys.readouterr().out
 
 
 def test_bfloat16_runs_score_quality_in_float32(tiny_models, tmp_path, capsys):

@@ -39,6 +39,37 @@ def test_native_matches_transformers(tmp_path, tokenizer, bias):
     torch.testing.assert_close(logits(adapter, ids), ref, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("bias", [False, True], ids=["llama-tied", "qwen2-untied"])
+def test_hidden_states_come_with_the_logits_and_agree_across_backends(tmp_path, tokenizer, bias):
+    """return_hidden: the final-norm hidden states from the same call, equal on both backends
+    (float64), read out by head_weights()'s projection into the very logits returned, with a
+    cache and a tree mask too."""
+    model = tiny_model(6, vocab=tokenizer.vocab_size, bias=bias)
+    path = save_model(model, tokenizer, tmp_path / "m", dtype=torch.float64)
+    ids = tokenizer.encode("def add(a, b):\n    return a + b\n")
+    mask = torch.ones(4, 4, dtype=torch.bool).tril()
+    mask[2, 1] = False  # a tree: node 2 is node 1's sibling
+    got = {}
+    for backend in ("native", "hf"):
+        m = paragen.load(path, backend=backend, dtype=torch.float64)
+        with torch.inference_mode():
+            plain = m(torch.tensor([ids]), torch.arange(len(ids))[None])
+            out, hidden = m(torch.tensor([ids]), torch.arange(len(ids))[None], return_hidden=True)
+            cache = m.new_cache(max_length=64)
+            m(torch.tensor([ids[:5]]), torch.arange(5)[None], cache=cache)
+            cache.commit(5)
+            tree_out, tree_hidden = m(torch.tensor([ids[5:9]]), torch.tensor([[5, 6, 6, 7]]), cache=cache,
+                                      mask=mask[None], return_hidden=True)
+        embed, proj = m.head_weights()
+        assert hidden.shape == (1, len(ids), 32) and embed.shape == proj.shape == (tokenizer.vocab_size, 32)
+        assert torch.equal(out, plain)
+        torch.testing.assert_close(hidden @ proj.T, out, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(tree_hidden @ proj.T, tree_out, rtol=1e-12, atol=1e-12)
+        got[backend] = (hidden, tree_hidden, embed, proj)
+    for a, b in zip(got["native"], got["hf"]):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
 @pytest.mark.parametrize("kind", ["llama", "qwen2"])
 def test_native_loads_directories_written_by_transformers(tmp_path, tokenizer, kind):
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM

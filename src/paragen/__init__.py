@@ -15,13 +15,15 @@ from paragen.errors import ParagenError
 if TYPE_CHECKING:
     from paragen.api import Stream, generate, load, stream
     from paragen.driver import Generation, Stats
+    from paragen.heads import load_heads
     from paragen.strategies import STRATEGIES
 
-__all__ = ["STRATEGIES", "Generation", "ParagenError", "Stats", "Stream", "generate", "load", "stream"]
+__all__ = ["STRATEGIES", "Generation", "ParagenError", "Stats", "Stream", "generate", "load", "load_heads", "stream"]
 __version__ = "0.1.0"
 
 _HOME = {"generate": "paragen.api", "load": "paragen.api", "stream": "paragen.api", "Stream": "paragen.api",
-         "Generation": "paragen.driver", "Stats": "paragen.driver", "STRATEGIES": "paragen.strategies"}
+         "Generation": "paragen.driver", "Stats": "paragen.driver", "STRATEGIES": "paragen.strategies",
+         "load_heads": "paragen.heads"}
 
 
 def __getattr__(name: str) -> Any:

@@ -15,6 +15,7 @@ import torch
 from paragen.driver import Generation, decode
 from paragen.errors import (
     ContextLengthError,
+    HeadsMismatchError,
     InvalidInputError,
     UnsupportedOptionError,
     VocabularyMismatchError,
@@ -188,6 +189,25 @@ def _check_sampling(temperature: Any, top_k: Any, top_p: Any) -> SamplingParams:
     return SamplingParams(float(temperature), top_k, None if top_p is None else float(top_p))
 
 
+def _check_heads(cls: type[Strategy], target: Model, heads: Any) -> None:
+    """Heads are given exactly to the strategies that run on them, of a kind they read, for this target."""
+    if cls.head_kinds and heads is None:
+        raise HeadsMismatchError(f"strategy '{cls.name}' needs prediction heads: pass heads=paragen.load_heads(DIR, model) "
+                                 "(CLI: --heads DIR); train them with `paragen train heads`")
+    if not cls.head_kinds and heads is not None:
+        raise UnsupportedOptionError(f"strategy '{cls.name}' uses no prediction heads; drop heads= or pick 'medusa'")
+    if heads is None:
+        return
+    if heads.kind not in cls.head_kinds:
+        raise HeadsMismatchError(f"strategy '{cls.name}' runs on {' or '.join(cls.head_kinds)} heads, "
+                                 f"not {heads.kind} heads")
+    embed, proj = target.head_weights()
+    same = heads.proj.data_ptr() == proj.data_ptr() or (heads.proj.shape == proj.shape and torch.equal(heads.proj, proj))
+    if not same:
+        raise HeadsMismatchError("these heads are bound to another model: load them with paragen.load_heads(DIR, model) "
+                                 "for the model you generate with")
+
+
 def stream(
     model: Model,
     prompt: str | Sequence[int],
@@ -199,11 +219,13 @@ def stream(
     seed: int | None = None,
     stop: str | Sequence[str] | None = None,
     draft: Model | None = None,
+    heads: Any = None,
     **options: Any,
 ) -> Stream:
     """Decode lazily: returns a ``Stream`` yielding committed text pieces as they are decoded,
     whose ``.generation`` holds the ``Generation`` (tokens, text, stats) once it is exhausted.
 
+    ``heads``: prediction heads for the strategies that run on them (``paragen.load_heads``).
     Every argument is checked here, before the first token. Batch size is one: a list of
     prompts is not accepted (call once per prompt).
     """
@@ -217,6 +239,7 @@ def stream(
     _check_model(cls, model)
     _check_draft(cls, model, draft)
     _check_call_size(cls, opts, model)
+    _check_heads(cls, model, heads)
     ids = _prompt_ids(model, prompt)
     limit = model.info.max_length if draft is None else min(model.info.max_length, draft.info.max_length)
     if len(ids) + max_new_tokens > limit:
@@ -237,6 +260,7 @@ def stream(
         draft=CountedModel(draft) if draft is not None else None,
         sampling=sampling,
         generator=generator,
+        heads=heads,
         cache_length=len(ids) + max_new_tokens + cls.slack(opts),
     )
 

@@ -54,6 +54,8 @@ def add_generate_parser(sub: argparse._SubParsersAction) -> None:
                    help="weights' dtype (bfloat16 is faster on CPUs with bf16 support, with other rounding)")
     p.add_argument("--strategy", default="ar", help="decoding strategy (see below; default: ar)")
     p.add_argument("--draft", default=None, help="draft model name or directory (for speculative)")
+    p.add_argument("--heads", default=None,
+                   help="prediction heads directory (for blockwise, medusa, hydra, eagle; `paragen train heads`)")
     p.add_argument("--max-new-tokens", type=int, default=128, help="tokens to generate at most (default: 128)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
     p.add_argument("--top-k", type=int, default=None,
@@ -124,9 +126,10 @@ def run_generate(args: argparse.Namespace) -> int:
     with torch_threads(args.threads):
         model = paragen.load(args.model, backend=args.backend, dtype=dtype)
         draft = paragen.load(args.draft, backend=args.backend, dtype=dtype) if args.draft else None
+        heads = paragen.load_heads(args.heads, model) if args.heads else None
         it = paragen.stream(model, prompt, strategy=args.strategy, max_new_tokens=args.max_new_tokens,
                             temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                            stop=args.stop, draft=draft, **options)
+                            stop=args.stop, draft=draft, heads=heads, **options)
         for piece in it:
             if args.stream:
                 print(piece, end="", flush=True)

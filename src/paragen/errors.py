@@ -30,3 +30,7 @@ class VocabularyMismatchError(ParagenError, ValueError):
 
 class ModelLoadError(ParagenError, OSError):
     """A model directory is missing, incomplete or corrupt."""
+
+
+class HeadsMismatchError(ParagenError, ValueError):
+    """Prediction heads were trained for another target model, or are missing or of the wrong kind."""

@@ -192,3 +192,56 @@ def verify_tree(
             return path, y
         path.append(child)
         node = child
+
+
+def relaxed_accept(draft: list[int], logits: torch.Tensor, rule: str, m: int = 2, eps: float = 1.0) -> tuple[int, int]:
+    """LOSSY acceptance (Stern et al. 2018, section 5 "approximate inference"): (accept_len, next token).
+
+    logits [k + 1, V] as in ``verify_chain``. Accept x_i while
+      - ``top_m``: x_i is among the target's m most likely tokens there;
+      - ``distance``: log p(argmax) - log p(x_i) <= eps. Stern et al.'s distance rule,
+        |x_i - argmax| <= eps, is for ordinal outputs (pixel intensities); token ids have
+        no order, so the distance is measured in the target's log-probability instead.
+    The next token is the target's argmax after the accepted prefix. With m = 1 or eps = 0
+    (and no ties) this is greedy acceptance; otherwise the output differs from the target's.
+    """
+    if rule not in ("top_m", "distance"):
+        raise ValueError(f"unknown relaxed acceptance rule '{rule}': top_m or distance")
+    a = 0
+    while a < len(draft):
+        row = logits[a].double()
+        if rule == "top_m":
+            ok = bool((row > row[draft[a]]).sum() < m)  # fewer than m tokens rank strictly above it
+        else:
+            lp = torch.log_softmax(row, -1)
+            ok = bool(lp.max() - lp[draft[a]] <= eps)
+        if not ok:
+            break
+        a += 1
+    return a, int(logits[a].argmax())
+
+
+def typical_accept_tree(
+    tree, logits: torch.Tensor, sampling: SamplingParams, generator: torch.Generator | None,
+    epsilon: float = 0.09, delta: float = 0.3,
+) -> tuple[list[int], int]:
+    """LOSSY: Medusa's typical acceptance (Cai et al. 2024, section 2.3.1) on a token tree.
+
+    logits [N, V] as in ``verify_tree``. Walk from the root; at each node take the drafted
+    child the target finds most likely among those it finds typical enough,
+    p(x) > min(epsilon, delta * exp(-H(p))) with H the entropy of the target's distribution
+    there (p: the warped target when sampling, its softmax at temperature 1 when greedy),
+    and stop at a node with no such child. The next token is the target's own there (argmax,
+    or a sample). The output follows neither the target's greedy path nor its distribution.
+    """
+    p = warp(logits, sampling if not sampling.greedy else SamplingParams(1.0))
+    entropy = -(p * p.clamp_min(1e-300).log()).sum(-1)  # [N]
+    threshold = torch.minimum(torch.full_like(entropy, epsilon), delta * torch.exp(-entropy))
+    path, node = [], 0
+    while True:
+        ok = [(float(p[node, t]), c) for t, c in tree.kids[node].items() if p[node, t] > threshold[node]]
+        if not ok:
+            y = int(logits[node].argmax()) if sampling.greedy else int(sample(p[node], generator))
+            return path, y
+        node = max(ok)[1]
+        path.append(node)

@@ -63,6 +63,8 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model-for", action="append", default=[], metavar="STRATEGY=MODEL",
                    help="run STRATEGY on its own target, e.g. diffusion=code-diffusion (repeatable); "
                    "ar, the peers and gen_ppl stay on --model")
+    p.add_argument("--heads", action="append", default=[], metavar="STRATEGY=DIR",
+                   help="prediction heads for a heads strategy, e.g. medusa=runs/heads-medusa (repeatable)")
     p.add_argument("--threads", type=int, default=DEFAULTS.threads,
                    help=f"torch CPU threads for this run, recorded in the report (default: {DEFAULTS.threads})")
     p.add_argument("--out", required=True, help="output directory (created if missing)")
@@ -77,6 +79,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         seed=args.seed, model=args.model, draft=args.draft, backend=args.backend, dtype=args.dtype,
         options=tuple(parse_option(o) for o in args.option),
         models=tuple(parse_model_for(m) for m in args.model_for), threads=args.threads,
+        heads=tuple(parse_model_for(h, "--heads") for h in args.heads),
     )
 
 

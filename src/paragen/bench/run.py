@@ -52,6 +52,7 @@ class BenchConfig:
     """One benchmark run. ``options``: (contender, key, value) triples, values as typed on the CLI.
     ``models``: (strategy, model) pairs: that strategy runs on its own target model (a
     diffusion model, say) instead of ``model``; ``ar``, the peers and gen_ppl keep ``model``.
+    ``heads``: (contender, directory) pairs: the prediction heads a heads strategy runs on.
     ``dtype``: the weights' dtype for every contender, peers included; gen_ppl is always
     scored in float32, so quality compares across dtypes. ``threads``: torch CPU threads
     for the run (set for its duration, restored after).
@@ -70,6 +71,7 @@ class BenchConfig:
     dtype: str = "float32"
     options: tuple[tuple[str, str, str], ...] = ()
     models: tuple[tuple[str, str], ...] = ()
+    heads: tuple[tuple[str, str], ...] = ()  # (contender, heads directory) for strategies that run on heads
     resamples: int = 1000  # bootstrap resamples for the speedup interval
     threads: int = DEFAULT_THREADS
 
@@ -131,6 +133,7 @@ class BenchResult:
         config = dataclasses.asdict(self.config)
         config["options"] = [list(o) for o in self.config.options]
         config["models"] = [list(m) for m in self.config.models]
+        config["heads"] = [list(h) for h in self.config.heads]
         return {
             "schema": SCHEMA,
             "config": config,
@@ -158,11 +161,13 @@ def parse_option(text: str) -> tuple[str, str, str]:
     return name.strip(), key.strip().replace("-", "_"), value
 
 
-def parse_model_for(text: str) -> tuple[str, str]:
-    """``strategy=model`` -> (strategy, model)."""
+def parse_model_for(text: str, flag: str = "--model-for") -> tuple[str, str]:
+    """``strategy=model`` (or ``strategy=heads directory``) -> (strategy, model)."""
     name, eq, model = text.partition("=")
     if not (eq and name.strip() and model.strip()):
-        raise InvalidInputError(f"--model-for '{text}' must look like STRATEGY=MODEL (e.g. diffusion=code-diffusion)")
+        example = "diffusion=code-diffusion" if flag == "--model-for" else "medusa=DIR"
+        raise InvalidInputError(f"{flag} '{text}' must look like STRATEGY={'MODEL' if flag == '--model-for' else 'DIR'} "
+                                f"(e.g. {example})")
     return name.strip(), model.strip()
 
 
@@ -189,8 +194,9 @@ def build_contenders(config: BenchConfig) -> list[Contender]:
 
     # "all": every peer and every strategy that can run the target (diffusion strategies
     # only when --model-for gives them a diffusion model).
-    own = dict(config.models)
-    every = [n for n, c in STRATEGIES.items() if c.attention == "causal" or n in own] + list(PEERS)
+    own, heads = dict(config.models), dict(config.heads)
+    every = [n for n, c in STRATEGIES.items()
+             if (c.attention == "causal" or n in own) and (not c.head_kinds or n in heads)] + list(PEERS)
     listed = [n.strip() for s in config.strategies for n in (every if s.strip() == "all" else [s])]
     names = [REFERENCE] + [n for n in dict.fromkeys(listed) if n and n != REFERENCE]
     classes = {n: contender_class(n) for n in names}
@@ -205,6 +211,12 @@ def build_contenders(config: BenchConfig) -> list[Contender]:
             raise InvalidInputError(f"--model-for '{name}', which is not benchmarked: add it to --strategies")
         if name == REFERENCE or name in PEERS:
             raise InvalidInputError(f"'{name}' runs on --model (it is the reference, or a peer on the same weights)")
+    for name in heads:
+        if name not in given:
+            raise InvalidInputError(f"--heads '{name}', which is not benchmarked: add it to --strategies")
+    for n in names:
+        if getattr(classes[n], "head_kinds", ()) and n not in heads:
+            raise InvalidInputError(f"strategy '{n}' runs on prediction heads: give them with --heads {n}=DIR")
     greedy = config.temperature == 0
     contenders = []
     for n in names:
@@ -241,6 +253,7 @@ class Models:
     scorer: Model  # the AR target in float32: it scores gen_ppl
     draft: Model | None
     own: dict[str, Model]  # contender name -> its own target (--model-for)
+    heads: dict[str, Any]  # contender name -> its prediction heads (--heads), bound to its target
     hf_target: torch.nn.Module | None  # transformers modules, for the peers only
     hf_draft: torch.nn.Module | None
 
@@ -272,9 +285,10 @@ def load_models(config: BenchConfig, contenders: list[Contender]) -> Models:
         if model.tokenizer.fingerprint() != target.tokenizer.fingerprint():
             raise VocabularyMismatchError(f"the model for '{name}' has another tokenizer than --model: "
                                           "contenders must read the same prompt tokens")
+    heads = {name: paragen.load_heads(path, own.get(name, target)) for name, path in config.heads}
     hf_target = HFModel.from_dir(resolve(config.model), dtype).module if peers else None
     hf_draft = HFModel.from_dir(resolve(config.draft), dtype).module if any(c.needs_draft for c in peers) else None
-    return Models(target, scorer, draft, own, hf_target, hf_draft)
+    return Models(target, scorer, draft, own, heads, hf_target, hf_draft)
 
 
 def prepare_prompts(tasks: list[Task], models: Models, max_new_tokens: int) -> list[Prompt]:
@@ -311,7 +325,7 @@ def make_runner(c: Contender, models: Models, config: BenchConfig) -> Callable[[
         start = time.perf_counter()
         gen = paragen.generate(target, ids, c.cls.name, max_new_tokens=config.max_new_tokens,
                                temperature=config.temperature, top_p=config.top_p, seed=seed, draft=draft,
-                               **dataclasses.asdict(c.options))
+                               heads=models.heads.get(c.name), **dataclasses.asdict(c.options))
         seconds = time.perf_counter() - start
         s = gen.stats
         return Outcome(tuple(gen.tokens), s.target_calls, s.draft_calls, seconds, s.finish_reason,

@@ -2,6 +2,11 @@
 
 ``forward(tokens[B, T], positions[B, T], cache=None, mask=None) -> logits[B, T, V]``
 
+``forward(..., return_hidden=True) -> (logits[B, T, V], hidden[B, T, H])``: the same call
+also returns the final-norm hidden states (the output projection's input), for prediction
+heads and feature drafters; ``head_weights()`` gives the input embedding and output
+projection that heads share with the model.
+
 - ``positions`` are the RoPE positions of the new tokens (tree nodes share a depth, so
   they need not be consecutive).
 - ``cache``: an object from ``new_cache()``; new keys/values go after its committed
@@ -51,7 +56,13 @@ class Model(ABC):
         positions: torch.Tensor,
         cache: Any | None = None,
         mask: torch.Tensor | None = None,
-    ) -> torch.Tensor: ...
+        return_hidden: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]: ...
+
+    def head_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(input embedding [V, H], output projection [V, H]) as used by ``forward``, detached:
+        prediction heads read hidden states out through the model's own projection."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose its embedding and output projection")
 
     @abstractmethod
     def new_cache(self, batch: int = 1, max_length: int | None = None) -> Any: ...
@@ -60,7 +71,9 @@ class Model(ABC):
     @abstractmethod
     def dtype(self) -> torch.dtype: ...
 
-    def __call__(self, tokens, positions, cache=None, mask=None) -> torch.Tensor:
+    def __call__(self, tokens, positions, cache=None, mask=None, return_hidden=False):
+        if return_hidden:
+            return self.forward(tokens, positions, cache=cache, mask=mask, return_hidden=True)
         return self.forward(tokens, positions, cache=cache, mask=mask)
 
 

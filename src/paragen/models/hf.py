@@ -118,7 +118,13 @@ class HFModel(Model):
         out.masked_fill_(~allowed, torch.finfo(self.dtype).min)
         return out.expand(batch, -1, -1, -1)
 
-    def forward(self, tokens, positions, cache=None, mask=None) -> torch.Tensor:
+    def head_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.module.get_output_embeddings()
+        if getattr(out, "bias", None) is not None:
+            raise ModelLoadError("this model's output projection has a bias: prediction heads support bias-free ones only")
+        return self.module.get_input_embeddings().weight.detach(), out.weight.detach()
+
+    def forward(self, tokens, positions, cache=None, mask=None, return_hidden=False):
         past = 0
         if cache is not None:
             cache.drop_pending()
@@ -138,8 +144,11 @@ class HFModel(Model):
             attention_mask=attention,
             past_key_values=cache.inner if cache is not None else None,
             use_cache=cache is not None,
+            output_hidden_states=return_hidden,
         )
-        return out.logits
+        # transformers' last hidden state is the final norm's output (capture_outputs ties it
+        # to last_hidden_state); tests/test_models.py checks it against the native backend.
+        return (out.logits, out.hidden_states[-1]) if return_hidden else out.logits
 
 
 def sliding_window(cfg) -> tuple[int | None, bool]:

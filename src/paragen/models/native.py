@@ -261,7 +261,12 @@ class NativeModel(nn.Module, Model):
                 x = layer(x, cos, sin, i, cache, windowed[w], False)
         return self.model.norm(x)
 
-    def forward(self, tokens, positions, cache=None, mask=None) -> torch.Tensor:
-        return self.lm_head(self.hidden_states(tokens, positions, cache, mask))
+    def forward(self, tokens, positions, cache=None, mask=None, return_hidden=False):
+        hidden = self.hidden_states(tokens, positions, cache, mask)
+        logits = self.lm_head(hidden)
+        return (logits, hidden) if return_hidden else logits
+
+    def head_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.embed_tokens.weight.detach(), self.lm_head.weight.detach()
 
     __call__ = nn.Module.__call__

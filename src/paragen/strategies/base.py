@@ -33,8 +33,10 @@ class CountedModel:
         self.info = model.info
         self.calls = 0
 
-    def __call__(self, tokens, positions, cache=None, mask=None) -> torch.Tensor:
+    def __call__(self, tokens, positions, cache=None, mask=None, return_hidden=False):
         self.calls += 1
+        if return_hidden:
+            return self.model(tokens, positions, cache=cache, mask=mask, return_hidden=True)
         return self.model(tokens, positions, cache=cache, mask=mask)
 
     def new_cache(self, max_length: int) -> Any:
@@ -50,6 +52,7 @@ class DecodeContext:
     generator: torch.Generator
     cache_length: int  # slots to allocate: prompt + max_new_tokens + room for pending drafts
     draft: CountedModel | None = None
+    heads: Any = None  # paragen.heads.Heads bound to the target, for strategies that ride on heads
     extra: dict[str, Any] = field(default_factory=dict)  # strategy-specific statistics
 
 
@@ -59,6 +62,7 @@ class Strategy(ABC):
     name: ClassVar[str]
     Options: ClassVar[type]
     needs_draft: ClassVar[bool] = False
+    head_kinds: ClassVar[tuple[str, ...]] = ()  # the kinds of prediction heads it runs on (none: needs no heads)
     supports_sampling: ClassVar[bool] = True
     lossless: ClassVar[bool] = True
     attention: ClassVar[str] = "causal"  # the kind of model it runs (ModelInfo.attention)
@@ -94,13 +98,17 @@ class Strategy(ABC):
 
 
 def feed(model: CountedModel, cache: Any, tokens: list[int], start: int, mask: torch.Tensor | None = None,
-         positions: list[int] | None = None) -> torch.Tensor:
-    """One forward of ``tokens`` (batch 1) after the cache's committed slots; logits [T, V].
+         positions: list[int] | None = None, hidden: bool = False):
+    """One forward of ``tokens`` (batch 1) after the cache's committed slots; logits [T, V],
+    or (logits [T, V], final-norm hidden states [T, H]) from the same call when ``hidden``.
 
     Positions are ``start, start+1, ...`` unless given (trees and windows pass their own).
     """
     x = torch.tensor([tokens])
     pos = torch.tensor([positions]) if positions is not None else torch.arange(start, start + len(tokens))[None]
+    if hidden:
+        logits, states = model(x, pos, cache=cache, mask=mask, return_hidden=True)
+        return logits[0], states[0]
     return model(x, pos, cache=cache, mask=mask)[0]
 
 
@@ -118,3 +126,13 @@ def catch_up(model: CountedModel, cache: Any, seq: list[int]) -> torch.Tensor:
     logits = feed(model, cache, seq[start:], start)
     cache.commit(len(seq) - start)
     return logits[-1]
+
+
+def prefill_hidden(model: CountedModel, cache: Any, seq: list[int]) -> torch.Tensor | None:
+    """``prefill_cache`` that also returns the final-norm hidden state at ``seq[-2]`` [H] (None for a
+    one-token prompt): the state from which prediction heads draft what follows ``seq[-1]``."""
+    if len(seq) < 2:
+        return None
+    _, hidden = feed(model, cache, seq[:-1], 0, hidden=True)
+    cache.commit(len(seq) - 1)
+    return hidden[-1]

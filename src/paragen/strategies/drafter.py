@@ -77,7 +77,8 @@ class TreeDrafter:
 
 class TreeDraftStrategy(Strategy):
     """The loop of a tree-shaped draft-and-verify strategy; subclasses say how deep a step
-    drafts (``depth``) and how the tree grows (``grow``), nothing else.
+    drafts (``depth``) and how the tree grows (``grow``), and drafters other than a draft
+    model (prediction heads) also how the target's forward feeds them (``score``, ``commit``).
 
     Stats (``extra``): ``proposed[d]`` / ``accepted[d]``: steps whose tree reached depth
     d + 1, and whose accepted path did; ``nodes``: drafted nodes verified in all.
@@ -106,21 +107,32 @@ class TreeDraftStrategy(Strategy):
         return warp(logits, SamplingParams(1.0) if self.ctx.sampling.greedy else self.ctx.sampling)
 
     def step(self, budget: int) -> list[int]:
-        ctx, n = self.ctx, len(self.seq)
+        n = len(self.seq)
         depth = min(self.depth(), budget - 1)
         # 1. propose: a token tree from the draft (none when one token is wanted)
         tree = self.grow(depth) if depth else TokenTree(self.seq[-1])
         # 2. verify: one target forward over the newest token and every node (tree mask)
-        logits = feed(ctx.target, self.cache, tree.tokens, n - 1, mask=tree.mask(), positions=tree.positions(n - 1))
-        path, nxt = verify_tree(tree, logits, ctx.sampling, ctx.generator, rule=self.rule)
-        # 3. commit: both caches keep the accepted path only
-        self.cache.keep([0, *path])
-        if depth:
-            self.drafter.accept(path)
+        logits = self.score(tree, n)
+        path, nxt = self.verify(tree, logits)
+        # 3. commit: the target's and the drafter's caches keep the accepted path only
+        self.commit(path, drafted=depth > 0)
         committed = [*(tree.tokens[i] for i in path), nxt]
         self.seq.extend(committed)
         self.record(tree, logits, path)
         return committed
+
+    def score(self, tree: TokenTree, n: int) -> torch.Tensor:
+        """The target's logits at every node [N, V], in one forward after the committed ``n - 1``."""
+        return feed(self.ctx.target, self.cache, tree.tokens, n - 1, mask=tree.mask(), positions=tree.positions(n - 1))
+
+    def verify(self, tree: TokenTree, logits: torch.Tensor) -> tuple[list[int], int]:
+        """(accepted path, next token): ``verify_tree`` with this strategy's sampling rule."""
+        return verify_tree(tree, logits, self.ctx.sampling, self.ctx.generator, rule=self.rule)
+
+    def commit(self, path: list[int], drafted: bool) -> None:
+        self.cache.keep([0, *path])
+        if drafted:  # the drafter started a tree this step
+            self.drafter.accept(path)
 
     def record(self, tree: TokenTree, logits: torch.Tensor, path: list[int]) -> None:
         extra = self.ctx.extra

@@ -50,7 +50,7 @@ def add_stop_at(parser: argparse.ArgumentParser) -> None:
 def add_train_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a tokenizer or a model on Python source",
                        description="Train paragen's own models.")
-    tsub = p.add_subparsers(dest="what", required=True, metavar="{tokenizer,lm,diffusion}")
+    tsub = p.add_subparsers(dest="what", required=True, metavar="{tokenizer,lm,diffusion,heads}")
 
     t = tsub.add_parser("tokenizer", help="train the byte-level BPE tokenizer",
                         description="Train a byte-level BPE tokenizer on the training split.")
@@ -71,6 +71,7 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     lm.add_argument("--quiet", action="store_true", help="no progress bar")
     add_config_flags(lm, TrainConfig, skip={"size", "out", "attention"})
     add_diffusion_parser(tsub)
+    add_heads_parser(tsub)
 
 
 def add_diffusion_parser(tsub: argparse._SubParsersAction) -> None:
@@ -123,6 +124,37 @@ def run_train_diffusion(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_heads_parser(tsub: argparse._SubParsersAction) -> None:
+    from paragen.heads import KINDS
+    from paragen.train.heads import HeadsTrainConfig
+
+    h = tsub.add_parser(
+        "heads", help="train prediction heads (blockwise, medusa, hydra, eagle) on a frozen target",
+        description="Train prediction heads on a frozen target, labelled by the target's own predictions on corpus "
+        "windows (one target forward per window). Same optimiser, schedule, checkpoints and budget as `train lm`; "
+        "writes a small heads directory that names its target.",
+    )
+    h.add_argument("--kind", choices=KINDS, required=True, help="head architecture")
+    h.add_argument("--target", required=True, help="built-in model name or model directory (frozen)")
+    h.add_argument("--out", required=True, help="output heads directory")
+    h.add_argument("--resume", action="store_true", help="continue from the checkpoint beside --out")
+    add_stop_at(h)
+    h.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_config_flags(h, HeadsTrainConfig, skip={"kind", "target", "out", "size", "tokenizer", "vocab_size", "attention"})
+
+
+def run_train_heads(args: argparse.Namespace) -> int:
+    from paragen.train.heads import HeadsTrainConfig, train_heads
+
+    cfg = config_from_args(HeadsTrainConfig, args)
+    rec = train_heads(cfg, resume=args.resume, progress=not args.quiet, command="paragen " + " ".join(sys.argv[1:]),
+                      stop_at=args.stop_at)
+    accs = " ".join(f"{a:.3f}" for a in rec["per_head_accuracy"])
+    print(f"{cfg.out}: {cfg.kind} heads, {rec['parameters'] / 1e6:.2f}M parameters, {rec['tokens_seen']} tokens, "
+          f"heldout loss {rec['heldout_loss']:.3f}, top-1 agreement with the target per head {accs}")
+    return 0
+
+
 def run_train(args: argparse.Namespace) -> int:
     if args.what == "tokenizer":
         from paragen.train.corpus import find_corpus
@@ -136,6 +168,8 @@ def run_train(args: argparse.Namespace) -> int:
         return 0
     if args.what == "diffusion":
         return run_train_diffusion(args)
+    if args.what == "heads":
+        return run_train_heads(args)
     from paragen.train.lm import train_lm
 
     cfg = config_from_args(TrainConfig, args)

@@ -1,0 +1,114 @@
+"""Save and load heads: a small directory (``heads.json``, ``heads.safetensors``, ``training.json``)
+that names the target it was trained on and refuses any other.
+
+The target is identified by a fingerprint, not a file hash, so that the same weights
+loaded in another dtype or through the other backend still match: its vocabulary and
+hidden sizes, and a probe, the final-norm hidden states of a fixed token sequence and a
+few rows of its embedding and output projection, each projected on a fixed random
+direction (float64). Another model, even one sharing the embeddings, moves the probe by
+about its own norm; the same weights in bfloat16 move it by well under 1%.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from paragen.errors import HeadsMismatchError, ModelLoadError
+from paragen.heads.modules import Heads, HeadsConfig, make_heads
+from paragen.models.base import Model
+
+PROBE_TOKENS = 8
+PROBE_ROWS = 16
+PROBE_TOLERANCE = 0.05  # relative distance between probes; see the module docstring
+
+
+@torch.inference_mode()
+def fingerprint(model: Model) -> dict[str, Any]:
+    """The target's identity as heads record it (see the module docstring)."""
+    embed, proj = model.head_weights()
+    V, H = proj.shape
+    g = torch.Generator().manual_seed(0)
+    r = torch.randn(H, generator=g, dtype=torch.float64)
+    rows = torch.randperm(V, generator=g)[:PROBE_ROWS]
+    tokens = torch.randperm(V, generator=g)[:PROBE_TOKENS]
+    _, hidden = model(tokens[None], torch.arange(len(tokens))[None], return_hidden=True)
+    probe = torch.cat([hidden[0].double().cpu() @ r, embed[rows].double().cpu() @ r, proj[rows].double().cpu() @ r])
+    return {"name": getattr(model, "name", "model"), "vocab_size": V, "hidden_size": H, "probe": probe.tolist()}
+
+
+def check_target(saved: dict[str, Any], model: Model, where: str = "these heads") -> None:
+    """Raise ``HeadsMismatchError`` unless ``model`` is the target ``saved`` fingerprints."""
+    now = fingerprint(model)
+    named = saved.get("name", "another model")
+    if (saved.get("vocab_size"), saved.get("hidden_size")) != (now["vocab_size"], now["hidden_size"]):
+        raise HeadsMismatchError(
+            f"{where} were trained for {named} (vocab {saved.get('vocab_size')}, hidden {saved.get('hidden_size')}), "
+            f"not for this model (vocab {now['vocab_size']}, hidden {now['hidden_size']}): train heads for it with "
+            "`paragen train heads --target MODEL`")
+    a, b = torch.tensor(saved["probe"], dtype=torch.float64), torch.tensor(now["probe"], dtype=torch.float64)
+    if float((a - b).norm()) > PROBE_TOLERANCE * float(a.norm()):
+        raise HeadsMismatchError(
+            f"{where} were trained for {named}, and this model's weights differ from it: load that model, "
+            "or train heads for this one with `paragen train heads --target MODEL`")
+
+
+def save_heads(heads: Heads, out: str | os.PathLike, dtype: torch.dtype = torch.float16,
+               extra_files: dict[str, str] | None = None) -> Path:
+    """Write a heads directory atomically (all files appear at once, or none)."""
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        state = {k: v.detach().to(dtype).contiguous() for k, v in heads.state_dict().items()}
+        save_file(state, str(tmp / "heads.safetensors"), metadata={"format": "pt"})
+        (tmp / "heads.json").write_text(json.dumps(heads.config.to_dict(), indent=2) + "\n")
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def load_heads(path: str | os.PathLike, model: Model) -> Heads:
+    """Heads from a directory, bound to ``model`` (their target), in the model's dtype.
+
+    Refuses, with ``HeadsMismatchError``, a model other than the one they were trained for.
+    """
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not (path / "heads.json").exists():
+        raise ModelLoadError(f"{path} has no heads.json: is it a directory written by `paragen train heads`?")
+    try:
+        config = HeadsConfig.from_dict(json.loads((path / "heads.json").read_text()))
+        state = load_file(str(path / "heads.safetensors"))
+    except Exception as e:
+        raise ModelLoadError(f"cannot read the heads in {path} ({e}); re-train or re-copy them") from e
+    check_target(config.target, model, where=f"the heads in {path}")
+    embed, proj = model.head_weights()
+    heads = make_heads(config, embed, proj)
+    heads.load_state_dict({k: v.to(proj.dtype) for k, v in state.items()})
+    return heads.eval()
+
+
+def new_heads(model: Model, kind: str, num_heads: int, seed: int = 0, std: float = 0.02, zero_out: bool = True,
+              **sizes: Any) -> Heads:
+    """Freshly initialised heads of ``kind`` for ``model`` (recording its fingerprint), in its dtype.
+    ``sizes``: the optional ``HeadsConfig`` shape fields (inner_size, num_attention_heads, ...)."""
+    embed, proj = model.head_weights()
+    V, H = proj.shape
+    config = HeadsConfig(kind=kind, num_heads=num_heads, hidden_size=H, vocab_size=V, target=fingerprint(model), **sizes)
+    return make_heads(config, embed, proj).init_weights(seed, std, zero_out)
