@@ -26,6 +26,9 @@ from paragen.train.tokenizer import train_tokenizer
 SIZES: dict[str, dict] = {
     "tiny": dict(hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),
     "draft": dict(hidden_size=128, intermediate_size=384, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2),
+    # Wider and shallower: on CPU a draft call's cost is per-layer op overhead more than FLOPs.
+    "draft-wide": dict(hidden_size=256, intermediate_size=768, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=2),
     "target": dict(hidden_size=384, intermediate_size=1024, num_hidden_layers=6, num_attention_heads=6, num_key_value_heads=2),
 }
 
