@@ -62,3 +62,11 @@ def test_distillation_lowers_the_kl_to_the_teacher(tmp_path, teacher_dir):
     assert saved["teacher"] == str(teacher_dir) and saved["heldout_kl"] == rec["heldout_kl"]
     student = paragen.load(tmp_path / "d")
     assert student.tokenizer.fingerprint() == paragen.load(teacher_dir).tokenizer.fingerprint()
+
+
+def test_init_starts_from_a_given_draft(tmp_path, teacher_dir):
+    # a student initialised as the teacher itself starts (and stays, at a tiny rate) at KL ~ 0
+    cfg = DistillConfig(out=str(tmp_path / "d"), teacher=str(teacher_dir), init=str(teacher_dir), steps=2,
+                        **{**TINY, "lr": 1e-6, "warmup": 1})
+    rec = train_distill(cfg, progress=False)
+    assert rec["heldout_kl"] < 1e-3 and rec["heldout_agreement"] > 0.99

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from paragen.models.io import load_native, resolve, save_model
 from paragen.models.native import NativeConfig, NativeModel
+from paragen.tokenizer import Tokenizer
 from paragen.train.lm import SIZES, TrainConfig, prepare
 from paragen.train.loop import fit, training_record
 
@@ -37,14 +38,16 @@ from paragen.train.loop import fit, training_record
 @dataclass(frozen=True)
 class DistillConfig(TrainConfig):
     """``TrainConfig`` plus the teacher (a built-in name or a model directory), the softening
-    ``temperature``, and ``ce_weight``, the share of the data cross-entropy in the loss
-    (0: pure distillation). The tokenizer is always the teacher's."""
+    ``temperature``, ``ce_weight``, the share of the data cross-entropy in the loss (0: pure
+    distillation), and ``init``: a draft to start from (e.g. one trained on the data; its
+    shape replaces ``size``). The tokenizer is always the teacher's."""
 
     size: str = "draft"
     out: str = "runs/distill"
     teacher: str = "code-target"
     temperature: float = 1.0
     ce_weight: float = 0.0
+    init: str | None = None
 
     def __post_init__(self) -> None:
         if self.temperature <= 0:
@@ -122,21 +125,27 @@ def train_distill(cfg: DistillConfig, resume: bool = False, progress: bool = Tru
     tok, train, heldout, split = prepare(replace(cfg, tokenizer=str(teacher_dir)))
     if tok.vocab_size != teacher.config.vocab_size:
         raise ValueError(f"{teacher_dir}: tokenizer has {tok.vocab_size} tokens, model {teacher.config.vocab_size}")
-    mconf = NativeConfig(
-        vocab_size=tok.vocab_size, max_position_embeddings=max(1024, cfg.seq_len),
-        eos_token_id=tok.eos_id, mask_token_id=tok.mask_id, **SIZES[cfg.size],
-    )
-    student = NativeModel(mconf).init_weights(cfg.seed)
+    if cfg.init:
+        init_dir = resolve(cfg.init)
+        if Tokenizer.from_dir(init_dir).fingerprint() != tok.fingerprint():
+            raise ValueError(f"--init {cfg.init} has another tokenizer than the teacher {cfg.teacher}")
+        student = load_native(init_dir).train()
+    else:
+        mconf = NativeConfig(
+            vocab_size=tok.vocab_size, max_position_embeddings=max(1024, cfg.seq_len),
+            eos_token_id=tok.eos_id, mask_token_id=tok.mask_id, **SIZES[cfg.size],
+        )
+        student = NativeModel(mconf).init_weights(cfg.seed)
 
     def evaluate(m: NativeModel) -> tuple[float, float]:
         r = distill_metrics(m, teacher, heldout, cfg)
         return r["kl"], r["agreement"]
 
     if progress:
-        print(f"distilling {cfg.size} from {teacher_dir}: held-out 'loss' is KL to the teacher, "
+        print(f"distilling {cfg.init or cfg.size} from {teacher_dir}: held-out 'loss' is KL to the teacher, "
               "'accuracy' the agreement with its argmax")
     state = fit(student, cfg, train, lambda m, batch, g: distill_loss(m, teacher, batch, cfg), evaluate,
-                work / "checkpoint.pt", resume=resume, progress=progress, desc=f"distill {cfg.size}", stop_at=stop_at)
+                work / "checkpoint.pt", resume=resume, progress=progress, desc=f"distill {cfg.init or cfg.size}", stop_at=stop_at)
     final = distill_metrics(student, teacher, heldout, cfg)
     state.history = [{"step": h["step"], "tokens": h["tokens"], "heldout_kl": h["heldout_loss"],
                       "heldout_agreement": h["heldout_accuracy"], "train_loss": h["train_loss"]} for h in state.history]
