@@ -143,3 +143,12 @@ def test_only_permissive_packages_enter_the_corpus():
         package_source("no-such-package-for-paragen")
     src = package_source("click")
     assert src.licence == "BSD-3-Clause" and src.files and all(f.endswith(".py") for f in src.files)
+
+
+def test_train_corpus_cli_refuses_a_copyleft_package(tmp_path, capsys):
+    from paragen.cli import main
+
+    assert main(["train", "corpus", "--out", str(tmp_path / "c"), "--packages", "click,tqdm"]) == 2
+    err = capsys.readouterr().err
+    assert "tqdm" in err and "MPL-2.0" in err and "--packages" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "c").exists()
