@@ -99,11 +99,12 @@ def test_every_option_and_train_flag_has_help():
     from paragen.bench.peers import PEERS
     from paragen.strategies import STRATEGIES
     from paragen.train.diffusion import DiffusionTrainConfig
+    from paragen.train.distill import DistillConfig
     from paragen.train.heads import HeadsTrainConfig
     from paragen.train.lm import TrainConfig
 
     classes = [c.Options for c in [*STRATEGIES.values(), *PEERS.values()]] + [TrainConfig, DiffusionTrainConfig,
-                                                                              HeadsTrainConfig]
+                                                                              HeadsTrainConfig, DistillConfig]
     missing = [f"{cls.__qualname__}.{f.name}" for cls in classes for f in fields(cls) if not f.metadata.get("help")]
     assert not missing, f"fields without help metadata: {missing}"
 

@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import json
+from email.message import Message
 
 import pytest
 import torch
 
 import paragen
+from paragen.errors import InvalidInputError
 from paragen.models.io import builtin_models, load_native
-from paragen.train.corpus import find_corpus, is_heldout
+from paragen.train.corpus import (
+    Source,
+    build_corpus,
+    corpus_sources,
+    find_corpus,
+    is_heldout,
+    is_permissive,
+    licence_terms,
+    package_source,
+    split_key,
+)
 from paragen.train.lm import TrainConfig, train_lm
 
 TINY = dict(size="tiny", max_files=30, seq_len=64, batch_size=8, vocab_size=300, precision="fp32", warmup=4,
@@ -149,3 +161,80 @@ def test_saved_files_follow_the_umask(tmp_path, tokenizer):
         assert stat.S_IMODE(out.stat().st_mode) == want_dir
         assert {stat.S_IMODE(f.stat().st_mode) for f in out.iterdir()} == {want_file}
         assert not list(tmp_path.glob(".*umask-probe"))
+
+
+# ---------------------------------------------------------------- the built corpus (`paragen train corpus`)
+
+
+def _paths(heldout: bool, n: int, prefix: str = "pkg") -> list[str]:
+    """``n`` file paths inside a source whose split is ``heldout``."""
+    return [p for p in (f"{prefix}/f{i}.py" for i in range(2000)) if is_heldout(p) == heldout][:n]
+
+
+def _source(root, name: str, files: dict[str, str]) -> Source:
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    return Source(name, "package", "1.0", "MIT", root, tuple(sorted(files)))
+
+
+def test_built_corpus_never_trains_on_heldout_text(tmp_path):
+    held, train, held_b = _paths(True, 2), _paths(False, 4), _paths(True, 1, prefix="other")
+    a = _source(tmp_path / "a", "a", {held[0]: "held = 0\n", held[1]: "other = 1\n", train[0]: "x = 1\n",
+                                      train[1]: "y = 2\n"})
+    # b repeats a held-out text and a training text under training paths (both must go), and
+    # holds out a text that a trains on (a's copy must go, though a comes first)
+    b = _source(tmp_path / "b", "b", {train[2]: "held = 0\n", train[3]: "x = 1\n", train[0]: "z = 3\n",
+                                      held_b[0]: "y = 2\n"})
+    tok_dir = builtin_models()["code-target"]
+    manifest = build_corpus(tmp_path / "corpus", [a, b], tokenizer=str(tok_dir), progress=False)
+    corpus = find_corpus(tmp_path / "corpus")
+    assert sorted(corpus.heldout_files) == sorted([f"a/{held[0]}", f"a/{held[1]}", f"b/{held_b[0]}"])
+    assert sorted(corpus.train_files) == sorted([f"a/{train[0]}", f"b/{train[0]}"])
+    heldout_texts = {corpus.read(f) for f in corpus.heldout_files}
+    assert not heldout_texts & set(corpus.texts("train"))
+    assert all(is_heldout(split_key(f)) for f in corpus.heldout_files)
+    assert not any(is_heldout(split_key(f)) for f in corpus.train_files)
+    sa, sb = manifest["sources"]
+    assert (sa["train_files"], sa["heldout_files"], sa["duplicates_dropped"]) == (1, 2, 1)
+    assert (sb["train_files"], sb["heldout_files"], sb["duplicates_dropped"]) == (1, 1, 2)
+    tok = paragen.load("code-target").tokenizer
+    assert sb["tokens"]["train"] == len(tok.encode("z = 3\n")) + 1  # + EOS, as train lm streams files
+    assert json.loads((tmp_path / "corpus" / "manifest.json").read_text()) == manifest
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".corpus")]  # the temporary directory is gone
+
+
+def test_built_corpus_keeps_the_stdlib_heldout_files(tmp_path):
+    build_corpus(tmp_path / "c", corpus_sources(["click"]), progress=False)
+    built, stdlib = find_corpus(tmp_path / "c"), find_corpus()
+    assert [f.removeprefix("stdlib/") for f in built.heldout_files if f.startswith("stdlib/")] == list(stdlib.heldout_files)
+    assert any(f.startswith("click/") for f in built.train_files)
+    shipped = json.loads((builtin_models()["code-target"] / "training.json").read_text())["split"]
+    if shipped["root"] == str(stdlib.root):  # the interpreter the shipped models were trained on
+        assert list(stdlib.heldout_files) == shipped["heldout_files"]
+
+
+def test_only_permissive_packages_enter_the_corpus():
+    assert is_permissive(["BSD-3-Clause", "0BSD", "MIT", "Zlib", "CC0-1.0"]) and is_permissive(["Apache", "PSF-2.0"])
+    assert not is_permissive(["MPL-2.0", "MIT"]) and not is_permissive(["GPL-3.0-or-later"]) and not is_permissive([])
+    msg = Message()
+    msg["Classifier"] = "License :: OSI Approved :: Apache Software License"
+    assert licence_terms(msg)[1] == ["Apache"]
+    msg = Message()
+    msg["Classifier"] = "License :: OSI Approved :: GNU General Public License v3 (GPLv3)"
+    assert not is_permissive(licence_terms(msg)[1])
+    with pytest.raises(InvalidInputError, match="MPL-2.0"):
+        package_source("tqdm")  # MPL-2.0 AND MIT
+    with pytest.raises(InvalidInputError, match="not installed"):
+        package_source("no-such-package-for-paragen")
+    src = package_source("click")
+    assert src.licence == "BSD-3-Clause" and src.files and all(f.endswith(".py") for f in src.files)
+
+
+def test_train_corpus_cli_refuses_a_copyleft_package(tmp_path, capsys):
+    from paragen.cli import main
+
+    assert main(["train", "corpus", "--out", str(tmp_path / "c"), "--packages", "click,tqdm"]) == 2
+    err = capsys.readouterr().err
+    assert "tqdm" in err and "MPL-2.0" in err and "--packages" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "c").exists()

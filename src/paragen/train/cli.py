@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 import typing
@@ -50,7 +51,7 @@ def add_stop_at(parser: argparse.ArgumentParser) -> None:
 def add_train_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a tokenizer or a model on Python source",
                        description="Train paragen's own models.")
-    tsub = p.add_subparsers(dest="what", required=True, metavar="{tokenizer,lm,diffusion,heads}")
+    tsub = p.add_subparsers(dest="what", required=True, metavar="{tokenizer,lm,diffusion,heads,distill,corpus}")
 
     t = tsub.add_parser("tokenizer", help="train the byte-level BPE tokenizer",
                         description="Train a byte-level BPE tokenizer on the training split.")
@@ -72,6 +73,8 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     add_config_flags(lm, TrainConfig, skip={"size", "out", "attention"})
     add_diffusion_parser(tsub)
     add_heads_parser(tsub)
+    add_distill_parser(tsub)
+    add_corpus_parser(tsub)
 
 
 def add_diffusion_parser(tsub: argparse._SubParsersAction) -> None:
@@ -108,6 +111,70 @@ def interrupted(out: str) -> int:
         print("paragen: interrupted before the first checkpoint (see --checkpoint-every): nothing to resume",
               file=sys.stderr)
     return 130
+
+
+def add_corpus_parser(tsub: argparse._SubParsersAction) -> None:
+    from paragen.train.corpus import DEFAULT_PACKAGES
+
+    c = tsub.add_parser(
+        "corpus", help="build a corpus directory: the standard library and permissively licensed packages",
+        description="Copy the standard library and the Python source of installed, permissively licensed packages "
+        "(MIT/BSD/Apache/PSF-style, checked from their metadata) into DIR/<source>/..., deduplicated by content, "
+        "with DIR/manifest.json (licences, versions, files, bytes, tokens per source). The held-out split is by "
+        "path inside each source, so the standard library's held-out files stay held out. Use it with --data DIR.",
+    )
+    c.add_argument("--out", required=True, help="corpus directory to write (replaced atomically if it exists)")
+    c.add_argument("--packages", default=",".join(DEFAULT_PACKAGES),
+                   help="comma-separated distribution names; empty for the standard library alone (default: %(default)s)")
+    c.add_argument("--tokenizer", default=None,
+                   help="count tokens per source with this tokenizer or model directory (e.g. a built-in model's)")
+    c.add_argument("--quiet", action="store_true", help="no progress lines")
+
+
+def run_train_corpus(args: argparse.Namespace) -> int:
+    from paragen.models.io import resolve
+    from paragen.train.corpus import build_corpus, corpus_sources
+
+    packages = [p.strip() for p in args.packages.split(",") if p.strip()]
+    tokenizer = str(resolve(args.tokenizer)) if args.tokenizer and not os.path.isdir(args.tokenizer) else args.tokenizer
+    manifest = build_corpus(args.out, corpus_sources(packages), tokenizer, progress=not args.quiet,
+                            command="paragen " + " ".join(sys.argv[1:]))
+    t = manifest["totals"]
+    tokens = f", {t['tokens']['train']} + {t['tokens']['heldout']} tokens" if "tokens" in t else ""
+    print(f"{args.out}: {len(manifest['sources'])} sources, {t['train_files']} train + {t['heldout_files']} held-out "
+          f"files{tokens}")
+    return 0
+
+
+def add_distill_parser(tsub: argparse._SubParsersAction) -> None:
+    from paragen.train.distill import DistillConfig
+
+    d = tsub.add_parser(
+        "distill", help="train a draft model on a target's logits (KL distillation)",
+        description="Train a draft LM to agree with a target: KL(p_target || q_draft) on the target's logits, "
+        "optionally softened by --temperature and mixed with the data cross-entropy (--ce-weight); the teacher "
+        "is frozen and its tokenizer is used. Same loop, data, checkpoints and budget as `train lm`; held-out "
+        "metrics: KL to the target and agreement of the argmaxes (the greedy acceptance proxy).",
+    )
+    defaults = DistillConfig()
+    d.add_argument("--size", choices=sorted(SIZES), default=defaults.size, help="the draft's shape")
+    d.add_argument("--out", required=True, help="output model directory")
+    d.add_argument("--resume", action="store_true", help="continue from the checkpoint beside --out")
+    add_stop_at(d)
+    d.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_config_flags(d, DistillConfig, skip={"size", "out", "attention", "tokenizer", "vocab_size"})
+
+
+def run_train_distill(args: argparse.Namespace) -> int:
+    from paragen.train.distill import DistillConfig, train_distill
+
+    cfg = config_from_args(DistillConfig, args)
+    rec = train_distill(cfg, resume=args.resume, progress=not args.quiet, command="paragen " + " ".join(sys.argv[1:]),
+                        stop_at=args.stop_at)
+    print(f"{cfg.out}: {rec['parameters'] / 1e6:.2f}M parameters, {rec['tokens_seen']} tokens, heldout KL to the "
+          f"teacher {rec['heldout_kl']:.3f}, agreement {rec['heldout_agreement']:.3f}, data loss "
+          f"{rec['heldout_loss']:.3f}, accuracy {rec['heldout_accuracy']:.3f}")
+    return 0
 
 
 def run_train_diffusion(args: argparse.Namespace) -> int:
@@ -170,6 +237,10 @@ def run_train(args: argparse.Namespace) -> int:
         return run_train_diffusion(args)
     if args.what == "heads":
         return run_train_heads(args)
+    if args.what == "distill":
+        return run_train_distill(args)
+    if args.what == "corpus":
+        return run_train_corpus(args)
     from paragen.train.lm import train_lm
 
     cfg = config_from_args(TrainConfig, args)

@@ -38,13 +38,8 @@ from paragen.heads import KINDS, Heads, new_heads, save_heads
 from paragen.models import load
 from paragen.models.base import Model
 from paragen.models.io import resolve
-from paragen.train.lm import TrainConfig, prepare
+from paragen.train.lm import TrainConfig, prepare, train_field
 from paragen.train.loop import fit, training_record
-
-
-def _same(name: str, default: object) -> object:
-    """A ``TrainConfig`` setting with another default: its help stays ``TrainConfig``'s."""
-    return field(default=default, metadata=TrainConfig.__dataclass_fields__[name].metadata)
 
 
 @dataclass(frozen=True)
@@ -54,7 +49,7 @@ class HeadsTrainConfig(TrainConfig):
 
     kind: str = field(default="medusa", metadata={"help": "head architecture: " + " | ".join(KINDS)})
     target: str = field(default="code-target", metadata={"help": "built-in model name or model directory (frozen)"})
-    out: str = _same("out", "runs/heads")
+    out: str = train_field("out", "runs/heads")
     num_heads: int = field(default=4, metadata={
         "help": "blockwise, medusa, hydra: heads, i.e. tokens drafted past the target's own (eagle: always 1)"})
     labels: str = field(default="argmax", metadata={
@@ -62,10 +57,10 @@ class HeadsTrainConfig(TrainConfig):
     eagle_cls_weight: float = field(default=0.1, metadata={"help": "eagle: weight of the token loss beside the feature loss"})
     eagle_noise: float = field(default=0.1, metadata={
         "help": "eagle: uniform noise U(-a, a) on the drafter's input features (EAGLE's; training only)"})
-    steps: int = _same("steps", 2000)
-    warmup: int = _same("warmup", 50)
-    weight_decay: float = _same("weight_decay", 0.0)
-    eval_windows: int = _same("eval_windows", 32)
+    steps: int = train_field("steps", 2000)
+    warmup: int = train_field("warmup", 50)
+    weight_decay: float = train_field("weight_decay", 0.0)
+    eval_windows: int = train_field("eval_windows", 32)
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,6 +30,9 @@ from paragen.train.tokenizer import train_tokenizer
 SIZES: dict[str, dict] = {
     "tiny": dict(hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),
     "draft": dict(hidden_size=128, intermediate_size=384, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2),
+    # Wider and shallower: on CPU a draft call's cost is per-layer op overhead more than FLOPs.
+    "draft-wide": dict(hidden_size=256, intermediate_size=768, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=2),
     "target": dict(hidden_size=384, intermediate_size=1024, num_hidden_layers=6, num_attention_heads=6, num_key_value_heads=2),
 }
 
@@ -74,6 +78,12 @@ class TrainConfig:
         for name in ("seq_len", "batch_size", "vocab_size", "eval_every", "eval_windows", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise InvalidInputError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+def train_field(name: str, default: Any) -> Any:
+    """A ``TrainConfig`` setting with another default in a derived config: its help stays
+    ``TrainConfig``'s (one place for what a flag means)."""
+    return field(default=default, metadata=TrainConfig.__dataclass_fields__[name].metadata)
 
 
 def encode_files(tok: Tokenizer, texts: list[str]) -> np.ndarray:

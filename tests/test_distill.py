@@ -1,0 +1,72 @@
+"""Distillation (`paragen train distill`): the loss is the KL to the teacher, and training lowers it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+
+import paragen
+from paragen.models.io import load_native
+from paragen.models.native import NativeModel
+from paragen.train.distill import DistillConfig, distill_loss, distill_metrics, train_distill
+from paragen.train.lm import TrainConfig, lm_loss, prepare, train_lm
+
+TINY = dict(size="tiny", max_files=30, seq_len=64, batch_size=8, precision="fp32", warmup=4, lr=3e-3,
+            eval_every=20, checkpoint_every=20, eval_windows=16)
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory):
+    """A tiny teacher, briefly trained: a random one is a pseudo-random function of its context
+    that no student of its size learns in a few steps; a trained one has structure to learn."""
+    out = tmp_path_factory.mktemp("teacher") / "teacher"
+    # another seed and a higher rate than the students': not a copy of a student trained on the data alone
+    train_lm(TrainConfig(out=str(out), steps=200, vocab_size=300, **{**TINY, "eval_every": 1000, "seed": 5, "lr": 1e-2,
+                                                                      "warmup": 10}), progress=False)
+    return out
+
+
+def test_distill_loss_is_kl_and_ce_by_weight(teacher_dir):
+    teacher = load_native(teacher_dir)
+    batch = torch.randint(0, teacher.config.vocab_size, (2, 17))
+    cfg = DistillConfig(**{**TINY, "temperature": 2.0})
+    assert distill_loss(teacher, teacher, batch, cfg).item() == pytest.approx(0.0, abs=1e-6)  # KL(p || p) = 0
+    student = NativeModel(teacher.config).init_weights(seed=1)
+    assert distill_loss(student, teacher, batch, cfg).item() > 0.01
+    ce_only = DistillConfig(**{**TINY, "ce_weight": 1.0})
+    torch.testing.assert_close(distill_loss(student, teacher, batch, ce_only), lm_loss(student, batch, "fp32"))
+    with pytest.raises(ValueError, match="ce_weight"):
+        DistillConfig(ce_weight=1.5)
+
+
+def test_distillation_lowers_the_kl_to_the_teacher(tmp_path, teacher_dir):
+    cfg = DistillConfig(out=str(tmp_path / "d"), teacher=str(teacher_dir), steps=60, **TINY)
+    teacher = load_native(teacher_dir)
+    before = teacher.state_dict()
+    rec = train_distill(cfg, progress=False)
+    on_data = train_distill(replace(cfg, out=str(tmp_path / "ce"), ce_weight=1.0), progress=False)
+    # the untrained student (same seed, same shape) on the same held-out windows
+    fresh = NativeModel(load_native(tmp_path / "d").config).init_weights(cfg.seed)
+    _, _, heldout, _ = prepare(DistillConfig(**{**TINY, "tokenizer": str(teacher_dir)}))
+    start = distill_metrics(fresh, teacher, heldout, cfg)
+    assert rec["heldout_kl"] < 0.2 * start["kl"]
+    # and more than the same training on the data alone
+    assert rec["heldout_kl"] < 0.85 * on_data["heldout_kl"]
+    assert rec["heldout_agreement"] > on_data["heldout_agreement"]
+    for name, p in load_native(teacher_dir).state_dict().items():  # the teacher is frozen
+        assert torch.equal(p, before[name]), name
+    saved = json.loads((tmp_path / "d" / "training.json").read_text())
+    assert saved["teacher"] == str(teacher_dir) and saved["heldout_kl"] == rec["heldout_kl"]
+    student = paragen.load(tmp_path / "d")
+    assert student.tokenizer.fingerprint() == paragen.load(teacher_dir).tokenizer.fingerprint()
+
+
+def test_init_starts_from_a_given_draft(tmp_path, teacher_dir):
+    # a student initialised as the teacher itself starts (and stays, at a tiny rate) at KL ~ 0
+    cfg = DistillConfig(out=str(tmp_path / "d"), teacher=str(teacher_dir), init=str(teacher_dir), steps=2,
+                        **{**TINY, "lr": 1e-6, "warmup": 1})
+    rec = train_distill(cfg, progress=False)
+    assert rec["heldout_kl"] < 1e-3 and rec["heldout_agreement"] > 0.99
