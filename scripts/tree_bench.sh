@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The draft-and-verify family on one draft, in one run per decoding mode, ar in the same run:
 # chain (speculative), dynamic and static token trees, SpecTr (K-SEQ and recursive rejection).
-# Settings of BENCHMARKS.md's token-tree section; tree settings were chosen on the stdlib task,
-# not on HumanEval. Run on a quiet machine (no training or tests beside it).
+# Settings of BENCHMARKS.md's token-tree section; tree@small was chosen on the stdlib task (tokens
+# per call) and scripts/tree_cost.py (cost per call against tokens), not on HumanEval. Run on a quiet machine (no training or tests beside it).
 # Usage: scripts/tree_bench.sh          (DRAFT, OUT, LIMIT, THREADS, BENCH_FLAGS override)
 set -e
 cd "$(dirname "$0")/.."
@@ -17,9 +17,11 @@ bench() {  # out-suffix, flags...
   cat $OUT-$name.txt
 }
 o() { echo --option $1; }
-bench greedy --strategies ar,speculative,tree,tree@static,spectr,spectr@rrs \
+bench greedy --strategies ar,speculative,tree,tree@small,tree@static,spectr,spectr@rrs \
+  $(o tree@small:budget=8) $(o tree@small:depth=4) $(o tree@small:topk=2) \
   $(o tree@static:shape=static) $(o spectr@rrs:verifier=rrs)
 bench sampled --temperature 0.8 --top-p 0.95 \
-  --strategies ar,speculative,tree,tree@static,tree@static-without,spectr,spectr@rrs,spectr@rrs-without \
+  --strategies ar,speculative,tree,tree@small,tree@static,tree@static-without,spectr,spectr@rrs,spectr@rrs-without \
+  $(o tree@small:budget=8) $(o tree@small:depth=4) $(o tree@small:topk=2) \
   $(o tree@static:shape=static) $(o tree@static-without:shape=static) $(o tree@static-without:draw=without) \
   $(o spectr@rrs:verifier=rrs) $(o spectr@rrs-without:verifier=rrs) $(o spectr@rrs-without:replacement=false)

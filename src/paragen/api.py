@@ -32,7 +32,9 @@ __all__ = ["DEFAULT_THREADS", "Generation", "Stream", "generate", "load", "make_
 # Measured with scripts/threads.sh on a 2-core machine under load (load average 6-7, training
 # jobs running): code-target ar 114-199 tok/s on 1 thread against 4-8 tok/s on 2; lookahead
 # 75-125 against 5-7. Batch-1 decoding of small models has little work to split per token, and
-# a thread that waits for a busy core stalls every step. (Quiet-machine numbers: TODO lead.)
+# a thread that waits for a busy core stalls every step. Quiet, 2 threads gain 1.5x (ar 264-279
+# tok/s against 394-406; lookahead 181-184 against 269-290): a third lost when quiet against
+# 95% lost when loaded, so 1 is the default and --threads 2 the advice for a quiet machine.
 DEFAULT_THREADS = 1
 
 
