@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +21,7 @@ import torch
 from paragen.errors import HeadsMismatchError, ModelLoadError
 from paragen.heads.modules import Heads, HeadsConfig, make_heads
 from paragen.models.base import Model
+from paragen.models.io import atomic_directory
 
 PROBE_TOKENS = 8
 PROBE_ROWS = 16
@@ -64,22 +63,13 @@ def save_heads(heads: Heads, out: str | os.PathLike, dtype: torch.dtype = torch.
     """Write a heads directory atomically (all files appear at once, or none)."""
     from safetensors.torch import save_file
 
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_directory(out) as tmp:
         state = {k: v.detach().to(dtype).contiguous() for k, v in heads.state_dict().items()}
         save_file(state, str(tmp / "heads.safetensors"), metadata={"format": "pt"})
         (tmp / "heads.json").write_text(json.dumps(heads.config.to_dict(), indent=2) + "\n")
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    return Path(out)
 
 
 def load_heads(path: str | os.PathLike, model: Model) -> Heads:

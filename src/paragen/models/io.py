@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -215,10 +217,7 @@ def save_model(
     """Write a complete model directory atomically: all files appear at once or none do."""
     from safetensors.torch import save_file
 
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_directory(out) as tmp:
         state = {k: v.detach().to(dtype).contiguous() for k, v in model.state_dict().items()}
         if model.config.tie_word_embeddings:
             state.pop("lm_head.weight", None)  # tied: transformers re-ties it on load
@@ -227,14 +226,7 @@ def save_model(
         tokenizer.save(tmp)
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
-        follow_umask(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    return Path(out)
 
 
 def follow_umask(directory: Path) -> None:
@@ -250,6 +242,25 @@ def follow_umask(directory: Path) -> None:
     for f in directory.iterdir():
         if f.is_file():
             f.chmod(dir_mode & 0o666)
+
+
+@contextlib.contextmanager
+def atomic_directory(out: str | os.PathLike) -> Iterator[Path]:
+    """Build a directory in a temporary one beside ``out`` and rename it into place when the
+    block ends: every file appears at once (with the user's umask), replacing an older
+    ``out``, or, on any error or interrupt, nothing does."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        yield tmp
+        follow_umask(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def load_state(path: Path) -> dict[str, torch.Tensor]:

@@ -26,7 +26,7 @@ from paragen.errors import UnsupportedOptionError
 from paragen.sampling import SamplingParams, warp
 from paragen.strategies.base import feed, prefill_hidden
 from paragen.strategies.drafter import TreeDraftStrategy
-from paragen.strategies.tree import parse_widths
+from paragen.strategies.tree import parse_widths, static_nodes
 from paragen.tree import TokenTree
 
 
@@ -46,11 +46,7 @@ class MedusaOptions:
             raise UnsupportedOptionError(f"medusa, hydra: draw must be 'top' or 'sample', got '{self.draw}'")
 
     def nodes(self) -> int:
-        total, level = 0, 1
-        for w in parse_widths(self.widths):
-            level *= w
-            total += level
-        return total
+        return static_nodes(self.widths)
 
 
 class Medusa(TreeDraftStrategy):

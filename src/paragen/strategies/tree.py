@@ -44,6 +44,15 @@ def parse_widths(text: str) -> tuple[int, ...]:
     return widths
 
 
+def static_nodes(widths: str) -> int:
+    """Nodes of a static tree whose depth-d nodes all get widths[d] children (4,2,2,1: 44)."""
+    total, level = 0, 1
+    for w in parse_widths(widths):
+        level *= w
+        total += level
+    return total
+
+
 @dataclass(frozen=True)
 class TreeOptions:
     """Settings of ``tree``; each field's help is shown by ``paragen generate --help``."""
@@ -74,13 +83,7 @@ class TreeOptions:
 
     def nodes(self) -> int:
         """Drafted nodes per step at most."""
-        if self.shape == "dynamic":
-            return self.budget
-        total, level = 0, 1
-        for w in parse_widths(self.widths):
-            level *= w
-            total += level
-        return total
+        return self.budget if self.shape == "dynamic" else static_nodes(self.widths)
 
 
 class Tree(TreeDraftStrategy):

@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
 import re
 import shutil
 import sysconfig
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from paragen.errors import InvalidInputError
+from paragen.models.io import atomic_directory
 
 HELDOUT_PERCENT = 5
 MANIFEST = "manifest.json"  # marks a built corpus: its files are <source>/<path inside the source>
@@ -190,11 +189,9 @@ def build_corpus(out: str | Path, sources: list[Source], tokenizer: str | None =
     # Pass 1: hash everything, so that held-out content is known before any training file is taken.
     digests = {(s.name, f): hashlib.sha256((s.root / f).read_bytes()).hexdigest() for s in sources for f in s.files}
     heldout_digests = {d for (_, f), d in digests.items() if is_heldout(f)}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     taken: set[str] = set()
     entries = []
-    try:
+    with atomic_directory(out) as tmp:
         for src in sources:
             kept = {"train": [], "heldout": []}
             dropped = 0
@@ -230,12 +227,6 @@ def build_corpus(out: str | Path, sources: list[Source], tokenizer: str | None =
         if tok is not None:
             manifest["totals"]["tokens"] = {k: sum(e["tokens"][k] for e in entries) for k in ("train", "heldout")}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest
 
 
