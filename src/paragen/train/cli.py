@@ -7,8 +7,10 @@ import os
 import shlex
 import sys
 import typing
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 from paragen.train.lm import SIZES, TrainConfig
 
@@ -131,6 +133,17 @@ def add_corpus_parser(tsub: argparse._SubParsersAction) -> None:
     c.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
+def train_or_resume_hint(train: Callable[..., dict], cfg: Any, args: argparse.Namespace) -> dict | None:
+    """Run one of the training commands (lm, diffusion, distill, heads: same flags, same loop);
+    after Ctrl-C, say how to continue (``interrupted``) and return None."""
+    try:
+        return train(cfg, resume=args.resume, progress=not args.quiet, command="paragen " + " ".join(sys.argv[1:]),
+                     stop_at=args.stop_at)
+    except KeyboardInterrupt:
+        interrupted(cfg.out)
+        return None
+
+
 def run_train_corpus(args: argparse.Namespace) -> int:
     from paragen.models.io import resolve
     from paragen.train.corpus import build_corpus, corpus_sources
@@ -169,8 +182,9 @@ def run_train_distill(args: argparse.Namespace) -> int:
     from paragen.train.distill import DistillConfig, train_distill
 
     cfg = config_from_args(DistillConfig, args)
-    rec = train_distill(cfg, resume=args.resume, progress=not args.quiet, command="paragen " + " ".join(sys.argv[1:]),
-                        stop_at=args.stop_at)
+    rec = train_or_resume_hint(train_distill, cfg, args)
+    if rec is None:
+        return 130
     print(f"{cfg.out}: {rec['parameters'] / 1e6:.2f}M parameters, {rec['tokens_seen']} tokens, heldout KL to the "
           f"teacher {rec['heldout_kl']:.3f}, agreement {rec['heldout_agreement']:.3f}, data loss "
           f"{rec['heldout_loss']:.3f}, accuracy {rec['heldout_accuracy']:.3f}")
@@ -181,11 +195,9 @@ def run_train_diffusion(args: argparse.Namespace) -> int:
     from paragen.train.diffusion import DiffusionTrainConfig, train_diffusion
 
     cfg = config_from_args(DiffusionTrainConfig, args, attention="block_causal" if args.block_size else "bidirectional")
-    try:
-        rec = train_diffusion(cfg, resume=args.resume, progress=not args.quiet,
-                              command="paragen " + " ".join(sys.argv[1:]), stop_at=args.stop_at)
-    except KeyboardInterrupt:
-        return interrupted(cfg.out)
+    rec = train_or_resume_hint(train_diffusion, cfg, args)
+    if rec is None:
+        return 130
     print(f"{cfg.out}: {rec['parameters'] / 1e6:.2f}M parameters, {rec['tokens_seen']} tokens, "
           f"heldout loss (bound) {rec['heldout_loss']:.3f}, masked accuracy {rec['heldout_accuracy']:.3f}")
     return 0
@@ -214,8 +226,9 @@ def run_train_heads(args: argparse.Namespace) -> int:
     from paragen.train.heads import HeadsTrainConfig, train_heads
 
     cfg = config_from_args(HeadsTrainConfig, args)
-    rec = train_heads(cfg, resume=args.resume, progress=not args.quiet, command="paragen " + " ".join(sys.argv[1:]),
-                      stop_at=args.stop_at)
+    rec = train_or_resume_hint(train_heads, cfg, args)
+    if rec is None:
+        return 130
     accs = " ".join(f"{a:.3f}" for a in rec["per_head_accuracy"])
     print(f"{cfg.out}: {cfg.kind} heads, {rec['parameters'] / 1e6:.2f}M parameters, {rec['tokens_seen']} tokens, "
           f"heldout loss {rec['heldout_loss']:.3f}, top-1 agreement with the target per head {accs}")
@@ -244,11 +257,9 @@ def run_train(args: argparse.Namespace) -> int:
     from paragen.train.lm import train_lm
 
     cfg = config_from_args(TrainConfig, args)
-    try:
-        rec = train_lm(cfg, resume=args.resume, progress=not args.quiet, command="paragen " + " ".join(sys.argv[1:]),
-                       stop_at=args.stop_at)
-    except KeyboardInterrupt:
-        return interrupted(cfg.out)
+    rec = train_or_resume_hint(train_lm, cfg, args)
+    if rec is None:
+        return 130
     print(f"{cfg.out}: {rec['parameters'] / 1e6:.2f}M parameters, {rec['tokens_seen']} tokens, "
           f"heldout loss {rec['heldout_loss']:.3f}, accuracy {rec['heldout_accuracy']:.3f}")
     return 0
