@@ -20,6 +20,7 @@ from paragen.errors import (
     UnsupportedOptionError,
     VocabularyMismatchError,
 )
+from paragen.heads.io import default_heads
 from paragen.models import load
 from paragen.models.base import Model
 from paragen.sampling import SamplingParams
@@ -194,8 +195,8 @@ def _check_sampling(temperature: Any, top_k: Any, top_p: Any) -> SamplingParams:
 def _check_heads(cls: type[Strategy], target: Model, heads: Any) -> None:
     """Heads are given exactly to the strategies that run on them, of a kind they read, for this target."""
     if cls.head_kinds and heads is None:
-        raise HeadsMismatchError(f"strategy '{cls.name}' needs prediction heads: pass heads=paragen.load_heads(DIR, model) "
-                                 "(CLI: --heads DIR); train them with `paragen train heads`")
+        raise HeadsMismatchError(f"strategy '{cls.name}' needs prediction heads and none are built in for this model: pass "
+                                 "heads=paragen.load_heads(DIR, model) (CLI: --heads DIR); train them with `paragen train heads`")
     if not cls.head_kinds and heads is not None:
         raise UnsupportedOptionError(f"strategy '{cls.name}' uses no prediction heads; drop heads= or pick 'medusa'")
     if heads is None:
@@ -227,7 +228,8 @@ def stream(
     """Decode lazily: returns a ``Stream`` yielding committed text pieces as they are decoded,
     whose ``.generation`` holds the ``Generation`` (tokens, text, stats) once it is exhausted.
 
-    ``heads``: prediction heads for the strategies that run on them (``paragen.load_heads``).
+    ``heads``: prediction heads for the strategies that run on them (``paragen.load_heads``);
+    by default the built-in heads of a built-in target (``paragen models`` lists them).
     Every argument is checked here, before the first token. Batch size is one: a list of
     prompts is not accepted (call once per prompt).
     """
@@ -241,6 +243,8 @@ def stream(
     _check_model(cls, model)
     _check_draft(cls, model, draft)
     _check_call_size(cls, opts, model)
+    if heads is None and cls.head_kinds:  # the built-in heads for a built-in target, when shipped
+        heads = default_heads(model, cls.head_kinds)
     _check_heads(cls, model, heads)
     ids = _prompt_ids(model, prompt)
     limit = model.info.max_length if draft is None else min(model.info.max_length, draft.info.max_length)

@@ -55,7 +55,8 @@ def add_generate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--strategy", default="ar", help="decoding strategy (see below; default: ar)")
     p.add_argument("--draft", default=None, help="draft model name or directory (for speculative)")
     p.add_argument("--heads", default=None,
-                   help="prediction heads directory (for blockwise, medusa, hydra, eagle; `paragen train heads`)")
+                   help="prediction heads: a directory from `paragen train heads` or a built-in heads name "
+                        "(for blockwise, medusa, hydra, eagle; default: the built-in heads of a built-in model)")
     p.add_argument("--max-new-tokens", type=int, default=128, help="tokens to generate at most (default: 128)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
     p.add_argument("--top-k", type=int, default=None,
@@ -144,6 +145,7 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 def run_models(args: argparse.Namespace) -> int:
+    from paragen.heads.io import builtin_heads
     from paragen.models.io import builtin_models, read_config
 
     found = builtin_models()
@@ -157,6 +159,11 @@ def run_models(args: argparse.Namespace) -> int:
         if "heldout_loss" in info:
             extra += f", held-out loss {info['heldout_loss']:.2f}, accuracy {info['heldout_accuracy']:.3f}"
         print(f"{name:<22} {cfg.get('paragen_attention', 'causal'):<14} {extra}  {path}")
+    for name, path in builtin_heads().items():
+        info = json.loads((path / "training.json").read_text()) if (path / "training.json").exists() else {}
+        accs = "/".join(f"{a:.2f}" for a in info.get("per_head_accuracy", []))
+        extra = f"{info['parameters'] / 1e6:.1f}M params, top-1 agreement per head {accs}" if "parameters" in info else ""
+        print(f"{name:<22} {'heads':<14} {extra}  {path}")
     return 0
 
 

@@ -1,7 +1,7 @@
 """``make demo``: the built-in models on a HumanEval prompt, strategy by strategy, with stats.
 
-Every lossless strategy on code-target, and block diffusion (lossy) on code-block-diffusion
-when that model is built in.
+Every lossless strategy on code-target (those on prediction heads when heads are built in),
+and block diffusion (lossy) on code-block-diffusion when that model is built in.
 
 Run with ``python -m paragen.demo [--prompt-index I] [--max-new-tokens N]``.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 
 import paragen
+from paragen.heads.io import builtin_heads_for
 from paragen.models.io import builtin_models
 from paragen.strategies import STRATEGIES
 from paragen.tasks import humaneval
@@ -29,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"== {task.id}: prompt ==\n{task.prompt}")
     runs = [("ar", target, {}), ("speculative", target, {"draft": draft}), ("lookup", target, {}),
             ("jacobi", target, {}), ("lookahead", target, {})]
+    # Strategies on prediction heads, when heads for code-target are built in (loaded by default).
+    runs += [(name, target, {}) for name in ("blockwise", "medusa", "hydra", "eagle")
+             if builtin_heads_for("code-target", STRATEGIES[name].head_kinds)]
     if "code-block-diffusion" in builtin_models():  # lossy: its own model, adapted from code-target
         runs.append(("block_diffusion", paragen.load("code-block-diffusion"), {}))
     results = []

@@ -39,6 +39,7 @@ from paragen.errors import (
     UnsupportedOptionError,
     VocabularyMismatchError,
 )
+from paragen.heads.io import builtin_heads_for
 from paragen.models import DTYPES
 from paragen.models.base import Model
 from paragen.strategies import STRATEGIES
@@ -185,6 +186,11 @@ def contender_class(name: str) -> type:
     raise UnknownStrategyError(f"unknown strategy '{name}': choose from {', '.join([*STRATEGIES, *PEERS])}")
 
 
+def bench_heads(config: BenchConfig, name: str, cls: type) -> str | None:
+    """The heads contender ``name`` runs on: its --heads, else the built-in heads of --model, else None."""
+    return dict(config.heads).get(name) or builtin_heads_for(Path(config.model).name, cls.head_kinds)
+
+
 def build_contenders(config: BenchConfig) -> list[Contender]:
     """Validated contenders, ``ar`` first (added when not listed), duplicates dropped.
 
@@ -196,7 +202,8 @@ def build_contenders(config: BenchConfig) -> list[Contender]:
     # only when --model-for gives them a diffusion model).
     own, heads = dict(config.models), dict(config.heads)
     every = [n for n, c in STRATEGIES.items()
-             if (c.attention == "causal" or n in own) and (not c.head_kinds or n in heads)] + list(PEERS)
+             if (c.attention == "causal" or n in own) and (not c.head_kinds or n in heads or bench_heads(config, n, c))]
+    every += list(PEERS)
     listed = [n.strip() for s in config.strategies for n in (every if s.strip() == "all" else [s])]
     names = [REFERENCE] + [n for n in dict.fromkeys(listed) if n and n != REFERENCE]
     classes = {n: contender_class(n) for n in names}
@@ -215,8 +222,9 @@ def build_contenders(config: BenchConfig) -> list[Contender]:
         if name not in given:
             raise InvalidInputError(f"--heads '{name}', which is not benchmarked: add it to --strategies")
     for n in names:
-        if getattr(classes[n], "head_kinds", ()) and n not in heads:
-            raise InvalidInputError(f"strategy '{n}' runs on prediction heads: give them with --heads {n}=DIR")
+        if getattr(classes[n], "head_kinds", ()) and not bench_heads(config, n, classes[n]):
+            raise InvalidInputError(f"strategy '{n}' runs on prediction heads and none are built in for --model: "
+                                    f"give them with --heads {n}=DIR")
     greedy = config.temperature == 0
     contenders = []
     for n in names:
@@ -285,7 +293,8 @@ def load_models(config: BenchConfig, contenders: list[Contender]) -> Models:
         if model.tokenizer.fingerprint() != target.tokenizer.fingerprint():
             raise VocabularyMismatchError(f"the model for '{name}' has another tokenizer than --model: "
                                           "contenders must read the same prompt tokens")
-    heads = {name: paragen.load_heads(path, own.get(name, target)) for name, path in config.heads}
+    heads = {c.name: paragen.load_heads(bench_heads(config, c.name, c.cls), own.get(c.name, target))
+             for c in contenders if getattr(c.cls, "head_kinds", ())}
     hf_target = HFModel.from_dir(resolve(config.model), dtype).module if peers else None
     hf_draft = HFModel.from_dir(resolve(config.draft), dtype).module if any(c.needs_draft for c in peers) else None
     return Models(target, scorer, draft, own, heads, hf_target, hf_draft)

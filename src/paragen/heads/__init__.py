@@ -6,7 +6,17 @@ The decoding loops that use them are strategies (``blockwise``, ``medusa``, ``hy
 
 from __future__ import annotations
 
-from paragen.heads.io import check_target, fingerprint, load_heads, new_heads, save_heads
+from paragen.heads.io import (
+    builtin_heads,
+    builtin_heads_for,
+    check_target,
+    default_heads,
+    fingerprint,
+    load_heads,
+    new_heads,
+    save_heads,
+)
 from paragen.heads.modules import KINDS, Heads, HeadsConfig, make_heads
 
-__all__ = ["KINDS", "Heads", "HeadsConfig", "check_target", "fingerprint", "load_heads", "make_heads", "new_heads", "save_heads"]
+__all__ = ["KINDS", "Heads", "HeadsConfig", "builtin_heads", "builtin_heads_for", "check_target", "default_heads",
+           "fingerprint", "load_heads", "make_heads", "new_heads", "save_heads"]

@@ -21,7 +21,10 @@ import torch
 from paragen.errors import HeadsMismatchError, ModelLoadError
 from paragen.heads.modules import Heads, HeadsConfig, make_heads
 from paragen.models.base import Model
-from paragen.models.io import atomic_directory
+from paragen.models.io import BUILTIN_DIR, atomic_directory
+
+# Built-in heads live in builtin/heads/<target>-<kind>, e.g. code-target-medusa.
+BUILTIN_HEADS_DIR = BUILTIN_DIR / "heads"
 
 PROBE_TOKENS = 8
 PROBE_ROWS = 16
@@ -72,14 +75,40 @@ def save_heads(heads: Heads, out: str | os.PathLike, dtype: torch.dtype = torch.
     return Path(out)
 
 
+def builtin_heads() -> dict[str, Path]:
+    """Built-in heads names (``<target>-<kind>``) and their directories."""
+    if not BUILTIN_HEADS_DIR.is_dir():
+        return {}
+    return {p.name: p for p in sorted(BUILTIN_HEADS_DIR.iterdir()) if (p / "heads.json").exists()}
+
+
+def builtin_heads_for(target: str, kinds: tuple[str, ...]) -> str | None:
+    """The name of the built-in heads of one of ``kinds`` for the built-in model ``target``, if shipped."""
+    found = builtin_heads()
+    return next((f"{target}-{k}" for k in kinds if f"{target}-{k}" in found), None)
+
+
+def default_heads(model: Model, kinds: tuple[str, ...]) -> Heads | None:
+    """The built-in heads of one of ``kinds`` trained for ``model``, or None when none is shipped
+    for it (the name matches a built-in model but the weights differ: also None)."""
+    name = builtin_heads_for(getattr(model, "name", ""), kinds)
+    if name is None:
+        return None
+    try:
+        return load_heads(name, model)
+    except HeadsMismatchError:
+        return None
+
+
 def load_heads(path: str | os.PathLike, model: Model) -> Heads:
-    """Heads from a directory, bound to ``model`` (their target), in the model's dtype.
+    """Heads from a directory or a built-in heads name (``paragen models`` lists them), bound to
+    ``model`` (their target), in the model's dtype.
 
     Refuses, with ``HeadsMismatchError``, a model other than the one they were trained for.
     """
     from safetensors.torch import load_file
 
-    path = Path(path)
+    path = builtin_heads().get(str(path), Path(path))
     if not (path / "heads.json").exists():
         raise ModelLoadError(f"{path} has no heads.json: is it a directory written by `paragen train heads`?")
     try:
