@@ -82,12 +82,12 @@ TINY = dict(max_files=20, seq_len=48, batch_size=8, precision="fp32", warmup=4, 
             eval_windows=8, lr=3e-3)
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_tiny_training_lowers_heldout_head_loss(tmp_path, model_dir, kind):
+@pytest.mark.parametrize("kind,fraction", [(kind, 1.0) for kind in KINDS] + [("blockwise", 0.25)])
+def test_tiny_training_lowers_heldout_head_loss(tmp_path, model_dir, kind, fraction):
     from paragen.train.heads import HeadsTrainConfig, train_heads
 
     rec = train_heads(HeadsTrainConfig(kind=kind, target=str(model_dir), out=str(tmp_path / "h"), num_heads=2,
-                                       steps=45, **TINY), progress=False)
+                                       steps=45, readout_fraction=fraction, **TINY), progress=False)
     losses = [h["heldout_loss"] for h in rec["history"]]
     assert losses[-1] < losses[0] - 0.05, losses
     assert len(rec["per_head_accuracy"]) == (1 if kind == "eagle" else 2)
@@ -97,13 +97,14 @@ def test_tiny_training_lowers_heldout_head_loss(tmp_path, model_dir, kind):
     assert load_heads(tmp_path / "h", target).kind == kind
 
 
-@pytest.mark.parametrize("kind", ["hydra", "eagle"])  # eagle draws feature noise from the checkpointed generator
-def test_heads_training_resumes_to_the_same_result(tmp_path, model_dir, kind):
+# eagle draws feature noise from the checkpointed generator; a readout fraction draws positions from it
+@pytest.mark.parametrize("kind,fraction", [("hydra", 1.0), ("eagle", 1.0), ("medusa", 0.3)])
+def test_heads_training_resumes_to_the_same_result(tmp_path, model_dir, kind, fraction):
     from paragen.train.heads import HeadsTrainConfig, train_heads
 
     def cfg(name):
         return HeadsTrainConfig(kind=kind, target=str(model_dir), out=str(tmp_path / name), num_heads=2, steps=20,
-                                **TINY)
+                                readout_fraction=fraction, **TINY)
 
     straight = train_heads(cfg("a"), progress=False)
     train_heads(cfg("b"), progress=False, stop_at=10)
@@ -129,7 +130,10 @@ def test_training_labels_are_the_targets_own_tokens_j_plus_2_ahead():
             super().__init__()
             self.shift = shift
 
-        def train_logits(self, hidden, tokens):
+        def readout(self, x):  # its "features" are already the target's logits
+            return x
+
+        def train_features(self, hidden, tokens):
             with torch.no_grad():
                 logits = TARGET(tokens, torch.arange(tokens.shape[1]).expand(tokens.shape[0], -1))
             pad = torch.cat([logits, logits[:, :4]], dim=1)  # the tail is never scored

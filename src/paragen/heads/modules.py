@@ -23,8 +23,10 @@ they are never trained, never saved, and cost no memory of their own.
   further feeds the predicted feature back with the drafted token (autoregression on
   features).
 
-``train_logits(hidden [B, L, H], tokens [B, L]) -> [B, L, K, V]``: entry (t, j) is head j's
-prediction of x_{t+j+2} given the true prefix x_{<=t} (teacher forcing), for training.
+``train_features(hidden [B, L, H], tokens [B, L]) -> [B, L, K, H]``: entry (t, j) is head j's
+output feature for x_{t+j+2} given the true prefix x_{<=t} (teacher forcing), for training;
+``train_logits`` reads them all out ([B, L, K, V]). Training reads out a sample of them: the
+vocabulary projection is most of a head's cost.
 """
 
 from __future__ import annotations
@@ -110,8 +112,13 @@ class Heads(nn.Module):
         """The last layer of each head's residual branch."""
         return []
 
-    def train_logits(self, hidden: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    def train_features(self, hidden: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Every head's output feature at every position [B, L, K, H] (see the module docstring)."""
         raise NotImplementedError
+
+    def train_logits(self, hidden: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """``train_features`` read out: [B, L, K, V]."""
+        return self.readout(self.train_features(hidden, tokens))
 
 
 class OneStateHeads(Heads):
@@ -125,8 +132,8 @@ class OneStateHeads(Heads):
         """Logits of every head [..., K, V] from hidden states [..., H]."""
         return self.readout(self.features(hidden))
 
-    def train_logits(self, hidden: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        return self(hidden)
+    def train_features(self, hidden: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        return self.features(hidden)
 
 
 class Blockwise(OneStateHeads):
@@ -177,17 +184,21 @@ class Hydra(Heads):
     def residual_outputs(self) -> list[nn.Linear]:
         return list(self.res)
 
-    def head(self, j: int, hidden: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
-        """Head j's logits [..., V] from hidden [..., H] and the j + 1 tokens before its own [..., j + 1]."""
+    def head_feature(self, j: int, hidden: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
+        """Head j's output feature [..., H] from hidden [..., H] and the j + 1 tokens before its own [..., j + 1]."""
         e = self.embed[prev].flatten(-2)  # [..., (j + 1) H]
-        return self.readout(hidden + F.silu(self.res[j](torch.cat([hidden, e], dim=-1))))
+        return hidden + F.silu(self.res[j](torch.cat([hidden, e], dim=-1)))
 
-    def train_logits(self, hidden: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    def head(self, j: int, hidden: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
+        """Head j's logits [..., V] (``head_feature`` read out)."""
+        return self.readout(self.head_feature(j, hidden, prev))
+
+    def train_features(self, hidden: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         B, L = tokens.shape
         # next[:, t, i] = x_{t+1+i} (zero past the window: those entries are masked out of the loss)
         pad = torch.cat([tokens, tokens.new_zeros(B, self.num_heads + 1)], dim=1)
         nxt = torch.stack([pad[:, 1 + i : 1 + i + L] for i in range(self.num_heads)], dim=-1)  # [B, L, K]
-        return torch.stack([self.head(j, hidden, nxt[..., : j + 1]) for j in range(self.num_heads)], dim=-2)
+        return torch.stack([self.head_feature(j, hidden, nxt[..., : j + 1]) for j in range(self.num_heads)], dim=-2)
 
 
 class Eagle(Heads):
@@ -236,13 +247,11 @@ class Eagle(Heads):
         return self.layer(x, cos, sin, 0, cache, attn, is_causal)
 
     def train_features(self, hidden: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """Predicted features of t + 1 [B, L, H] from the target's at t and x_{t+1} (teacher forcing)."""
+        """Predicted features of t + 1 from the target's at t and x_{t+1} (teacher forcing), as
+        one head's: [B, L, 1, H]."""
         B, L = tokens.shape
         nxt = torch.cat([tokens[:, 1:], tokens.new_zeros(B, 1)], dim=1)  # x_{t+1}; the last is masked out
-        return self(hidden, nxt, torch.arange(L, device=tokens.device).expand(B, -1))
-
-    def train_logits(self, hidden: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        return self.readout(self.train_features(hidden, tokens))[:, :, None]  # one step: [B, L, 1, V]
+        return self(hidden, nxt, torch.arange(L, device=tokens.device).expand(B, -1))[:, :, None]
 
 
 CLASSES: dict[str, type[Heads]] = {c.kind: c for c in (Blockwise, Medusa, Hydra, Eagle)}
