@@ -5,6 +5,7 @@ distribution; bad batches get clear errors."""
 
 from __future__ import annotations
 
+import json
 import random
 from collections import Counter
 
@@ -200,3 +201,29 @@ def test_strategies_that_do_not_batch_say_which_do(model_dir):
     hf = paragen.load(model_dir, backend="hf")
     with pytest.raises(UnsupportedOptionError, match="native"):
         paragen.generate(hf, ["a", "b"], "ar", max_new_tokens=4)
+
+
+def test_bench_batch_size(model_dir, tmp_path, capsys):
+    """``paragen bench --batch-size``: each row's record holds the tokens of its batch-of-one
+    run, and the rows' seconds add up to the batches' wall time."""
+    from paragen.cli import main
+
+    tiny = model_dir
+    out = tmp_path / "b"
+    assert main(["bench", "--strategies", "speculative,lookup", "--limit", "3", "--max-new-tokens", "8", "--model",
+                 str(tiny), "--draft", str(tiny), "--batch-size", "2", "--no-progress", "--out", str(out)]) == 0
+    bench = json.loads((out / "bench.json").read_text())
+    assert bench["config"]["batch_size"] == 2 and bench["config"]["device"] == "cpu"
+    model = paragen.load(tiny)
+    prompts = {t["id"]: model.tokenizer.encode(t["prompt"]) for t in bench["tasks"]}
+    assert len(bench["records"]) == 9
+    for r in bench["records"]:
+        assert r["tokens"] == paragen.generate(model, prompts[r["task_id"]], "ar", max_new_tokens=8).tokens
+    assert all(s["exact"] == 1.0 for s in bench["summary"].values())
+    for flags, needle in [(["--strategies", "jacobi"], "--strategies ar,speculative,lookup"),
+                          (["--strategies", "hf-greedy"], "one prompt at a time"),
+                          (["--batch-size", "0"], "--batch-size must be between 1 and"),
+                          (["--device", "banana"], "unknown device")]:
+        args = ["bench", "--model", str(tiny), "--limit", "1", "--batch-size", "2", "--out", str(tmp_path / "x"), *flags]
+        assert main(args) == 2
+        assert needle in capsys.readouterr().err
