@@ -142,3 +142,27 @@ def test_cuda_step_copies_to_the_host_once():
     syncs = [w for w in caught if "synchroniz" in str(w.message)]
     steps = max(r.stats.target_calls for r in rows)
     assert len(syncs) <= steps + 2, [str(w.message) for w in syncs[:5]]
+
+
+def test_train_refuses_a_missing_device_before_reading_the_corpus():
+    from paragen.train.lm import TrainConfig
+
+    with pytest.raises(DeviceError):
+        TrainConfig(device="banana")
+    assert TrainConfig(device="cpu").device == "cpu"
+
+
+@pytest.mark.gpu
+@gpu
+def test_train_lm_on_cuda_with_bf16_autocast(tmp_path):
+    """A few steps of `paragen train lm --device cuda`: the loss is finite and the saved model
+    loads on the CPU and on the GPU."""
+    from paragen.train.lm import TrainConfig, train_lm
+    from tests.test_train import TINY
+
+    rec = train_lm(TrainConfig(out=str(tmp_path / "m"), steps=20, device="cuda", **{**TINY, "precision": "bf16"}),
+                   progress=False)
+    assert rec["heldout_loss"] == rec["heldout_loss"] and rec["heldout_loss"] < 10
+    for device in ("cpu", "cuda"):
+        model = paragen.load(tmp_path / "m", device=device)
+        assert len(paragen.generate(model, "def f(", max_new_tokens=4).tokens) >= 1
