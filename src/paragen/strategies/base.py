@@ -135,6 +135,7 @@ def feed(model: CountedModel, cache: Any, tokens: list[int], start: int, mask: t
     Positions are ``start, start+1, ...`` unless given (trees and windows pass their own).
     """
     x = torch.tensor([tokens], device=model.device)
+    mask = mask.to(model.device) if mask is not None else None  # masks are built on the host (trees, windows)
     pos = torch.tensor([positions], device=model.device) if positions is not None else \
         torch.arange(start, start + len(tokens), device=model.device)[None]
     if hidden:
