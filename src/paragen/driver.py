@@ -3,7 +3,8 @@
 Stopping is decided here, never in a strategy, so every strategy stops exactly as ``ar``
 does: at ``max_new_tokens``, before the first EOS token (which is not emitted), or before
 the first occurrence of a stop string (the text is cut there and the tokens are cut to
-the shortest prefix whose text contains it).
+the shortest prefix whose text contains it). In a batch each row stops by the same rules,
+on its own, and leaves the batch when it does (``Row`` holds one prompt's stopping state).
 """
 
 from __future__ import annotations
