@@ -252,7 +252,7 @@ SUMMARY_KEYS = {"strategy", "lossless", "peer", "prompts", "new_tokens", "target
                 "tokens_per_call", "tok_s", "speedup", "speedup_ci95", "exact", "non_exact", "agree", "gen_ppl",
                 "ast_ok", "loops", "committed_per_call", "flagged", "drafted_per_call", "acceptance"}
 ENV_KEYS = {"paragen", "python", "torch", "transformers", "numpy", "platform", "cpu", "cpu_count", "torch_threads",
-            "cuda", "git_commit", "command", "started"}
+            "cuda", "gpu", "git_commit", "command", "started"}
 
 
 def test_bench_end_to_end_on_a_tiny_model(tiny_models, tmp_path, capsys):

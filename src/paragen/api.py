@@ -12,22 +12,32 @@ from typing import Any
 
 import torch
 
+from paragen.cache import OneRowCache
 from paragen.driver import Generation, decode
 from paragen.errors import (
     ContextLengthError,
+    DeviceError,
     HeadsMismatchError,
     InvalidInputError,
     UnsupportedOptionError,
     VocabularyMismatchError,
 )
 from paragen.heads.io import default_heads
-from paragen.models import load
+from paragen.models import device_of, load
 from paragen.models.base import Model
 from paragen.sampling import SamplingParams
 from paragen.strategies import get_strategy
 from paragen.strategies.base import MAX_CALL_TOKENS, CountedModel, DecodeContext, Strategy
 
-__all__ = ["DEFAULT_THREADS", "Generation", "Stream", "generate", "load", "make_options", "stream", "torch_threads"]
+__all__ = ["DEFAULT_THREADS", "MAX_BATCH", "Generation", "Stream", "generate", "load", "make_options", "stream",
+           "torch_threads"]
+
+# The most prompts one ``generate`` call decodes together. Every row gets cache slots for the
+# longest prompt + max_new_tokens up front, in every layer of the target and the draft, and
+# every row joins every call: on a CPU a batch stops gaining throughput well before 64 rows
+# (the calls become compute-bound), and 64 rows of a 1024-token context in a mid-size model
+# already hold gigabytes of cache. Split a larger set of prompts into several calls.
+MAX_BATCH = 64
 
 # torch CPU threads for `paragen generate` and `paragen bench` unless --threads says otherwise.
 # Measured with scripts/threads.sh on a 2-core machine under load (load average 6-7, training
@@ -111,9 +121,7 @@ def _prompt_ids(model: Model, prompt: str | Sequence[int]) -> list[int]:
         ids = model.tokenizer.encode(prompt)
     else:
         if any(not isinstance(t, numbers.Integral) for t in prompt):
-            raise InvalidInputError(
-                "a prompt is a string or a list of token ids; batches are not supported: call once per prompt"
-            )
+            raise InvalidInputError("a prompt is a string or a list of token ids (a batch is a list of such prompts)")
         ids = [int(t) for t in prompt]
         bad = [t for t in ids if not 0 <= t < model.info.vocab_size]
         if bad:
@@ -121,6 +129,26 @@ def _prompt_ids(model: Model, prompt: str | Sequence[int]) -> list[int]:
     if not ids:
         raise InvalidInputError("the prompt is empty: give at least one token of text to continue")
     return ids
+
+
+def _batch(prompt: Any) -> list[Any] | None:
+    """The prompts of a batch (a list of strings or of token-id lists), or None for one prompt."""
+    if isinstance(prompt, str) or not isinstance(prompt, Sequence):
+        return None
+    if len(prompt) == 0:
+        raise InvalidInputError("empty list: give a prompt (a string or token ids) or a batch (a list of prompts)")
+    texts = [isinstance(p, str) for p in prompt]
+    lists = [not isinstance(p, (str, numbers.Integral)) and isinstance(p, Sequence) for p in prompt]
+    if not any(texts) and not any(lists):
+        return None  # token ids of one prompt (bad ids are _prompt_ids' to report)
+    if any(texts) and any(lists):
+        raise InvalidInputError("this batch mixes strings and token-id lists: give every prompt the same way")
+    if not all(texts) and not all(lists):
+        raise InvalidInputError("a batch is a list of prompts (strings or token-id lists), not a mix of prompts and ids")
+    if len(prompt) > MAX_BATCH:
+        raise InvalidInputError(f"a batch of {len(prompt)} prompts is above MAX_BATCH = {MAX_BATCH}: "
+                                "split it into several generate calls")
+    return list(prompt)
 
 
 def _check_model(cls: type[Strategy], model: Model) -> None:
@@ -141,6 +169,9 @@ def _check_draft(cls: type[Strategy], target: Model, draft: Model | None) -> Non
         raise UnsupportedOptionError(f"strategy '{cls.name}' uses no draft model; drop the draft or pick 'speculative'")
     if draft is None:
         return
+    if device_of(draft) != device_of(target):
+        raise DeviceError(f"the draft is on {device_of(draft)} and the target on {device_of(target)}: "
+                          "load both on one device (paragen.load(..., device=...), CLI --device)")
     same_size = draft.info.vocab_size == target.info.vocab_size
     tt, dt = target.tokenizer, draft.tokenizer
     same_tokens = tt is None or dt is None or tt.fingerprint() == dt.fingerprint()
@@ -211,6 +242,92 @@ def _check_heads(cls: type[Strategy], target: Model, heads: Any) -> None:
                                  "for the model you generate with")
 
 
+def _prepare(
+    model: Model,
+    prompts: list[str | Sequence[int]],
+    strategy: str,
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    seed: int | None,
+    stop: str | Sequence[str] | None,
+    draft: Model | None,
+    heads: Any,
+    options: dict[str, Any],
+) -> Generator[tuple[int, str], None, list[Generation]]:
+    """Check every argument, then return the (not yet started) driver generator for these prompts."""
+    cls = get_strategy(strategy)
+    opts = make_options(cls, options)
+    sampling = _check_sampling(temperature, top_k, top_p)
+    if not sampling.greedy and not cls.supports_sampling:
+        raise UnsupportedOptionError(f"strategy '{cls.name}' is greedy-only: use temperature=0 or another strategy")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise InvalidInputError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+    _check_model(cls, model)
+    _check_draft(cls, model, draft)
+    _check_call_size(cls, opts, model)
+    if heads is None and cls.head_kinds:  # the built-in heads for a built-in target, when shipped
+        heads = default_heads(model, cls.head_kinds)
+    _check_heads(cls, model, heads)
+    if len(prompts) > 1:
+        if not cls.batched:
+            from paragen.strategies import STRATEGIES
+
+            batched = ", ".join(n for n, c in STRATEGIES.items() if c.batched)
+            raise UnsupportedOptionError(f"strategy '{cls.name}' decodes one prompt at a time; the strategies that "
+                                         f"decode a batch are {batched}: call generate once per prompt")
+        if any(isinstance(m.new_cache(batch=1, max_length=1), OneRowCache) for m in (model, draft) if m is not None):
+            raise UnsupportedOptionError("this backend decodes one prompt at a time (its cache has one length): "
+                                         "load the model with backend='native' to decode a batch")
+    ids = [_prompt_ids(model, p) for p in prompts]
+    limit = model.info.max_length if draft is None else min(model.info.max_length, draft.info.max_length)
+    longest = max(map(len, ids))
+    if longest + max_new_tokens > limit:
+        raise ContextLengthError(
+            f"prompt ({longest} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model context of {limit}: "
+            "shorten the prompt or ask for fewer tokens"
+        )
+    stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
+    if stops and model.tokenizer is None:
+        raise InvalidInputError("stop strings need a model with a tokenizer")
+    if any(not isinstance(s, str) or not s for s in stops):
+        raise InvalidInputError("stop strings must be non-empty strings")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
+        raise InvalidInputError(f"seed must be an integer or None, got {seed!r}")
+    # The generator lives where the model does: every random draw of the loop stays on the device.
+    device = device_of(model)
+    generator = torch.Generator(device=device).manual_seed(int(seed) if seed is not None else random.randrange(2**63))
+    ctx = DecodeContext(
+        target=CountedModel(model),
+        draft=CountedModel(draft) if draft is not None else None,
+        sampling=sampling,
+        generator=generator,
+        heads=heads,
+        cache_length=longest + max_new_tokens + cls.slack(opts),
+    )
+
+    def pieces() -> Generator[tuple[int, str], None, list[Generation]]:
+        with torch.inference_mode():
+            return (yield from decode(cls(ctx, opts), ctx, ids, max_new_tokens, model.tokenizer,
+                                      model.info.eos_ids, stops))
+
+    return pieces()
+
+
+def _text(pieces: Generator[tuple[int, str], None, list[Generation]]) -> Generator[str, None, Generation]:
+    """The text pieces of a batch of one, returning its Generation."""
+    try:
+        while True:
+            try:
+                _, piece = next(pieces)
+            except StopIteration as done:
+                return done.value[0]
+            yield piece
+    finally:
+        pieces.close()  # a closed Stream ends the decode loop too
+
+
 def stream(
     model: Model,
     prompt: str | Sequence[int],
@@ -230,63 +347,52 @@ def stream(
 
     ``heads``: prediction heads for the strategies that run on them (``paragen.load_heads``);
     by default the built-in heads of a built-in target (``paragen models`` lists them).
-    Every argument is checked here, before the first token. Batch size is one: a list of
-    prompts is not accepted (call once per prompt).
+    Every argument is checked here, before the first token.
+
+    One prompt only; ``generate`` takes a batch. A stream is one continuation's text, as its
+    consumers (the CLI's terminal, a server's SSE response) read it: a batch's pieces would
+    interleave rows and need another item type, (row, text), that only a batching server
+    could use, and such a server admits new requests into a running batch (continuous
+    batching), which a fixed list of prompts does not give.
     """
-    cls = get_strategy(strategy)
-    opts = make_options(cls, options)
-    sampling = _check_sampling(temperature, top_k, top_p)
-    if not sampling.greedy and not cls.supports_sampling:
-        raise UnsupportedOptionError(f"strategy '{cls.name}' is greedy-only: use temperature=0 or another strategy")
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise InvalidInputError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
-    _check_model(cls, model)
-    _check_draft(cls, model, draft)
-    _check_call_size(cls, opts, model)
-    if heads is None and cls.head_kinds:  # the built-in heads for a built-in target, when shipped
-        heads = default_heads(model, cls.head_kinds)
-    _check_heads(cls, model, heads)
-    ids = _prompt_ids(model, prompt)
-    limit = model.info.max_length if draft is None else min(model.info.max_length, draft.info.max_length)
-    if len(ids) + max_new_tokens > limit:
-        raise ContextLengthError(
-            f"prompt ({len(ids)} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model context of {limit}: "
-            "shorten the prompt or ask for fewer tokens"
-        )
-    stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
-    if stops and model.tokenizer is None:
-        raise InvalidInputError("stop strings need a model with a tokenizer")
-    if any(not isinstance(s, str) or not s for s in stops):
-        raise InvalidInputError("stop strings must be non-empty strings")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
-        raise InvalidInputError(f"seed must be an integer or None, got {seed!r}")
-    generator = torch.Generator().manual_seed(int(seed) if seed is not None else random.randrange(2**63))
-    ctx = DecodeContext(
-        target=CountedModel(model),
-        draft=CountedModel(draft) if draft is not None else None,
-        sampling=sampling,
-        generator=generator,
-        heads=heads,
-        cache_length=len(ids) + max_new_tokens + cls.slack(opts),
-    )
-
-    def pieces() -> Generator[str, None, Generation]:
-        with torch.inference_mode():
-            return (yield from decode(cls(ctx, opts), ctx, ids, max_new_tokens, model.tokenizer,
-                                      model.info.eos_ids, stops))
-
-    return Stream(pieces())
+    if _batch(prompt) is not None:
+        raise InvalidInputError("stream() decodes one prompt: pass a list of prompts to generate() instead")
+    return Stream(_text(_prepare(model, [prompt], strategy, max_new_tokens, temperature, top_k, top_p, seed, stop,
+                                 draft, heads, options)))
 
 
-def generate(model: Model, prompt: str | Sequence[int], strategy: str = "ar", **kwargs: Any) -> Generation:
+def generate(
+    model: Model,
+    prompt: str | Sequence[int] | Sequence[str] | Sequence[Sequence[int]],
+    strategy: str = "ar",
+    **kwargs: Any,
+) -> Generation | list[Generation]:
     """Decode a continuation of ``prompt`` with a strategy; see ``stream`` for the arguments.
 
-    Returns ``Generation(tokens, text, stats)`` with the new tokens only.
+    Returns ``Generation(tokens, text, stats)`` with the new tokens only. ``prompt`` may be a
+    batch (a list of strings, or of token-id lists; at most ``MAX_BATCH``): the rows are
+    decoded together, each accepting its own number of tokens per step and leaving the batch
+    when it finishes, and a list of Generations comes back, one per prompt, in order, each
+    equal token for token to decoding that prompt alone (greedy). A sampled row is
+    distributed exactly as alone, but draws other random numbers than alone with the same
+    seed (the rows share one generator). ``ar``, ``speculative`` and ``lookup`` decode
+    batches; the other strategies take a batch of one.
     """
-    it = stream(model, prompt, strategy, **kwargs)
-    for _ in it:
-        pass
-    return it.generation
+    known = {"max_new_tokens": 128, "temperature": 0.0, "top_k": None, "top_p": None, "seed": None, "stop": None,
+             "draft": None, "heads": None}
+    args = {name: kwargs.pop(name, default) for name, default in known.items()}
+    batch = _batch(prompt)
+    pieces = _prepare(model, batch or [prompt], strategy, options=kwargs, **args)
+    return _run(pieces) if batch is not None else _run(_text(pieces))
+
+
+def _run(pieces: Generator[Any, None, Any]) -> Any:
+    """Exhaust a generator; its return value."""
+    while True:
+        try:
+            next(pieces)
+        except StopIteration as done:
+            return done.value
 
 
 @contextlib.contextmanager

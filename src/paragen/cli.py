@@ -52,6 +52,7 @@ def add_generate_parser(sub: argparse._SubParsersAction) -> None:
                    help="native (paragen's own, fast) or hf (transformers)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
                    help="weights' dtype (bfloat16 is faster on CPUs with bf16 support, with other rounding)")
+    p.add_argument("--device", default="cpu", help="where the models run: cpu, cuda, cuda:N (default: cpu)")
     p.add_argument("--strategy", default="ar", help="decoding strategy (see below; default: ar)")
     p.add_argument("--draft", default=None, help="draft model name or directory (for speculative)")
     p.add_argument("--heads", default=None,
@@ -125,8 +126,8 @@ def run_generate(args: argparse.Namespace) -> int:
               "--temperature 0 (greedy decoding is deterministic)", file=sys.stderr)
     dtype = DTYPES[args.dtype]
     with torch_threads(args.threads):
-        model = paragen.load(args.model, backend=args.backend, dtype=dtype)
-        draft = paragen.load(args.draft, backend=args.backend, dtype=dtype) if args.draft else None
+        model = paragen.load(args.model, backend=args.backend, dtype=dtype, device=args.device)
+        draft = paragen.load(args.draft, backend=args.backend, dtype=dtype, device=args.device) if args.draft else None
         heads = paragen.load_heads(args.heads, model) if args.heads else None
         it = paragen.stream(model, prompt, strategy=args.strategy, max_new_tokens=args.max_new_tokens,
                             temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,

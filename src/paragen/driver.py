@@ -3,7 +3,8 @@
 Stopping is decided here, never in a strategy, so every strategy stops exactly as ``ar``
 does: at ``max_new_tokens``, before the first EOS token (which is not emitted), or before
 the first occurrence of a stop string (the text is cut there and the tokens are cut to
-the shortest prefix whose text contains it).
+the shortest prefix whose text contains it). In a batch each row stops by the same rules,
+on its own, and leaves the batch when it does (``Row`` holds one prompt's stopping state).
 """
 
 from __future__ import annotations
@@ -76,50 +77,96 @@ def _held_back(text: str, stops: tuple[str, ...]) -> int:
     return hold
 
 
+class Row:
+    """One prompt's stopping state: its new tokens, what was streamed, and its statistics."""
+
+    def __init__(self, strategy: str, max_new_tokens: int, tokenizer, eos_ids: tuple[int, ...],
+                 stop: tuple[str, ...]) -> None:
+        self.max_new_tokens, self.tokenizer, self.eos_ids, self.stop = max_new_tokens, tokenizer, eos_ids, stop
+        self.stats = Stats(strategy=strategy)
+        self.tokens: list[int] = []
+        self.text = ""
+        self.streamed = 0
+        self.hist: Counter[int] = Counter()
+        self.done = False
+
+    @property
+    def budget(self) -> int:
+        return self.max_new_tokens - len(self.tokens)
+
+    def add(self, committed: list[int]) -> str:
+        """Take one step's committed tokens; return the text now safe to stream ("" if none)."""
+        stats, stop = self.stats, self.stop
+        self.hist[len(committed)] += 1
+        committed = committed[: self.budget]  # a step may overshoot the budget
+        if any(t in self.eos_ids for t in committed):
+            committed = committed[: next(i for i, t in enumerate(committed) if t in self.eos_ids)]
+            stats.finish_reason = "eos"
+        self.tokens.extend(committed)
+        text = self.tokenizer.decode(self.tokens) if self.tokenizer is not None else ""
+        cut = _stop_at(text, stop) if stop else None
+        if cut is not None:
+            stats.finish_reason = "stop"
+            while len(self.tokens) > 1 and _stop_at(self.tokenizer.decode(self.tokens[:-1]), stop) is not None:
+                self.tokens.pop()
+            text = text[:cut]
+        self.text = text
+        self.done = stats.finish_reason != "length" or len(self.tokens) >= self.max_new_tokens
+        safe = len(text) if self.done else len(text) - _held_back(text, stop)
+        piece = text[self.streamed : safe] if safe > self.streamed else ""
+        self.streamed = max(self.streamed, safe)
+        return piece
+
+    def generation(self) -> Generation:
+        self.stats.new_tokens = len(self.tokens)
+        self.stats.committed_per_call = dict(self.hist)
+        return Generation(tokens=self.tokens, text=self.text, stats=self.stats)
+
+
 def decode(
     strategy: Strategy,
     ctx: DecodeContext,
-    prompt: list[int],
+    prompts: list[list[int]],
     max_new_tokens: int,
     tokenizer,
     eos_ids: tuple[int, ...],
     stop: tuple[str, ...] = (),
-) -> Gen[str, None, Generation]:
-    """Run ``strategy`` to completion, yielding committed text pieces; return the Generation."""
-    stats = Stats(strategy=strategy.name)
+) -> Gen[tuple[int, str], None, list[Generation]]:
+    """Run ``strategy`` on a batch of prompts to completion, yielding ``(row, text piece)`` as
+    rows commit text; return one Generation per prompt, in order.
+
+    A row that finishes (budget, EOS, stop string) leaves the batch at once: the strategy
+    drops it from its tensors (``select``), so the rows left compute no dead row. Each row's
+    ``target_calls`` / ``draft_calls`` count the calls of the steps it took part in (a batched
+    call counts once for every row in it); its ``seconds`` run from the start (prefill
+    included) to the step that finished it.
+    """
+    rows = [Row(strategy.name, max_new_tokens, tokenizer, eos_ids, stop) for _ in prompts]
     t0 = time.perf_counter()
-    strategy.prefill(prompt)
-    stats.prefill_calls = ctx.target.calls
-    draft_prefill = ctx.draft.calls if ctx.draft else 0
-    tokens: list[int] = []
-    streamed = 0
-    hist: Counter[int] = Counter()
-    while len(tokens) < max_new_tokens:
-        committed = strategy.step(max_new_tokens - len(tokens))
-        hist[len(committed)] += 1
-        committed = committed[: max_new_tokens - len(tokens)]  # a step may overshoot the budget
-        if any(t in eos_ids for t in committed):
-            committed = committed[: next(i for i, t in enumerate(committed) if t in eos_ids)]
-            stats.finish_reason = "eos"
-        tokens.extend(committed)
-        text = tokenizer.decode(tokens) if tokenizer is not None else ""
-        cut = _stop_at(text, stop) if stop else None
-        if cut is not None:
-            stats.finish_reason = "stop"
-            while len(tokens) > 1 and _stop_at(tokenizer.decode(tokens[:-1]), stop) is not None:
-                tokens.pop()
-            text = text[:cut]
-        done = stats.finish_reason != "length" or len(tokens) >= max_new_tokens
-        safe = len(text) if done else len(text) - _held_back(text, stop)
-        if safe > streamed:
-            yield text[streamed:safe]
-            streamed = safe
-        if done:
-            break
-    stats.seconds = time.perf_counter() - t0
-    stats.new_tokens = len(tokens)
-    stats.target_calls = ctx.target.calls - stats.prefill_calls
-    stats.draft_calls = ctx.draft.calls - draft_prefill if ctx.draft else 0
-    stats.committed_per_call = dict(hist)
-    stats.extra = dict(ctx.extra)
-    return Generation(tokens=tokens, text=text, stats=stats)
+    strategy.prefill_rows(prompts)
+    draft_calls = (lambda: ctx.draft.calls) if ctx.draft else (lambda: 0)
+    for row in rows:
+        row.stats.prefill_calls = ctx.target.calls
+    active = list(range(len(prompts)))  # original row of each row of the current batch
+    while active:
+        calls = ctx.target.calls, draft_calls()
+        committed = strategy.step_rows([rows[r].budget for r in active])
+        calls = ctx.target.calls - calls[0], draft_calls() - calls[1]
+        staying = []
+        for i, (r, tokens) in enumerate(zip(active, committed)):
+            row = rows[r]
+            row.stats.target_calls += calls[0]
+            row.stats.draft_calls += calls[1]
+            piece = row.add(tokens)
+            if piece:
+                yield r, piece
+            if row.done:
+                row.stats.seconds = time.perf_counter() - t0
+                row.stats.extra = strategy.row_extra(i)
+            else:
+                staying.append(i)
+        if len(staying) < len(active):
+            if staying:
+                strategy.select(staying)
+            active = [active[i] for i in staying]
+    return [row.generation() for row in rows]

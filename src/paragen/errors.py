@@ -34,3 +34,7 @@ class ModelLoadError(ParagenError, OSError):
 
 class HeadsMismatchError(ParagenError, ValueError):
     """Prediction heads were trained for another target model, or are missing or of the wrong kind."""
+
+
+class DeviceError(ParagenError, ValueError):
+    """A device that does not exist here, or models (a target and its draft) on different devices."""

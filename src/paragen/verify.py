@@ -37,9 +37,9 @@ def speculative_accept(
     """
     k = len(draft)
     if k:
-        u = torch.rand(k, generator=generator, dtype=torch.float64)
-        idx = torch.arange(k)
-        x = torch.tensor(draft)
+        u = torch.rand(k, generator=generator, dtype=torch.float64, device=p.device)
+        idx = torch.arange(k, device=p.device)
+        x = torch.tensor(draft, device=p.device)
         px, qx = p[idx, x], q[idx, x]
         ok = u * qx < px  # u < p/q without dividing by a possibly tiny q
         a = int(ok.long().cumprod(0).sum())
@@ -68,8 +68,51 @@ def verify_chain(
         return greedy_accept(draft, logits.argmax(-1).tolist())
     p = warp(logits, sampling)
     if q is None:
-        q = torch.nn.functional.one_hot(torch.tensor(draft, dtype=torch.long), p.shape[-1]).double()
+        q = torch.nn.functional.one_hot(torch.tensor(draft, dtype=torch.long, device=p.device), p.shape[-1]).double()
     return speculative_accept(draft, q, p, generator)
+
+
+def verify_chains(
+    draft: torch.Tensor, lengths: torch.Tensor, logits: torch.Tensor, sampling: SamplingParams,
+    generator: torch.Generator | None, q: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``verify_chain`` for a batch of chains, on the logits' device: (accept_len [B], next token [B]).
+
+    draft [B, k] (long), of which row b drafted its first ``lengths[b]`` tokens (the rest is
+    padding, never accepted); logits [B, k + 1, V]; q [B, k, V] the draft's probabilities
+    (None: a deterministic draft, q = one-hot). The same rules as ``greedy_accept`` and
+    ``speculative_accept``, row by row: row b accepts a_b <= lengths[b] tokens, then takes the
+    target's token after them, a bonus from p[a_b] when a_b == lengths[b], else a sample of
+    the residual norm(max(0, p - q)) there. Rows draw independent uniforms from one generator,
+    so each row is distributed exactly as its target.
+    """
+    B, k = draft.shape
+    if k == 0:  # no drafts anywhere (ar, or one token wanted): the target's own next token
+        none = torch.zeros(B, dtype=torch.long, device=logits.device)
+        return none, logits[:, 0].argmax(-1) if sampling.greedy else sample(warp(logits[:, 0], sampling), generator)
+    drafted = torch.arange(k, device=draft.device)[None, :] < lengths[:, None]  # [B, k]
+    if sampling.greedy:
+        best = logits.argmax(-1)  # [B, k + 1]
+        ok = (best[:, :k] == draft) & drafted
+        a = ok.long().cumprod(1).sum(1)
+        return a, best.gather(1, a[:, None])[:, 0]
+    p = warp(logits, sampling)  # [B, k + 1, V]
+    if q is None:
+        q = torch.nn.functional.one_hot(draft, p.shape[-1]).double()
+    u = torch.rand(B, k, generator=generator, dtype=torch.float64, device=p.device)
+    px = p[:, :k].gather(2, draft[..., None])[..., 0]
+    qx = q.gather(2, draft[..., None])[..., 0]
+    ok = (u * qx < px) & drafted  # u < p/q without dividing by a possibly tiny q
+    a = ok.long().cumprod(1).sum(1)
+    rows = torch.arange(B, device=p.device)
+    pa = p[rows, a]  # [B, V]
+    qa = torch.cat([q, torch.zeros_like(q[:, :1])], 1)[rows, a]  # a == k has no draft: q = 0
+    residual = (pa - qa).clamp_min(0.0)
+    total = residual.sum(-1, keepdim=True)
+    # total == 0 only when p == q, where rejection has probability 0; guard rounding anyway.
+    residual = torch.where(total > 0, residual / total.clamp_min(1e-300), pa)
+    bonus = (a == lengths)[:, None]  # every drafted token accepted: the next one comes from p itself
+    return a, sample(torch.where(bonus, pa, residual), generator)
 
 
 def recursive_rejection(
@@ -91,7 +134,7 @@ def recursive_rejection(
     if q is None:
         return int(sample(p, generator))
     r, q = p.clone(), q.clone()
-    u = torch.rand(len(cands), generator=generator, dtype=torch.float64)
+    u = torch.rand(len(cands), generator=generator, dtype=torch.float64, device=p.device)
     for j, c in enumerate(cands):
         if u[j] * q[c] < r[c]:
             return c
@@ -160,7 +203,7 @@ def kseq(p: torch.Tensor, cands: list[int], q: torch.Tensor, generator: torch.Ge
     k = len(cands)
     rho = kseq_rho(p, q, k)
     a = torch.minimum(q, p / rho)  # accepted mass per token and try
-    u = torch.rand(k, generator=generator, dtype=torch.float64)
+    u = torch.rand(k, generator=generator, dtype=torch.float64, device=p.device)
     for j, c in enumerate(cands):
         if u[j] * q[c] < a[c]:
             return c

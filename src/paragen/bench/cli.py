@@ -67,6 +67,9 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
                    help="prediction heads for a heads strategy, e.g. medusa=runs/heads-medusa (repeatable)")
     p.add_argument("--threads", type=int, default=DEFAULTS.threads,
                    help=f"torch CPU threads for this run, recorded in the report (default: {DEFAULTS.threads})")
+    p.add_argument("--device", default=DEFAULTS.device, help="where every model runs: cpu, cuda, cuda:N (default: cpu)")
+    p.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size,
+                   help="prompts each contender decodes together (above 1: ar, speculative, lookup; default: 1)")
     p.add_argument("--out", required=True, help="output directory (created if missing)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -79,7 +82,8 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         seed=args.seed, model=args.model, draft=args.draft, backend=args.backend, dtype=args.dtype,
         options=tuple(parse_option(o) for o in args.option),
         models=tuple(parse_model_for(m) for m in args.model_for), threads=args.threads,
-        heads=tuple(parse_model_for(h, "--heads") for h in args.heads),
+        heads=tuple(parse_model_for(h, "--heads") for h in args.heads), device=args.device,
+        batch_size=args.batch_size,
     )
 
 

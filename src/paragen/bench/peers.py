@@ -151,7 +151,7 @@ def run_peer(
     global generator (``generate`` takes no generator): it is seeded inside ``fork_rng`` so
     the caller's random state is left as it was.
     """
-    x = torch.tensor([prompt])
+    x = torch.tensor([prompt], device=target.device)
     kwargs: dict[str, Any] = dict(
         input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=max_new_tokens, min_new_tokens=0,
         num_beams=1, eos_token_id=list(eos_ids) or None, pad_token_id=eos_ids[0] if eos_ids else 0,

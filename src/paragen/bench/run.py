@@ -1,15 +1,18 @@
 """The benchmark protocol: every contender against ``ar``, prompt by prompt, in one process.
 
 1. Validate everything (names, options, task) before loading a model, so a typo fails fast.
-2. Warm up: one untimed generate per contender on the first prompt.
-3. For each prompt, run every contender once, ``ar`` included, in an order rotated by
-   one per prompt so that no contender always runs first (or right after another).
+2. Warm up: one untimed generate per contender on the first prompt (the first batch).
+3. For each prompt (each batch of ``batch_size`` consecutive prompts), run every contender
+   once, ``ar`` included, in an order rotated by one per prompt so that no contender always
+   runs first (or right after another).
 4. After timing: quality per record (gen_ppl with one no-cache target forward, ast_ok),
    then agreement with ``ar`` and the summaries (``paragen.bench.metrics``).
 
 A contender is a paragen strategy (any name in ``paragen.strategies.STRATEGIES``) or a
 transformers peer (``paragen.bench.peers.PEERS``). Seconds are wall-clock around the one
 generate call (tokenisation excluded, prompt prefill included), the same for both kinds.
+In a batch, each row's record gets an equal share of the batch's seconds, so summed over
+the prompts they give the batches' wall time, and ``tok_s`` is the batched throughput.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from paragen.errors import (
     VocabularyMismatchError,
 )
 from paragen.heads.io import builtin_heads_for
-from paragen.models import DTYPES
+from paragen.models import DTYPES, device_of, parse_device
 from paragen.models.base import Model
 from paragen.strategies import STRATEGIES
 from paragen.tasks import Task, get_task
@@ -56,7 +59,9 @@ class BenchConfig:
     ``heads``: (contender, directory) pairs: the prediction heads a heads strategy runs on.
     ``dtype``: the weights' dtype for every contender, peers included; gen_ppl is always
     scored in float32, so quality compares across dtypes. ``threads``: torch CPU threads
-    for the run (set for its duration, restored after).
+    for the run (set for its duration, restored after). ``device``: where every model runs
+    (peers included). ``batch_size``: prompts decoded together by each contender (above 1:
+    the strategies that batch only, no transformers peers).
     """
 
     strategies: tuple[str, ...] = (REFERENCE,)
@@ -75,6 +80,8 @@ class BenchConfig:
     heads: tuple[tuple[str, str], ...] = ()  # (contender, heads directory) for strategies that run on heads
     resamples: int = 1000  # bootstrap resamples for the speedup interval
     threads: int = DEFAULT_THREADS
+    device: str = "cpu"
+    batch_size: int = 1
 
 
 @dataclass(frozen=True)
@@ -227,9 +234,13 @@ def build_contenders(config: BenchConfig) -> list[Contender]:
                                     f"give them with --heads {n}=DIR")
     greedy = config.temperature == 0
     contenders = []
+    batched = ",".join(n for n, c in STRATEGIES.items() if c.batched)
     for n in names:
         if not greedy and not classes[n].supports_sampling:
             raise UnsupportedOptionError(f"strategy '{n}' is greedy-only: use --temperature 0 or leave it out")
+        if config.batch_size > 1 and (n.partition("@")[0] in PEERS or not classes[n].batched):
+            raise UnsupportedOptionError(f"'{n}' decodes one prompt at a time: with --batch-size above 1 use "
+                                         f"--strategies {batched}")
         contenders.append(Contender(n, classes[n], make_options(classes[n], given[n]), own_model.get(n)))
     return contenders
 
@@ -250,6 +261,11 @@ def check_config(config: BenchConfig) -> None:
         raise InvalidInputError(f"--dtype must be one of {', '.join(DTYPES)}, got '{config.dtype}'")
     if config.threads < 1:
         raise InvalidInputError(f"--threads must be >= 1, got {config.threads}")
+    from paragen.api import MAX_BATCH
+
+    if not 1 <= config.batch_size <= MAX_BATCH:
+        raise InvalidInputError(f"--batch-size must be between 1 and {MAX_BATCH}, got {config.batch_size}")
+    parse_device(config.device)
 
 
 # ---------------------------------------------------------------- models and prompts
@@ -280,14 +296,14 @@ def load_models(config: BenchConfig, contenders: list[Contender]) -> Models:
 
     needs_draft = [c for c in contenders if c.needs_draft and not c.peer]
     peers = [c for c in contenders if c.peer]
-    dtype = DTYPES[config.dtype]
-    target = paragen.load(config.model, backend=config.backend, dtype=dtype)
-    scorer = target if dtype == torch.float32 else paragen.load(config.model, backend=config.backend)
-    draft = paragen.load(config.draft, backend=config.backend, dtype=dtype) if needs_draft else None
+    dtype, device = DTYPES[config.dtype], config.device
+    target = paragen.load(config.model, backend=config.backend, dtype=dtype, device=device)
+    scorer = target if dtype == torch.float32 else paragen.load(config.model, backend=config.backend, device=device)
+    draft = paragen.load(config.draft, backend=config.backend, dtype=dtype, device=device) if needs_draft else None
     loaded: dict[str, Model] = {}
     for c in contenders:
         if c.model is not None and c.model not in loaded:
-            loaded[c.model] = paragen.load(c.model, backend=config.backend, dtype=dtype)
+            loaded[c.model] = paragen.load(c.model, backend=config.backend, dtype=dtype, device=device)
     own = {c.name: loaded[c.model] for c in contenders if c.model is not None}
     for name, model in own.items():
         if model.tokenizer.fingerprint() != target.tokenizer.fingerprint():
@@ -295,8 +311,9 @@ def load_models(config: BenchConfig, contenders: list[Contender]) -> Models:
                                           "contenders must read the same prompt tokens")
     heads = {c.name: paragen.load_heads(bench_heads(config, c.name, c.cls), own.get(c.name, target))
              for c in contenders if getattr(c.cls, "head_kinds", ())}
-    hf_target = HFModel.from_dir(resolve(config.model), dtype).module if peers else None
-    hf_draft = HFModel.from_dir(resolve(config.draft), dtype).module if any(c.needs_draft for c in peers) else None
+    hf_target = HFModel.from_dir(resolve(config.model), dtype).module.to(device) if peers else None
+    hf_draft = (HFModel.from_dir(resolve(config.draft), dtype).module.to(device)
+                if any(c.needs_draft for c in peers) else None)
     return Models(target, scorer, draft, own, heads, hf_target, hf_draft)
 
 
@@ -322,39 +339,42 @@ def prepare_prompts(tasks: list[Task], models: Models, max_new_tokens: int) -> l
 # ---------------------------------------------------------------- running
 
 
-def make_runner(c: Contender, models: Models, config: BenchConfig) -> Callable[[list[int], int], Outcome]:
-    """A function (prompt ids, seed) -> Outcome for one contender."""
+def make_runner(c: Contender, models: Models, config: BenchConfig) -> Callable[[list[list[int]], int], list[Outcome]]:
+    """A function (a batch of prompt ids, seed) -> one Outcome per prompt, for one contender."""
     import paragen
 
     eos = models.target.info.eos_ids
 
-    def run_strategy(ids: list[int], seed: int) -> Outcome:
+    def run_strategy(batch: list[list[int]], seed: int) -> list[Outcome]:
         draft = models.draft if c.needs_draft else None
         target = models.own.get(c.name, models.target)
         start = time.perf_counter()
-        gen = paragen.generate(target, ids, c.cls.name, max_new_tokens=config.max_new_tokens,
-                               temperature=config.temperature, top_p=config.top_p, seed=seed, draft=draft,
-                               heads=models.heads.get(c.name), **dataclasses.asdict(c.options))
-        seconds = time.perf_counter() - start
-        s = gen.stats
-        return Outcome(tuple(gen.tokens), s.target_calls, s.draft_calls, seconds, s.finish_reason,
-                       dict(s.committed_per_call), s.extra)
+        gens = paragen.generate(target, batch if config.batch_size > 1 else batch[0], c.cls.name,
+                                max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+                                top_p=config.top_p, seed=seed, draft=draft, heads=models.heads.get(c.name),
+                                **dataclasses.asdict(c.options))
+        share = (time.perf_counter() - start) / len(batch)  # the rows share the batch's wall time
+        return [Outcome(tuple(g.tokens), g.stats.target_calls, g.stats.draft_calls, share, g.stats.finish_reason,
+                        dict(g.stats.committed_per_call), g.stats.extra)
+                for g in (gens if isinstance(gens, list) else [gens])]
 
-    def run_hf(ids: list[int], seed: int) -> Outcome:
+    def run_hf(batch: list[list[int]], seed: int) -> list[Outcome]:
+        (ids,) = batch  # peers run at batch size 1 (build_contenders)
         out = run_peer(c.cls, c.options, models.hf_target, models.hf_draft, ids, config.max_new_tokens,
                        config.temperature, seed, eos, config.top_p)
         # Per-call accepted counts are internal to transformers: no histogram for peers.
-        return Outcome(out.tokens, out.target_calls, out.draft_calls, out.seconds, out.finish_reason, None)
+        return [Outcome(out.tokens, out.target_calls, out.draft_calls, out.seconds, out.finish_reason, None)]
 
     return run_hf if c.peer else run_strategy
 
 
-def attempt(runner: Callable[[list[int], int], Outcome], name: str, prompt: Prompt, seed: int) -> Outcome:
-    """Run once; a paragen error says which contender and prompt it came from."""
+def attempt(runner: Callable[[list[list[int]], int], list[Outcome]], name: str, batch: list[Prompt],
+            seed: int) -> list[Outcome]:
+    """Run once on a batch of prompts; a paragen error says which contender and prompts it came from."""
     try:
-        return runner(list(prompt.ids), seed)
+        return runner([list(p.ids) for p in batch], seed)
     except ParagenError as e:
-        raise type(e)(f"{name} on {prompt.task.id}: {e}") from e
+        raise type(e)(f"{name} on {', '.join(p.task.id for p in batch)}: {e}") from e
 
 
 def output_perplexity(model: Model, prompt: tuple[int, ...], output: tuple[int, ...]) -> float | None:
@@ -363,10 +383,11 @@ def output_perplexity(model: Model, prompt: tuple[int, ...], output: tuple[int, 
         return None
     seq = list(prompt) + list(output)
     with torch.inference_mode():
-        logits = model(torch.tensor([seq]), torch.arange(len(seq))[None])[0]  # [T, V]
+        x = torch.tensor([seq], device=device_of(model))
+        logits = model(x, torch.arange(len(seq), device=x.device)[None])[0]  # [T, V]
     # Logits at position i predict token i + 1: the outputs are predicted from len(prompt) - 1 on.
     logp = torch.log_softmax(logits[len(prompt) - 1 : -1].double(), dim=-1)  # [N, V]
-    nll = -logp.gather(1, torch.tensor(output)[:, None]).mean()
+    nll = -logp.gather(1, torch.tensor(output, device=logp.device)[:, None]).mean()
     return float(math.exp(nll))
 
 
@@ -398,7 +419,7 @@ def run_protocol(config: BenchConfig, progress: bool, argv: list[str] | None) ->
     """Steps 1-4 of the module docstring (``run`` sets the threads and times it)."""
     from tqdm.auto import tqdm
 
-    env = environment(argv)
+    env = environment(argv, config.device)
     contenders = build_contenders(config)
     tasks = get_task(config.task)[: config.limit]
     models = load_models(config, contenders)
@@ -406,20 +427,21 @@ def run_protocol(config: BenchConfig, progress: bool, argv: list[str] | None) ->
     runners = {c.name: make_runner(c, models, config) for c in contenders}
     tok = models.target.tokenizer
 
+    batches = [prompts[i : i + config.batch_size] for i in range(0, len(prompts), config.batch_size)]
     records = []
-    with tqdm(total=len(contenders) * (len(prompts) + 1), desc=f"bench {config.task}", disable=not progress,
+    with tqdm(total=len(contenders) * (len(batches) + 1), desc=f"bench {config.task}", disable=not progress,
               file=sys.stderr) as bar:
         for c in contenders:  # 2. warm-up, untimed and discarded
             bar.set_postfix_str(f"warm-up {c.name}")
-            attempt(runners[c.name], c.name, prompts[0], config.seed)
+            attempt(runners[c.name], c.name, batches[0], config.seed)
             bar.update()
-        for i, p in enumerate(prompts):  # 3. interleaved, order rotated per prompt
+        for i, batch in enumerate(batches):  # 3. interleaved, order rotated per batch
             for c in contenders[i % len(contenders) :] + contenders[: i % len(contenders)]:
                 bar.set_postfix_str(c.name)
-                o = attempt(runners[c.name], c.name, p, config.seed + i)
-                records.append(Record(p.task.id, c.name, len(p.ids), len(o.tokens), o.target_calls, o.draft_calls,
-                                      o.seconds, o.tokens, tok.decode(list(o.tokens)), o.finish_reason,
-                                      o.committed_per_call, o.extra))
+                for p, o in zip(batch, attempt(runners[c.name], c.name, batch, config.seed + i)):
+                    records.append(Record(p.task.id, c.name, len(p.ids), len(o.tokens), o.target_calls, o.draft_calls,
+                                          o.seconds, o.tokens, tok.decode(list(o.tokens)), o.finish_reason,
+                                          o.committed_per_call, o.extra))
                 bar.update()
 
     records = score_against_reference(add_quality(records, {p.task.id: p for p in prompts}, models.scorer))
@@ -457,8 +479,8 @@ def _git_commit() -> str | None:
     return commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
-def environment(argv: list[str] | None = None) -> dict[str, Any]:
-    """Versions, hardware, threads, git commit and the command line of this run."""
+def environment(argv: list[str] | None = None, device: str = "cpu") -> dict[str, Any]:
+    """Versions, hardware (the GPU's name when the run is on one), threads, git commit and the command line."""
     import numpy
     import transformers
 
@@ -475,6 +497,7 @@ def environment(argv: list[str] | None = None) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.is_available(),
+        "gpu": torch.cuda.get_device_name(parse_device(device)) if parse_device(device).type == "cuda" else None,
         "git_commit": _git_commit(),
         "command": argv if argv is not None else list(sys.argv),
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -7,13 +7,14 @@ import warnings
 
 import torch
 
-from paragen.errors import InvalidInputError
+from paragen.errors import DeviceError, InvalidInputError
 from paragen.models.base import Model, ModelInfo
 from paragen.models.io import builtin_models, load_native, resolve, save_model
 from paragen.models.native import NativeConfig, NativeModel
 from paragen.tokenizer import Tokenizer, has_tokenizer
 
-__all__ = ["Model", "ModelInfo", "NativeConfig", "NativeModel", "builtin_models", "load", "save_model"]
+__all__ = ["Model", "ModelInfo", "NativeConfig", "NativeModel", "builtin_models", "device_of", "load", "parse_device",
+           "save_model"]
 
 BACKENDS = ("native", "hf")
 # Weight dtypes the CLIs offer by name. bfloat16 roughly halves the bytes a decode step
@@ -21,15 +22,49 @@ BACKENDS = ("native", "hf")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
 
 
-def load(name_or_path: str | os.PathLike, backend: str = "native", dtype: torch.dtype | None = None) -> Model:
+def parse_device(device: str | torch.device) -> torch.device:
+    """``"cpu"``, ``"cuda"``, ``"cuda:1"``, a ``torch.device``...: checked to exist here, so a
+    typo or a missing GPU is one clear error before anything loads."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise DeviceError(f"unknown device {device!r}: use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(f"device {device!r} asked for, but torch sees no CUDA GPU: use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise DeviceError(f"device {device!r} does not exist: this machine has {torch.cuda.device_count()} GPU(s)")
+    elif dev.type != "cpu":
+        raise DeviceError(f"device {device!r} is not supported: use cpu or cuda[:N]")
+    return dev
+
+
+def device_of(model: Model) -> torch.device:
+    """The device a model's weights live on (where every tensor of its decoding loop goes)."""
+    own = getattr(model, "device", None)  # a wrapper or adapter that says so
+    if isinstance(own, torch.device):
+        return own
+    module = model if isinstance(model, torch.nn.Module) else getattr(model, "module", None)
+    if isinstance(module, torch.nn.Module):
+        for p in module.parameters():
+            return p.device
+    inner = getattr(model, "target", None) or getattr(model, "model", None)  # test doubles that wrap a model
+    return device_of(inner) if inner is not None and inner is not model else torch.device("cpu")
+
+
+def load(name_or_path: str | os.PathLike, backend: str = "native", dtype: torch.dtype | None = None,
+         device: str | torch.device = "cpu") -> Model:
     """Load a built-in model by name or a Hugging Face model directory, with its tokenizer.
 
     ``backend``: ``"native"`` (paragen's own Llama/Qwen2/Mistral implementation, fastest on CPU)
-    or ``"hf"`` (any transformers causal LM). ``dtype`` defaults to float32. A directory
-    without tokenizer files loads with a warning: its prompts must be lists of token ids.
+    or ``"hf"`` (any transformers causal LM). ``dtype`` defaults to float32. ``device``: where
+    the weights go (``"cpu"``, ``"cuda"``, ``"cuda:1"``...); every strategy then decodes
+    there. A directory without tokenizer files loads with a warning: its prompts must be
+    lists of token ids.
     """
     if backend not in BACKENDS:
         raise InvalidInputError(f"unknown backend '{backend}': choose one of {', '.join(BACKENDS)}")
+    dev = parse_device(device)
     path = resolve(name_or_path)
     dtype = dtype or torch.float32
     tokenizer = Tokenizer.from_dir(path) if has_tokenizer(path) else None
@@ -39,6 +74,8 @@ def load(name_or_path: str | os.PathLike, backend: str = "native", dtype: torch.
         from paragen.models.hf import HFModel
 
         model = HFModel.from_dir(path, dtype)
+    if dev.type != "cpu":
+        (model.module if backend == "hf" else model).to(dev)
     model.tokenizer = tokenizer
     model.name = path.name
     if tokenizer is None:

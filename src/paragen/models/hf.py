@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from paragen.cache import OneRowCache
 from paragen.errors import ModelLoadError
 from paragen.models.base import Model, ModelInfo, expand_mask, window_mask
 from paragen.quiet import quiet_transformers
@@ -24,7 +25,7 @@ from paragen.quiet import quiet_transformers
 LAYER_KINDS = ("full_attention", "sliding_attention")
 
 
-class HFCache:
+class HFCache(OneRowCache):
     """Contract cache over a transformers ``DynamicCache``: same commit/keep/truncate API."""
 
     def __init__(self) -> None:

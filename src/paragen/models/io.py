@@ -218,7 +218,7 @@ def save_model(
     from safetensors.torch import save_file
 
     with atomic_directory(out) as tmp:
-        state = {k: v.detach().to(dtype).contiguous() for k, v in model.state_dict().items()}
+        state = {k: v.detach().to(dtype).cpu().contiguous() for k, v in model.state_dict().items()}  # from any device
         if model.config.tie_word_embeddings:
             state.pop("lm_head.weight", None)  # tied: transformers re-ties it on load
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})

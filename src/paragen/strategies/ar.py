@@ -1,11 +1,16 @@
-"""``ar``: plain autoregressive decoding with the KV cache: the reference every strategy is measured against."""
+"""``ar``: plain autoregressive decoding with the KV cache: the reference every strategy is measured against.
+
+A chain strategy with no draft: each step the target reads each row's newest token and
+commits its next one (argmax, or a sample), for a batch of rows at once.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from paragen.sampling import choose
-from paragen.strategies.base import Strategy, feed
+import torch
+
+from paragen.strategies.base import ChainStrategy
 
 
 @dataclass(frozen=True)
@@ -13,15 +18,11 @@ class AROptions:
     """``ar`` has no settings."""
 
 
-class AR(Strategy):
+class AR(ChainStrategy):
     name = "ar"
     Options = AROptions
     summary = "one token per target call (the reference)"
 
-    def step(self, budget: int) -> list[int]:
-        n = len(self.seq)
-        logits = feed(self.ctx.target, self.cache, [self.seq[-1]], n - 1)
-        self.cache.commit(1)
-        token = choose(logits[-1], self.ctx.sampling, self.ctx.generator)
-        self.seq.append(token)
-        return [token]
+    def propose(self, budgets: list[int]) -> tuple[torch.Tensor, list[int], None]:
+        B = len(budgets)
+        return torch.zeros(B, 0, dtype=torch.long, device=self.ctx.target.device), [0] * B, None

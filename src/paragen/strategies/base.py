@@ -5,6 +5,13 @@ holding the keys/values of ``seq[:-1]``: the newest token is always fed by the n
 call. ``prefill`` fills the caches; each ``step`` makes one iteration
 (propose -> verify -> commit) and returns the tokens it committed, left to right
 (draft-and-verify strategies commit at least one; a diffusion step may finish none).
+
+Batches: the driver calls ``prefill_rows`` / ``step_rows`` / ``select``. A strategy that
+decodes one prompt at a time gets them for free (a batch of one); a ``ChainStrategy``
+(``ar``, ``speculative``, ``lookup``) decodes many rows at once, each row with its own
+draft length and accept length, over caches with per-row lengths (``paragen.cache``).
+Its tensors live on the model's device; the only device-to-host copy of a step is the
+committed tokens (with each row's accept length, in the same tensor).
 """
 
 from __future__ import annotations
@@ -15,8 +22,10 @@ from typing import Any, ClassVar
 
 import torch
 
+from paragen.models import device_of
 from paragen.models.base import Model
-from paragen.sampling import SamplingParams
+from paragen.sampling import SamplingParams, sample, warp
+from paragen.verify import verify_chains
 
 # The most tokens one model call may feed, whatever the context: the API refuses options
 # whose ``Strategy.call_tokens`` exceeds it or the model context. Attention over T new
@@ -31,6 +40,7 @@ class CountedModel:
     def __init__(self, model: Model) -> None:
         self.model = model
         self.info = model.info
+        self.device = device_of(model)
         self.calls = 0
 
     def __call__(self, tokens, positions, cache=None, mask=None, return_hidden=False):
@@ -39,8 +49,8 @@ class CountedModel:
             return self.model(tokens, positions, cache=cache, mask=mask, return_hidden=True)
         return self.model(tokens, positions, cache=cache, mask=mask)
 
-    def new_cache(self, max_length: int) -> Any:
-        return self.model.new_cache(batch=1, max_length=max_length)
+    def new_cache(self, max_length: int, batch: int = 1) -> Any:
+        return self.model.new_cache(batch=batch, max_length=max_length)
 
 
 @dataclass
@@ -53,7 +63,7 @@ class DecodeContext:
     cache_length: int  # slots to allocate: prompt + max_new_tokens + room for pending drafts
     draft: CountedModel | None = None
     heads: Any = None  # paragen.heads.Heads bound to the target, for strategies that ride on heads
-    extra: dict[str, Any] = field(default_factory=dict)  # strategy-specific statistics
+    extra: dict[str, Any] = field(default_factory=dict)  # strategy-specific statistics (batch of one)
 
 
 class Strategy(ABC):
@@ -67,6 +77,7 @@ class Strategy(ABC):
     lossless: ClassVar[bool] = True
     attention: ClassVar[str] = "causal"  # the kind of model it runs (ModelInfo.attention)
     summary: ClassVar[str] = ""
+    batched: ClassVar[bool] = False  # decodes a batch of prompts at once (else one prompt per call)
 
     @classmethod
     def slack(cls, options: Any) -> int:
@@ -96,6 +107,25 @@ class Strategy(ABC):
     def step(self, budget: int) -> list[int]:
         """Commit tokens in order; ``budget`` is how many more are wanted (>= 1)."""
 
+    # The driver's interface. A strategy that is not ``batched`` gets a batch of one.
+    def prefill_rows(self, prompts: list[list[int]]) -> None:
+        """Fill the caches for a batch of prompts."""
+        (prompt,) = prompts
+        self.prefill(prompt)
+
+    def step_rows(self, budgets: list[int]) -> list[list[int]]:
+        """One iteration for every row still in the batch: each row's committed tokens."""
+        return [self.step(budgets[0])]
+
+    def select(self, rows: list[int]) -> None:
+        """Keep these rows (indices into the current batch, in order); the others finished.
+        A batch of one never selects: its last row finishing ends the loop."""
+        raise NotImplementedError(f"strategy '{self.name}' decodes one prompt at a time")
+
+    def row_extra(self, row: int) -> dict[str, Any]:
+        """Strategy statistics of one row of the current batch."""
+        return dict(self.ctx.extra)
+
 
 def feed(model: CountedModel, cache: Any, tokens: list[int], start: int, mask: torch.Tensor | None = None,
          positions: list[int] | None = None, hidden: bool = False):
@@ -104,8 +134,10 @@ def feed(model: CountedModel, cache: Any, tokens: list[int], start: int, mask: t
 
     Positions are ``start, start+1, ...`` unless given (trees and windows pass their own).
     """
-    x = torch.tensor([tokens])
-    pos = torch.tensor([positions]) if positions is not None else torch.arange(start, start + len(tokens))[None]
+    x = torch.tensor([tokens], device=model.device)
+    mask = mask.to(model.device) if mask is not None else None  # masks are built on the host (trees, windows)
+    pos = torch.tensor([positions], device=model.device) if positions is not None else \
+        torch.arange(start, start + len(tokens), device=model.device)[None]
     if hidden:
         logits, states = model(x, pos, cache=cache, mask=mask, return_hidden=True)
         return logits[0], states[0]
@@ -136,3 +168,117 @@ def prefill_hidden(model: CountedModel, cache: Any, seq: list[int]) -> torch.Ten
     _, hidden = feed(model, cache, seq[:-1], 0, hidden=True)
     cache.commit(len(seq) - 1)
     return hidden[-1]
+
+
+# ---------------------------------------------------------------- batches of chains
+
+
+def to_device(values: list, device: torch.device) -> torch.Tensor:
+    """Host ints as a long tensor on ``device``. non_blocking: the copy is queued behind the
+    device's work instead of waiting for it (the loop's only wait is its one device-to-host copy)."""
+    return torch.tensor(values, dtype=torch.long).to(device, non_blocking=True)
+
+
+def pad(rows: list[list[int]], device: torch.device) -> torch.Tensor:
+    """Token rows of different lengths as one tensor [B, max len], right-padded with token 0
+    (what a pad slot computes is never committed: the next write overwrites it)."""
+    width = max(map(len, rows))
+    return to_device([r + [0] * (width - len(r)) for r in rows], device)
+
+
+def feed_rows(model: CountedModel, cache: Any, tokens: torch.Tensor) -> torch.Tensor:
+    """One forward of tokens [B, T] after each row's committed slots: logits [B, T, V].
+    Row b's tokens sit at positions ``cache.rows[b] + t``, and see only their own row."""
+    T = tokens.shape[1]
+    return model(tokens, cache.slots(T).to(tokens.device), cache=cache, mask=cache.mask(T))
+
+
+def prefill_rows(model: CountedModel, cache: Any, seqs: list[list[int]]) -> None:
+    """Write each ``seq[:-1]`` into an empty cache in one call (ragged rows padded)."""
+    if max(map(len, seqs)) > 1:
+        feed_rows(model, cache, pad([s[:-1] for s in seqs], model.device))
+        cache.commit_rows([len(s) - 1 for s in seqs])
+
+
+def catch_up_rows(model: CountedModel, cache: Any, seqs: list[list[int]]) -> torch.Tensor:
+    """``catch_up`` for a batch: feed each row the committed tokens its cache lacks, commit
+    them, and return the logits of each row's newest token [B, V]."""
+    lacks = [s[r:] for s, r in zip(seqs, cache.rows)]
+    logits = feed_rows(model, cache, pad(lacks, model.device))
+    cache.commit_rows([len(x) for x in lacks])
+    if all(len(x) == len(lacks[0]) for x in lacks):
+        return logits[:, -1]
+    last = to_device([len(x) - 1 for x in lacks], logits.device)
+    return logits[torch.arange(len(lacks), device=logits.device), last]
+
+
+def draw(logits: torch.Tensor, sampling: SamplingParams, generator: torch.Generator | None) -> tuple[
+        torch.Tensor, torch.Tensor | None]:
+    """One token per row from logits [B, V], on their device: (tokens [B], warped probabilities
+    [B, V] when sampling, else None)."""
+    if sampling.greedy:
+        return logits.argmax(-1), None
+    p = warp(logits, sampling)
+    return sample(p, generator), p
+
+
+class ChainStrategy(Strategy):
+    """A batched draft-and-verify loop over chains: ``propose`` a chain per row (any length,
+    none included), the target scores every row's newest token and chain in one forward,
+    ``verify_chains`` accepts a prefix per row, and ``accepted`` lets the drafter follow.
+
+    ``seqs``: each row's committed sequence (prompt included); ``extras``: each row's stats.
+    """
+
+    batched = True
+
+    def prefill(self, prompt: list[int]) -> None:
+        self.prefill_rows([prompt])
+
+    def step(self, budget: int) -> list[int]:
+        return self.step_rows([budget])[0]
+
+    def prefill_rows(self, prompts: list[list[int]]) -> None:
+        self.seqs = [list(p) for p in prompts]
+        self.extras = [self.new_extra() for _ in prompts]
+        self.cache = self.ctx.target.new_cache(self.ctx.cache_length, batch=len(prompts))
+        prefill_rows(self.ctx.target, self.cache, self.seqs)
+
+    def new_extra(self) -> dict[str, Any]:
+        """A row's statistics before its first step."""
+        return {}
+
+    def row_extra(self, row: int) -> dict[str, Any]:
+        return dict(self.extras[row])
+
+    def select(self, rows: list[int]) -> None:
+        self.seqs = [self.seqs[i] for i in rows]
+        self.extras = [self.extras[i] for i in rows]
+        self.cache.select(rows)
+
+    @abstractmethod
+    def propose(self, budgets: list[int]) -> tuple[torch.Tensor, list[int], torch.Tensor | None]:
+        """(draft [B, k] on the device, each row's chain length (<= k, < its budget), the
+        draft's probabilities q [B, k, V] when sampling from a draft model, else None)."""
+
+    def accepted(self, accept: list[int], lengths: list[int], before: list[int]) -> None:
+        """After verification: row b accepted ``accept[b]`` of its ``lengths[b]`` drafts
+        after ``before[b]`` committed tokens (drafters truncate their caches here)."""
+
+    def step_rows(self, budgets: list[int]) -> list[list[int]]:
+        ctx, device = self.ctx, self.ctx.target.device
+        # 1. propose: a chain per row (possibly empty)
+        draft, lengths, q = self.propose(budgets)
+        # 2. verify: one target forward over each row's newest token and its chain
+        newest = to_device([[s[-1]] for s in self.seqs], device)
+        logits = feed_rows(ctx.target, self.cache, torch.cat([newest, draft], 1))
+        accept, nxt = verify_chains(draft, to_device(lengths, device), logits, ctx.sampling, ctx.generator, q)
+        # 3. commit: the step's one device-to-host copy, [accept_len, draft..., next] per row
+        host = torch.cat([accept[:, None], draft, nxt[:, None]], 1).tolist()
+        committed = [[*row[1 : 1 + row[0]], row[-1]] for row in host]
+        self.cache.commit_rows([len(c) for c in committed])
+        before = [len(s) for s in self.seqs]
+        self.accepted([row[0] for row in host], lengths, before)
+        for s, c in zip(self.seqs, committed):
+            s.extend(c)
+        return committed

@@ -70,7 +70,7 @@ class BlockDiffusion(Diffusion):
         self.cache = None
         # the logits at position first - 1; with first = 0 they predict position 0, a prompt
         # token that is never masked, so any row will do
-        self.edge = torch.zeros(self.ctx.target.info.vocab_size)
+        self.edge = torch.zeros(self.ctx.target.info.vocab_size, device=self.ctx.target.device)
         if self.opts.cache == "exact":
             self.cache = self.ctx.target.new_cache(self.ctx.cache_length)
             if first:
@@ -88,7 +88,7 @@ class BlockDiffusion(Diffusion):
         (bs, be), target, s = self.block, self.ctx.target, self.shift
         if self.cache is None:
             logits = feed(target, None, self.canvas[:be], 0, mask=self.block_mask(0, be))
-            return logits[(torch.arange(bs, be) - s).clamp_min(0)]  # position 0 is a prompt token
+            return logits[(torch.arange(bs, be, device=logits.device) - s).clamp_min(0)]  # position 0 is a prompt token
         lo = self.cache.length  # == bs, or the start of the finished block before it
         logits = feed(target, self.cache, self.canvas[lo:be], lo, mask=self.block_mask(lo, be))
         self.cache.commit(bs - lo)  # the finished block is final; the live block stays pending

@@ -161,7 +161,7 @@ def propose(
         x = z.argmax(-1)
     else:
         # Gumbel-max: argmax(log q + g), g = -log(-log u), is a sample of q; float64 throughout
-        u = torch.rand(z.shape, dtype=torch.float64, generator=generator)
+        u = torch.rand(z.shape, dtype=torch.float64, generator=generator, device=z.device)
         x = (warp(z, sampling).log() - (-u.log()).log()).argmax(-1)
     p = torch.softmax(z, dim=-1)  # scores use the untempered distribution, as LLaDA does
     if ordering == "low_confidence":
@@ -172,7 +172,7 @@ def propose(
     elif ordering == "entropy":
         s = 1 - torch.special.entr(p).sum(-1) / math.log(p.shape[-1])
     else:
-        s = torch.rand(x.shape, dtype=torch.float64, generator=generator)
+        s = torch.rand(x.shape, dtype=torch.float64, generator=generator, device=x.device)
     return x, s.clamp(0.0, 1.0)
 
 
@@ -185,7 +185,7 @@ def select(s: torch.Tensor, opts: DenoiseOptions, n_fixed: int) -> torch.Tensor:
         n = int((s >= opts.threshold).sum())  # sorted, so exactly the top n
     else:
         # (n + 1)(1 - s_n) grows with n, so the positions passing the test form a prefix
-        n_all = torch.arange(1, len(s) + 1, dtype=torch.float64)
+        n_all = torch.arange(1, len(s) + 1, dtype=torch.float64, device=s.device)
         n = int(((n_all + 1) * (1 - s[order]) < opts.factor).long().cumprod(0).sum())
     return order[: max(1, min(n, len(s)))]
 
@@ -233,7 +233,7 @@ class Diffusion(Strategy):
             self.open_block()
         bs, be = self.block
         # 1. propose: one model call over the block, a candidate and a score per masked position
-        where = torch.tensor([i for i in range(bs, be) if self.masked[i]])
+        where = torch.tensor([i for i in range(bs, be) if self.masked[i]], device=self.ctx.target.device)
         logits = self.forward()[where - bs]  # [m, V]
         x, s = propose(logits, self.mask_id, self.ctx.sampling, self.opts.ordering, self.ctx.generator)
         # 2. select: the commit rule decides how many of the best-scored to keep
@@ -301,7 +301,7 @@ class Diffusion(Strategy):
         """Compare a cached call's block logits [b, V] with an uncached call on the same canvas."""
         bs, be = self.block
         exact = feed(self.ctx.target, None, self.canvas, 0)[bs - self.shift : be - self.shift]
-        m = torch.tensor(self.masked[bs:be])
+        m = torch.tensor(self.masked[bs:be], device=logits.device)
         a, e = logits[m].double(), exact[m].double()
         a[:, self.mask_id] = e[:, self.mask_id] = float("-inf")
         rec = self.ctx.extra["cache_audit"]

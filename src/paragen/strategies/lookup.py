@@ -5,7 +5,8 @@ tokens (n from ``max_ngram`` down to ``min_ngram``) proposes the tokens that fol
 No draft model. Verification is the speculative rule with a deterministic draft, i.e.
 q = one-hot(x): x is accepted with probability p(x), and a rejection samples from p with
 x removed and renormalised, norm(max(0, p - q)). So sampled output is distributed exactly
-as the target's; greedy output equals greedy decoding.
+as the target's; greedy output equals greedy decoding. In a batch each row copies from its
+own context (on the host, where the committed tokens are anyway) and drafts its own length.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 from paragen.errors import UnsupportedOptionError
-from paragen.strategies.base import Strategy, feed
-from paragen.verify import verify_chain
+from paragen.strategies.base import ChainStrategy, pad
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ def find_draft(seq: np.ndarray, max_ngram: int, min_ngram: int, k: int) -> list[
     return []
 
 
-class Lookup(Strategy):
+class Lookup(ChainStrategy):
     name = "lookup"
     Options = LookupOptions
     summary = "copies n-gram continuations from the context as the draft"
@@ -55,16 +56,14 @@ class Lookup(Strategy):
     def slack(cls, o: LookupOptions) -> int:
         return o.max_draft + 1
 
-    def step(self, budget: int) -> list[int]:
-        ctx, n, o = self.ctx, len(self.seq), self.opts
-        # 1. propose: copy what followed the latest earlier occurrence of the suffix
-        k = min(o.max_draft, budget - 1)
-        draft = find_draft(np.asarray(self.seq), o.max_ngram, o.min_ngram, k) if k > 0 else []
-        # 2. verify: one target forward over the newest token and the copied draft
-        logits = feed(ctx.target, self.cache, [self.seq[-1], *draft], n - 1)
-        accept_len, nxt = verify_chain(draft, logits, ctx.sampling, ctx.generator)  # q = one-hot(draft)
-        # 3. commit
-        self.cache.commit(accept_len + 1)
-        committed = [*draft[:accept_len], nxt]
-        self.seq.extend(committed)
-        return committed
+    def propose(self, budgets: list[int]) -> tuple[torch.Tensor, list[int], None]:
+        """Copy what followed the latest earlier occurrence of each row's suffix (q = one-hot)."""
+        o = self.opts
+        drafts = []
+        for seq, budget in zip(self.seqs, budgets):
+            k = min(o.max_draft, budget - 1)
+            drafts.append(find_draft(np.asarray(seq), o.max_ngram, o.min_ngram, k) if k > 0 else [])
+        lengths = [len(d) for d in drafts]
+        device = self.ctx.target.device
+        draft = pad(drafts, device) if max(lengths) else torch.zeros(len(drafts), 0, dtype=torch.long, device=device)
+        return draft, lengths, None

@@ -2,20 +2,22 @@
 Chen et al. 2023).
 
 Each step the draft proposes a chain of k tokens autoregressively (with its own cache),
-the target scores all k + 1 positions in one forward, and ``verify`` accepts a prefix:
-argmax matching when greedy, the speculative-sampling rule otherwise. Lossless in both.
+the target scores all k + 1 positions in one forward, and ``verify_chains`` accepts a
+prefix: argmax matching when greedy, the speculative-sampling rule otherwise. Lossless in
+both. In a batch, every row drafts the batch's longest chain (one draft call per level),
+and a row whose own k is shorter (adaptive, or near its budget) verifies only its first k:
+its output and statistics are those of its batch-of-one run.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from paragen.errors import UnsupportedOptionError
-from paragen.sampling import warp
-from paragen.strategies.base import Strategy, catch_up, feed, prefill_cache
-from paragen.verify import verify_chain
+from paragen.strategies.base import ChainStrategy, catch_up_rows, draw, feed_rows, prefill_rows
 
 
 @dataclass(frozen=True)
@@ -31,7 +33,7 @@ class SpeculativeOptions:
             raise UnsupportedOptionError(f"speculative: k must be >= 1, got {self.k}")
 
 
-class Speculative(Strategy):
+class Speculative(ChainStrategy):
     name = "speculative"
     Options = SpeculativeOptions
     needs_draft = True
@@ -41,52 +43,48 @@ class Speculative(Strategy):
     def slack(cls, o: SpeculativeOptions) -> int:
         return o.k + 1
 
-    def prefill(self, prompt: list[int]) -> None:
+    def prefill_rows(self, prompts: list[list[int]]) -> None:
         ctx = self.ctx
-        super().prefill(prompt)
-        self.draft_cache = ctx.draft.new_cache(ctx.cache_length)
-        prefill_cache(ctx.draft, self.draft_cache, self.seq)
-        self.k = self.opts.k
-        ctx.extra.update(proposed=[0] * self.opts.k, accepted=[0] * self.opts.k, nodes=0)
+        super().prefill_rows(prompts)
+        self.draft_cache = ctx.draft.new_cache(ctx.cache_length, batch=len(prompts))
+        prefill_rows(ctx.draft, self.draft_cache, self.seqs)
+        self.ks = [self.opts.k] * len(prompts)  # each row's k (adaptive moves it)
 
-    def propose(self, k: int) -> tuple[list[int], torch.Tensor | None]:
-        """k draft tokens, and their warped draft probabilities q [k, V] when sampling
-        (greedy verification compares tokens only)."""
-        ctx, draft, qs = self.ctx, [], []
-        logits = catch_up(ctx.draft, self.draft_cache, self.seq)
-        for i in range(k):
-            if ctx.sampling.greedy:
-                x = int(logits.argmax())
-            else:
-                qs.append(warp(logits, ctx.sampling))
-                x = int(torch.multinomial(qs[-1], 1, generator=ctx.generator))
-            draft.append(x)
-            if i + 1 < k:  # the last draft token needs no draft forward
-                logits = feed(ctx.draft, self.draft_cache, [x], len(self.seq) + i)[-1]
+    def new_extra(self) -> dict[str, Any]:
+        return {"proposed": [0] * self.opts.k, "accepted": [0] * self.opts.k, "nodes": 0}
+
+    def select(self, rows: list[int]) -> None:
+        super().select(rows)
+        self.draft_cache.select(rows)
+        self.ks = [self.ks[i] for i in rows]
+
+    def propose(self, budgets: list[int]) -> tuple[torch.Tensor, list[int], torch.Tensor | None]:
+        """Each row's k draft tokens, and their warped draft probabilities q when sampling
+        (greedy verification compares tokens only). The tokens stay on the device."""
+        ctx = self.ctx
+        lengths = [min(k, budget - 1) for k, budget in zip(self.ks, budgets)]
+        K = max(lengths)
+        if K == 0:  # only one token wanted from every row: no draft
+            return torch.zeros(len(budgets), 0, dtype=torch.long, device=ctx.target.device), lengths, None
+        logits = catch_up_rows(ctx.draft, self.draft_cache, self.seqs)  # [B, V]
+        xs, qs = [], []
+        for i in range(K):
+            x, q = draw(logits, ctx.sampling, ctx.generator)
+            xs.append(x)
+            qs.append(q)
+            if i + 1 < K:  # the last draft token needs no draft forward
+                logits = feed_rows(ctx.draft, self.draft_cache, x[:, None])[:, -1]
                 self.draft_cache.commit(1)
-        return draft, torch.stack(qs) if qs else None
+        return torch.stack(xs, 1), lengths, None if ctx.sampling.greedy else torch.stack(qs, 1)
 
-    def step(self, budget: int) -> list[int]:
-        ctx, n = self.ctx, len(self.seq)
-        k = min(self.k, budget - 1)
-        # 1. propose: a chain of k draft tokens (none when only one token is wanted)
-        draft, q = self.propose(k) if k > 0 else ([], None)
-        # 2. verify: one target forward over the newest committed token and the chain
-        logits = feed(ctx.target, self.cache, [self.seq[-1], *draft], n - 1)
-        accept_len, nxt = verify_chain(draft, logits, ctx.sampling, ctx.generator, q)
-        # 3. commit: the target keeps seq[-1] and the accepted drafts; the draft cache
-        #    drops what it wrote past the accepted prefix
-        self.cache.commit(accept_len + 1)
-        self.draft_cache.truncate(min(self.draft_cache.length, n + accept_len))
-        committed = [*draft[:accept_len], nxt]
-        self.seq.extend(committed)
-        self.record(k, accept_len)
-        return committed
-
-    def record(self, k: int, accept_len: int) -> None:
-        self.ctx.extra["nodes"] += k
-        for i in range(k):
-            self.ctx.extra["proposed"][i] += 1
-            self.ctx.extra["accepted"][i] += int(i < accept_len)
-        if self.opts.adaptive and k > 0:
-            self.k = min(self.opts.k, self.k + 2) if accept_len == k else max(1, self.k - 1)
+    def accepted(self, accept: list[int], lengths: list[int], before: list[int]) -> None:
+        # The draft cache drops what it wrote past each row's accepted prefix.
+        self.draft_cache.truncate_rows([min(d, n + a) for d, n, a in zip(self.draft_cache.rows, before, accept)])
+        for b, (k, a) in enumerate(zip(lengths, accept)):
+            extra = self.extras[b]
+            extra["nodes"] += k
+            for i in range(k):
+                extra["proposed"][i] += 1
+                extra["accepted"][i] += int(i < a)
+            if self.opts.adaptive and k > 0:
+                self.ks[b] = min(self.opts.k, self.ks[b] + 2) if a == k else max(1, self.ks[b] - 1)

@@ -97,7 +97,7 @@ def add_diffusion_parser(tsub: argparse._SubParsersAction) -> None:
     d.add_argument("--resume", action="store_true", help="continue from the checkpoint beside --out")
     add_stop_at(d)
     d.add_argument("--quiet", action="store_true", help="no progress bar")
-    add_config_flags(d, DiffusionTrainConfig, skip={"size", "out", "attention", "block_size", "init"})
+    add_config_flags(d, DiffusionTrainConfig, skip={"size", "out", "attention", "block_size", "init", "device"})
 
 
 def interrupted(out: str) -> int:
@@ -175,7 +175,7 @@ def add_distill_parser(tsub: argparse._SubParsersAction) -> None:
     d.add_argument("--resume", action="store_true", help="continue from the checkpoint beside --out")
     add_stop_at(d)
     d.add_argument("--quiet", action="store_true", help="no progress bar")
-    add_config_flags(d, DistillConfig, skip={"size", "out", "attention", "tokenizer", "vocab_size"})
+    add_config_flags(d, DistillConfig, skip={"size", "out", "attention", "tokenizer", "vocab_size", "device"})
 
 
 def run_train_distill(args: argparse.Namespace) -> int:
@@ -219,7 +219,8 @@ def add_heads_parser(tsub: argparse._SubParsersAction) -> None:
     h.add_argument("--resume", action="store_true", help="continue from the checkpoint beside --out")
     add_stop_at(h)
     h.add_argument("--quiet", action="store_true", help="no progress bar")
-    add_config_flags(h, HeadsTrainConfig, skip={"kind", "target", "out", "size", "tokenizer", "vocab_size", "attention"})
+    add_config_flags(h, HeadsTrainConfig, skip={"kind", "target", "out", "size", "tokenizer", "vocab_size", "attention",
+                                                 "device"})
 
 
 def run_train_heads(args: argparse.Namespace) -> int:

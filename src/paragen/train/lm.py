@@ -1,6 +1,6 @@
 """Train a causal language model on Python source: ``paragen train lm``.
 
-AdamW, linear warm-up then cosine decay to 10%, bf16 autocast on CPU, gradient clipping,
+AdamW, linear warm-up then cosine decay to 10%, bf16 autocast (on the CPU or the GPU), gradient clipping,
 periodic held-out loss and next-token accuracy, atomic resumable checkpoints, and an
 optional wall-clock budget. The result is a Hugging Face layout model directory.
 """
@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from paragen.errors import InvalidInputError
+from paragen.models import parse_device
 from paragen.models.io import save_model
 from paragen.models.native import NativeConfig, NativeModel
 from paragen.tokenizer import Tokenizer
@@ -37,7 +38,7 @@ SIZES: dict[str, dict] = {
 }
 
 
-PRECISIONS = ("bf16", "fp32")  # bf16 autocast on CPU, or plain fp32; fp16 autocast is not implemented
+PRECISIONS = ("bf16", "fp32")  # bf16 autocast (CPU or CUDA), or plain fp32; fp16 autocast is not implemented
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,10 @@ class TrainConfig:
     clip: float = field(default=1.0, metadata={"help": "gradient norm clipping"})
     seed: int = field(default=0, metadata={"help": "seed of the weights and the batch sampler"})
     precision: str = field(default="bf16", metadata={
-        "help": "bf16 (autocast on CPU) | fp32", "choices": PRECISIONS})
+        "help": "bf16 (autocast, on the CPU or the GPU) | fp32", "choices": PRECISIONS})
+    device: str = field(default="cpu", metadata={
+        "help": "where to train: cpu, cuda or cuda:N (the batch sampler stays on the CPU, so a seed gives the same "
+        "batches anywhere)"})
     eval_every: int = field(default=200, metadata={"help": "held-out evaluation every N steps"})
     eval_windows: int = field(default=64, metadata={"help": "held-out windows per evaluation"})
     checkpoint_every: int = field(default=200, metadata={"help": "checkpoint every N steps (and at the end)"})
@@ -78,6 +82,7 @@ class TrainConfig:
         for name in ("seq_len", "batch_size", "vocab_size", "eval_every", "eval_windows", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise InvalidInputError(f"{name} must be >= 1, got {getattr(self, name)}")
+        parse_device(self.device)  # a missing GPU fails here, before the corpus is read
 
 
 def train_field(name: str, default: Any) -> Any:
@@ -103,9 +108,10 @@ def evaluate(model: NativeModel, heldout: torch.Tensor, cfg: TrainConfig) -> tup
     n = min(cfg.eval_windows, max(1, (len(heldout) - 1) // cfg.seq_len))
     starts = np.linspace(0, len(heldout) - cfg.seq_len - 1, n).astype(int)
     losses, correct, total = [], 0, 0
+    device = model.lm_head.weight.device
     for chunk in np.array_split(starts, max(1, n // 16)):
-        x = torch.stack([heldout[s : s + cfg.seq_len + 1] for s in chunk]).long()
-        logits = model(x[:, :-1], torch.arange(cfg.seq_len).expand(len(chunk), -1)).float()
+        x = torch.stack([heldout[s : s + cfg.seq_len + 1] for s in chunk]).long().to(device)
+        logits = model(x[:, :-1], torch.arange(cfg.seq_len, device=device).expand(len(chunk), -1)).float()
         losses.append(F.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten(), reduction="sum").item())
         correct += (logits.argmax(-1) == x[:, 1:]).sum().item()
         total += x[:, 1:].numel()
@@ -147,10 +153,10 @@ def say(message: str) -> None:
 
 
 def lm_loss(model: NativeModel, batch: torch.Tensor, precision: str) -> torch.Tensor:
-    """Next-token cross-entropy over a batch of windows [B, L + 1]."""
+    """Next-token cross-entropy over a batch of windows [B, L + 1] (on the model's device)."""
     x, y = batch[:, :-1], batch[:, 1:]
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-        logits = model(x, torch.arange(x.shape[1]).expand(x.shape[0], -1))
+    with torch.autocast(batch.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        logits = model(x, torch.arange(x.shape[1], device=x.device).expand(x.shape[0], -1))
     return F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
 
 

@@ -3,7 +3,9 @@
 AdamW (no decay on 1-D parameters), linear warm-up then cosine decay, gradient clipping,
 an optional wall-clock budget that the schedule follows, periodic held-out evaluation,
 and atomic checkpoints that a ``resume`` run continues from exactly (the batch sampler's
-generator is checkpointed too).
+generator is checkpointed too). ``cfg.device`` (default cpu) is where the model, its
+optimiser state and each batch live; batches are drawn on the CPU and then moved, so a seed
+draws the same windows on every device.
 """
 
 from __future__ import annotations
@@ -77,11 +79,13 @@ def fit(
     """
     from tqdm import tqdm
 
+    device = torch.device(getattr(cfg, "device", "cpu"))
+    model.to(device)  # before the optimiser, whose state follows its parameters
     opt = make_optimizer(model, cfg.lr, cfg.weight_decay)
     g = torch.Generator().manual_seed(cfg.seed)
     state = Progress()
     if resume and checkpoint_path.exists():
-        ck = torch.load(checkpoint_path, weights_only=False)
+        ck = torch.load(checkpoint_path, weights_only=False, map_location=device)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         g.set_state(ck["generator"])
@@ -106,7 +110,7 @@ def fit(
         frac = max(state.step / cfg.steps, state.elapsed / budget if budget else 0.0)
         for group in opt.param_groups:
             group["lr"] = lr_at(cfg, state.step, frac)
-        batch = sample_batch(train, cfg, g)
+        batch = sample_batch(train, cfg, g).to(device)
         loss = loss_fn(model, batch, g)
         opt.zero_grad(set_to_none=True)
         loss.backward()
