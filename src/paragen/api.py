@@ -264,6 +264,8 @@ def stream(
         generator=generator,
         heads=heads,
         cache_length=len(ids) + max_new_tokens + cls.slack(opts),
+        # A packed weight format (int8-weights is lossy) is named in every Generation's stats.
+        extra={"weights": fmt} if (fmt := getattr(model, "weight_format", None)) else {},
     )
 
     def pieces() -> Generator[str, None, Generation]:

@@ -39,7 +39,7 @@ from paragen.errors import (
     UnsupportedOptionError,
     VocabularyMismatchError,
 )
-from paragen.models import DTYPES
+from paragen.models import DTYPE_CHOICES, torch_dtype
 from paragen.models.base import Model
 from paragen.strategies import STRATEGIES
 from paragen.tasks import Task, get_task
@@ -238,8 +238,8 @@ def check_config(config: BenchConfig) -> None:
         raise InvalidInputError(f"--top-p must be in (0, 1], got {config.top_p}")
     if config.resamples < 1:
         raise InvalidInputError(f"bootstrap resamples must be >= 1, got {config.resamples}")
-    if config.dtype not in DTYPES:
-        raise InvalidInputError(f"--dtype must be one of {', '.join(DTYPES)}, got '{config.dtype}'")
+    if config.dtype not in DTYPE_CHOICES:
+        raise InvalidInputError(f"--dtype must be one of {', '.join(DTYPE_CHOICES)}, got '{config.dtype}'")
     if config.threads < 1:
         raise InvalidInputError(f"--threads must be >= 1, got {config.threads}")
 
@@ -272,9 +272,9 @@ def load_models(config: BenchConfig, contenders: list[Contender]) -> Models:
 
     needs_draft = [c for c in contenders if c.needs_draft and not c.peer]
     peers = [c for c in contenders if c.peer]
-    dtype = DTYPES[config.dtype]
+    dtype = config.dtype  # a dtype name or a weight format (paragen.models.quant)
     target = paragen.load(config.model, backend=config.backend, dtype=dtype)
-    scorer = target if dtype == torch.float32 else paragen.load(config.model, backend=config.backend)
+    scorer = target if dtype == "float32" else paragen.load(config.model, backend=config.backend)
     draft = paragen.load(config.draft, backend=config.backend, dtype=dtype) if needs_draft else None
     loaded: dict[str, Model] = {}
     for c in contenders:
@@ -286,8 +286,9 @@ def load_models(config: BenchConfig, contenders: list[Contender]) -> Models:
             raise VocabularyMismatchError(f"the model for '{name}' has another tokenizer than --model: "
                                           "contenders must read the same prompt tokens")
     heads = {name: paragen.load_heads(path, own.get(name, target)) for name, path in config.heads}
-    hf_target = HFModel.from_dir(resolve(config.model), dtype).module if peers else None
-    hf_draft = HFModel.from_dir(resolve(config.draft), dtype).module if any(c.needs_draft for c in peers) else None
+    hf_dtype = torch_dtype(dtype)
+    hf_target = HFModel.from_dir(resolve(config.model), hf_dtype).module if peers else None
+    hf_draft = HFModel.from_dir(resolve(config.draft), hf_dtype).module if any(c.needs_draft for c in peers) else None
     return Models(target, scorer, draft, own, heads, hf_target, hf_draft)
 
 

@@ -11,30 +11,58 @@ from paragen.errors import InvalidInputError
 from paragen.models.base import Model, ModelInfo
 from paragen.models.io import builtin_models, load_native, resolve, save_model
 from paragen.models.native import NativeConfig, NativeModel
+from paragen.models.quant import WEIGHT_FORMATS
 from paragen.tokenizer import Tokenizer, has_tokenizer
 
-__all__ = ["Model", "ModelInfo", "NativeConfig", "NativeModel", "builtin_models", "load", "save_model"]
+__all__ = ["DTYPES", "DTYPE_CHOICES", "Model", "ModelInfo", "NativeConfig", "NativeModel", "builtin_models", "load",
+           "save_model", "torch_dtype"]
 
 BACKENDS = ("native", "hf")
 # Weight dtypes the CLIs offer by name. bfloat16 roughly halves the bytes a decode step
 # reads, which bounds a small model's step on CPU; float16 matmuls are slow on most CPUs.
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
+# Every name --dtype and load(dtype=...) accept: the dtypes, and the weight formats of
+# paragen.models.quant (float32 models whose matmuls read packed weights; native backend only).
+DTYPE_CHOICES = (*DTYPES, *WEIGHT_FORMATS)
+DTYPE_HELP = ("float32 (default) and float64 are exact; fp16-weights (float16 weights, float32 compute) is exact "
+              "for float16-stored models such as the built-ins, and faster; bfloat16 also rounds activations "
+              "(outputs differ); int8-weights is lossy (labelled in stats)")
 
 
-def load(name_or_path: str | os.PathLike, backend: str = "native", dtype: torch.dtype | None = None) -> Model:
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype of a --dtype name (a weight format computes in float32)."""
+    if name not in DTYPE_CHOICES:
+        raise InvalidInputError(f"unknown dtype '{name}': choose one of {', '.join(DTYPE_CHOICES)}")
+    return DTYPES.get(name, torch.float32)
+
+
+def load(
+    name_or_path: str | os.PathLike, backend: str = "native", dtype: torch.dtype | str | None = None,
+    compile: bool = False,
+) -> Model:
     """Load a built-in model by name or a Hugging Face model directory, with its tokenizer.
 
     ``backend``: ``"native"`` (paragen's own Llama/Qwen2/Mistral implementation, fastest on CPU)
-    or ``"hf"`` (any transformers causal LM). ``dtype`` defaults to float32. A directory
-    without tokenizer files loads with a warning: its prompts must be lists of token ids.
+    or ``"hf"`` (any transformers causal LM). ``dtype``: a torch dtype or a name of
+    ``DTYPE_CHOICES`` (see ``DTYPE_HELP`` for which are exact); float32 by default. A native
+    model runs its packed inference path (``NativeModel.pack``). ``compile=True`` (native
+    only, opt-in) compiles its decode step with static cache shapes (``NativeModel.compile_decode``).
+    A directory without tokenizer files loads with a warning: its prompts must be lists of token ids.
     """
     if backend not in BACKENDS:
         raise InvalidInputError(f"unknown backend '{backend}': choose one of {', '.join(BACKENDS)}")
+    weights = dtype if isinstance(dtype, str) and dtype in WEIGHT_FORMATS else None
+    if isinstance(dtype, str):
+        dtype = torch_dtype(dtype)
+    if backend != "native" and (weights or compile):
+        raise InvalidInputError(f"{'compile=True' if compile else weights} runs on the native backend only")
     path = resolve(name_or_path)
     dtype = dtype or torch.float32
     tokenizer = Tokenizer.from_dir(path) if has_tokenizer(path) else None
     if backend == "native":
-        model: Model = load_native(path, dtype)
+        model: Model = load_native(path, dtype).pack(weights)
+        if compile:
+            model.compile_decode()
     else:
         from paragen.models.hf import HFModel
 

@@ -10,6 +10,7 @@ dict saves to and loads from ``model.safetensors`` unchanged.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from functools import partial
 from typing import Any
@@ -234,6 +235,19 @@ def _pack_layer(block: Block, c: NativeConfig, weights: str | None) -> PackedLay
     )
 
 
+class _SlotWriter:
+    """The cache write of the compiled step: new keys/values into slot indices (a tensor, so the
+    compiled graph does not depend on the cache length); attention then reads every slot."""
+
+    def __init__(self, k: list[torch.Tensor], v: list[torch.Tensor], slots: torch.Tensor) -> None:
+        self.k, self.v, self.slots = k, v, slots
+
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.k[layer].index_copy_(2, self.slots, k)
+        self.v[layer].index_copy_(2, self.slots, v)
+        return self.k[layer], self.v[layer]
+
+
 class NativeModel(nn.Module, Model):
     """Llama/Qwen2-style decoder implementing the paragen model contract."""
 
@@ -264,6 +278,7 @@ class NativeModel(nn.Module, Model):
         )
         self.tokenizer = None
         self.packed: Packed | None = None  # see pack()
+        self.compiled: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None  # see compile_decode()
 
     def init_weights(self, seed: int = 0, std: float = 0.02) -> NativeModel:
         """GPT-2 style initialisation; residual projections scaled by 1/sqrt(2 * layers)."""
@@ -371,6 +386,51 @@ class NativeModel(nn.Module, Model):
             self.packed = None  # training updates the named parameters, not a packed snapshot
         return super().train(mode)
 
+    # ------------------------------------------------------------ the compiled decode step
+
+    # Calls of at most this many tokens after a filled cache (decoding and verification) run
+    # compiled; prefill and longer calls stay eager. Every distinct length compiles once.
+    COMPILED_MAX_TOKENS = 16
+
+    def compile_decode(self) -> NativeModel:
+        """Opt in to a compiled decode step (gpt-fast's approach): ``torch.compile`` of the packed
+        forward with static shapes, attending over the whole preallocated cache under a mask, so
+        that a call's shapes depend on its token count only, never on the cache length.
+
+        Applies to causal models without sliding windows, for calls of up to
+        ``COMPILED_MAX_TOKENS`` tokens on a cache that holds tokens already; everything else
+        runs the eager path. The first call of each length compiles (seconds to minutes).
+        """
+        if self.packed is None:
+            self.pack()
+        self.compiled = torch.compile(self._static_forward, dynamic=False)
+        return self
+
+    def static_call(self, tokens: torch.Tensor, cache: KVCache) -> bool:
+        """Whether this call runs the compiled step (see ``compile_decode``)."""
+        return (self.config.attention == "causal" and not self.sliding and cache.length > 0
+                and tokens.shape[1] <= self.COMPILED_MAX_TOKENS)
+
+    def compiled_forward(self, tokens, positions, cache: KVCache, mask) -> tuple[torch.Tensor, torch.Tensor]:
+        """The compiled step: writes slots ``[length, length + T)`` like ``KVCache.write``; (logits, hidden)."""
+        past, T = cache.length, tokens.shape[1]
+        if past + T > cache.max_length:
+            raise IndexError(f"cache overflow: {past + T} slots needed, {cache.max_length} allocated")
+        slots = torch.arange(past, past + T, device=tokens.device)
+        if mask is not None:  # the contract mask over [past + T] keys, widened to every slot of the cache
+            visible = expand_mask(mask, past, T, True, tokens.device)
+            mask = torch.zeros(*visible.shape[:-1], cache.max_length, dtype=torch.bool, device=tokens.device)
+            mask[..., : past + T] = visible
+        return self.compiled(tokens, positions, slots, mask, cache.k, cache.v)
+
+    def _static_forward(self, tokens, positions, slots, mask, ks, vs) -> tuple[torch.Tensor, torch.Tensor]:
+        if mask is None:  # causal: query t sees slots up to its own
+            keys = torch.arange(ks[0].shape[2], device=tokens.device)
+            mask = (keys[None, :] <= slots[:, None])[None, None]
+        n = len(self.packed.layers)
+        hidden = self.packed_hidden_states(tokens, positions, _SlotWriter(ks, vs, slots), [mask] * n, [False] * n)
+        return self.packed.lm_head(hidden), hidden
+
     def packed_hidden_states(self, tokens, positions, cache, masks, causal) -> torch.Tensor:
         """``hidden_states`` on the packed weights: the same computation in fewer ops."""
         p, c = self.packed, self.config
@@ -397,6 +457,9 @@ class NativeModel(nn.Module, Model):
         return rms_norm(x, self.model.norm.weight, eps)
 
     def forward(self, tokens, positions, cache=None, mask=None, return_hidden=False):
+        if self.compiled is not None and not self.training and cache is not None and self.static_call(tokens, cache):
+            logits, hidden = self.compiled_forward(tokens, positions, cache, mask)
+            return (logits, hidden) if return_hidden else logits
         hidden = self.hidden_states(tokens, positions, cache, mask)
         packed = self.packed is not None and not self.training
         logits = self.packed.lm_head(hidden) if packed else self.lm_head(hidden)
