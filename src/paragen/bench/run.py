@@ -31,7 +31,7 @@ import torch
 
 from paragen.api import DEFAULT_THREADS, torch_threads
 from paragen.bench.metrics import REFERENCE, Record, Summary, completion_parses, score_against_reference, summarize
-from paragen.bench.peers import PEERS, run_peer
+from paragen.bench.peers import PEERS, LlamaCpp, load_llamacpp, run_llamacpp, run_peer
 from paragen.errors import (
     InvalidInputError,
     ParagenError,
@@ -196,7 +196,8 @@ def build_contenders(config: BenchConfig) -> list[Contender]:
     # only when --model-for gives them a diffusion model).
     own, heads = dict(config.models), dict(config.heads)
     every = [n for n, c in STRATEGIES.items()
-             if (c.attention == "causal" or n in own) and (not c.head_kinds or n in heads)] + list(PEERS)
+             if (c.attention == "causal" or n in own) and (not c.head_kinds or n in heads)]
+    every += [n for n, p in PEERS.items() if not hasattr(p, "available") or p.available()]
     listed = [n.strip() for s in config.strategies for n in (every if s.strip() == "all" else [s])]
     names = [REFERENCE] + [n for n in dict.fromkeys(listed) if n and n != REFERENCE]
     classes = {n: contender_class(n) for n in names}
@@ -256,6 +257,7 @@ class Models:
     heads: dict[str, Any]  # contender name -> its prediction heads (--heads), bound to its target
     hf_target: torch.nn.Module | None  # transformers modules, for the peers only
     hf_draft: torch.nn.Module | None
+    llamacpp: dict[str, Any] = dataclasses.field(default_factory=dict)  # llama.cpp peer name -> llama_cpp.Llama
 
     def all(self) -> list[Model]:
         """Every loaded paragen model (target, draft, own targets)."""
@@ -286,10 +288,15 @@ def load_models(config: BenchConfig, contenders: list[Contender]) -> Models:
             raise VocabularyMismatchError(f"the model for '{name}' has another tokenizer than --model: "
                                           "contenders must read the same prompt tokens")
     heads = {name: paragen.load_heads(path, own.get(name, target)) for name, path in config.heads}
+    hf = [c for c in peers if not issubclass(c.cls, LlamaCpp)]
     hf_dtype = torch_dtype(dtype)
-    hf_target = HFModel.from_dir(resolve(config.model), hf_dtype).module if peers else None
-    hf_draft = HFModel.from_dir(resolve(config.draft), hf_dtype).module if any(c.needs_draft for c in peers) else None
-    return Models(target, scorer, draft, own, heads, hf_target, hf_draft)
+    hf_target = HFModel.from_dir(resolve(config.model), hf_dtype).module if hf else None
+    hf_draft = HFModel.from_dir(resolve(config.draft), hf_dtype).module if any(c.needs_draft for c in hf) else None
+    # llama.cpp peers read a GGUF written from the native float32 model (the weights as stored).
+    llama_peers = [c for c in peers if issubclass(c.cls, LlamaCpp)]
+    source = (scorer if config.backend == "native" else paragen.load(config.model)) if llama_peers else None
+    llama = {c.name: load_llamacpp(c.cls, source, torch.get_num_threads(), scorer.info.max_length) for c in llama_peers}
+    return Models(target, scorer, draft, own, heads, hf_target, hf_draft, llama)
 
 
 def prepare_prompts(tasks: list[Task], models: Models, max_new_tokens: int) -> list[Prompt]:
@@ -338,6 +345,12 @@ def make_runner(c: Contender, models: Models, config: BenchConfig) -> Callable[[
         # Per-call accepted counts are internal to transformers: no histogram for peers.
         return Outcome(out.tokens, out.target_calls, out.draft_calls, out.seconds, out.finish_reason, None)
 
+    def run_llama(ids: list[int], seed: int) -> Outcome:
+        out = run_llamacpp(models.llamacpp[c.name], ids, config.max_new_tokens, eos)
+        return Outcome(out.tokens, out.target_calls, out.draft_calls, out.seconds, out.finish_reason, None)
+
+    if c.peer and issubclass(c.cls, LlamaCpp):
+        return run_llama
     return run_hf if c.peer else run_strategy
 
 
