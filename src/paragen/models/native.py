@@ -299,9 +299,13 @@ class NativeModel(nn.Module, Model):
 
     def new_cache(self, batch: int = 1, max_length: int | None = None) -> KVCache:
         c = self.config
+        length = max_length or c.max_position_embeddings
+        if self.compiled is not None:
+            # The compiled step's shapes include the cache's: a few sizes (powers of two from 256)
+            # compile once each, where every generation's own length would recompile.
+            length = min(max(256, 1 << (length - 1).bit_length()), max(length, c.max_position_embeddings))
         return KVCache(
-            c.num_hidden_layers, batch, c.num_key_value_heads, c.head_dim,
-            max_length or c.max_position_embeddings, self.dtype, self.lm_head.weight.device,
+            c.num_hidden_layers, batch, c.num_key_value_heads, c.head_dim, length, self.dtype, self.lm_head.weight.device,
         )
 
     def rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
