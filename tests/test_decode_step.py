@@ -152,3 +152,13 @@ def test_packed_and_exact_formats_give_the_plain_tokens_on_the_builtin_model(cod
     for prompt in PROMPTS:
         want = paragen.generate(plain, prompt, max_new_tokens=128).tokens
         assert paragen.generate(packed, prompt, max_new_tokens=128).tokens == want, prompt
+
+
+def test_a_cast_after_packing_packs_again():
+    model = tiny_model().float().pack()
+    prompt = [3, 7, 1, 4, 9, 2]
+    model.double()
+    assert model.packed.dtype == torch.float64
+    packed = calls(model, prompt, STEPS)
+    for a, b in zip(calls(model.unpack(), prompt, STEPS), packed):
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-12)

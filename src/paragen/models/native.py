@@ -353,8 +353,9 @@ class NativeModel(nn.Module, Model):
 
         The state dict and its Hugging Face names do not change. With ``weights=None`` the
         fused projections share storage with the named parameters (these become row views of
-        them), so loading or editing weights in place still reaches the packed path; a weight
-        format is a snapshot: pack again after changing weights. ``train()`` unpacks.
+        them), so loading or editing weights in place still reaches the packed path, and a move
+        or cast (``.to()``) packs again; a weight format is a snapshot: pack again after
+        changing weights. ``train()`` unpacks.
         """
         if weights is not None and weights not in WEIGHT_FORMATS:
             raise ValueError(f"unknown weight format '{weights}': choose one of {', '.join(WEIGHT_FORMATS)}")
@@ -384,6 +385,12 @@ class NativeModel(nn.Module, Model):
         if p is None or p.weights is None:
             return None
         return p.weights if p.exact else f"{p.weights} (lossy)"
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        if self.packed is not None:  # .to(), .double(), .cuda() replace the parameters: fuse them again
+            self.pack(self.packed.weights)
+        return self
 
     def train(self, mode: bool = True) -> NativeModel:
         if mode:
