@@ -122,3 +122,14 @@ def test_llama_cpp_tokenizes_and_decodes_like_paragen(model_dir, name):
         ids = model.tokenizer.encode(text)
         want = paragen.generate(model, ids, max_new_tokens=40).tokens
         assert list(run_llamacpp(llm, ids, 40, model.info.eos_ids).tokens) == want, text
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is not None, reason="llama-cpp-python is installed")
+def test_llama_cpp_peers_without_llama_cpp_python(model_dir):
+    from paragen.bench.peers import LlamaCpp, load_llamacpp
+    from paragen.bench.run import BenchConfig, build_contenders
+
+    names = {c.name for c in build_contenders(BenchConfig(strategies=("all",)))}
+    assert "hf-greedy" in names and not any(n.startswith("llamacpp") for n in names)
+    with pytest.raises(InvalidInputError, match=r"pip install 'paragen\[llamacpp\]'"):
+        load_llamacpp(LlamaCpp, paragen.load(model_dir), threads=1, n_ctx=64)

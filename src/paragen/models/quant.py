@@ -59,6 +59,8 @@ def make_linear(weight: torch.Tensor, bias: torch.Tensor | None, fmt: str) -> Li
         raise ValueError(f"weight format '{fmt}' multiplies float32 activations: load the model in float32")
     if fmt == "fp16-weights":
         # The packed operand holds the weight in float16 (fbgemm's own layout); bias stays float32.
+        if "fbgemm" not in torch.backends.quantized.supported_engines:
+            raise ValueError("fp16-weights runs on fbgemm's fp16 GEMM, which this torch build lacks (x86 builds have it)")
         packed = torch.ops.quantized.linear_prepack_fp16(weight.contiguous(), bias)
         return lambda x: torch.ops.quantized.linear_dynamic_fp16(x, packed)
     if fmt == "int8-weights":
