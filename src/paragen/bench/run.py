@@ -74,6 +74,7 @@ class BenchConfig:
     heads: tuple[tuple[str, str], ...] = ()  # (contender, heads directory) for strategies that run on heads
     resamples: int = 1000  # bootstrap resamples for the speedup interval
     threads: int = DEFAULT_THREADS
+    compile: bool = False  # compile=True for the paragen models (native backend; the first calls compile)
 
 
 @dataclass(frozen=True)
@@ -275,13 +276,14 @@ def load_models(config: BenchConfig, contenders: list[Contender]) -> Models:
     needs_draft = [c for c in contenders if c.needs_draft and not c.peer]
     peers = [c for c in contenders if c.peer]
     dtype = config.dtype  # a dtype name or a weight format (paragen.models.quant)
-    target = paragen.load(config.model, backend=config.backend, dtype=dtype)
-    scorer = target if dtype == "float32" else paragen.load(config.model, backend=config.backend)
-    draft = paragen.load(config.draft, backend=config.backend, dtype=dtype) if needs_draft else None
+    kw = dict(backend=config.backend, dtype=dtype, compile=config.compile)
+    target = paragen.load(config.model, **kw)
+    scorer = target if dtype == "float32" and not config.compile else paragen.load(config.model, backend=config.backend)
+    draft = paragen.load(config.draft, **kw) if needs_draft else None
     loaded: dict[str, Model] = {}
     for c in contenders:
         if c.model is not None and c.model not in loaded:
-            loaded[c.model] = paragen.load(c.model, backend=config.backend, dtype=dtype)
+            loaded[c.model] = paragen.load(c.model, **kw)
     own = {c.name: loaded[c.model] for c in contenders if c.model is not None}
     for name, model in own.items():
         if model.tokenizer.fingerprint() != target.tokenizer.fingerprint():
