@@ -162,3 +162,19 @@ def test_a_cast_after_packing_packs_again():
     packed = calls(model, prompt, STEPS)
     for a, b in zip(calls(model.unpack(), prompt, STEPS), packed):
         torch.testing.assert_close(b, a, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("name,options,draft", [
+    ("ar", {}, False), ("lookup", {}, False), ("jacobi", {}, False), ("lookahead", {}, False),
+    ("speculative", {"k": 4}, True), ("tree", {}, True),
+])
+def test_every_lossless_strategy_on_the_packed_path_equals_the_plain_oracle(name, options, draft):
+    """The float64 oracle (no cache, plain path) against strategies on packed models (masks, trees, caches)."""
+    target, other = tiny_model(0), tiny_model(1)
+    prompts = [[3, 7, 1, 4, 9, 2, 3, 7, 1], [5], list(range(2, 30))]
+    expected = [reference_greedy(target, p, 30) for p in prompts]
+    target.pack()
+    other.pack()
+    for p, want in zip(prompts, expected):
+        got = paragen.generate(target, p, name, max_new_tokens=30, draft=other if draft else None, **options).tokens
+        assert got == want, (name, p)
