@@ -67,7 +67,7 @@ def test_gguf_holds_every_tensor_and_the_tokenizer(model_dir, tmp_path, weights)
     assert meta["llama.block_count"] == c.num_hidden_layers and meta["llama.embedding_length"] == c.hidden_size
     assert meta["llama.attention.head_count_kv"] == c.num_key_value_heads
     assert meta["llama.rope.dimension_count"] == c.head_dim
-    assert meta["tokenizer.ggml.model"] == "gpt2" and meta["tokenizer.ggml.pre"] == "gpt2"
+    assert meta["tokenizer.ggml.model"] == "gpt2" and meta["tokenizer.ggml.pre"] == "gpt-2"
     assert meta["tokenizer.ggml.add_bos_token"] is False
     assert meta["tokenizer.ggml.eos_token_id"] == model.tokenizer.eos_id
     vocab = model.tokenizer.backend.get_vocab(with_added_tokens=True)

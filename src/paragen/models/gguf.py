@@ -10,7 +10,7 @@ the layout (both are what llama.cpp's own ``convert_hf_to_gguf.py`` does for Lla
   unchanged (q and k are permuted alike).
 - The tokenizer is declared as ``tokenizer.ggml.model = "gpt2"`` (byte-level BPE: the token
   strings and merges of tokenizer.json, in the GPT-2 byte-to-unicode alphabet) with
-  ``tokenizer.ggml.pre = "gpt2"``, llama.cpp's name for GPT-2's pre-tokenizer regex, which is
+  ``tokenizer.ggml.pre = "gpt-2"``, llama.cpp's name for GPT-2's pre-tokenizer regex, which is
   the one paragen's ``ByteLevel(use_regex=True)`` pre-tokenizer applies; no BOS is added, as
   paragen adds none. Special tokens (EOS, mask) are CONTROL tokens.
 
@@ -134,7 +134,7 @@ def write_gguf(model: NativeModel, path: str | os.PathLike, weights: str = "f32"
     w.add_rope_freq_base(c.rope_theta)
     w.add_layer_norm_rms_eps(c.rms_norm_eps)
     w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("gpt2")
+    w.add_tokenizer_pre("gpt-2")
     w.add_token_list(tokens)
     w.add_token_types(types)
     w.add_token_merges(merges)
