@@ -43,7 +43,7 @@ def variants(compile: bool) -> list[tuple[str, str, bool, bool]]:
            ("fp16-weights", "fp16-weights", True, False), ("int8-weights (lossy)", "int8-weights", True, False),
            ("bf16 (activations too)", "bfloat16", True, False)]
     if compile:
-        out += [("fp32 packed compiled", "float32", True, True), ("fp16-weights compiled", "fp16-weights", True, True)]
+        out += [("fp32 packed compiled", "float32", True, True)]  # weight formats do not compile (graph breaks)
     return out
 
 

@@ -122,6 +122,8 @@ def test_load_refuses_formats_on_the_hf_backend_and_unknown_dtypes(model_dir):
         paragen.load(model_dir, backend="hf", dtype="int8-weights")
     with pytest.raises(InvalidInputError, match="unknown dtype 'int4'"):
         paragen.load(model_dir, dtype="int4")
+    with pytest.raises(InvalidInputError, match="compile=True runs float32"):
+        paragen.load(model_dir, dtype="fp16-weights", compile=True)
     model = paragen.load(model_dir, dtype="fp16-weights")
     assert model.packed.weights == "fp16-weights" and model.dtype == torch.float32
 

@@ -56,6 +56,8 @@ def load(
         dtype = torch_dtype(dtype)
     if backend != "native" and (weights or compile):
         raise InvalidInputError(f"{'compile=True' if compile else weights} runs on the native backend only")
+    if weights and compile:
+        raise InvalidInputError(f"compile=True runs float32 or float64 models, not {weights}: drop one of the two")
     path = resolve(name_or_path)
     dtype = dtype or torch.float32
     tokenizer = Tokenizer.from_dir(path) if has_tokenizer(path) else None

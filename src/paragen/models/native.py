@@ -411,9 +411,16 @@ class NativeModel(nn.Module, Model):
         Applies to causal models without sliding windows, for calls of up to
         ``COMPILED_MAX_TOKENS`` tokens on a cache that holds tokens already; everything else
         runs the eager path. The first call of each length compiles (seconds to minutes).
+        torch keeps 8 graphs per compiled function (its ``recompile_limit``, left as it is: the
+        setting is process-wide), shared by every compiled model: beyond that (many call lengths,
+        cache sizes or compiled models) a call runs uncompiled, and torch warns.
         """
         if self.packed is None:
             self.pack()
+        if self.packed.weights is not None:
+            # fbgemm's packed fp16 operand is opaque to the compiler: the graph breaks at every
+            # matmul, and measured slower than the eager fp16-weights path.
+            raise ValueError(f"compile=True runs the model's own dtype, not the weight format '{self.packed.weights}'")
         self.compiled = torch.compile(self._static_forward, dynamic=False)
         return self
 
