@@ -109,12 +109,13 @@ def test_gguf_export_refuses_what_llama_cpp_llama_does_not_compute(tmp_path):
 
 
 @needs_llamacpp
-@pytest.mark.parametrize("name", ["tiny", "code-target"])
-def test_llama_cpp_tokenizes_and_decodes_like_paragen(model_dir, name):
-    from paragen.bench.peers import LlamaCpp, load_llamacpp, run_llamacpp
+@pytest.mark.parametrize("name,peer", [("tiny", "llamacpp"), ("code-target", "llamacpp"),
+                                       ("code-target", "llamacpp-f16")])  # f16: exact for fp16-stored weights
+def test_llama_cpp_tokenizes_and_decodes_like_paragen(model_dir, name, peer):
+    from paragen.bench.peers import PEERS, load_llamacpp, run_llamacpp
 
     model = paragen.load(model_dir if name == "tiny" else name)
-    llm = load_llamacpp(LlamaCpp, model, threads=1, n_ctx=256)
+    llm = load_llamacpp(PEERS[peer], model, threads=1, n_ctx=256)
     texts = ["def add(a, b):\n    return a + b\n", "class Point:\n  x = 1  # it's 10 o'clock\n\n\n\tpass", "  élan 123 ??"]
     for text in texts:
         assert llm.tokenize(text.encode(), add_bos=False, special=False) == model.tokenizer.encode(text), text
