@@ -157,7 +157,10 @@ def test_contenders_add_ar_and_validate_names_and_options():
         build_contenders(BenchConfig(strategies=("ar",), options=(("lookup", "max_draft", "8"),)))
     causal = [n for n, c in STRATEGIES.items() if c.attention == "causal" and not c.head_kinds]
     everything = [c.name for c in build_contenders(BenchConfig(strategies=("all",)))]
-    assert everything == [*causal, "hf-greedy", "hf-assisted", "hf-lookup"]
+    from paragen.bench.peers import LlamaCpp
+
+    llama = ["llamacpp", "llamacpp-f16", "llamacpp-q8_0"] if LlamaCpp.available() else []  # where installed
+    assert everything == [*causal, "hf-greedy", "hf-assisted", "hf-lookup", *llama]
     with_diffusion = BenchConfig(strategies=("all",), models=(("diffusion", "some-diffusion-model"),))
     assert "diffusion" in [c.name for c in build_contenders(with_diffusion)]
     assert parse_option("lookup:max-draft=8") == ("lookup", "max_draft", "8")

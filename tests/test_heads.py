@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 import paragen
-from paragen.errors import HeadsMismatchError, ModelLoadError, UnsupportedOptionError
+from paragen.errors import HeadsMismatchError, InvalidInputError, ModelLoadError, UnsupportedOptionError
 from paragen.heads import KINDS, load_heads, new_heads, save_heads
 from paragen.reference import reference_greedy
 from tests.conftest import tiny_model
@@ -286,12 +286,15 @@ def test_perfect_heads_give_a_block_per_call():
 
 
 def test_builtin_target_with_heads_equals_oracle():
-    """code-target (float64), a HumanEval prompt, untrained heads (Medusa's initialisation)
-    and partly right ones: the oracle holds on a real model too. (Trained heads are not shipped
-    yet; when they are, load them here as well.)"""
+    """code-target (float64), a HumanEval prompt, untrained heads (Medusa's initialisation),
+    partly right ones and the shipped trained heads (loaded by default): the oracle holds on a
+    real model too, and the trained heads do get drafts accepted."""
+    from paragen.heads import builtin_heads
     from paragen.tasks import humaneval
 
     target = paragen.load("code-target", dtype=torch.float64)
+    shipped = builtin_heads()
+    assert {f"code-target-{kind}" for kind in KINDS} <= set(shipped), shipped
     for task in humaneval()[:1]:
         ids = target.tokenizer.encode(task.prompt)
         expected = reference_greedy(target, ids, 32)
@@ -302,6 +305,23 @@ def test_builtin_target_with_heads_equals_oracle():
                 out = paragen.generate(target, ids, name, max_new_tokens=32, heads=heads)
                 assert out.tokens == expected, (task.id, name, type(heads).__name__)
             assert sum(out.stats.extra["accepted"]) > 0
+            out = paragen.generate(target, ids, name, max_new_tokens=32)  # the shipped heads
+            assert out.tokens == expected, (task.id, name, "shipped")
+            assert sum(out.stats.extra["accepted"]) > 0, name
+
+
+def test_builtin_heads_by_name_and_by_default():
+    from paragen.heads import builtin_heads_for, default_heads
+
+    target = paragen.load("code-target")
+    assert builtin_heads_for("code-target", ("medusa",)) == "code-target-medusa"
+    assert builtin_heads_for("code-draft", ("medusa",)) is None
+    heads = paragen.load_heads("code-target-eagle", target)
+    assert heads.kind == "eagle" and heads.proj.data_ptr() == target.head_weights()[1].data_ptr()
+    assert default_heads(target, ("hydra",)).kind == "hydra"
+    assert default_heads(TARGET, ("hydra",)) is None  # not a built-in model: nothing by default
+    with pytest.raises(HeadsMismatchError, match="trained for code-target"):
+        paragen.load_heads("code-target-medusa", paragen.load("code-draft"))
 
 
 def test_heads_on_the_hf_backend(model_dir):
@@ -467,3 +487,12 @@ def test_heads_are_required_checked_and_refused_clearly():
                           ("blockwise_relaxed", {"accept": "near"}), ("blockwise_relaxed", {"m": 0})]:
         with pytest.raises(UnsupportedOptionError):
             paragen.generate(TARGET, [1, 2], name, max_new_tokens=4, heads=heads, **options)
+
+
+def test_bench_runs_heads_strategies_on_the_builtin_heads(model_dir):
+    from paragen.bench.run import BenchConfig, build_contenders
+
+    names = [c.name for c in build_contenders(BenchConfig(strategies=("medusa", "eagle@small"), model="code-target"))]
+    assert names == ["ar", "medusa", "eagle@small"]
+    with pytest.raises(InvalidInputError, match="none are built in for --model"):
+        build_contenders(BenchConfig(strategies=("medusa",), model=str(model_dir)))

@@ -305,6 +305,8 @@ def _prepare(
         generator=generator,
         heads=heads,
         cache_length=longest + max_new_tokens + cls.slack(opts),
+        # A packed weight format (int8-weights is lossy) is named in every Generation's stats.
+        extra={"weights": fmt} if (fmt := getattr(model, "weight_format", None)) else {},
     )
 
     def pieces() -> Generator[tuple[int, str], None, list[Generation]]:

@@ -38,7 +38,7 @@ def strategy_help() -> str:
 
 def add_generate_parser(sub: argparse._SubParsersAction) -> None:
     from paragen.api import DEFAULT_THREADS
-    from paragen.models import DTYPES
+    from paragen.models import DTYPE_CHOICES, DTYPE_HELP
 
     p = sub.add_parser(
         "generate", help="continue a prompt with a decoding strategy",
@@ -50,8 +50,9 @@ def add_generate_parser(sub: argparse._SubParsersAction) -> None:
                    help="built-in model name or Hugging Face model directory (default: code-target)")
     p.add_argument("--backend", choices=["native", "hf"], default="native",
                    help="native (paragen's own, fast) or hf (transformers)")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
-                   help="weights' dtype (bfloat16 is faster on CPUs with bf16 support, with other rounding)")
+    p.add_argument("--dtype", choices=DTYPE_CHOICES, default="float32", help=f"weights' dtype or format: {DTYPE_HELP}")
+    p.add_argument("--compile", action="store_true",
+                   help="compile the native decode step (torch.compile, static cache shapes; slow first call)")
     p.add_argument("--device", default="cpu", help="where the models run: cpu, cuda, cuda:N (default: cpu)")
     p.add_argument("--strategy", default="ar", help="decoding strategy (see below; default: ar)")
     p.add_argument("--draft", default=None, help="draft model name or directory (for speculative)")
@@ -106,7 +107,6 @@ def run_generate(args: argparse.Namespace) -> int:
     import paragen
     from paragen.api import torch_threads
     from paragen.errors import InvalidInputError
-    from paragen.models import DTYPES
     from paragen.strategies import get_strategy
 
     prompt = read_stdin() if args.prompt == "-" else args.prompt
@@ -124,10 +124,10 @@ def run_generate(args: argparse.Namespace) -> int:
     if args.temperature == 0 and ignored:
         print(f"paragen: note: {', '.join(ignored)} {'has' if len(ignored) == 1 else 'have'} no effect with "
               "--temperature 0 (greedy decoding is deterministic)", file=sys.stderr)
-    dtype = DTYPES[args.dtype]
     with torch_threads(args.threads):
-        model = paragen.load(args.model, backend=args.backend, dtype=dtype, device=args.device)
-        draft = paragen.load(args.draft, backend=args.backend, dtype=dtype, device=args.device) if args.draft else None
+        kw = dict(backend=args.backend, dtype=args.dtype, compile=args.compile, device=args.device)
+        model = paragen.load(args.model, **kw)
+        draft = paragen.load(args.draft, **kw) if args.draft else None
         heads = paragen.load_heads(args.heads, model) if args.heads else None
         it = paragen.stream(model, prompt, strategy=args.strategy, max_new_tokens=args.max_new_tokens,
                             temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,

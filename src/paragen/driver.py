@@ -162,7 +162,7 @@ def decode(
                 yield r, piece
             if row.done:
                 row.stats.seconds = time.perf_counter() - t0
-                row.stats.extra = strategy.row_extra(i)
+                row.stats.extra = {**ctx.extra, **strategy.row_extra(i)}  # ctx.extra: the run's (weights)
             else:
                 staying.append(i)
         if len(staying) < len(active):

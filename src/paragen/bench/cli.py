@@ -10,7 +10,7 @@ import shlex
 import sys
 
 from paragen.bench.run import BenchConfig, parse_model_for, parse_option
-from paragen.models import DTYPES
+from paragen.models import DTYPE_CHOICES, DTYPE_HELP
 from paragen.tasks import TASKS
 
 DEFAULTS = BenchConfig()
@@ -56,8 +56,12 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
                    help=f"draft model for draft strategies and hf-assisted (default: {DEFAULTS.draft})")
     p.add_argument("--backend", choices=["native", "hf"], default=DEFAULTS.backend,
                    help="backend of the paragen strategies (peers always use transformers)")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default=DEFAULTS.dtype,
-                   help="weights' dtype for every contender (gen_ppl is scored in float32; default: float32)")
+    p.add_argument("--dtype", choices=DTYPE_CHOICES, default=DEFAULTS.dtype,
+                   help=f"weights' dtype or format for every contender (gen_ppl is scored in float32; the transformers "
+                   f"peers run a weight format in float32): {DTYPE_HELP}")
+    p.add_argument("--compile", action="store_true",
+                   help="compile the paragen models' decode step (native backend; a call length first met in a timed run "
+                   "compiles there: for ar, the warm-up compiles it)")
     p.add_argument("--option", action="append", default=[], metavar="STRATEGY:KEY=VALUE",
                    help="strategy option, e.g. lookup:max_draft=8 (repeatable)")
     p.add_argument("--model-for", action="append", default=[], metavar="STRATEGY=MODEL",
@@ -81,7 +85,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         task=args.task, limit=args.limit, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
         seed=args.seed, model=args.model, draft=args.draft, backend=args.backend, dtype=args.dtype,
         options=tuple(parse_option(o) for o in args.option),
-        models=tuple(parse_model_for(m) for m in args.model_for), threads=args.threads,
+        models=tuple(parse_model_for(m) for m in args.model_for), threads=args.threads, compile=args.compile,
         heads=tuple(parse_model_for(h, "--heads") for h in args.heads), device=args.device,
         batch_size=args.batch_size,
     )

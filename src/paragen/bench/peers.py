@@ -3,6 +3,8 @@
 - ``hf-greedy``: plain ``generate``.
 - ``hf-assisted``: assisted generation with the draft as ``assistant_model=``.
 - ``hf-lookup``: prompt lookup decoding (``prompt_lookup_num_tokens=``).
+- ``llamacpp``, ``llamacpp-f16``, ``llamacpp-q8_0``: llama.cpp greedy on a GGUF of the same
+  weights (where llama-cpp-python is installed; see ``LlamaCpp``).
 
 Calls are counted with forward hooks on the transformers modules (registered for one
 ``generate`` and removed after), so nothing in the library is patched. Every target
@@ -176,3 +178,85 @@ def run_peer(
     finish = "length" if stop is None else "eos"
     tokens = tokens if stop is None else tokens[:stop]
     return PeerOutput(tuple(tokens), t.calls, d.calls if peer.needs_draft else 0, seconds, finish)
+
+
+# ---------------------------------------------------------------- llama.cpp
+
+
+@dataclass(frozen=True)
+class LlamaCppOptions:
+    """llama.cpp's greedy decoding has no settings here; the GGUF weight type is the peer's name."""
+
+
+class LlamaCpp(Peer):
+    """llama.cpp (through llama-cpp-python) on the same weights, written to GGUF by
+    ``paragen.models.gguf``; greedy only, one token per call, on the run's thread count.
+    Listed only where ``llama_cpp`` is importable (``pip install 'paragen[llamacpp]'``)."""
+
+    name = "llamacpp"
+    Options = LlamaCppOptions
+    supports_sampling = False
+    weights: ClassVar[str] = "f32"
+    summary = "llama.cpp greedy, f32 GGUF of the same weights"
+
+    @staticmethod
+    def available() -> bool:
+        import importlib.util
+
+        return importlib.util.find_spec("llama_cpp") is not None
+
+
+class LlamaCppF16(LlamaCpp):
+    name = "llamacpp-f16"
+    weights = "f16"
+    summary = "llama.cpp greedy, f16 GGUF (exact for float16-stored weights such as the built-ins)"
+
+
+class LlamaCppQ8(LlamaCpp):
+    name = "llamacpp-q8_0"
+    weights = "q8_0"
+    lossless = False
+    summary = "llama.cpp greedy, q8_0 GGUF (lossy: 8-bit weights and activations)"
+
+
+PEERS.update({p.name: p for p in (LlamaCpp, LlamaCppF16, LlamaCppQ8)})
+
+
+def load_llamacpp(peer: type[LlamaCpp], model: Any, threads: int, n_ctx: int) -> Any:
+    """A ``llama_cpp.Llama`` on ``model``'s weights, converted to GGUF as ``peer.weights``.
+
+    The GGUF file lives in a temporary directory only while llama.cpp maps it (it is removed
+    once loaded: the mapping keeps the data)."""
+    import tempfile
+    from pathlib import Path
+
+    from paragen.errors import InvalidInputError
+    from paragen.models.gguf import write_gguf
+
+    if not peer.available():
+        raise InvalidInputError(f"peer '{peer.name}' needs llama-cpp-python: pip install 'paragen[llamacpp]' "
+                                "(it compiles llama.cpp, ~15 minutes)")
+    import llama_cpp
+
+    with tempfile.TemporaryDirectory(prefix="paragen-gguf-") as tmp:
+        path = write_gguf(model, Path(tmp) / f"model-{peer.weights}.gguf", peer.weights)
+        return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
+                               n_batch=n_ctx, verbose=False)
+
+
+def run_llamacpp(llm: Any, prompt: list[int], max_new_tokens: int, eos_ids: tuple[int, ...]) -> PeerOutput:
+    """Greedy decoding (top-k 1, no repetition penalty) of ``prompt`` ids; EOS cut as paragen's driver does.
+
+    Calls: one per token produced (an EOS included), as the transformers peers count them."""
+    tokens: list[int] = []
+    finish = "length"
+    start = time.perf_counter()
+    for tok in llm.generate(prompt, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0, reset=True):
+        if tok in eos_ids:
+            finish = "eos"
+            break
+        tokens.append(int(tok))
+        if len(tokens) == max_new_tokens:
+            break
+    seconds = time.perf_counter() - start
+    return PeerOutput(tuple(tokens), len(tokens) + (finish == "eos"), 0, seconds, finish)

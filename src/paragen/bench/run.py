@@ -34,7 +34,7 @@ import torch
 
 from paragen.api import DEFAULT_THREADS, torch_threads
 from paragen.bench.metrics import REFERENCE, Record, Summary, completion_parses, score_against_reference, summarize
-from paragen.bench.peers import PEERS, run_peer
+from paragen.bench.peers import PEERS, LlamaCpp, load_llamacpp, run_llamacpp, run_peer
 from paragen.errors import (
     InvalidInputError,
     ParagenError,
@@ -43,7 +43,7 @@ from paragen.errors import (
     VocabularyMismatchError,
 )
 from paragen.heads.io import builtin_heads_for
-from paragen.models import DTYPES, device_of, parse_device
+from paragen.models import DTYPE_CHOICES, device_of, parse_device, torch_dtype
 from paragen.models.base import Model
 from paragen.strategies import STRATEGIES
 from paragen.tasks import Task, get_task
@@ -82,6 +82,7 @@ class BenchConfig:
     threads: int = DEFAULT_THREADS
     device: str = "cpu"
     batch_size: int = 1
+    compile: bool = False  # compile=True for the paragen models (native backend; the first calls compile)
 
 
 @dataclass(frozen=True)
@@ -210,7 +211,7 @@ def build_contenders(config: BenchConfig) -> list[Contender]:
     own, heads = dict(config.models), dict(config.heads)
     every = [n for n, c in STRATEGIES.items()
              if (c.attention == "causal" or n in own) and (not c.head_kinds or n in heads or bench_heads(config, n, c))]
-    every += list(PEERS)
+    every += [n for n, p in PEERS.items() if not hasattr(p, "available") or p.available()]
     listed = [n.strip() for s in config.strategies for n in (every if s.strip() == "all" else [s])]
     names = [REFERENCE] + [n for n in dict.fromkeys(listed) if n and n != REFERENCE]
     classes = {n: contender_class(n) for n in names}
@@ -257,8 +258,8 @@ def check_config(config: BenchConfig) -> None:
         raise InvalidInputError(f"--top-p must be in (0, 1], got {config.top_p}")
     if config.resamples < 1:
         raise InvalidInputError(f"bootstrap resamples must be >= 1, got {config.resamples}")
-    if config.dtype not in DTYPES:
-        raise InvalidInputError(f"--dtype must be one of {', '.join(DTYPES)}, got '{config.dtype}'")
+    if config.dtype not in DTYPE_CHOICES:
+        raise InvalidInputError(f"--dtype must be one of {', '.join(DTYPE_CHOICES)}, got '{config.dtype}'")
     if config.threads < 1:
         raise InvalidInputError(f"--threads must be >= 1, got {config.threads}")
     from paragen.api import MAX_BATCH
@@ -280,6 +281,7 @@ class Models:
     heads: dict[str, Any]  # contender name -> its prediction heads (--heads), bound to its target
     hf_target: torch.nn.Module | None  # transformers modules, for the peers only
     hf_draft: torch.nn.Module | None
+    llamacpp: dict[str, Any] = dataclasses.field(default_factory=dict)  # llama.cpp peer name -> llama_cpp.Llama
 
     def all(self) -> list[Model]:
         """Every loaded paragen model (target, draft, own targets)."""
@@ -296,14 +298,16 @@ def load_models(config: BenchConfig, contenders: list[Contender]) -> Models:
 
     needs_draft = [c for c in contenders if c.needs_draft and not c.peer]
     peers = [c for c in contenders if c.peer]
-    dtype, device = DTYPES[config.dtype], config.device
-    target = paragen.load(config.model, backend=config.backend, dtype=dtype, device=device)
-    scorer = target if dtype == torch.float32 else paragen.load(config.model, backend=config.backend, device=device)
-    draft = paragen.load(config.draft, backend=config.backend, dtype=dtype, device=device) if needs_draft else None
+    dtype, device = config.dtype, config.device  # dtype: a dtype name or a weight format (paragen.models.quant)
+    kw = dict(backend=config.backend, dtype=dtype, compile=config.compile, device=device)
+    target = paragen.load(config.model, **kw)
+    scorer = (target if dtype == "float32" and not config.compile
+              else paragen.load(config.model, backend=config.backend, device=device))
+    draft = paragen.load(config.draft, **kw) if needs_draft else None
     loaded: dict[str, Model] = {}
     for c in contenders:
         if c.model is not None and c.model not in loaded:
-            loaded[c.model] = paragen.load(c.model, backend=config.backend, dtype=dtype, device=device)
+            loaded[c.model] = paragen.load(c.model, **kw)
     own = {c.name: loaded[c.model] for c in contenders if c.model is not None}
     for name, model in own.items():
         if model.tokenizer.fingerprint() != target.tokenizer.fingerprint():
@@ -311,10 +315,16 @@ def load_models(config: BenchConfig, contenders: list[Contender]) -> Models:
                                           "contenders must read the same prompt tokens")
     heads = {c.name: paragen.load_heads(bench_heads(config, c.name, c.cls), own.get(c.name, target))
              for c in contenders if getattr(c.cls, "head_kinds", ())}
-    hf_target = HFModel.from_dir(resolve(config.model), dtype).module.to(device) if peers else None
-    hf_draft = (HFModel.from_dir(resolve(config.draft), dtype).module.to(device)
-                if any(c.needs_draft for c in peers) else None)
-    return Models(target, scorer, draft, own, heads, hf_target, hf_draft)
+    hf = [c for c in peers if not issubclass(c.cls, LlamaCpp)]
+    hf_dtype = torch_dtype(dtype)
+    hf_target = HFModel.from_dir(resolve(config.model), hf_dtype).module.to(device) if hf else None
+    hf_draft = (HFModel.from_dir(resolve(config.draft), hf_dtype).module.to(device)
+                if any(c.needs_draft for c in hf) else None)
+    # llama.cpp peers read a GGUF written from the native float32 model (the weights as stored).
+    llama_peers = [c for c in peers if issubclass(c.cls, LlamaCpp)]
+    source = (scorer if config.backend == "native" else paragen.load(config.model)) if llama_peers else None
+    llama = {c.name: load_llamacpp(c.cls, source, torch.get_num_threads(), scorer.info.max_length) for c in llama_peers}
+    return Models(target, scorer, draft, own, heads, hf_target, hf_draft, llama)
 
 
 def prepare_prompts(tasks: list[Task], models: Models, max_new_tokens: int) -> list[Prompt]:
@@ -365,6 +375,12 @@ def make_runner(c: Contender, models: Models, config: BenchConfig) -> Callable[[
         # Per-call accepted counts are internal to transformers: no histogram for peers.
         return [Outcome(out.tokens, out.target_calls, out.draft_calls, out.seconds, out.finish_reason, None)]
 
+    def run_llama(ids: list[int], seed: int) -> Outcome:
+        out = run_llamacpp(models.llamacpp[c.name], ids, config.max_new_tokens, eos)
+        return Outcome(out.tokens, out.target_calls, out.draft_calls, out.seconds, out.finish_reason, None)
+
+    if c.peer and issubclass(c.cls, LlamaCpp):
+        return run_llama
     return run_hf if c.peer else run_strategy
 
 

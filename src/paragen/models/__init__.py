@@ -11,15 +11,22 @@ from paragen.errors import DeviceError, InvalidInputError
 from paragen.models.base import Model, ModelInfo
 from paragen.models.io import builtin_models, load_native, resolve, save_model
 from paragen.models.native import NativeConfig, NativeModel
+from paragen.models.quant import WEIGHT_FORMATS
 from paragen.tokenizer import Tokenizer, has_tokenizer
 
-__all__ = ["Model", "ModelInfo", "NativeConfig", "NativeModel", "builtin_models", "device_of", "load", "parse_device",
-           "save_model"]
+__all__ = ["DTYPES", "DTYPE_CHOICES", "Model", "ModelInfo", "NativeConfig", "NativeModel", "builtin_models", "device_of",
+           "load", "parse_device", "save_model", "torch_dtype"]
 
 BACKENDS = ("native", "hf")
 # Weight dtypes the CLIs offer by name. bfloat16 roughly halves the bytes a decode step
 # reads, which bounds a small model's step on CPU; float16 matmuls are slow on most CPUs.
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
+# Every name --dtype and load(dtype=...) accept: the dtypes, and the weight formats of
+# paragen.models.quant (float32 models whose matmuls read packed weights; native backend only).
+DTYPE_CHOICES = (*DTYPES, *WEIGHT_FORMATS)
+DTYPE_HELP = ("float32 (default) and float64 are exact; fp16-weights (float16 weights, float32 compute) is exact "
+              "for float16-stored models such as the built-ins, and faster; bfloat16 also rounds activations "
+              "(outputs differ); int8-weights is lossy (labelled in stats)")
 
 
 def parse_device(device: str | torch.device) -> torch.device:
@@ -52,30 +59,52 @@ def device_of(model: Model) -> torch.device:
     return device_of(inner) if inner is not None and inner is not model else torch.device("cpu")
 
 
-def load(name_or_path: str | os.PathLike, backend: str = "native", dtype: torch.dtype | None = None,
-         device: str | torch.device = "cpu") -> Model:
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype of a --dtype name (a weight format computes in float32)."""
+    if name not in DTYPE_CHOICES:
+        raise InvalidInputError(f"unknown dtype '{name}': choose one of {', '.join(DTYPE_CHOICES)}")
+    return DTYPES.get(name, torch.float32)
+
+
+def load(
+    name_or_path: str | os.PathLike, backend: str = "native", dtype: torch.dtype | str | None = None,
+    compile: bool = False, device: str | torch.device = "cpu",
+) -> Model:
     """Load a built-in model by name or a Hugging Face model directory, with its tokenizer.
 
     ``backend``: ``"native"`` (paragen's own Llama/Qwen2/Mistral implementation, fastest on CPU)
-    or ``"hf"`` (any transformers causal LM). ``dtype`` defaults to float32. ``device``: where
-    the weights go (``"cpu"``, ``"cuda"``, ``"cuda:1"``...); every strategy then decodes
-    there. A directory without tokenizer files loads with a warning: its prompts must be
-    lists of token ids.
+    or ``"hf"`` (any transformers causal LM). ``dtype``: a torch dtype or a name of
+    ``DTYPE_CHOICES`` (see ``DTYPE_HELP`` for which are exact); float32 by default. A native
+    model runs its packed inference path (``NativeModel.pack``). ``compile=True`` (native
+    only, opt-in) compiles its decode step with static cache shapes (``NativeModel.compile_decode``).
+    ``device``: where the weights go (``"cpu"``, ``"cuda"``, ``"cuda:1"``...); every strategy
+    then decodes there. A directory without tokenizer files loads with a warning: its prompts
+    must be lists of token ids.
     """
     if backend not in BACKENDS:
         raise InvalidInputError(f"unknown backend '{backend}': choose one of {', '.join(BACKENDS)}")
     dev = parse_device(device)
+    weights = dtype if isinstance(dtype, str) and dtype in WEIGHT_FORMATS else None
+    if isinstance(dtype, str):
+        dtype = torch_dtype(dtype)
+    if backend != "native" and (weights or compile):
+        raise InvalidInputError(f"{'compile=True' if compile else weights} runs on the native backend only")
+    if weights and compile:
+        raise InvalidInputError(f"compile=True runs float32 or float64 models, not {weights}: drop one of the two")
+    if weights and dev.type != "cpu":  # their kernels (fbgemm, int8 weight-only) are the CPU's
+        raise DeviceError(f"{weights} is a CPU weight format: on {dev} use --dtype float32 or bfloat16")
     path = resolve(name_or_path)
     dtype = dtype or torch.float32
     tokenizer = Tokenizer.from_dir(path) if has_tokenizer(path) else None
     if backend == "native":
-        model: Model = load_native(path, dtype)
+        model: Model = load_native(path, dtype).to(dev).pack(weights)  # packed (and compiled) where it runs
+        if compile:
+            model.compile_decode()
     else:
         from paragen.models.hf import HFModel
 
         model = HFModel.from_dir(path, dtype)
-    if dev.type != "cpu":
-        (model.module if backend == "hf" else model).to(dev)
+        model.module.to(dev)
     model.tokenizer = tokenizer
     model.name = path.name
     if tokenizer is None:

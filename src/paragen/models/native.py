@@ -10,6 +10,7 @@ dict saves to and loads from ``model.safetensors`` unchanged.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from functools import partial
 from typing import Any
@@ -20,6 +21,7 @@ from torch import nn
 
 from paragen.cache import KVCache
 from paragen.models.base import Model, ModelInfo, expand_mask, window_mask
+from paragen.models.quant import WEIGHT_FORMATS, Linear, fp16_exact, make_linear
 
 
 def gelu_tanh_formula(x: torch.Tensor) -> torch.Tensor:
@@ -112,6 +114,14 @@ class RMSNorm(nn.Module):
         return self.weight * xf.to(x.dtype)
 
 
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """``RMSNorm.forward`` as one fused op in float32 (equal to it bit for bit; checked by
+    tests/test_decode_step.py), and normalised in float32 for other dtypes, as RMSNorm does."""
+    if x.dtype == torch.float32:
+        return F.rms_norm(x, weight.shape, weight, eps)
+    return weight * F.rms_norm(x.float(), weight.shape, None, eps).to(x.dtype)
+
+
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     a, b = x.chunk(2, dim=-1)
     return torch.cat((-b, a), dim=-1)
@@ -175,6 +185,69 @@ class Decoder(nn.Module):
         self.norm = RMSNorm(c.hidden_size, c.rms_norm_eps)
 
 
+@dataclass(frozen=True)
+class PackedLayer:
+    """One block's weights for the packed path: fused q/k/v and gate/up projections."""
+
+    norm1: torch.Tensor
+    qkv: Linear
+    o: Linear
+    norm2: torch.Tensor
+    gate_up: Linear
+    down: Linear
+
+
+@dataclass(frozen=True)
+class Packed:
+    layers: list[PackedLayer]
+    lm_head: Linear
+    weights: str | None  # a format of paragen.models.quant, None for the model's own dtype
+    exact: bool  # computes what the plain path computes (up to summation order)
+    dtype: torch.dtype  # the model dtype it was packed for
+
+
+def _fuse(linears: list[nn.Linear], weights: str | None) -> Linear:
+    """One matmul for several projections of the same input (outputs concatenated)."""
+    weight = torch.cat([m.weight for m in linears])
+    biases = [m.bias for m in linears]
+    bias = None if biases[0] is None else torch.cat(biases)
+    if weights is None:
+        # Share storage: the named parameters become row views of the fused weight.
+        start = 0
+        for m in linears:
+            n = m.weight.shape[0]
+            m.weight.data = weight[start : start + n]
+            if bias is not None:
+                m.bias.data = bias[start : start + n]
+            start += n
+    return make_linear(weight, bias, weights or "native")
+
+
+def _pack_layer(block: Block, c: NativeConfig, weights: str | None) -> PackedLayer:
+    a, m = block.self_attn, block.mlp
+    return PackedLayer(
+        norm1=block.input_layernorm.weight.detach(),
+        qkv=_fuse([a.q_proj, a.k_proj, a.v_proj], weights),
+        o=make_linear(a.o_proj.weight, a.o_proj.bias, weights or "native"),
+        norm2=block.post_attention_layernorm.weight.detach(),
+        gate_up=_fuse([m.gate_proj, m.up_proj], weights),
+        down=make_linear(m.down_proj.weight, m.down_proj.bias, weights or "native"),
+    )
+
+
+class _SlotWriter:
+    """The cache write of the compiled step: new keys/values into slot indices (a tensor, so the
+    compiled graph does not depend on the cache length); attention then reads every slot."""
+
+    def __init__(self, k: list[torch.Tensor], v: list[torch.Tensor], slots: torch.Tensor) -> None:
+        self.k, self.v, self.slots = k, v, slots
+
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.k[layer].index_copy_(2, self.slots, k)
+        self.v[layer].index_copy_(2, self.slots, v)
+        return self.k[layer], self.v[layer]
+
+
 class NativeModel(nn.Module, Model):
     """Llama/Qwen2-style decoder implementing the paragen model contract."""
 
@@ -204,6 +277,8 @@ class NativeModel(nn.Module, Model):
             shift=config.shift,
         )
         self.tokenizer = None
+        self.packed: Packed | None = None  # see pack()
+        self.compiled: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None  # see compile_decode()
 
     def init_weights(self, seed: int = 0, std: float = 0.02) -> NativeModel:
         """GPT-2 style initialisation; residual projections scaled by 1/sqrt(2 * layers)."""
@@ -224,9 +299,13 @@ class NativeModel(nn.Module, Model):
 
     def new_cache(self, batch: int = 1, max_length: int | None = None) -> KVCache:
         c = self.config
+        length = max_length or c.max_position_embeddings
+        if self.compiled is not None:
+            # The compiled step's shapes include the cache's: a few sizes (powers of two from 256)
+            # compile once each, where every generation's own length would recompile.
+            length = min(max(256, 1 << (length - 1).bit_length()), max(length, c.max_position_embeddings))
         return KVCache(
-            c.num_hidden_layers, batch, c.num_key_value_heads, c.head_dim,
-            max_length or c.max_position_embeddings, self.dtype, self.lm_head.weight.device,
+            c.num_hidden_layers, batch, c.num_key_value_heads, c.head_dim, length, self.dtype, self.lm_head.weight.device,
         )
 
     def rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -234,8 +313,8 @@ class NativeModel(nn.Module, Model):
         emb = torch.cat((freqs, freqs), dim=-1)[:, None]  # [B, 1, T, D]
         return emb.cos().to(self.dtype), emb.sin().to(self.dtype)
 
-    def hidden_states(self, tokens, positions, cache=None, mask=None) -> torch.Tensor:
-        """Final-norm hidden states [B, T, H] (for prediction heads)."""
+    def attention_masks(self, tokens, positions, cache, mask) -> tuple[list[torch.Tensor | None], list[bool]]:
+        """Per layer: the attention mask (None: all visible) and whether it is SDPA's built-in causal one."""
         past = 0 if cache is None else cache.length
         T = tokens.shape[1]
         causal = self.config.attention == "causal"
@@ -251,19 +330,159 @@ class NativeModel(nn.Module, Model):
         if any(w is not None for w in windows):
             full = expand_mask(mask, past, T, causal, tokens.device) if is_causal else attn_mask
             windowed = {w: window_mask(full, positions, past, w) for w in set(windows) - {None}}
+        masks = [attn_mask if w is None else windowed[w] for w in windows]
+        return masks, [is_causal and w is None for w in windows]
+
+    def hidden_states(self, tokens, positions, cache=None, mask=None) -> torch.Tensor:
+        """Final-norm hidden states [B, T, H] (for prediction heads)."""
+        masks, causal = self.attention_masks(tokens, positions, cache, mask)
+        if self.packed is not None and not self.training:
+            return self.packed_hidden_states(tokens, positions, cache, masks, causal)
         cos, sin = self.rope(positions)
         x = self.model.embed_tokens(tokens)
         for i, layer in enumerate(self.model.layers):
-            w = windows[i]
-            if w is None:
-                x = layer(x, cos, sin, i, cache, attn_mask, is_causal)
-            else:
-                x = layer(x, cos, sin, i, cache, windowed[w], False)
+            x = layer(x, cos, sin, i, cache, masks[i], causal[i])
         return self.model.norm(x)
 
+    # ------------------------------------------------------------ the packed inference path
+
+    def pack(self, weights: str | None = None) -> NativeModel:
+        """Switch inference to the packed path: q/k/v and gate/up each one matmul, one loop
+        without module calls, fused RMSNorm and rotary ops; ``weights`` a format of
+        ``paragen.models.quant`` (None: the model's own dtype, exact).
+
+        The state dict and its Hugging Face names do not change. With ``weights=None`` the
+        fused projections share storage with the named parameters (these become row views of
+        them), so loading or editing weights in place still reaches the packed path, and a move
+        or cast (``.to()``) packs again; a weight format is a snapshot: pack again after
+        changing weights. ``train()`` unpacks.
+        """
+        if weights is not None and weights not in WEIGHT_FORMATS:
+            raise ValueError(f"unknown weight format '{weights}': choose one of {', '.join(WEIGHT_FORMATS)}")
+        if weights is not None and self.dtype != torch.float32:
+            raise ValueError(f"weight format '{weights}' runs float32 models: load the model in float32")
+        self.packed = None
+        with torch.no_grad():
+            layers = [_pack_layer(block, self.config, weights) for block in self.model.layers]
+            head = make_linear(self.lm_head.weight, None, weights or "native")
+        exact = WEIGHT_FORMATS.get(weights, True)
+        if weights == "fp16-weights":
+            exact = all(fp16_exact(p) for name, p in self.named_parameters() if name.endswith("proj.weight"))
+            exact = exact and fp16_exact(self.lm_head.weight)
+        self.packed = Packed(layers, head, weights, exact, self.dtype)
+        return self
+
+    def unpack(self) -> NativeModel:
+        """Back to the plain module-by-module path (the reference the packed path is tested against)."""
+        self.packed = None
+        return self
+
+    @property
+    def weight_format(self) -> str | None:
+        """The packed weight format ('fp16-weights', 'int8-weights'), with ' (lossy)' where it
+        changes what float32 computes; None for the model's own dtype."""
+        p = self.packed
+        if p is None or p.weights is None:
+            return None
+        return p.weights if p.exact else f"{p.weights} (lossy)"
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        if self.packed is not None:  # .to(), .double(), .cuda() replace the parameters: fuse them again
+            self.pack(self.packed.weights)
+        return self
+
+    def train(self, mode: bool = True) -> NativeModel:
+        if mode:
+            self.packed = None  # training updates the named parameters, not a packed snapshot
+        return super().train(mode)
+
+    # ------------------------------------------------------------ the compiled decode step
+
+    # Calls of at most this many tokens after a filled cache (decoding and verification) run
+    # compiled; prefill and longer calls stay eager. Every distinct length compiles once.
+    COMPILED_MAX_TOKENS = 16
+
+    def compile_decode(self) -> NativeModel:
+        """Opt in to a compiled decode step (gpt-fast's approach): ``torch.compile`` of the packed
+        forward with static shapes, attending over the whole preallocated cache under a mask, so
+        that a call's shapes depend on its token count only, never on the cache length.
+
+        Applies to causal models without sliding windows, for calls of up to
+        ``COMPILED_MAX_TOKENS`` tokens on a cache that holds tokens already; everything else
+        runs the eager path. The first call of each length compiles (seconds to minutes).
+        torch keeps 8 graphs per compiled function (its ``recompile_limit``, left as it is: the
+        setting is process-wide), shared by every compiled model: beyond that (many call lengths,
+        cache sizes or compiled models) a call runs uncompiled, and torch warns.
+        """
+        if self.packed is None:
+            self.pack()
+        if self.packed.weights is not None:
+            # fbgemm's packed fp16 operand is opaque to the compiler: the graph breaks at every
+            # matmul, and measured slower than the eager fp16-weights path.
+            raise ValueError(f"compile=True runs the model's own dtype, not the weight format '{self.packed.weights}'")
+        self.compiled = torch.compile(self._static_forward, dynamic=False)
+        return self
+
+    def static_call(self, tokens: torch.Tensor, cache: KVCache) -> bool:
+        """Whether this call runs the compiled step (see ``compile_decode``)."""
+        # A batch whose rows differ in length writes each row at its own slots (KVCache.write's
+        # scatter): that stays eager.
+        return (self.config.attention == "causal" and not self.sliding and cache.length > 0 and cache.uniform
+                and tokens.shape[1] <= self.COMPILED_MAX_TOKENS)
+
+    def compiled_forward(self, tokens, positions, cache: KVCache, mask) -> tuple[torch.Tensor, torch.Tensor]:
+        """The compiled step: writes slots ``[length, length + T)`` like ``KVCache.write``; (logits, hidden)."""
+        past, T = cache.length, tokens.shape[1]
+        if past + T > cache.max_length:
+            raise IndexError(f"cache overflow: {past + T} slots needed, {cache.max_length} allocated")
+        slots = torch.arange(past, past + T, device=tokens.device)
+        if mask is not None:  # the contract mask over [past + T] keys, widened to every slot of the cache
+            visible = expand_mask(mask, past, T, True, tokens.device)
+            mask = torch.zeros(*visible.shape[:-1], cache.max_length, dtype=torch.bool, device=tokens.device)
+            mask[..., : past + T] = visible
+        return self.compiled(tokens, positions, slots, mask, cache.k, cache.v)
+
+    def _static_forward(self, tokens, positions, slots, mask, ks, vs) -> tuple[torch.Tensor, torch.Tensor]:
+        if mask is None:  # causal: query t sees slots up to its own
+            keys = torch.arange(ks[0].shape[2], device=tokens.device)
+            mask = (keys[None, :] <= slots[:, None])[None, None]
+        n = len(self.packed.layers)
+        hidden = self.packed_hidden_states(tokens, positions, _SlotWriter(ks, vs, slots), [mask] * n, [False] * n)
+        return self.packed.lm_head(hidden), hidden
+
+    def packed_hidden_states(self, tokens, positions, cache, masks, causal) -> torch.Tensor:
+        """``hidden_states`` on the packed weights: the same computation in fewer ops."""
+        p, c = self.packed, self.config
+        if p.dtype != self.dtype:
+            raise RuntimeError(f"the packed weights are {p.dtype} but the model is now {self.dtype}: call pack() again")
+        B, T = tokens.shape
+        h, kv, d, eps = c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.rms_norm_eps
+        cos, sin = self.rope(positions)
+        # rotate_half(x) * sin == x.roll(d/2) * [-sin_lo, sin_hi] bit for bit (a negation is exact).
+        sin = torch.cat((-sin[..., : d // 2], sin[..., d // 2 :]), dim=-1)
+        act = ACTIVATIONS[c.hidden_act]
+        x = self.model.embed_tokens(tokens)
+        for i, layer in enumerate(p.layers):
+            qkv = layer.qkv(rms_norm(x, layer.norm1, eps)).view(B, T, h + 2 * kv, d).transpose(1, 2)
+            qk, v = qkv.split((h + kv, kv), dim=1)
+            qk = qk * cos + qk.roll(d // 2, dims=-1) * sin  # rotary for queries and keys at once
+            q, k = qk.split((h, kv), dim=1)
+            if cache is not None:
+                k, v = cache.write(i, k, v)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=masks[i], is_causal=causal[i], enable_gqa=kv != h)
+            x = x + layer.o(y.transpose(1, 2).reshape(B, T, h * d))
+            gate, up = layer.gate_up(rms_norm(x, layer.norm2, eps)).chunk(2, dim=-1)
+            x = x + layer.down(act(gate) * up)
+        return rms_norm(x, self.model.norm.weight, eps)
+
     def forward(self, tokens, positions, cache=None, mask=None, return_hidden=False):
+        if self.compiled is not None and not self.training and cache is not None and self.static_call(tokens, cache):
+            logits, hidden = self.compiled_forward(tokens, positions, cache, mask)
+            return (logits, hidden) if return_hidden else logits
         hidden = self.hidden_states(tokens, positions, cache, mask)
-        logits = self.lm_head(hidden)
+        packed = self.packed is not None and not self.training
+        logits = self.packed.lm_head(hidden) if packed else self.lm_head(hidden)
         return (logits, hidden) if return_hidden else logits
 
     def head_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
