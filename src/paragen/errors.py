@@ -34,3 +34,7 @@ class ModelLoadError(ParagenError, OSError):
 
 class HeadsMismatchError(ParagenError, ValueError):
     """Prediction heads were trained for another target model, or are missing or of the wrong kind."""
+
+
+class AudioInputError(InvalidInputError):
+    """An audio input is missing, unreadable, not audio, empty, or too long for a speech model."""
