@@ -20,7 +20,7 @@ from paragen.errors import (
     UnsupportedOptionError,
     VocabularyMismatchError,
 )
-from paragen.models import load
+from paragen.models import load as load_lm
 from paragen.models.base import Model
 from paragen.sampling import SamplingParams
 from paragen.strategies import get_strategy
@@ -274,11 +274,32 @@ def stream(
     return Stream(pieces())
 
 
+def load(name_or_path: str | Any, backend: str = "native", dtype: torch.dtype | None = None) -> Any:
+    """A built-in model by name or a model directory (see ``paragen.models.load``); a speech model
+    (``speech-en``, or a directory from ``paragen train speech``) loads as a ``SpeechModel``."""
+    from paragen.models.io import resolve
+    from paragen.speech.model import is_speech_model, load_speech_model
+
+    path = resolve(name_or_path)
+    if is_speech_model(path):
+        model = load_speech_model(path, dtype or torch.float32)
+        model.name = path.name
+        return model
+    return load_lm(name_or_path, backend=backend, dtype=dtype)
+
+
 def generate(model: Model, prompt: str | Sequence[int], strategy: str = "ar", **kwargs: Any) -> Generation:
     """Decode a continuation of ``prompt`` with a strategy; see ``stream`` for the arguments.
 
-    Returns ``Generation(tokens, text, stats)`` with the new tokens only.
+    Returns ``Generation(tokens, text, stats)`` with the new tokens only. Given a speech model,
+    ``prompt`` is the audio (path, bytes or waveform) and this is ``paragen.transcribe``.
     """
+    from paragen.speech.model import SpeechModel
+
+    if isinstance(model, SpeechModel):
+        from paragen.speech.api import transcribe
+
+        return transcribe(model, prompt, strategy, **kwargs)
     it = stream(model, prompt, strategy, **kwargs)
     for _ in it:
         pass

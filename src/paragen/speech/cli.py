@@ -42,8 +42,69 @@ def run_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def decoder_help() -> str:
+    """Every speech decoder, its guarantee and its options, for --help."""
+    from paragen.cli import options_help
+    from paragen.speech.decode import DECODERS
+
+    lines = ["strategies (-o KEY=VALUE for options):"]
+    for name, module in DECODERS.items():
+        lines.append(f"  {name:<14}{module.SUMMARY}{'' if module.LOSSLESS else ' [lossy]'}")
+        lines += options_help(module)
+    return "\n".join(lines)
+
+
 def add_transcribe_parser(sub: argparse._SubParsersAction) -> None:
-    """``paragen transcribe`` (filled in below once decoders exist)."""
+    """``paragen transcribe``."""
+    from paragen.api import DEFAULT_THREADS
+
+    p = sub.add_parser(
+        "transcribe", help="transcribe speech (WAV, FLAC, OGG...) with an AR or NAR decoder",
+        description="Transcribe audio files with a speech model (default: the built-in speech-en) and a decoder; "
+        "print one line of text per file (FILE: text when there are several). Any sample rate is resampled to "
+        "16 kHz; stereo is mixed to mono; at most 30 s per file.",
+        epilog=decoder_help(), formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("files", nargs="+", metavar="FILE", help="audio files, or - to read one file's bytes from standard input")
+    p.add_argument("--model", default="speech-en", help="built-in speech model or directory (default: speech-en)")
+    p.add_argument("--strategy", default="ar", help="decoder (see below; default: ar)")
+    p.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE", help="decoder option (repeatable)")
+    p.add_argument("--threads", type=int, default=DEFAULT_THREADS, help=f"torch CPU threads (default: {DEFAULT_THREADS})")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="one JSON object per file: file, text, stats")
+    out.add_argument("--stats", action="store_true", help="a statistics line per file on stderr")
+
+
+def run_transcribe(args: argparse.Namespace) -> int:
+    """Transcribe each file and print its text (or JSON)."""
+    import json
+
+    import paragen
+    from paragen.api import torch_threads
+    from paragen.errors import InvalidInputError
+    from paragen.speech.api import transcribe
+
+    options = {}
+    for item in args.option:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise InvalidInputError(f"decoder option '{item}' must look like KEY=VALUE")
+        options[key.replace("-", "_")] = value
+    with torch_threads(args.threads):
+        model = paragen.load(args.model)
+        for name in args.files:
+            audio = sys.stdin.buffer.read() if name == "-" else name
+            out = transcribe(model, audio, strategy=args.strategy, **options)
+            if args.json:
+                print(json.dumps({"file": name, "text": out.text, "stats": out.stats.to_dict()}))
+                continue
+            print(f"{name}: {out.text}" if len(args.files) > 1 else out.text, flush=True)
+            if args.stats:
+                s = out.stats
+                print(f"[{s.strategy}: {s.tokens} characters, {s.decoder_calls} decoder calls, {s.encoder_calls} encoder "
+                      f"call, {s.tokens_per_call:.1f} characters/call, {s.seconds * 1000:.0f} ms, RTF {s.rtf:.3f}]",
+                      file=sys.stderr)
+    return 0
 
 
 def add_train_speech_parser(tsub: argparse._SubParsersAction) -> None:
