@@ -138,3 +138,21 @@ def run_train_speech(args: argparse.Namespace) -> int:
         return 130
     print(f"{cfg.out}: {rec['parameters'] / 1e6:.2f}M parameters, {rec['steps']} steps, held-out {rec['heldout_greedy']}")
     return 0
+
+
+def run_speech_bench_args(args: argparse.Namespace, lm_default_strategies: str, lm_default_model: str) -> int:
+    """``paragen bench --task speech[:DIR]``: the bench flags that apply (--strategies, --model, --limit,
+    --threads, --out); the LM defaults of --strategies and --model stand for the speech ones."""
+    from pathlib import Path
+
+    from paragen.speech.bench import DEFAULT_CONTENDERS, DEFAULT_DATA, run_speech_bench, table
+
+    data = args.task.partition(":")[2] or DEFAULT_DATA
+    contenders = DEFAULT_CONTENDERS if args.strategies == lm_default_strategies else args.strategies
+    model = "speech-en" if args.model == lm_default_model else args.model
+    bench = run_speech_bench(model, data, contenders, args.limit, Path(args.out), args.threads,
+                             progress=not args.no_progress, argv=["paragen", *sys.argv[1:]])
+    print(table(bench["summary"]))
+    print(f"wrote {args.out}/bench.json, bench.md and report.html in {bench['seconds']:.0f} s on {args.threads} thread(s)",
+          file=sys.stderr)
+    return 0
