@@ -281,3 +281,53 @@ def test_the_built_in_model_transcribes_a_synthesised_sentence():
     for strategy in ("ar", "ctc", "ctc_draft", "cass_nat"):
         out = paragen.transcribe(model, wave, strategy=strategy)
         assert error_rate([out.text], [sentence], "char") < 0.2, (strategy, out.text)
+
+
+# ---------------------------------------------------------------- data and bench (no espeak-ng)
+
+
+def test_sentences_keep_plain_english_only():
+    text = ("Return the number of items. See RFC 2822 for details. Call foo_bar() first. The HTTPServer class is "
+            "here. Built-in names are looked up last! Too short.")
+    assert data.sentences(text, 3, 14) == ["Return the number of items.", "Built-in names are looked up last!"]
+    assert vocab.normalize("Built-in names: don't 'quote' it.") == "built in names don't quote it"
+
+
+def fake_speech_dir(tmp_path, n: int = 2):
+    """A data directory with the layout of `paragen data speech`, holding tones instead of speech."""
+    import json
+
+    import soundfile as sf
+
+    d = tmp_path / "data"
+    (d / "wav").mkdir(parents=True)
+    (d / "manifest.json").write_text("{}")
+    for name in ("heldout", "heldout_voice"):
+        (d / "wav" / name).mkdir()
+        rows = []
+        for i in range(n):
+            wave = (0.2 * np.sin(2 * np.pi * (200 + 50 * i) * np.arange(12000) / SAMPLE_RATE)).astype(np.float32)
+            sf.write(d / "wav" / name / f"{name}-{i}.wav", wave, SAMPLE_RATE)
+            rows.append({"id": f"{name}-{i}", "text": "a tone", "seconds": 0.75})
+        (d / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return d
+
+
+def test_speech_bench_runs_every_contender_against_ar(tmp_path):
+    from paragen.speech.bench import parse_contenders, run_speech_bench
+
+    labels = [c.label for c in parse_contenders("ctc[beam=3],cass_nat[samples=3;rescore=nar],ctc_draft")]
+    assert labels == ["ar", "ctc[beam=3]", "cass_nat[samples=3;rescore=nar]", "ctc_draft"]
+    with pytest.raises(UnsupportedOptionError):
+        parse_contenders("ar,ctc[width=3]")
+    model_dir = tmp_path / "m"
+    model_dir.mkdir()
+    save_speech_model(tiny(0).float(), model_dir, dtype=torch.float32)
+    bench = run_speech_bench(str(model_dir), str(fake_speech_dir(tmp_path)), "ar,ctc,ctc_draft,mask_predict,cass_nat", 2,
+                             tmp_path / "out", threads=1, progress=False)
+    for rows in bench["summary"].values():
+        by = {s["strategy"]: s for s in rows}
+        assert by["ctc_draft"]["exact"] == 1.0 and by["ar"]["exact"] == 1.0
+        assert by["ctc"]["decoder_calls"] == 0 and by["cass_nat"]["decoder_calls"] == 1
+        assert by["mask_predict"]["decoder_calls"] == 4 or by["mask_predict"]["chars_per_call"] == 0
+    assert {p.name for p in (tmp_path / "out").iterdir()} >= {"bench.json", "bench.md", "report.html"}
