@@ -331,3 +331,18 @@ def test_speech_bench_runs_every_contender_against_ar(tmp_path):
         assert by["ctc"]["decoder_calls"] == 0 and by["cass_nat"]["decoder_calls"] == 1
         assert by["mask_predict"]["decoder_calls"] == 4 or by["mask_predict"]["chars_per_call"] == 0
     assert {p.name for p in (tmp_path / "out").iterdir()} >= {"bench.json", "bench.md", "report.html"}
+
+
+def test_load_generate_and_transcribe_for_a_speech_model(tmp_path):
+    import paragen
+    from paragen.errors import InvalidInputError
+
+    save_speech_model(tiny(0).float(), tmp_path, dtype=torch.float32)
+    model = paragen.load(str(tmp_path))
+    assert isinstance(model, SpeechModel)
+    wave = (0.2 * np.sin(np.arange(12000) / 7)).astype(np.float32)
+    a = paragen.generate(model, wave, strategy="ctc_draft")
+    b = paragen.transcribe(model, wave, strategy="ar")
+    assert a.tokens == b.tokens and a.stats.encoder_calls == 1
+    with pytest.raises(InvalidInputError, match="speech model"):
+        paragen.stream(model, "def f():")

@@ -231,6 +231,11 @@ def stream(
     Every argument is checked here, before the first token. Batch size is one: a list of
     prompts is not accepted (call once per prompt).
     """
+    from paragen.speech.model import SpeechModel
+
+    if isinstance(model, SpeechModel):
+        raise InvalidInputError("this is a speech model: transcribe audio with paragen.transcribe(model, audio) or "
+                                "`paragen transcribe FILE.wav`")
     cls = get_strategy(strategy)
     opts = make_options(cls, options)
     sampling = _check_sampling(temperature, top_k, top_p)
