@@ -89,12 +89,14 @@ def summarize(records: dict[str, dict[str, list[dict]]], rows: list[dict]) -> li
         n = len(recs)
         hyps = [r["text"] for r in recs]
         secs, dsecs = sum(r["seconds"] for r in recs), sum(r["decode_seconds"] for r in recs)
+        calls = sum(r["decoder_calls"] for r in recs)
         out.append({
             "strategy": label, "utterances": n, "wer": error_rate(hyps, refs, "word"), "cer": error_rate(hyps, refs, "char"),
             "exact": sum(h == a["text"] for h, a in zip(hyps, ar, strict=True)) / n,
             "decoder_calls": sum(r["decoder_calls"] for r in recs) / n,
             "encoder_calls": sum(r["encoder_calls"] for r in recs) / n,
-            "chars_per_call": sum(r["tokens"] for r in recs) / max(1, sum(r["decoder_calls"] for r in recs)),
+            # None for CTC, which makes no decoder call
+            "chars_per_call": sum(r["tokens"] for r in recs) / calls if calls else None,
             "rtf": secs / sum(r["audio_seconds"] for r in recs),
             "speedup": sum(r["seconds"] for r in ar) / secs,
             "decode_speedup": sum(r["decode_seconds"] for r in ar) / max(dsecs, 1e-9),
@@ -102,12 +104,16 @@ def summarize(records: dict[str, dict[str, list[dict]]], rows: list[dict]) -> li
     return out
 
 
+def per_call(s: dict) -> str:
+    return "-" if s["chars_per_call"] is None else f"{s['chars_per_call']:.1f}"
+
+
 def table(summary: dict[str, list[dict]]) -> str:
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for name, rows in summary.items():
         for s in rows:
             lines.append(f"| {name} | {s['strategy']} | {s['wer']:.3f} | {s['cer']:.3f} | {s['exact']:.2f} | "
-                         f"{s['decoder_calls']:.2f} | {s['encoder_calls']:.2f} | {s['chars_per_call']:.1f} | {s['rtf']:.4f} | "
+                         f"{s['decoder_calls']:.2f} | {s['encoder_calls']:.2f} | {per_call(s)} | {s['rtf']:.4f} | "
                          f"{s['speedup']:.1f}x | {s['decode_speedup']:.1f}x |")
     return "\n".join(lines)
 
@@ -138,7 +144,7 @@ def html_report(bench: dict, summary: dict[str, list[dict]]) -> str:
     from paragen.bench.report import _html_table
 
     rows = [[name, s["strategy"], f"{s['wer']:.3f}", f"{s['cer']:.3f}", f"{s['exact']:.2f}", f"{s['decoder_calls']:.2f}",
-             f"{s['encoder_calls']:.2f}", f"{s['chars_per_call']:.1f}", f"{s['rtf']:.4f}", f"{s['speedup']:.1f}x",
+             f"{s['encoder_calls']:.2f}", per_call(s), f"{s['rtf']:.4f}", f"{s['speedup']:.1f}x",
              f"{s['decode_speedup']:.1f}x"] for name, rs in summary.items() for s in rs]
     env = bench["environment"]
     return (f"<!doctype html><meta charset=utf-8><title>paragen speech bench</title><body style='font-family:sans-serif'>"

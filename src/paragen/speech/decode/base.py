@@ -68,9 +68,9 @@ class SpeechStats:
         return self.seconds / self.audio_seconds if self.audio_seconds else float("nan")
 
     @property
-    def tokens_per_call(self) -> float:
-        """Characters per decoder call (CTC makes none: reported as the token count)."""
-        return self.tokens / self.decoder_calls if self.decoder_calls else float(self.tokens)
+    def tokens_per_call(self) -> float | None:
+        """Characters per decoder call; None for a decoder that made none (CTC)."""
+        return self.tokens / self.decoder_calls if self.decoder_calls else None
 
     def to_dict(self) -> dict:
         return {"strategy": self.strategy, "encoder_calls": self.encoder_calls, "decoder_calls": self.decoder_calls,
