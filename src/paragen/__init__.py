@@ -16,14 +16,16 @@ if TYPE_CHECKING:
     from paragen.api import Stream, generate, load, stream
     from paragen.driver import Generation, Stats
     from paragen.heads import load_heads
+    from paragen.speech.api import transcribe
     from paragen.strategies import STRATEGIES
 
-__all__ = ["STRATEGIES", "Generation", "ParagenError", "Stats", "Stream", "generate", "load", "load_heads", "stream"]
+__all__ = ["STRATEGIES", "Generation", "ParagenError", "Stats", "Stream", "generate", "load", "load_heads", "stream",
+           "transcribe"]
 __version__ = "0.1.0"
 
 _HOME = {"generate": "paragen.api", "load": "paragen.api", "stream": "paragen.api", "Stream": "paragen.api",
          "Generation": "paragen.driver", "Stats": "paragen.driver", "STRATEGIES": "paragen.strategies",
-         "load_heads": "paragen.heads"}
+         "load_heads": "paragen.heads", "transcribe": "paragen.speech.api"}
 
 
 def __getattr__(name: str) -> Any:

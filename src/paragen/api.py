@@ -23,7 +23,8 @@ from paragen.errors import (
     VocabularyMismatchError,
 )
 from paragen.heads.io import default_heads
-from paragen.models import device_of, load
+from paragen.models import device_of
+from paragen.models import load as load_lm
 from paragen.models.base import Model
 from paragen.sampling import SamplingParams
 from paragen.strategies import get_strategy
@@ -357,6 +358,11 @@ def stream(
     could use, and such a server admits new requests into a running batch (continuous
     batching), which a fixed list of prompts does not give.
     """
+    from paragen.speech.model import SpeechModel
+
+    if isinstance(model, SpeechModel):
+        raise InvalidInputError("this is a speech model: transcribe audio with paragen.transcribe(model, audio) or "
+                                "`paragen transcribe FILE.wav`")
     if _batch(prompt) is not None:
         raise InvalidInputError("stream() decodes one prompt: pass a list of prompts to generate() instead")
     return Stream(_text(_prepare(model, [prompt], strategy, max_new_tokens, temperature, top_k, top_p, seed, stop,
@@ -378,8 +384,15 @@ def generate(
     equal token for token to decoding that prompt alone (greedy). A sampled row is
     distributed exactly as alone, but draws other random numbers than alone with the same
     seed (the rows share one generator). ``ar``, ``speculative`` and ``lookup`` decode
-    batches; the other strategies take a batch of one.
+    batches; the other strategies take a batch of one. Given a speech model, ``prompt`` is the
+    audio (path, bytes or waveform) and this is ``paragen.transcribe``.
     """
+    from paragen.speech.model import SpeechModel
+
+    if isinstance(model, SpeechModel):
+        from paragen.speech.api import transcribe
+
+        return transcribe(model, prompt, strategy, **kwargs)
     known = {"max_new_tokens": 128, "temperature": 0.0, "top_k": None, "top_p": None, "seed": None, "stop": None,
              "draft": None, "heads": None}
     args = {name: kwargs.pop(name, default) for name, default in known.items()}
@@ -395,6 +408,25 @@ def _run(pieces: Generator[Any, None, Any]) -> Any:
             next(pieces)
         except StopIteration as done:
             return done.value
+
+
+def load(name_or_path: str | Any, backend: str = "native", dtype: torch.dtype | str | None = None,
+         compile: bool = False, device: str | torch.device = "cpu") -> Any:
+    """A built-in model by name or a model directory (see ``paragen.models.load`` for the
+    arguments); a speech model (``speech-en``, or a directory from ``paragen train speech``)
+    loads as a ``SpeechModel``, on the CPU, in float32 or float64."""
+    from paragen.models.io import resolve
+    from paragen.speech.model import is_speech_model, load_speech_model
+
+    path = resolve(name_or_path)
+    if is_speech_model(path):
+        if compile or str(device) != "cpu" or isinstance(dtype, str):
+            raise InvalidInputError("speech models load on the CPU, uncompiled, as a torch dtype: drop compile, "
+                                    "device and weight formats")
+        model = load_speech_model(path, dtype or torch.float32)
+        model.name = path.name
+        return model
+    return load_lm(name_or_path, backend=backend, dtype=dtype, compile=compile, device=device)
 
 
 @contextlib.contextmanager

@@ -182,6 +182,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_parser(sub)
     add_bench_parser(sub)
     add_serve_parser(sub)
+    from paragen.speech.cli import add_data_parser, add_transcribe_parser
+
+    add_data_parser(sub)
+    add_transcribe_parser(sub)
     return p
 
 
@@ -220,6 +224,10 @@ def run(argv: list[str] | None) -> int:
         from paragen.train.cli import run_train
 
         return run_train(args)
+    if args.command in ("data", "transcribe"):
+        from paragen.speech import cli as speech_cli
+
+        return speech_cli.run_data(args) if args.command == "data" else speech_cli.run_transcribe(args)
     if args.command == "serve":
         from paragen.serve.cli import run_serve
 

@@ -38,3 +38,7 @@ class HeadsMismatchError(ParagenError, ValueError):
 
 class DeviceError(ParagenError, ValueError):
     """A device that does not exist here, or models (a target and its draft) on different devices."""
+
+
+class AudioInputError(InvalidInputError):
+    """An audio input is missing, unreadable, not audio, empty, or too long for a speech model."""

@@ -43,7 +43,8 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
                    help=f"comma-separated strategies and peers, or all (default: {DEFAULT_STRATEGIES})")
     p.add_argument("--task", default=DEFAULTS.task,
                    help=f"task set: {', '.join(TASKS)}, or file:PATH for your own prompts (JSON Lines with a "
-                   f"\"prompt\" field per line if PATH ends in .jsonl, else one prompt per line; default: {DEFAULTS.task})")
+                   f"\"prompt\" field per line if PATH ends in .jsonl, else one prompt per line; speech[:DIR] for the "
+                   f"speech decoders on the held-out sets of a `paragen data speech` DIR; default: {DEFAULTS.task})")
     p.add_argument("--limit", type=int, default=None, help="first N prompts only (default: all)")
     p.add_argument("--max-new-tokens", type=int, default=DEFAULTS.max_new_tokens,
                    help=f"tokens per prompt at most (default: {DEFAULTS.max_new_tokens})")
@@ -98,6 +99,10 @@ def run_bench(args: argparse.Namespace) -> int:
     from paragen.bench.report import bench_json, bench_markdown, html_report, markdown_table, write_atomic
     from paragen.bench.run import run
 
+    if args.task == "speech" or args.task.startswith("speech:"):
+        from paragen.speech.cli import run_speech_bench_args
+
+        return run_speech_bench_args(args, DEFAULT_STRATEGIES, DEFAULTS.model)
     config = config_from_args(args)
     result = run(config, progress=not args.no_progress, argv=["paragen", *sys.argv[1:]])
     out = Path(args.out)

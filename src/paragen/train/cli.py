@@ -53,7 +53,7 @@ def add_stop_at(parser: argparse.ArgumentParser) -> None:
 def add_train_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a tokenizer or a model on Python source",
                        description="Train paragen's own models.")
-    tsub = p.add_subparsers(dest="what", required=True, metavar="{tokenizer,lm,diffusion,heads,distill,corpus}")
+    tsub = p.add_subparsers(dest="what", required=True, metavar="{tokenizer,lm,diffusion,heads,distill,corpus,speech}")
 
     t = tsub.add_parser("tokenizer", help="train the byte-level BPE tokenizer",
                         description="Train a byte-level BPE tokenizer on the training split.")
@@ -77,6 +77,9 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     add_heads_parser(tsub)
     add_distill_parser(tsub)
     add_corpus_parser(tsub)
+    from paragen.speech.cli import add_train_speech_parser
+
+    add_train_speech_parser(tsub)
 
 
 def add_diffusion_parser(tsub: argparse._SubParsersAction) -> None:
@@ -255,6 +258,10 @@ def run_train(args: argparse.Namespace) -> int:
         return run_train_distill(args)
     if args.what == "corpus":
         return run_train_corpus(args)
+    if args.what == "speech":
+        from paragen.speech.cli import run_train_speech
+
+        return run_train_speech(args)
     from paragen.train.lm import train_lm
 
     cfg = config_from_args(TrainConfig, args)

@@ -1,0 +1,88 @@
+"""CTC alignments: best-path collapse, Viterbi forced alignment, and token segments.
+
+An alignment gives every encoder frame a label or the blank. Collapsing it (merge runs of
+the same label, then drop blanks; Graves et al. 2006, sec. 3.1) gives the tokens; the frames
+it assigns to each token are that token's segment, from which CASS-NAT pools a token-level
+acoustic embedding (Fan et al. 2021). Here token i's segment is every frame after the end
+of token i-1's run up to the end of its own run (the blanks before a token belong to it);
+trailing blanks belong to the last token.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from paragen.speech.vocab import BLANK
+
+
+def collapse(labels: list[int]) -> list[int]:
+    """Merge repeated labels, then drop blanks: [a, a, -, a, b, b] -> [a, a, b]."""
+    out, prev = [], None
+    for x in labels:
+        if x != prev and x != BLANK:
+            out.append(x)
+        prev = x
+    return out
+
+
+def segments(labels: torch.Tensor, valid: torch.Tensor) -> tuple[list[list[int]], torch.Tensor]:
+    """Tokens and segments of frame labels [B, S] (valid [B, S] False on padding frames).
+
+    Returns the collapsed tokens of each row and segments [B, L, S] bool (L = longest row;
+    a row's padding tokens have empty segments).
+    """
+    B, S = labels.shape
+    labels = labels.masked_fill(~valid, BLANK)
+    nxt = torch.cat([labels[:, 1:], torch.full((B, 1), -1, dtype=labels.dtype, device=labels.device)], 1)
+    run_end = (labels != BLANK) & (labels != nxt)  # [B, S] the last frame of each token's run
+    n_tok = run_end.sum(1)
+    L = max(int(n_tok.max()), 1)
+    owner = run_end.long().cumsum(1) - run_end.long()  # runs ended before each frame = its token
+    owner = torch.minimum(owner, (n_tok - 1).clamp_min(0)[:, None])
+    seg = (owner[:, None, :] == torch.arange(L, device=labels.device)[None, :, None]) & valid[:, None, :]
+    seg &= (torch.arange(L, device=labels.device)[None, :] < n_tok[:, None])[:, :, None]
+    tokens = [labels[b][run_end[b]].tolist() for b in range(B)]
+    return tokens, seg
+
+
+def viterbi(log_probs: torch.Tensor, frames: torch.Tensor, targets: list[list[int]]) -> torch.Tensor:
+    """The most likely CTC alignment of each target: frame labels [B, S].
+
+    log_probs [B, S, V], frames [B] valid frames per row. Dynamic programming over the
+    extended label sequence (blank, y1, blank, y2, ..., blank) as in the CTC forward pass with
+    max for sum (Graves et al. 2006, sec. 4.1). A row whose target cannot fit its frames gets
+    an all-blank alignment (its caller sees zero tokens and skips it).
+    """
+    B, S, V = log_probs.shape
+    N = 2 * max(max((len(t) for t in targets), default=0), 1) + 1
+    ext = torch.full((B, N), BLANK, dtype=torch.long)
+    for b, t in enumerate(targets):
+        ext[b, 1 : 2 * len(t) : 2] = torch.tensor(t, dtype=torch.long)
+    n_ext = torch.tensor([2 * len(t) + 1 for t in targets])
+    emit = log_probs.float().gather(2, ext[:, None, :].expand(B, S, N).to(log_probs.device)).cpu()  # [B, S, N]
+    neg = torch.tensor(float("-inf"))
+    skip_ok = torch.zeros(B, N, dtype=torch.bool)  # may jump from n-2 to n: a label differing from the one before
+    skip_ok[:, 2:] = (ext[:, 2:] != BLANK) & (ext[:, 2:] != ext[:, :-2])
+    delta = torch.full((B, N), float("-inf"))
+    delta[:, :2] = emit[:, 0, :2]
+    back = torch.zeros(B, S, N, dtype=torch.long)
+    final = delta.clone()
+    for t in range(1, S):
+        stay, step = delta, torch.cat([torch.full((B, 1), neg), delta[:, :-1]], 1)
+        jump = torch.cat([torch.full((B, 2), neg), delta[:, :-2]], 1).masked_fill(~skip_ok, neg)
+        best, arg = torch.stack([stay, step, jump], -1).max(-1)
+        delta = best + emit[:, t]
+        back[:, t] = arg
+        done = frames == t + 1
+        final[done] = delta[done]
+    labels = torch.full((B, S), BLANK, dtype=torch.long)
+    for b in range(B):
+        T, n = int(frames[b]), int(n_ext[b])
+        ends = final[b, n - 2 : n] if n > 1 else final[b, :1]
+        if not torch.isfinite(ends).any():
+            continue
+        state = n - 2 + int(ends.argmax()) if n > 1 else 0
+        for t in range(T - 1, -1, -1):
+            labels[b, t] = ext[b, state]
+            state -= int(back[b, t, state])
+    return labels

@@ -1,0 +1,158 @@
+"""The speech commands: ``paragen data speech``, ``paragen train speech``, ``paragen transcribe``.
+
+The top-level parser (``paragen.cli``) registers them with the ``add_*`` functions here and
+hands the parsed arguments to the ``run_*`` ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_data_parser(sub: argparse._SubParsersAction) -> None:
+    """``paragen data speech``."""
+    from paragen.speech.data import SpeechDataConfig
+    from paragen.train.cli import add_config_flags
+
+    p = sub.add_parser("data", help="build a data set (speech: synthesised with espeak-ng)",
+                       description="Build a data set for paragen's own models.")
+    dsub = p.add_subparsers(dest="what", required=True, metavar="{speech}")
+    s = dsub.add_parser(
+        "speech", help="synthesise an English speech corpus with espeak-ng",
+        description="Speak standard-library docstring and comment sentences with espeak-ng (needs the espeak-ng "
+        "program: apt-get install espeak-ng) in several voices, rates and pitches; write 16 kHz log-mel features, "
+        "manifests and held-out WAVs. Held-out sets: unseen sentences (files held out as in the LM corpus) in the "
+        "training voices, and the same sentences in an unseen voice. Written atomically.",
+    )
+    s.add_argument("--out", required=True, help="output directory")
+    s.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_config_flags(s, SpeechDataConfig, skip={"out"})
+
+
+def run_data(args: argparse.Namespace) -> int:
+    """Build the speech corpus and print its size."""
+    from paragen.speech.data import SpeechDataConfig, build_speech_data
+    from paragen.train.cli import config_from_args
+
+    cfg = config_from_args(SpeechDataConfig, args)
+    m = build_speech_data(cfg, progress=not args.quiet, command="paragen " + " ".join(sys.argv[1:]))
+    sizes = ", ".join(f"{k} {v['utterances']} utterances ({v['hours'] * 60:.0f} min)" for k, v in m["splits"].items())
+    print(f"{cfg.out}: {sizes}")
+    return 0
+
+
+def decoder_help() -> str:
+    """Every speech decoder, its guarantee and its options, for --help."""
+    from paragen.cli import options_help
+    from paragen.speech.decode import DECODERS
+
+    lines = ["strategies (-o KEY=VALUE for options):"]
+    for name, module in DECODERS.items():
+        lines.append(f"  {name:<14}{module.SUMMARY}{'' if module.LOSSLESS else ' [lossy]'}")
+        lines += options_help(module)
+    return "\n".join(lines)
+
+
+def add_transcribe_parser(sub: argparse._SubParsersAction) -> None:
+    """``paragen transcribe``."""
+    from paragen.api import DEFAULT_THREADS
+
+    p = sub.add_parser(
+        "transcribe", help="transcribe speech (WAV, FLAC, OGG...) with an AR or NAR decoder",
+        description="Transcribe audio files with a speech model (default: the built-in speech-en) and a decoder; "
+        "print one line of text per file (FILE: text when there are several). Any sample rate is resampled to "
+        "16 kHz; stereo is mixed to mono; at most 30 s per file.",
+        epilog=decoder_help(), formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("files", nargs="+", metavar="FILE", help="audio files, or - to read one file's bytes from standard input")
+    p.add_argument("--model", default="speech-en", help="built-in speech model or directory (default: speech-en)")
+    p.add_argument("--strategy", default="ar", help="decoder (see below; default: ar)")
+    p.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE", help="decoder option (repeatable)")
+    p.add_argument("--threads", type=int, default=DEFAULT_THREADS, help=f"torch CPU threads (default: {DEFAULT_THREADS})")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="one JSON object per file: file, text, stats")
+    out.add_argument("--stats", action="store_true", help="a statistics line per file on stderr")
+
+
+def run_transcribe(args: argparse.Namespace) -> int:
+    """Transcribe each file and print its text (or JSON)."""
+    import json
+
+    import paragen
+    from paragen.api import torch_threads
+    from paragen.errors import InvalidInputError
+    from paragen.speech.api import transcribe
+
+    options = {}
+    for item in args.option:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise InvalidInputError(f"decoder option '{item}' must look like KEY=VALUE")
+        options[key.replace("-", "_")] = value
+    with torch_threads(args.threads):
+        model = paragen.load(args.model)
+        for name in args.files:
+            audio = sys.stdin.buffer.read() if name == "-" else name
+            out = transcribe(model, audio, strategy=args.strategy, **options)
+            if args.json:
+                print(json.dumps({"file": name, "text": out.text, "stats": out.stats.to_dict()}))
+                continue
+            print(f"{name}: {out.text}" if len(args.files) > 1 else out.text, flush=True)
+            if args.stats:
+                s = out.stats
+                per_call = "-" if s.tokens_per_call is None else f"{s.tokens_per_call:.1f}"
+                print(f"[{s.strategy}: {s.tokens} characters, {s.decoder_calls} decoder calls, {s.encoder_calls} encoder "
+                      f"call, {per_call} characters/call, {s.seconds * 1000:.0f} ms, RTF {s.rtf:.3f}]", file=sys.stderr)
+    return 0
+
+
+def add_train_speech_parser(tsub: argparse._SubParsersAction) -> None:
+    """``paragen train speech``."""
+    from paragen.speech.train import SpeechTrainConfig
+    from paragen.train.cli import add_config_flags, add_stop_at
+
+    t = tsub.add_parser(
+        "speech", help="train the speech encoder-decoder (CTC + attention + NAR decoders)",
+        description="Train a conv-subsampling transformer encoder with a CTC head, an AR attention decoder and a NAR "
+        "decoder (mask-predict and CASS-NAT) jointly (ESPnet-style CTC + attention loss plus the NAR losses) on a "
+        "directory from `paragen data speech`. Same optimiser, schedule, checkpoints, budget and --resume as "
+        "`train lm`; held-out CER/WER of CTC greedy and AR greedy at every evaluation.",
+    )
+    t.add_argument("--data", required=True, help="directory from `paragen data speech`")
+    t.add_argument("--out", required=True, help="output model directory")
+    t.add_argument("--resume", action="store_true", help="continue from the checkpoint beside --out")
+    add_stop_at(t)
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_config_flags(t, SpeechTrainConfig, skip={"data", "out"})
+
+
+def run_train_speech(args: argparse.Namespace) -> int:
+    """Train and print the held-out result."""
+    from paragen.speech.train import SpeechTrainConfig, train_speech
+    from paragen.train.cli import config_from_args, train_or_resume_hint
+
+    cfg = config_from_args(SpeechTrainConfig, args)
+    rec = train_or_resume_hint(train_speech, cfg, args)
+    if rec is None:
+        return 130
+    print(f"{cfg.out}: {rec['parameters'] / 1e6:.2f}M parameters, {rec['steps']} steps, held-out {rec['heldout_greedy']}")
+    return 0
+
+
+def run_speech_bench_args(args: argparse.Namespace, lm_default_strategies: str, lm_default_model: str) -> int:
+    """``paragen bench --task speech[:DIR]``: the bench flags that apply (--strategies, --model, --limit,
+    --threads, --out); the LM defaults of --strategies and --model stand for the speech ones."""
+    from pathlib import Path
+
+    from paragen.speech.bench import DEFAULT_CONTENDERS, DEFAULT_DATA, run_speech_bench, table
+
+    data = args.task.partition(":")[2] or DEFAULT_DATA
+    contenders = DEFAULT_CONTENDERS if args.strategies == lm_default_strategies else args.strategies
+    model = "speech-en" if args.model == lm_default_model else args.model
+    bench = run_speech_bench(model, data, contenders, args.limit, Path(args.out), args.threads,
+                             progress=not args.no_progress, argv=["paragen", *sys.argv[1:]])
+    print(table(bench["summary"]))
+    print(f"wrote {args.out}/bench.json, bench.md and report.html in {bench['seconds']:.0f} s on {args.threads} thread(s)",
+          file=sys.stderr)
+    return 0

@@ -1,0 +1,38 @@
+"""``ar``: the attention decoder, greedy, one token per call with its KV cache (the reference)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from paragen.speech import vocab
+from paragen.speech.decode.base import CountedSpeechModel, max_length
+from paragen.speech.model import Encoded
+
+NAME = "ar"
+SUMMARY = "attention decoder, greedy, one character per decoder call, KV cache (the reference)"
+LOSSLESS = True
+
+
+@dataclass(frozen=True)
+class Options:
+    """``ar`` has no settings: greedy decoding up to the shared length limit."""
+
+
+@torch.no_grad()
+def decode(model: CountedSpeechModel, enc: Encoded, options: Options) -> list[int]:
+    """Greedy AR decoding of one encoded utterance until EOS or ``max_length``."""
+    limit = max_length(enc)
+    cache = model.new_cache(1, limit + 1)
+    out: list[int] = []
+    tok = vocab.EOS  # the decoder starts from EOS (its start-of-sequence symbol)
+    while len(out) < limit:
+        logits = model.decode(torch.tensor([[tok]], device=model.device), torch.tensor([[len(out)]], device=model.device),
+                              enc, cache)
+        cache.commit(1)
+        tok = int(logits[0, -1].argmax())
+        if tok == vocab.EOS:
+            break
+        out.append(tok)
+    return out

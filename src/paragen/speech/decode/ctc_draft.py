@@ -1,0 +1,87 @@
+"""``ctc_draft``: the CTC hypothesis as a draft that the AR decoder verifies, lossless.
+
+One decoder call feeds the last committed character and the whole draft; greedy chain
+verification (``paragen.verify.greedy_accept``) keeps the longest prefix on which the AR
+decoder's argmax agrees and adds the decoder's own next character (a correction, or the
+bonus: EOS when the whole draft was right). The output is therefore exactly ``ar`` greedy's,
+whatever the draft; the draft only decides how many calls it takes: one when CTC and the
+decoder agree on the utterance.
+
+After a correction the rest of the CTC hypothesis is re-aimed at the committed text: if the
+correction equals the draft's next character, CTC had inserted one (skip it), otherwise it
+substituted one (skip the wrong one); a missed character costs a call or two until the
+decoder and the draft line up again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from paragen.speech import align, vocab
+from paragen.speech.decode.base import CountedSpeechModel, ctc_best_path, max_length
+from paragen.speech.model import Encoded
+from paragen.verify import greedy_accept
+
+NAME = "ctc_draft"
+SUMMARY = "CTC greedy hypothesis drafted, verified by the attention decoder in one call (lossless: equals ar)"
+LOSSLESS = True
+
+
+@dataclass(frozen=True)
+class Options:
+    """``ctc_draft`` has no settings: the draft is the CTC greedy hypothesis."""
+
+
+@torch.no_grad()
+def verify_drafts(model: CountedSpeechModel, enc: Encoded, drafter: Callable[[list[int], list[int] | None], list[int]],
+                  limit: int) -> list[int]:
+    """AR greedy output of one utterance, verified chain by chain.
+
+    ``drafter(committed, rejected)`` proposes the characters after ``committed`` (``rejected``:
+    the draft the last call refuted, from its first wrong character on; None at the start).
+    """
+    dev = model.device
+    cache = model.new_cache(1, limit + 2)
+    out: list[int] = []
+    last, rejected = vocab.EOS, None
+    while len(out) < limit:
+        # 1. propose: at most up to the length limit
+        draft = drafter(out, rejected)[: limit - len(out)]
+        # 2. verify: [last, d1..dk] at positions n..n+k gives the argmax after each prefix
+        tokens = torch.tensor([[last, *draft]], device=dev)
+        positions = torch.arange(len(out), len(out) + len(draft) + 1, device=dev)[None]
+        argmax = model.decode(tokens, positions, enc, cache)[0].argmax(-1).tolist()
+        a, nxt = greedy_accept(draft, argmax)
+        # 3. commit: last and the accepted drafts are now in the cache; nxt is the new last
+        cache.commit(1 + a)
+        out += draft[:a]
+        if nxt == vocab.EOS or len(out) >= limit:
+            break
+        out.append(nxt)
+        last, rejected = nxt, draft[a:]
+    return out[:limit]
+
+
+def ctc_drafter(hypothesis: list[int]) -> Callable[[list[int], list[int] | None], list[int]]:
+    """A drafter that proposes the rest of ``hypothesis``, re-aimed after each correction."""
+    state = {"rest": hypothesis}
+
+    def drafter(committed: list[int], rejected: list[int] | None) -> list[int]:
+        if rejected is not None:
+            correction = committed[-1]
+            if len(rejected) > 1 and rejected[1] == correction:
+                state["rest"] = rejected[2:]  # CTC inserted rejected[0]
+            else:
+                state["rest"] = rejected[1:]  # CTC substituted rejected[0] (or the draft had ended)
+        return state["rest"]
+
+    return drafter
+
+
+def decode(model: CountedSpeechModel, enc: Encoded, options: Options) -> list[int]:
+    """ar-greedy-identical transcription of one encoded utterance, drafted by CTC."""
+    labels, _ = ctc_best_path(enc)
+    return verify_drafts(model, enc, ctc_drafter(align.collapse(labels.tolist())), max_length(enc))
