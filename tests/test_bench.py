@@ -179,7 +179,7 @@ def test_contenders_add_ar_and_validate_names_and_options():
         (["--model-for", "ar=elsewhere"], "'ar' runs on --model"),
         (["--model-for", "jacobi=elsewhere"], "--model-for 'jacobi', which is not benchmarked"),
         (["--model-for", "lookup"], "STRATEGY=MODEL"),
-        (["--strategies", "medusa"], "give them with --heads medusa=DIR"),
+        (["--model", "my-model", "--strategies", "medusa"], "none are built in for --model: give them with --heads medusa=DIR"),
         (["--heads", "medusa=somewhere"], "--heads 'medusa', which is not benchmarked"),
         (["--strategies", "jacobi", "--temperature", "0.5"], "'jacobi' is greedy-only"),
         (["--temperature", "0.5", "--top-p", "1.5"], "--top-p must be in (0, 1]"),
