@@ -319,6 +319,9 @@ def test_builtin_heads_by_name_and_by_default():
     heads = paragen.load_heads("code-target-eagle", target)
     assert heads.kind == "eagle" and heads.proj.data_ptr() == target.head_weights()[1].data_ptr()
     assert default_heads(target, ("hydra",)).kind == "hydra"
+    assert default_heads(target, ("hydra",)) is default_heads(target, ("hydra",))  # loaded once per model
+    wide = default_heads(target.double(), ("hydra",))  # a cast rebinds them to the new weights
+    assert wide.proj.dtype == torch.float64 and wide.proj.data_ptr() == target.head_weights()[1].data_ptr()
     assert default_heads(TARGET, ("hydra",)) is None  # not a built-in model: nothing by default
     with pytest.raises(HeadsMismatchError, match="trained for code-target"):
         paragen.load_heads("code-target-medusa", paragen.load("code-draft"))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -94,10 +95,20 @@ def default_heads(model: Model, kinds: tuple[str, ...]) -> Heads | None:
     name = builtin_heads_for(getattr(model, "name", ""), kinds)
     if name is None:
         return None
+    loaded = _DEFAULTS.setdefault(model, {})
+    heads = loaded.get(name)
+    if heads is not None and heads.proj.data_ptr() == model.head_weights()[1].data_ptr():
+        return heads  # still bound to the model's weights (a cast or a move reloads them)
     try:
-        return load_heads(name, model)
+        loaded[name] = heads = load_heads(name, model)
     except HeadsMismatchError:
         return None
+    return heads
+
+
+# The built-in heads loaded for each model, by name: generate() on a built-in target would
+# otherwise read them from disk and fingerprint the target (a forward) on every call.
+_DEFAULTS: weakref.WeakKeyDictionary[Model, dict[str, Heads]] = weakref.WeakKeyDictionary()
 
 
 def load_heads(path: str | os.PathLike, model: Model) -> Heads:
