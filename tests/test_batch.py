@@ -16,9 +16,11 @@ import paragen
 from paragen.api import MAX_BATCH
 from paragen.cache import KVCache
 from paragen.errors import InvalidInputError, UnsupportedOptionError
+from paragen.heads import new_heads
 from paragen.reference import reference_greedy
 from paragen.sampling import SamplingParams
 from tests.conftest import tiny_model
+from tests.test_heads import OracleHeads
 from tests.test_sampling import DRAFT, TARGET, exact_sequence_distribution, tv, tv_bound
 from tests.test_strategies import AdversarialDraft
 
@@ -84,6 +86,57 @@ def test_every_row_equals_its_batch_of_one_run(name, options, draft):
         assert row.tokens == reference_greedy(model, prompt, 17)
 
 
+@pytest.mark.parametrize("name,kind,options,zero_out", [
+    ("blockwise", "blockwise", {}, False),  # random heads: rows reject at different places
+    ("blockwise", "blockwise", {"k": 2}, True),  # heads that start as the target's next-token prediction
+    ("blockwise", "medusa", {"k": 3}, False),
+    ("blockwise_relaxed", "blockwise", {"m": 40}, False),  # LOSSY: accepts often, differs from ar
+])
+def test_heads_rows_equal_their_batch_of_one_run(name, kind, options, zero_out):
+    """Blockwise decoding in a batch: each row drafts from its own hidden state (one-token
+    prompts included: they draft nothing on their first step) and keeps its own accept length."""
+    heads = new_heads(MODEL, kind, 4, seed=1, zero_out=zero_out)
+    prompts = [[7], *ragged_prompts(3, 5, 50)]
+    rows = paragen.generate(MODEL, prompts, name, max_new_tokens=17, heads=heads, **options)
+    for prompt, row in zip(prompts, rows):
+        same_steps(row, paragen.generate(MODEL, prompt, name, max_new_tokens=17, heads=heads, **options))
+        if name == "blockwise":
+            assert row.tokens == reference_greedy(MODEL, prompt, 17)
+    if name == "blockwise_relaxed":  # the relaxed rule ran: some row left ar's output
+        assert any(r.tokens != reference_greedy(MODEL, p, 17) for p, r in zip(prompts, rows))
+
+
+class OracleRows(torch.nn.Module):
+    """``OracleHeads`` for a batch: each state is answered by the oracle of the prompt whose
+    trajectory holds it (a state on none of them fails the lookup's assertion)."""
+
+    kind, num_heads = "blockwise", 4
+
+    def __init__(self, oracles: list[OracleHeads]) -> None:
+        super().__init__()
+        self.oracles = oracles
+        self.embed, self.proj = oracles[0].embed, oracles[0].proj
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        near = [min(self.oracles, key=lambda o: float((o.keys - h).norm(dim=-1).min())) for h in hidden]
+        return torch.stack([o(h) for o, h in zip(near, hidden)])
+
+
+def test_blockwise_rows_with_perfect_heads_accept_every_proposal():
+    """Perfect heads in a batch: every row accepts all k proposals at every step (each row's
+    state is its own, or the oracle lookup fails) and still equals ar."""
+    # trajectories whose states are all distinct (a greedy loop repeats states: ambiguous lookups)
+    candidates = [p for p in ragged_prompts(4, 40, 50, repeat=False) if len(p) > 1]
+    oracles = [o for o in (OracleHeads(MODEL, p, 20, "blockwise") for p in candidates) if o.unambiguous][:5]
+    prompts = [o.future[: -20 - 4 - 2] for o in oracles]
+    assert len(prompts) == 5
+    rows = paragen.generate(MODEL, prompts, "blockwise", max_new_tokens=20, heads=OracleRows(oracles), k=3)
+    for prompt, row in zip(prompts, rows):
+        assert row.tokens == reference_greedy(MODEL, prompt, 20)
+        assert row.stats.extra["accepted"] == row.stats.extra["proposed"]
+        assert row.stats.target_calls == 5  # 4 + 4 + 4 + 4 + 4 tokens
+
+
 @pytest.mark.parametrize("name,options", [("ar", {}), ("lookup", {"max_draft": 4}), ("speculative", {"k": 3})])
 def test_rows_finishing_at_eos_leave_the_batch(name, options):
     draft = EOS_DRAFT if name == "speculative" else None
@@ -134,6 +187,7 @@ def test_a_batch_of_one_is_a_list_for_every_strategy():
     ("ar", SamplingParams(1.0)),
     ("speculative", SamplingParams(0.8, top_p=0.9)),
     ("lookup", SamplingParams(1.2, top_k=3)),
+    ("blockwise", SamplingParams(0.9)),
 ])
 def test_sampled_rows_follow_the_target_distribution(strategy, params):
     """Each prompt of a ragged batch (many copies of each, so one call yields many samples)
@@ -142,17 +196,18 @@ def test_sampled_rows_follow_the_target_distribution(strategy, params):
     copies, calls, length = 20, 120, 2
     n = copies * calls
     draft = DRAFT if strategy == "speculative" else None
+    heads = new_heads(TARGET, "blockwise", 2, seed=2) if strategy == "blockwise" else None
     counts = {i: Counter() for i in range(len(prompts))}
     for seed in range(calls):
         batch = [p for p in prompts for _ in range(copies)]
         rows = paragen.generate(TARGET, batch, strategy, max_new_tokens=length, temperature=params.temperature,
-                                top_k=params.top_k, top_p=params.top_p, seed=seed, draft=draft)
+                                top_k=params.top_k, top_p=params.top_p, seed=seed, draft=draft, heads=heads)
         for j, row in enumerate(rows):
             counts[j // copies][tuple(row.tokens)] += 1
     for i, prompt in enumerate(prompts):
         exact = exact_sequence_distribution(TARGET, prompt, length, params)
         assert tv(counts[i], exact, n) < tv_bound(len(exact), n), prompt
-    if strategy == "speculative":  # the residual path ran too
+    if strategy in ("speculative", "blockwise"):  # the residual path ran too
         acc = sum(sum(r.stats.extra["accepted"]) for r in rows)
         assert 0 < acc < sum(sum(r.stats.extra["proposed"]) for r in rows)
 

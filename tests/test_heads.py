@@ -188,7 +188,9 @@ class OracleHeads(torch.nn.Module):
         self.V = self.proj.shape[0]
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        """[H] -> logits [K, V]: one-hot-like on the oracle's token (or a wrong one)."""
+        """[H] -> logits [K, V]: one-hot-like on the oracle's token (or a wrong one); [B, H] -> [B, K, V]."""
+        if hidden.dim() == 2:
+            return torch.stack([self(h) for h in hidden])
         d = (self.keys - hidden).norm(dim=-1)
         i = int(d.argmin())
         assert float(d[i]) < 1e-6, "a state off the oracle's trajectory: the output already differs"

@@ -14,7 +14,7 @@ from paragen.errors import AudioInputError, UnknownStrategyError, UnsupportedOpt
 from paragen.speech import align, data, vocab
 from paragen.speech.api import decode_features, transcribe
 from paragen.speech.decode import ar, cass_nat, ctc, ctc_draft, mask_predict
-from paragen.speech.decode.base import CountedSpeechModel, max_length
+from paragen.speech.decode.base import CountedSpeechModel, ctc_best_path, max_length
 from paragen.speech.features import SAMPLE_RATE, load_audio, log_mel
 from paragen.speech.model import SpeechConfig, SpeechModel, load_speech_model, save_speech_model
 
@@ -184,6 +184,38 @@ def test_mask_predict_with_t_equal_to_length_commits_one_token_per_iteration():
     assert len(tokens) == L and vocab.MASK not in tokens and all(t > vocab.MASK for t in tokens)
 
 
+def test_ctc_tokens_collapse_as_ctc_and_keep_each_tokens_best_frame():
+    labels = [0, 5, 5, 0, 5, 7, 7, 7, 0, 0]
+    conf = [0.9, 0.2, 0.6, 0.9, 0.4, 0.1, 0.8, 0.3, 0.9, 0.9]
+    tokens, scores = mask_predict.ctc_tokens(labels, conf)
+    assert tokens == align.collapse(labels) == [5, 5, 7]
+    assert scores == [0.6, 0.4, 0.8]
+
+
+def test_mask_ctc_keeps_confident_ctc_tokens_and_fills_the_rest_easy_first():
+    model = tiny(0)
+    counted, enc = encoded(model)
+    labels, conf = ctc_best_path(enc)
+    tokens, scores = mask_predict.ctc_tokens(labels.tolist(), conf.tolist())
+    assert len(tokens) >= 3, "the fixture's CTC hypothesis must have a few tokens"
+    # nothing below the threshold: the CTC hypothesis, with no decoder call
+    out, kept = mask_predict.mask_ctc(counted, enc, tokens, scores, min(scores) / 2, iterations=4)
+    assert out == tokens and kept == [] and counted.decoder_calls == 0
+    # every token below it: T = L fills exactly one mask per call, most confident first
+    L = len(tokens)
+    out, kept = mask_predict.mask_ctc(counted, enc, tokens, scores, 1.0, iterations=L)
+    assert kept == list(range(1, L + 1)) and counted.decoder_calls == L
+    assert vocab.MASK not in out and all(t > vocab.MASK for t in out)
+    # one token masked: one call, and only that position may change
+    low = scores.index(min(scores))
+    out, kept = mask_predict.mask_ctc(counted, enc, tokens, scores, sorted(scores)[1], iterations=4)
+    assert kept == [L] and [t for i, t in enumerate(out) if i != low] == [t for i, t in enumerate(tokens) if i != low]
+    with pytest.raises(ValueError, match="init"):
+        mask_predict.Options(init="lengths")
+    with pytest.raises(ValueError, match="threshold"):
+        mask_predict.Options(init="ctc", threshold=0.0)
+
+
 def test_cass_nat_decodes_in_one_call_and_samples_in_two():
     model = tiny(0)
     counted, enc = encoded(model)
@@ -349,3 +381,44 @@ def test_load_generate_and_transcribe_for_a_speech_model(tmp_path):
     assert a.tokens == b.tokens and a.stats.encoder_calls == 1
     with pytest.raises(InvalidInputError, match="speech model"):
         paragen.stream(model, "def f():")
+
+
+def fake_feature_dir(tmp_path, n: int = 6):
+    """A data directory with the layout of `paragen data speech` (features, no audio): random
+    log-mels of a few hundred frames for short transcripts."""
+    import json
+
+    d = tmp_path / "feats"
+    d.mkdir()
+    (d / "manifest.json").write_text(json.dumps({"command": "fake", "splits": {}}))
+    g = torch.Generator().manual_seed(0)
+    for split in ("train", "heldout", "heldout_voice"):
+        frames = [120 + 20 * i for i in range(n)]
+        feats = torch.randn(sum(frames), 80, generator=g).half()
+        offsets = torch.tensor([0, *np.cumsum(frames).tolist()])
+        torch.save({"features": feats, "offsets": offsets}, d / f"{split}.pt")
+        rows = [{"id": f"{split}-{i}", "text": ["a tone", "two words", "hello"][i % 3]} for i in range(n)]
+        (d / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return d
+
+
+def test_train_speech_and_continue_with_init(tmp_path):
+    """`paragen train speech` writes a loadable model; `--init` continues it with its shape and
+    feature normalisation, whatever the shape flags say."""
+    import json
+
+    from paragen.speech.model import load_speech_model
+    from paragen.speech.train import SpeechTrainConfig, train_speech
+
+    data = fake_feature_dir(tmp_path)
+    small = dict(data=str(data), batch=3, steps=4, warmup=1, eval_every=2, eval_utterances=3, checkpoint_every=2,
+                 d_model=32, encoder_layers=1, decoder_layers=1, nar_layers=1)
+    first = train_speech(SpeechTrainConfig(out=str(tmp_path / "a"), **small), progress=False)
+    a = load_speech_model(tmp_path / "a")
+    assert first["steps"] == 4 and json.loads((tmp_path / "a" / "training.json").read_text())["steps"] == 4
+    second = train_speech(SpeechTrainConfig(out=str(tmp_path / "b"), **{**small, "d_model": 64, "encoder_layers": 2},
+                                            init=str(tmp_path / "a")), progress=False)
+    b = load_speech_model(tmp_path / "b")
+    assert b.config == a.config and second["model"] == first["model"]
+    assert torch.equal(b.feat_mean, a.feat_mean) and torch.equal(b.feat_std, a.feat_std)
+    assert not torch.equal(b.head.weight, a.head.weight)  # it trained

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import paragen
-from paragen.errors import InvalidInputError
+from paragen.errors import InvalidInputError, VocabularyMismatchError
 from paragen.models.io import builtin_models, load_native
 from paragen.train.corpus import (
     Source,
@@ -63,6 +63,22 @@ def test_resume_continues_to_the_same_result(tmp_path):
         assert torch.equal(pa, pb), name
     assert resumed["heldout_loss"] == straight["heldout_loss"]
     assert resumed["history"] == straight["history"]
+
+
+def test_init_continues_a_model_with_its_shape_and_tokenizer(tmp_path, model_dir):
+    """``--init``: training starts from the model's weights (its held-out loss, not a random
+    model's), keeps its shape whatever --size says, and refuses another tokenizer."""
+    first = train_lm(TrainConfig(out=str(tmp_path / "a"), steps=40, **TINY), progress=False)
+    cfg = TrainConfig(out=str(tmp_path / "b"), steps=10, **{**TINY, "size": "draft", "eval_every": 10},
+                      init=str(tmp_path / "a"), lr=1e-4)
+    second = train_lm(cfg, progress=False)
+    assert second["model"] == first["model"]  # the init's shape (tiny), not --size draft
+    # it starts where the init ended (a random model's loss is ln 300 = 5.7)
+    assert abs(second["history"][0]["heldout_loss"] - first["heldout_loss"]) < 0.1
+    assert paragen.load(tmp_path / "b").tokenizer.fingerprint() == paragen.load(tmp_path / "a").tokenizer.fingerprint()
+    with pytest.raises(VocabularyMismatchError, match="another tokenizer"):
+        train_lm(TrainConfig(out=str(tmp_path / "c"), steps=2, **TINY, init=str(tmp_path / "a"), tokenizer=str(model_dir)),
+                 progress=False)
 
 
 @pytest.mark.parametrize("name", ["code-target", "code-draft"])

@@ -22,11 +22,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from paragen.models.io import atomic_directory
+from paragen.models.io import atomic_directory, resolve
 from paragen.speech import align, vocab
 from paragen.speech.data import SpeechSplit, load_split
 from paragen.speech.metrics import error_rate
-from paragen.speech.model import Encoded, SpeechConfig, SpeechModel, save_speech_model
+from paragen.speech.model import Encoded, SpeechConfig, SpeechModel, load_speech_model, save_speech_model
 from paragen.train.loop import fit, training_record
 
 
@@ -53,6 +53,9 @@ class SpeechTrainConfig:
     eval_utterances: int = field(default=100, metadata={"help": "held-out utterances per evaluation"})
     checkpoint_every: int = field(default=200, metadata={"help": "checkpoint every N steps"})
     seed: int = field(default=0, metadata={"help": "random seed"})
+    init: str | None = field(default=None, metadata={
+        "help": "start from this speech model (built-in name or directory): its weights, shape and feature "
+        "normalisation replace --d-model and the layer counts; the optimiser and schedule start afresh"})
 
     # paragen.train.loop.fit draws cfg.batch_size windows of cfg.seq_len + 1 ids: one window = one batch
     @property
@@ -204,10 +207,14 @@ def train_speech(cfg: SpeechTrainConfig, resume: bool = False, progress: bool = 
     random.seed(cfg.seed)
     train = load_split(cfg.data, "train")
     sets = {name: load_split(cfg.data, name) for name in ("heldout", "heldout_voice")}
-    mconf = SpeechConfig(d_model=cfg.d_model, encoder_layers=cfg.encoder_layers, decoder_layers=cfg.decoder_layers,
-                         nar_layers=cfg.nar_layers, ff=4 * cfg.d_model)
-    model = SpeechModel(mconf)
-    model.feat_mean, model.feat_std = feature_stats(train)
+    if cfg.init:
+        # Continue a model's training on new data or a new budget (fp16 weights widen exactly to fp32).
+        model = load_speech_model(resolve(cfg.init)).train()
+    else:
+        mconf = SpeechConfig(d_model=cfg.d_model, encoder_layers=cfg.encoder_layers, decoder_layers=cfg.decoder_layers,
+                             nar_layers=cfg.nar_layers, ff=4 * cfg.d_model)
+        model = SpeechModel(mconf)
+        model.feat_mean, model.feat_std = feature_stats(train)
     frames = (train.offsets[1:] - train.offsets[:-1])
     order = torch.argsort(frames, stable=True)  # ids sorted by length: a window is a length bucket
 

@@ -8,7 +8,7 @@ call. ``prefill`` fills the caches; each ``step`` makes one iteration
 
 Batches: the driver calls ``prefill_rows`` / ``step_rows`` / ``select``. A strategy that
 decodes one prompt at a time gets them for free (a batch of one); a ``ChainStrategy``
-(``ar``, ``speculative``, ``lookup``) decodes many rows at once, each row with its own
+(``ar``, ``speculative``, ``lookup``, ``blockwise``) decodes many rows at once, each row with its own
 draft length and accept length, over caches with per-row lengths (``paragen.cache``).
 Its tensors live on the model's device; the only device-to-host copy of a step is the
 committed tokens (with each row's accept length, in the same tensor).
@@ -186,18 +186,27 @@ def pad(rows: list[list[int]], device: torch.device) -> torch.Tensor:
     return to_device([r + [0] * (width - len(r)) for r in rows], device)
 
 
-def feed_rows(model: CountedModel, cache: Any, tokens: torch.Tensor) -> torch.Tensor:
-    """One forward of tokens [B, T] after each row's committed slots: logits [B, T, V].
-    Row b's tokens sit at positions ``cache.rows[b] + t``, and see only their own row."""
+def feed_rows(model: CountedModel, cache: Any, tokens: torch.Tensor, hidden: bool = False):
+    """One forward of tokens [B, T] after each row's committed slots: logits [B, T, V], or
+    (logits, final-norm hidden states [B, T, H]) when ``hidden``. Row b's tokens sit at
+    positions ``cache.rows[b] + t``, and see only their own row."""
     T = tokens.shape[1]
-    return model(tokens, cache.slots(T).to(tokens.device), cache=cache, mask=cache.mask(T))
+    return model(tokens, cache.slots(T).to(tokens.device), cache=cache, mask=cache.mask(T), return_hidden=hidden)
 
 
-def prefill_rows(model: CountedModel, cache: Any, seqs: list[list[int]]) -> None:
-    """Write each ``seq[:-1]`` into an empty cache in one call (ragged rows padded)."""
-    if max(map(len, seqs)) > 1:
-        feed_rows(model, cache, pad([s[:-1] for s in seqs], model.device))
-        cache.commit_rows([len(s) - 1 for s in seqs])
+def prefill_rows(model: CountedModel, cache: Any, seqs: list[list[int]], hidden: bool = False) -> torch.Tensor | None:
+    """Write each ``seq[:-1]`` into an empty cache in one call (ragged rows padded). With
+    ``hidden``: each row's final-norm hidden state at ``seq[-2]`` [B, H] (a one-token row's is
+    meaningless), or None when every prompt is one token (no call)."""
+    if max(map(len, seqs)) == 1:
+        return None
+    out = feed_rows(model, cache, pad([s[:-1] for s in seqs], model.device), hidden=hidden)
+    cache.commit_rows([len(s) - 1 for s in seqs])
+    if not hidden:
+        return None
+    states = out[1]
+    last = to_device([max(len(s) - 2, 0) for s in seqs], states.device)
+    return states[torch.arange(len(seqs), device=states.device), last]
 
 
 def catch_up_rows(model: CountedModel, cache: Any, seqs: list[list[int]]) -> torch.Tensor:
@@ -228,9 +237,14 @@ class ChainStrategy(Strategy):
     ``verify_chains`` accepts a prefix per row, and ``accepted`` lets the drafter follow.
 
     ``seqs``: each row's committed sequence (prompt included); ``extras``: each row's stats.
+    With ``reads_hidden`` (drafts from the target's own states, as prediction heads do), the
+    verifying forward also returns the final-norm hidden states, and ``hidden`` [B, H] holds
+    each row's state at its last accepted position (the one that predicted its newest token);
+    ``ready[b]`` is False until row b has one (a one-token prompt before its first step).
     """
 
     batched = True
+    reads_hidden: ClassVar[bool] = False
 
     def prefill(self, prompt: list[int]) -> None:
         self.prefill_rows([prompt])
@@ -242,7 +256,8 @@ class ChainStrategy(Strategy):
         self.seqs = [list(p) for p in prompts]
         self.extras = [self.new_extra() for _ in prompts]
         self.cache = self.ctx.target.new_cache(self.ctx.cache_length, batch=len(prompts))
-        prefill_rows(self.ctx.target, self.cache, self.seqs)
+        self.hidden = prefill_rows(self.ctx.target, self.cache, self.seqs, hidden=self.reads_hidden)
+        self.ready = [len(p) > 1 for p in prompts]
 
     def new_extra(self) -> dict[str, Any]:
         """A row's statistics before its first step."""
@@ -254,6 +269,9 @@ class ChainStrategy(Strategy):
     def select(self, rows: list[int]) -> None:
         self.seqs = [self.seqs[i] for i in rows]
         self.extras = [self.extras[i] for i in rows]
+        self.ready = [self.ready[i] for i in rows]
+        if self.hidden is not None:
+            self.hidden = self.hidden[to_device(rows, self.hidden.device)]
         self.cache.select(rows)
 
     @abstractmethod
@@ -265,14 +283,23 @@ class ChainStrategy(Strategy):
         """After verification: row b accepted ``accept[b]`` of its ``lengths[b]`` drafts
         after ``before[b]`` committed tokens (drafters truncate their caches here)."""
 
+    def verify_rows(self, draft: torch.Tensor, lengths: torch.Tensor, logits: torch.Tensor,
+                    q: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(accept_len [B], next token [B]) on the device: ``verify_chains`` (lossless)."""
+        return verify_chains(draft, lengths, logits, self.ctx.sampling, self.ctx.generator, q)
+
     def step_rows(self, budgets: list[int]) -> list[list[int]]:
         ctx, device = self.ctx, self.ctx.target.device
         # 1. propose: a chain per row (possibly empty)
         draft, lengths, q = self.propose(budgets)
         # 2. verify: one target forward over each row's newest token and its chain
         newest = to_device([[s[-1]] for s in self.seqs], device)
-        logits = feed_rows(ctx.target, self.cache, torch.cat([newest, draft], 1))
-        accept, nxt = verify_chains(draft, to_device(lengths, device), logits, ctx.sampling, ctx.generator, q)
+        out = feed_rows(ctx.target, self.cache, torch.cat([newest, draft], 1), hidden=self.reads_hidden)
+        logits = out[0] if self.reads_hidden else out
+        accept, nxt = self.verify_rows(draft, to_device(lengths, device), logits, q)
+        if self.reads_hidden:  # the state at each row's last accepted position predicted its next token
+            self.hidden = out[1][torch.arange(len(self.seqs), device=device), accept]
+            self.ready = [True] * len(self.seqs)
         # 3. commit: the step's one device-to-host copy, [accept_len, draft..., next] per row
         host = torch.cat([accept[:, None], draft, nxt[:, None]], 1).tolist()
         committed = [[*row[1 : 1 + row[0]], row[-1]] for row in host]

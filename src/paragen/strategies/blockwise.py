@@ -15,20 +15,21 @@ the K tokens after it. Each step:
    call per step.
 
 Lossless: greedy output is ``ar``'s token for token, sampling follows the target's
-distribution. The relaxed acceptance rules are a separate, lossy strategy
+distribution. Batched (``ChainStrategy``): each row proposes from its own state, with its own
+accept length. The relaxed acceptance rules are a separate, lossy strategy
 (``blockwise_relaxed``). Runs on ``blockwise`` or ``medusa`` heads (both read one hidden state).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from paragen.errors import HeadsMismatchError, UnsupportedOptionError
-from paragen.sampling import warp
-from paragen.strategies.base import Strategy, feed, prefill_hidden
-from paragen.verify import verify_chain
+from paragen.sampling import sample, warp
+from paragen.strategies.base import ChainStrategy
 
 MAX_HEADS = 16  # k = 0 ("every head") reserves cache room for this many
 
@@ -46,55 +47,43 @@ class BlockwiseOptions:
             raise UnsupportedOptionError(f"blockwise: k must be between 0 (every head) and {MAX_HEADS}, got {self.k}")
 
 
-class Blockwise(Strategy):
+class Blockwise(ChainStrategy):
     name = "blockwise"
     Options = BlockwiseOptions
     head_kinds = ("blockwise", "medusa")
     summary = "prediction heads propose k tokens, target verifies them and scores the next proposals in one call"
+    reads_hidden = True
 
     @classmethod
     def slack(cls, o: BlockwiseOptions) -> int:
         return 1 + (o.k or MAX_HEADS)
 
-    def prefill(self, prompt: list[int]) -> None:
+    def prefill_rows(self, prompts: list[list[int]]) -> None:
         heads = self.ctx.heads
         self.k = self.opts.k or heads.num_heads
         if self.k > heads.num_heads or self.k > MAX_HEADS:
             raise HeadsMismatchError(f"{self.name}: k={self.k} but the heads have {heads.num_heads} (at most {MAX_HEADS} used)")
-        self.seq = list(prompt)
-        self.cache = self.ctx.target.new_cache(self.ctx.cache_length)
-        self.hidden = prefill_hidden(self.ctx.target, self.cache, self.seq)
-        self.ctx.extra.update(proposed=[0] * self.k, accepted=[0] * self.k, nodes=0, lossy=not self.lossless)
+        super().prefill_rows(prompts)
 
-    def propose(self, k: int) -> tuple[list[int], torch.Tensor | None]:
-        """k proposals from the heads at ``self.hidden``, and their q [k, V] when sampling."""
+    def new_extra(self) -> dict[str, Any]:
+        return {"proposed": [0] * self.k, "accepted": [0] * self.k, "nodes": 0, "lossy": not self.lossless}
+
+    def propose(self, budgets: list[int]) -> tuple[torch.Tensor, list[int], torch.Tensor | None]:
+        """Each ready row's first k head proposals from its ``hidden`` state (fewer near its
+        budget), and their q [B, k, V] when sampling."""
+        lengths = [min(self.k, b - 1) if ready else 0 for b, ready in zip(budgets, self.ready)]
+        k = max(lengths)
         if k == 0:
-            return [], None
-        logits = self.ctx.heads(self.hidden)[:k]  # [k, V]
+            return torch.zeros(len(budgets), 0, dtype=torch.long, device=self.ctx.target.device), lengths, None
+        logits = self.ctx.heads(self.hidden)[:, :k]  # [B, k, V]
         if self.ctx.sampling.greedy:
-            return logits.argmax(-1).tolist(), None
+            return logits.argmax(-1), lengths, None
         q = warp(logits, self.ctx.sampling)
-        return torch.multinomial(q, 1, generator=self.ctx.generator)[:, 0].tolist(), q
+        return sample(q, self.ctx.generator), lengths, q
 
-    def verify(self, draft: list[int], logits: torch.Tensor, q: torch.Tensor | None) -> tuple[int, int]:
-        return verify_chain(draft, logits, self.ctx.sampling, self.ctx.generator, q)
-
-    def step(self, budget: int) -> list[int]:
-        ctx, n = self.ctx, len(self.seq)
-        k = 0 if self.hidden is None else min(self.k, budget - 1)
-        # 1. propose: the heads' block
-        draft, q = self.propose(k)
-        # 2. verify: one forward scores the block and returns the states the next block comes from
-        logits, hidden = feed(ctx.target, self.cache, [self.seq[-1], *draft], n - 1, hidden=True)
-        accept_len, nxt = self.verify(draft, logits, q)
-        # 3. commit: keep the newest token and the accepted proposals; the next proposals
-        #    come from the state at the last accepted position (the one that predicted nxt)
-        self.cache.commit(accept_len + 1)
-        self.hidden = hidden[accept_len]
-        committed = [*draft[:accept_len], nxt]
-        self.seq.extend(committed)
-        ctx.extra["nodes"] += k
-        for i in range(k):
-            ctx.extra["proposed"][i] += 1
-            ctx.extra["accepted"][i] += int(i < accept_len)
-        return committed
+    def accepted(self, accept: list[int], lengths: list[int], before: list[int]) -> None:
+        for extra, a, n in zip(self.extras, accept, lengths):
+            extra["nodes"] += n
+            for i in range(n):
+                extra["proposed"][i] += 1
+                extra["accepted"][i] += int(i < a)

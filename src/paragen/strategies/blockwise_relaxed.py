@@ -14,10 +14,12 @@ Greedy only: relaxed acceptance has no sampling counterpart that keeps any distr
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from paragen.errors import UnsupportedOptionError
+from paragen.strategies.base import to_device
 from paragen.strategies.blockwise import MAX_HEADS, Blockwise
 from paragen.verify import relaxed_accept
 
@@ -48,10 +50,15 @@ class BlockwiseRelaxed(Blockwise):
     supports_sampling = False
     summary = "LOSSY blockwise: proposals accepted when in the target's top m (or within eps nats)"
 
-    def prefill(self, prompt: list[int]) -> None:
-        super().prefill(prompt)
+    def new_extra(self) -> dict[str, Any]:
         o = self.opts
-        self.ctx.extra["acceptance"] = f"top_m={o.m}" if o.accept == "top_m" else f"distance={o.eps}"
+        return {**super().new_extra(), "acceptance": f"top_m={o.m}" if o.accept == "top_m" else f"distance={o.eps}"}
 
-    def verify(self, draft: list[int], logits: torch.Tensor, q: torch.Tensor | None) -> tuple[int, int]:
-        return relaxed_accept(draft, logits, self.opts.accept, self.opts.m, self.opts.eps)
+    def verify_rows(self, draft: torch.Tensor, lengths: torch.Tensor, logits: torch.Tensor,
+                    q: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``relaxed_accept`` row by row (on the host: this rule is a CPU-side comparison per row)."""
+        o, out = self.opts, []
+        for row, n, lg in zip(draft.tolist(), lengths.tolist(), logits):
+            out.append(relaxed_accept(row[:n], lg[: n + 1], o.accept, o.m, o.eps))
+        accept, nxt = zip(*out)
+        return to_device(list(accept), logits.device), to_device(list(nxt), logits.device)

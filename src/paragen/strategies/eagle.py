@@ -43,8 +43,9 @@ class EagleDrafter:
     def start(self, seq: list[int]) -> tuple[TokenTree, torch.Tensor]:
         """Feed the pending true features; the tree at ``seq[-1]`` and the drafter's logits there [V]."""
         m, start = len(self.pending), len(seq) - 1 - len(self.pending)  # positions start .. len(seq) - 2
-        tokens = torch.tensor([seq[start + 1 :]])
-        out = self.heads(self.pending[None], tokens, torch.arange(start, start + m)[None], cache=self.cache)[0]
+        dev = self.pending.device
+        tokens = torch.tensor([seq[start + 1 :]], device=dev)
+        out = self.heads(self.pending[None], tokens, torch.arange(start, start + m, device=dev)[None], cache=self.cache)[0]
         self.cache.commit(m)
         self.base, self.slot, self.feat = self.cache.length, {}, {0: out[-1]}
         self.pending = out[:0]
@@ -62,9 +63,10 @@ class EagleDrafter:
                 mask[j, self.base + self.slot[a]] = True
             mask[j, self.base + fed + j] = True
         features = torch.stack([self.feat[tree.parents[i]] for i in nodes])[None]
-        positions = torch.tensor([[self.base - 1 + tree.depths[i] for i in nodes]])
-        out = self.heads(features, torch.tensor([[tree.tokens[i] for i in nodes]]), positions, cache=self.cache,
-                         mask=mask[None])[0]
+        dev = features.device  # the tree's bookkeeping is on the host; the drafter's inputs go to its device
+        positions = torch.tensor([[self.base - 1 + tree.depths[i] for i in nodes]], device=dev)
+        tokens = torch.tensor([[tree.tokens[i] for i in nodes]], device=dev)
+        out = self.heads(features, tokens, positions, cache=self.cache, mask=mask[None].to(dev))[0]
         self.cache.commit(T)  # held until ``accept``: the next level attends to these entries
         for j, node in enumerate(nodes):
             self.slot[node], self.feat[node] = fed + j, out[j]

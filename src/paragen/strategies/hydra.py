@@ -22,5 +22,6 @@ class Hydra(Medusa):
 
     def child_logits(self, tree: TokenTree, level: list[int], depth: int) -> torch.Tensor:
         """Head ``depth``'s logits [len(level), V] for each node, given the tokens of its path."""
-        prev = torch.tensor([[tree.tokens[0], *(tree.tokens[i] for i in tree.path(node))] for node in level])
+        prev = torch.tensor([[tree.tokens[0], *(tree.tokens[i] for i in tree.path(node))] for node in level],
+                            device=self.hidden.device)
         return self.ctx.heads.head(depth, self.hidden.expand(len(level), -1), prev)

@@ -40,8 +40,8 @@ from paragen.train.loop import fit, training_record
 class DistillConfig(TrainConfig):
     """``TrainConfig`` plus the teacher (a built-in name or a model directory), the softening
     ``temperature``, ``ce_weight``, the share of the data cross-entropy in the loss (0: pure
-    distillation), and ``init``: a draft to start from (e.g. one trained on the data; its
-    shape replaces ``size``). The tokenizer is always the teacher's."""
+    distillation). ``init`` (``TrainConfig``'s) starts from a draft, e.g. one trained on the
+    data. The tokenizer is always the teacher's."""
 
     size: str = train_field("size", "draft")
     out: str = train_field("out", "runs/distill")
@@ -50,8 +50,6 @@ class DistillConfig(TrainConfig):
     temperature: float = field(default=1.0, metadata={"help": "softening temperature T of both distributions; > 0"})
     ce_weight: float = field(default=0.0, metadata={
         "help": "share of the data cross-entropy in the loss, in [0, 1] (0: pure distillation)"})
-    init: str | None = field(default=None, metadata={
-        "help": "start from this draft (built-in name or directory; its shape replaces --size)"})
 
     def __post_init__(self) -> None:
         super().__post_init__()

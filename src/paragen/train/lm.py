@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +18,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from paragen.errors import InvalidInputError
+from paragen.errors import InvalidInputError, VocabularyMismatchError
 from paragen.models import parse_device
-from paragen.models.io import save_model
+from paragen.models.io import load_native, resolve, save_model
 from paragen.models.native import NativeConfig, NativeModel
 from paragen.tokenizer import Tokenizer
 from paragen.train.corpus import find_corpus
@@ -73,6 +73,9 @@ class TrainConfig:
     checkpoint_every: int = field(default=200, metadata={"help": "checkpoint every N steps (and at the end)"})
     max_files: int | None = field(default=None, metadata={"help": "read only the first N corpus files (for tests)"})
     attention: str = field(default="causal", metadata={"help": "causal (set by the command, not a flag)"})
+    init: str | None = field(default=None, metadata={
+        "help": "start from this model's weights (built-in name or directory): its shape replaces --size and its "
+        "tokenizer is used; the optimiser and schedule start afresh"})
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -147,6 +150,14 @@ def prepare(cfg: TrainConfig, log: Callable[[str], None] = lambda message: None)
     return tok, train, heldout, split
 
 
+def init_checked_tokenizer(init_dir: Path, tokenizer: str | None) -> Path:
+    """The tokenizer to train an ``--init`` model with: its own; ``tokenizer``, if given, must be the same."""
+    if tokenizer and Tokenizer.from_dir(tokenizer).fingerprint() != Tokenizer.from_dir(init_dir).fingerprint():
+        raise VocabularyMismatchError(f"--init {init_dir} has another tokenizer than --tokenizer {tokenizer}: "
+                                      "leave --tokenizer out to use the model's own")
+    return init_dir
+
+
 def say(message: str) -> None:
     """A progress message on stderr (the model's output goes to stdout)."""
     print(f"paragen train: {message}", file=sys.stderr, flush=True)
@@ -171,17 +182,26 @@ def train_lm(cfg: TrainConfig, resume: bool = False, progress: bool = True, comm
     work = out.parent / f".{out.name}.work"  # checkpoints live beside, not inside, the model dir
     work.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
+    init_dir = resolve(cfg.init) if cfg.init else None
+    if init_dir is not None:
+        cfg = replace(cfg, tokenizer=str(init_checked_tokenizer(init_dir, cfg.tokenizer)))
     tok, train, heldout, split = prepare(cfg, log=say if progress else lambda message: None)
     if tok.eos_id is None:
         raise ValueError("the tokenizer has no end-of-text token")
-    mconf = NativeConfig(
-        vocab_size=tok.vocab_size, max_position_embeddings=max(1024, cfg.seq_len),
-        eos_token_id=tok.eos_id, mask_token_id=tok.mask_id, attention=cfg.attention, **SIZES[cfg.size],
-    )
-    model = NativeModel(mconf).init_weights(cfg.seed)
+    if init_dir is not None:
+        model = load_native(init_dir).train()
+        if model.config.attention != cfg.attention:
+            raise InvalidInputError(f"--init {cfg.init} has {model.config.attention} attention, this command trains "
+                                    f"{cfg.attention}")
+    else:
+        mconf = NativeConfig(
+            vocab_size=tok.vocab_size, max_position_embeddings=max(1024, cfg.seq_len),
+            eos_token_id=tok.eos_id, mask_token_id=tok.mask_id, attention=cfg.attention, **SIZES[cfg.size],
+        )
+        model = NativeModel(mconf).init_weights(cfg.seed)
     state = fit(model, cfg, train, lambda m, batch, g: lm_loss(m, batch, cfg.precision),
                 lambda m: evaluate(m, heldout, cfg), work / "checkpoint.pt", resume=resume, progress=progress,
-                desc=f"train {cfg.size}", stop_at=stop_at)
+                desc=f"train {cfg.init or cfg.size}", stop_at=stop_at)
     record = training_record(cfg, model, state, evaluate(model, heldout, cfg), split, command)
     save_model(model, tok, out, dtype=torch.float16, extra_files={"training.json": json.dumps(record, indent=2) + "\n"})
     return record

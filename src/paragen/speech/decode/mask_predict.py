@@ -1,11 +1,20 @@
 """``mask_predict``: CMLM mask-predict on the NAR decoder (Ghazvininejad et al. 2019, sec. 3).
 
-Length: the CTC greedy hypothesis's (as Mask-CTC, Higuchi et al. 2020, takes it). Iteration
-0 feeds L masks and fills every position with its argmax; iteration t = 1..T-1 re-masks the
-n = floor(L (T - t) / T) lowest-confidence positions and predicts them again (a re-predicted
-position takes its new argmax and probability, the others keep theirs). T decoder calls, and
-after iteration t, L - n(t + 1) positions stay unmasked: with T = L exactly one more per
-iteration.
+Length: the CTC greedy hypothesis's (as Mask-CTC, Higuchi et al. 2020, takes it). Two starts:
+
+- ``init="masks"`` (CMLM): iteration 0 feeds L masks and fills every position with its
+  argmax; iteration t = 1..T-1 re-masks the n = floor(L (T - t) / T) lowest-confidence
+  positions and predicts them again (a re-predicted position takes its new argmax and
+  probability, the others keep theirs). T decoder calls, and after iteration t, L - n(t + 1)
+  positions stay unmasked: with T = L exactly one more per iteration.
+- ``init="ctc"`` (Mask-CTC, Higuchi et al. 2020, sec. 3.2): start from the CTC greedy
+  hypothesis itself and mask only its tokens whose CTC confidence (the highest posterior
+  among the frames the token collapses from) is below ``threshold``; then fill the masks
+  easy-first: iteration t predicts every masked position and keeps the ceil(m / (T - t))
+  most confident of the m still masked. A character model's CTC output is mostly right but
+  for a few letters, which the decoder then predicts from the acoustics and both sides'
+  letters; the decoder is never asked to spell a whole sentence from masks alone, the part
+  a small NAR decoder does worst. At most T decoder calls, none when no token is masked.
 """
 
 from __future__ import annotations
@@ -23,13 +32,24 @@ SUMMARY = "CMLM mask-predict on the NAR decoder: length from CTC, T iterations r
 LOSSLESS = False
 
 
+INITS = ("masks", "ctc")
+
+
 @dataclass(frozen=True)
 class Options:
     iterations: int = field(default=4, metadata={"help": "T: decoder calls (each re-predicts the masked positions)"})
+    init: str = field(default="masks", metadata={
+        "help": "masks: CMLM from L masks | ctc: Mask-CTC, the CTC hypothesis with its low-confidence tokens masked"})
+    threshold: float = field(default=0.999, metadata={
+        "help": "init=ctc: mask a CTC token whose confidence is below this, in (0, 1]"})
 
     def __post_init__(self) -> None:
         if self.iterations < 1:
             raise ValueError(f"iterations must be at least 1, got {self.iterations}")
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {', '.join(INITS)}, got '{self.init}'")
+        if not 0 < self.threshold <= 1:
+            raise ValueError(f"threshold must be in (0, 1], got {self.threshold}")
 
 
 @torch.no_grad()
@@ -57,8 +77,53 @@ def mask_predict(model: CountedSpeechModel, enc: Encoded, length: int, iteration
     return tokens[0].tolist(), kept
 
 
+def ctc_tokens(labels: list[int], conf: list[float]) -> tuple[list[int], list[float]]:
+    """The CTC greedy hypothesis (``align.collapse``) and each token's confidence: the highest
+    frame posterior among the frames it collapses from."""
+    tokens, scores, prev = [], [], None
+    for x, c in zip(labels, conf):
+        if x != vocab.BLANK:
+            if x != prev:
+                tokens.append(x)
+                scores.append(c)
+            else:
+                scores[-1] = max(scores[-1], c)
+        prev = x
+    return tokens, scores
+
+
+@torch.no_grad()
+def mask_ctc(model: CountedSpeechModel, enc: Encoded, tokens: list[int], conf: list[float], threshold: float,
+             iterations: int) -> tuple[list[int], list[int]]:
+    """Mask-CTC: the tokens with confidences below ``threshold`` masked, then filled easy-first in
+    at most ``iterations`` calls; returns the tokens and how many stay unmasked after each call."""
+    dev, L = model.device, len(tokens)
+    x = torch.tensor([tokens], dtype=torch.long, device=dev)
+    masked = torch.tensor([[c < threshold for c in conf]], dtype=torch.bool, device=dev)
+    x[masked] = vocab.MASK
+    pad = torch.zeros(1, L, dtype=torch.bool, device=dev)
+    kept = []
+    for t in range(iterations):
+        m = int(masked.sum())
+        if m == 0:
+            break
+        logits = model.nar_tokens(x, enc, pad).float()
+        logits[..., : vocab.MASK + 1] = float("-inf")  # blank, EOS and mask are not characters
+        p, y = logits.softmax(-1).max(-1)
+        take = -(-m // (iterations - t))  # ceil: the last iteration fills every mask left
+        best = torch.where(masked, p, -1.0)[0].topk(take).indices
+        x[0, best], masked[0, best] = y[0, best], False
+        kept.append(L - int(masked.sum()))
+    return x[0].tolist(), kept
+
+
 def decode(model: CountedSpeechModel, enc: Encoded, options: Options) -> tuple[list[int], dict]:
     """Mask-predict transcription of one encoded utterance, and its kept positions per iteration."""
-    labels, _ = ctc_best_path(enc)
+    labels, conf = ctc_best_path(enc)
+    if options.init == "ctc":
+        tokens, scores = ctc_tokens(labels.tolist(), conf.tolist())
+        out, kept = mask_ctc(model, enc, tokens, scores, options.threshold, options.iterations)
+        masked = sum(c < options.threshold for c in scores)
+        return out, {"kept_per_iteration": kept, "masked": masked}
     out, kept = mask_predict(model, enc, len(align.collapse(labels.tolist())), options.iterations)
     return out, {"kept_per_iteration": kept}
