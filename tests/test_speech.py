@@ -13,7 +13,7 @@ import torch
 from paragen.errors import AudioInputError, UnknownStrategyError, UnsupportedOptionError
 from paragen.speech import align, data, vocab
 from paragen.speech.api import decode_features, transcribe
-from paragen.speech.decode import ar, cass_nat, ctc, ctc_draft, mask_predict
+from paragen.speech.decode import ar, beam, cass_nat, ctc, ctc_draft, mask_predict
 from paragen.speech.decode.base import CountedSpeechModel, ctc_best_path, max_length
 from paragen.speech.features import SAMPLE_RATE, load_audio, log_mel
 from paragen.speech.model import SpeechConfig, SpeechModel, load_speech_model, save_speech_model
@@ -69,6 +69,47 @@ def test_prefix_beam_search_at_full_beam_finds_the_exact_best_labelling(seed):
     lp = (torch.randn(S, V, generator=g, dtype=torch.float64) * 1.5).log_softmax(-1)
     best, _ = brute_force_best_labelling(lp)
     assert tuple(ctc.prefix_beam_search(lp, beam=10_000)) == best
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_ctc_prefix_scores_equal_sums_over_every_alignment(seed):
+    """psi(g + c) = log of the total probability of the alignments whose labelling starts with
+    g + c, and psi(g + eos) that of those whose labelling is g, for every g up to length 3,
+    by enumerating all alignments (blank 0, eos 1 never emitted by CTC, labels 2 and 3)."""
+    g = torch.Generator().manual_seed(seed)
+    S, V, eos = 5, 4, 1
+    lp = (torch.randn(S, V, generator=g, dtype=torch.float64) * 1.5).log_softmax(-1)
+    totals: dict[tuple[int, ...], float] = {}
+    for path in itertools.product(range(V), repeat=S):
+        key = tuple(align.collapse(list(path)))
+        totals[key] = totals.get(key, 0.0) + math.exp(sum(lp[t, path[t]].item() for t in range(S)))
+    scorer = align.CTCPrefixScorer(lp, eos, never=(0,))
+    prefixes = [()] + [p for n in (1, 2) for p in itertools.product((2, 3), repeat=n)]
+    for prefix in prefixes:
+        r, last = scorer.initial()[None], torch.tensor([-1])
+        for tok in prefix:  # walk to the prefix, one extension at a time
+            _, r_all = scorer.extend(r, last)
+            r, last = r_all[:, :, :, tok], torch.tensor([tok])
+        psi, _ = scorer.extend(r, last)
+        for c in (2, 3):
+            starts = sum(p for lab, p in totals.items() if lab[: len(prefix) + 1] == (*prefix, c))
+            assert psi[0, c].exp().item() == pytest.approx(starts, rel=1e-9, abs=1e-300), (prefix, c)
+        assert psi[0, eos].exp().item() == pytest.approx(totals.get(prefix, 0.0), rel=1e-9, abs=1e-300), prefix
+        assert psi[0, 0] == float("-inf")
+
+
+def test_joint_ctc_attention_beam():
+    """ctc_weight = 0 is plain beam search; a joint search returns characters and never the
+    blank or the mask; weights outside [0, 1] are refused."""
+    model = tiny(0)
+    counted, enc = encoded(model)
+    plain = beam.decode(counted, enc, beam.Options(beam=3))
+    assert beam.decode(counted, enc, beam.Options(beam=3, ctc_weight=0.0)) == plain
+    for lam in (0.3, 1.0):
+        out = beam.decode(counted, enc, beam.Options(beam=3, ctc_weight=lam))
+        assert all(t > vocab.MASK for t in out)
+    with pytest.raises(ValueError, match="ctc_weight"):
+        beam.Options(ctc_weight=1.5)
 
 
 def test_viterbi_finds_the_best_alignment_of_a_target():

@@ -86,3 +86,53 @@ def viterbi(log_probs: torch.Tensor, frames: torch.Tensor, targets: list[list[in
             labels[b, t] = ext[b, state]
             state -= int(back[b, t, state])
     return labels
+
+
+class CTCPrefixScorer:
+    """CTC prefix scores of hypotheses extended by every token at once (Watanabe et al. 2017,
+    "Hybrid CTC/Attention Architecture for End-to-End Speech Recognition", Algorithm 2), for
+    one utterance's CTC log-probabilities ``log_probs`` [T, V].
+
+    A hypothesis g carries its forward variables ``r`` [T, 2]: log P(g's labels in frames
+    1..t, frame t emitting g's last label (column 0) or a blank (column 1)). Extending g by c
+    gives h = g + c with r(h) from r(g) in one pass over the frames, and the prefix score
+    psi(h) = log P(some labelling starting with h); for c = ``eos`` it is log P(labelling == g).
+    psi only falls as a hypothesis grows, so a search that stops when no live hypothesis can
+    beat the best finished one stays exact. Tokens in ``never`` (the blank, a mask) get -inf.
+    """
+
+    def __init__(self, log_probs: torch.Tensor, eos: int, never: tuple[int, ...] = (BLANK,)) -> None:
+        self.lp = log_probs.double()
+        self.eos, self.never = eos, list(never)
+
+    def initial(self) -> torch.Tensor:
+        """r of the empty hypothesis [T, 2]: nothing emitted, every frame so far a blank."""
+        r = torch.full((self.lp.shape[0], 2), float("-inf"), dtype=torch.float64, device=self.lp.device)
+        r[:, 1] = self.lp[:, BLANK].cumsum(0)
+        return r
+
+    def extend(self, r: torch.Tensor, last: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """For K hypotheses with forward variables r [K, T, 2] and last tokens last [K] (-1 for
+        the empty one): psi [K, V] of every one-token extension, and their r [K, T, 2, V]."""
+        y = self.lp  # [T, V]
+        K, T, V = r.shape[0], y.shape[0], y.shape[1]
+        neg = torch.tensor(float("-inf"), dtype=torch.float64, device=y.device)
+        same = torch.arange(V, device=y.device)[None, :] == last[:, None]  # [K, V]: c repeats g's last token
+        # phi[t]: g complete by frame t, in a state c may follow (after a blank, or a different token)
+        phi = torch.logaddexp(r[:, :, 1, None], torch.where(same[:, None, :], neg, r[:, :, 0, None]))  # [K, T, V]
+        # The recursions rn[t] = (rn[t-1] + phi[t-1]) y_c[t] and rb[t] = (rb[t-1] + rn[t-1]) y_blank[t]
+        # are linear, so each is a cumulative sum in closed form: with C[t] = sum_{u<=t} log y_c[u],
+        # rn[t] = C[t] + log(rn[0] / y_c[0] + sum_{s<t} phi[s] / exp(C[s])), i.e. one logcumsumexp
+        # over the frames instead of a loop of T small steps (float64 keeps the large offsets exact).
+        C = y.cumsum(0)[None]  # [1, T, V]
+        rn0 = torch.where((last < 0)[:, None], y[0][None, :], neg)  # only an empty g lets c start at frame 1
+        a = torch.cat([(rn0 - C[:, 0])[:, None], phi[:, :-1] - C[:, :-1]], 1)
+        rn = C + torch.logcumsumexp(a, 1)
+        B = y[:, BLANK].cumsum(0)[None, :, None]  # [1, T, 1]
+        b = torch.cat([torch.full((K, 1, V), float("-inf"), dtype=torch.float64, device=y.device),
+                       rn[:, :-1] - B[:, :-1]], 1)
+        rb = B + torch.logcumsumexp(b, 1)
+        psi = torch.logsumexp(torch.cat([rn0[:, None], phi[:, :-1] + y[1:][None]], 1), 1)  # c first emitted at frame t
+        psi[:, self.eos] = torch.logaddexp(r[:, -1, 0], r[:, -1, 1])  # g itself, ending at the last frame
+        psi[:, self.never] = float("-inf")
+        return psi, torch.stack([rn, rb], 2)
