@@ -115,7 +115,7 @@ class CTCPrefixScorer:
         """For K hypotheses with forward variables r [K, T, 2] and last tokens last [K] (-1 for
         the empty one): psi [K, V] of every one-token extension, and their r [K, T, 2, V]."""
         y = self.lp  # [T, V]
-        K, T, V = r.shape[0], y.shape[0], y.shape[1]
+        K, V = r.shape[0], y.shape[1]
         neg = torch.tensor(float("-inf"), dtype=torch.float64, device=y.device)
         same = torch.arange(V, device=y.device)[None, :] == last[:, None]  # [K, V]: c repeats g's last token
         # phi[t]: g complete by frame t, in a state c may follow (after a blank, or a different token)
