@@ -191,6 +191,31 @@ def test_ctc_draft_equals_ar_greedy_for_any_draft(seed, eos_bias):
         assert got == reference, name
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_ctc_draft_equals_joint_ctc_attention_greedy(seed):
+    """With ctc_weight, ctc_draft's output is ar[ctc_weight]'s for any draft: the same joint
+    choices, made from the CTC state of the committed characters (float64)."""
+    model = tiny(seed, eos_bias=2.0)
+    _, enc = encoded(model, frames=120, seed=seed)
+    plain = ar.decode(CountedSpeechModel(model), enc, ar.Options())
+    g = torch.Generator().manual_seed(seed)
+    for lam in (0.3, 0.7):
+        reference = ar.decode(CountedSpeechModel(model), enc, ar.Options(ctc_weight=lam))
+        assert all(t > vocab.MASK for t in reference)
+        got = ctc_draft.decode(CountedSpeechModel(model), enc, ctc_draft.Options(ctc_weight=lam))
+        assert got == reference, lam
+        for draft in (reference, plain, torch.randint(3, 31, (15,), generator=g).tolist()):
+            counted = CountedSpeechModel(model)
+            assert ctc_draft.verify_drafts(counted, enc, ctc_draft.ctc_drafter(draft), max_length(enc), lam) == reference
+            assert counted.decoder_calls == 1 or draft is not reference  # the answer as the draft: one call
+        if reference != plain:  # the CTC term changed a choice: it is in play
+            break
+    else:
+        pytest.fail("the CTC term never changed the output: the fixture does not exercise it")
+    with pytest.raises(ValueError, match="ctc_weight"):
+        ar.Options(ctc_weight=1.0)
+
+
 def test_ctc_draft_with_the_answer_as_draft_takes_one_call():
     model = tiny(1)
     _, enc = encoded(model, seed=1)
@@ -399,11 +424,13 @@ def test_speech_bench_runs_every_contender_against_ar(tmp_path):
     model_dir = tmp_path / "m"
     model_dir.mkdir()
     save_speech_model(tiny(0).float(), model_dir, dtype=torch.float32)
-    bench = run_speech_bench(str(model_dir), str(fake_speech_dir(tmp_path)), "ar,ctc,ctc_draft,mask_predict,cass_nat", 2,
+    bench = run_speech_bench(str(model_dir), str(fake_speech_dir(tmp_path)),
+                             "ar,ctc,ctc_draft,mask_predict,cass_nat,ar[ctc_weight=0.5],ctc_draft[ctc_weight=0.5]", 2,
                              tmp_path / "out", threads=1, progress=False)
     for rows in bench["summary"].values():
         by = {s["strategy"]: s for s in rows}
         assert by["ctc_draft"]["exact"] == 1.0 and by["ar"]["exact"] == 1.0
+        assert by["ctc_draft[ctc_weight=0.5]"]["exact"] == 1.0  # against ar[ctc_weight=0.5]
         assert by["ctc"]["decoder_calls"] == 0 and by["cass_nat"]["decoder_calls"] == 1
         assert by["mask_predict"]["decoder_calls"] == 4 or by["mask_predict"]["chars_per_call"] == 0
     assert {p.name for p in (tmp_path / "out").iterdir()} >= {"bench.json", "bench.md", "report.html"}

@@ -7,7 +7,8 @@ decoded by every contender in turn (interleaved, so load drifts hit all alike). 
 contender and set: WER, CER, encoder and decoder calls per utterance, characters per
 decoder call, RTF (encoder + decoder seconds / audio seconds), speedup against ``ar`` on
 the same utterances (end to end from features, and decoder alone), and ``exact``: the share
-of outputs identical to ``ar``'s. Writes bench.json, bench.md and report.html.
+of outputs identical to ``ar``'s (to ``ar[ctc_weight=w]``'s, when the run has it, for a
+contender with the same ``ctc_weight`` w). Writes bench.json, bench.md and report.html.
 """
 
 from __future__ import annotations
@@ -80,19 +81,29 @@ def load_sets(directory: Path, limit: int | None) -> dict[str, list[dict]]:
     return sets
 
 
-def summarize(records: dict[str, dict[str, list[dict]]], rows: list[dict]) -> list[dict]:
+def exact_reference(contender: Contender, contenders: list[Contender]) -> str:
+    """The label of the greedy reference a contender is compared with: ``ar`` with the same
+    ``ctc_weight`` if the run has it (``ctc_draft[ctc_weight=w]`` reproduces ``ar[ctc_weight=w]``), else ``ar``."""
+    weight = getattr(contender.options, "ctc_weight", 0.0)
+    same = [c.label for c in contenders if c.strategy == "ar" and c.options.ctc_weight == weight]
+    return same[0] if same else "ar"
+
+
+def summarize(records: dict[str, dict[str, list[dict]]], rows: list[dict], contenders: list[Contender]) -> list[dict]:
     """One line per set and contender (see the module docstring for the columns)."""
     out = []
     refs = [r["text"] for r in rows]
     ar = records["ar"]
+    by_label = {c.label: c for c in contenders}
     for label, recs in records.items():
+        same = records[exact_reference(by_label[label], contenders)]
         n = len(recs)
         hyps = [r["text"] for r in recs]
         secs, dsecs = sum(r["seconds"] for r in recs), sum(r["decode_seconds"] for r in recs)
         calls = sum(r["decoder_calls"] for r in recs)
         out.append({
             "strategy": label, "utterances": n, "wer": error_rate(hyps, refs, "word"), "cer": error_rate(hyps, refs, "char"),
-            "exact": sum(h == a["text"] for h, a in zip(hyps, ar, strict=True)) / n,
+            "exact": sum(h == a["text"] for h, a in zip(hyps, same, strict=True)) / n,
             "decoder_calls": sum(r["decoder_calls"] for r in recs) / n,
             "encoder_calls": sum(r["encoder_calls"] for r in recs) / n,
             # None for CTC, which makes no decoder call
@@ -152,8 +163,9 @@ def html_report(bench: dict, summary: dict[str, list[dict]]) -> str:
             f"{html.escape(bench['model'])}, {env['torch_threads']} thread(s), {html.escape(env['platform'])}; "
             f"{bench['seconds']:.0f} s</p>{_html_table(COLUMNS, rows)}"
             f"<p>speedup: ar's encoder + decoder seconds over the contender's on the same utterances; decode speedup: "
-            f"the decoder alone (the encoder is shared). exact: share of outputs identical to ar greedy. RTF: seconds "
-            f"per second of audio (features excluded). Timings are only as quiet as the machine was.</p>"
+            f"the decoder alone (the encoder is shared). exact: share of outputs identical to ar greedy (with the same "
+            f"ctc_weight, when the run has it). RTF: seconds per second of audio (features excluded). Timings are only as "
+            f"quiet as the machine was.</p>"
             f"<img src='data:image/png;base64,{plot(summary)}'></body>")
 
 
@@ -179,7 +191,7 @@ def run_speech_bench(model_name: str, data: str, contenders_text: str, limit: in
                 for c in contenders:
                     t = decode_features(model, r["features"], c.strategy, c.options, audio_seconds=r["seconds"])
                     records[name][c.label].append({"id": r["id"], "text": t.text, **t.stats.to_dict()})
-    summary = {name: summarize(records[name], sets[name]) for name in sets}
+    summary = {name: summarize(records[name], sets[name], contenders) for name in sets}
     bench = {
         "model": model_name, "data": data, "seconds": time.time() - t_start,
         "environment": {"command": argv or sys.argv, "torch_threads": threads, "platform": platform.platform(),

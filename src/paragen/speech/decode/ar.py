@@ -1,13 +1,17 @@
-"""``ar``: the attention decoder, greedy, one token per call with its KV cache (the reference)."""
+"""``ar``: the attention decoder, greedy, one token per call with its KV cache (the reference).
+
+``ctc_weight`` > 0 makes it joint CTC/attention greedy decoding (``base.GreedyChooser``):
+each character maximises the joint score, still one decoder call per character.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from paragen.speech import vocab
-from paragen.speech.decode.base import CountedSpeechModel, max_length
+from paragen.speech.decode.base import CTC_WEIGHT_HELP, CountedSpeechModel, GreedyChooser, check_ctc_weight, max_length
 from paragen.speech.model import Encoded
 
 NAME = "ar"
@@ -17,13 +21,18 @@ LOSSLESS = True
 
 @dataclass(frozen=True)
 class Options:
-    """``ar`` has no settings: greedy decoding up to the shared length limit."""
+    """Greedy decoding up to the shared length limit; ``ctc_weight`` > 0: joint CTC/attention greedy."""
+
+    ctc_weight: float = field(default=0.0, metadata={"help": CTC_WEIGHT_HELP})
+
+    def __post_init__(self) -> None:
+        check_ctc_weight(self.ctc_weight)
 
 
 @torch.no_grad()
 def decode(model: CountedSpeechModel, enc: Encoded, options: Options) -> list[int]:
     """Greedy AR decoding of one encoded utterance until EOS or ``max_length``."""
-    limit = max_length(enc)
+    limit, chooser = max_length(enc), GreedyChooser(enc, options.ctc_weight)
     cache = model.new_cache(1, limit + 1)
     out: list[int] = []
     tok = vocab.EOS  # the decoder starts from EOS (its start-of-sequence symbol)
@@ -31,7 +40,7 @@ def decode(model: CountedSpeechModel, enc: Encoded, options: Options) -> list[in
         logits = model.decode(torch.tensor([[tok]], device=model.device), torch.tensor([[len(out)]], device=model.device),
                               enc, cache)
         cache.commit(1)
-        tok = int(logits[0, -1].argmax())
+        _, tok = chooser.accept(logits[0, -1:], [])
         if tok == vocab.EOS:
             break
         out.append(tok)

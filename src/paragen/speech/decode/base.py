@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 import torch
 
 from paragen.cache import KVCache
+from paragen.speech import align, vocab
 from paragen.speech.model import Encoded, SpeechModel
+from paragen.verify import greedy_accept
 
 
 class CountedSpeechModel:
@@ -101,3 +103,43 @@ def ctc_best_path(enc: Encoded) -> tuple[torch.Tensor, torch.Tensor]:
     p = enc.ctc_logits[0, :S].float().softmax(-1)
     conf, labels = p.max(-1)
     return labels, conf
+
+
+CTC_WEIGHT_HELP = ("lambda of joint CTC/attention greedy decoding, in [0, 1): each character maximises "
+                   "(1 - lambda) log p_att + lambda log p_ctc (CTC prefix score); 0: the attention decoder alone")
+
+
+def check_ctc_weight(weight: float) -> None:
+    if not 0.0 <= weight < 1.0:
+        raise ValueError(f"ctc_weight must be in [0, 1) (1 would ignore the decoder), got {weight}")
+
+
+class GreedyChooser:
+    """The greedy choice after a prefix: the decoder's argmax, or with ``ctc_weight`` = lambda > 0
+    the argmax of the joint score (1 - lambda) log p_att(c) + lambda psi(prefix + c) (Watanabe et
+    al. 2017; ``align.CTCPrefixScorer``), which needs no model call. It follows the committed
+    characters' CTC state, so ``ar`` and ``ctc_draft`` make exactly the same choices."""
+
+    def __init__(self, enc: Encoded, ctc_weight: float) -> None:
+        self.weight = ctc_weight
+        if ctc_weight > 0:
+            lp = enc.ctc_logits[0, : int(enc.lengths[0])].float().log_softmax(-1)
+            self.ctc = align.CTCPrefixScorer(lp, vocab.EOS, never=(vocab.BLANK, vocab.MASK))
+            self.r, self.last = self.ctc.initial()[None], torch.tensor([-1], device=lp.device)
+
+    def accept(self, logits: torch.Tensor, draft: list[int]) -> tuple[int, int]:
+        """logits [len(draft) + 1, V] after the committed prefix and each draft prefix: (how many
+        draft characters the greedy choice keeps, its choice after them) as ``greedy_accept``;
+        the CTC state then follows the kept characters and the choice."""
+        if self.weight == 0:
+            return greedy_accept(draft, logits.argmax(-1).tolist())
+        logp = logits.double().log_softmax(-1)
+        r, last = self.r, self.last
+        for i in range(len(draft) + 1):  # position by position, up to the first disagreement
+            psi, r_all = self.ctc.extend(r, last)
+            choice = int(((1 - self.weight) * logp[i] + self.weight * psi[0]).argmax())
+            if i == len(draft) or choice != draft[i]:
+                self.r, self.last = r_all[:, :, :, choice], torch.tensor([choice], device=r.device)
+                return i, choice
+            r, last = r_all[:, :, :, choice], torch.tensor([choice], device=r.device)
+        raise AssertionError("unreachable: the last position always returns")

@@ -11,19 +11,30 @@ After a correction the rest of the CTC hypothesis is re-aimed at the committed t
 correction equals the draft's next character, CTC had inserted one (skip it), otherwise it
 substituted one (skip the wrong one); a missed character costs a call or two until the
 decoder and the draft line up again.
+
+``ctc_weight`` > 0 verifies against joint CTC/attention greedy decoding instead
+(``base.GreedyChooser``, the same chooser as ``ar``'s option): the output is exactly
+``ar[ctc_weight=...]``'s, still in one decoder call per draft, since the CTC prefix scores
+along the draft need no model call.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from paragen.speech import align, vocab
-from paragen.speech.decode.base import CountedSpeechModel, ctc_best_path, max_length
+from paragen.speech.decode.base import (
+    CTC_WEIGHT_HELP,
+    CountedSpeechModel,
+    GreedyChooser,
+    check_ctc_weight,
+    ctc_best_path,
+    max_length,
+)
 from paragen.speech.model import Encoded
-from paragen.verify import greedy_accept
 
 NAME = "ctc_draft"
 SUMMARY = "CTC greedy hypothesis drafted, verified by the attention decoder in one call (lossless: equals ar)"
@@ -32,18 +43,23 @@ LOSSLESS = True
 
 @dataclass(frozen=True)
 class Options:
-    """``ctc_draft`` has no settings: the draft is the CTC greedy hypothesis."""
+    """The draft is the CTC greedy hypothesis; ``ctc_weight``: what it is verified against (``ar``'s option)."""
+
+    ctc_weight: float = field(default=0.0, metadata={"help": CTC_WEIGHT_HELP})
+
+    def __post_init__(self) -> None:
+        check_ctc_weight(self.ctc_weight)
 
 
 @torch.no_grad()
 def verify_drafts(model: CountedSpeechModel, enc: Encoded, drafter: Callable[[list[int], list[int] | None], list[int]],
-                  limit: int) -> list[int]:
-    """AR greedy output of one utterance, verified chain by chain.
+                  limit: int, ctc_weight: float = 0.0) -> list[int]:
+    """AR greedy output of one utterance (joint CTC/attention greedy with ``ctc_weight``), verified chain by chain.
 
     ``drafter(committed, rejected)`` proposes the characters after ``committed`` (``rejected``:
     the draft the last call refuted, from its first wrong character on; None at the start).
     """
-    dev = model.device
+    dev, chooser = model.device, GreedyChooser(enc, ctc_weight)
     cache = model.new_cache(1, limit + 2)
     out: list[int] = []
     last, rejected = vocab.EOS, None
@@ -53,8 +69,7 @@ def verify_drafts(model: CountedSpeechModel, enc: Encoded, drafter: Callable[[li
         # 2. verify: [last, d1..dk] at positions n..n+k gives the argmax after each prefix
         tokens = torch.tensor([[last, *draft]], device=dev)
         positions = torch.arange(len(out), len(out) + len(draft) + 1, device=dev)[None]
-        argmax = model.decode(tokens, positions, enc, cache)[0].argmax(-1).tolist()
-        a, nxt = greedy_accept(draft, argmax)
+        a, nxt = chooser.accept(model.decode(tokens, positions, enc, cache)[0], draft)
         # 3. commit: last and the accepted drafts are now in the cache; nxt is the new last
         cache.commit(1 + a)
         out += draft[:a]
@@ -84,4 +99,4 @@ def ctc_drafter(hypothesis: list[int]) -> Callable[[list[int], list[int] | None]
 def decode(model: CountedSpeechModel, enc: Encoded, options: Options) -> list[int]:
     """ar-greedy-identical transcription of one encoded utterance, drafted by CTC."""
     labels, _ = ctc_best_path(enc)
-    return verify_drafts(model, enc, ctc_drafter(align.collapse(labels.tolist())), max_length(enc))
+    return verify_drafts(model, enc, ctc_drafter(align.collapse(labels.tolist())), max_length(enc), options.ctc_weight)
