@@ -19,6 +19,7 @@ from paragen.errors import InvalidInputError, UnsupportedOptionError
 from paragen.heads import new_heads
 from paragen.reference import reference_greedy
 from paragen.sampling import SamplingParams
+from paragen.strategies import STRATEGIES
 from tests.conftest import tiny_model
 from tests.test_heads import OracleHeads
 from tests.test_sampling import DRAFT, TARGET, exact_sequence_distribution, tv, tv_bound
@@ -91,16 +92,21 @@ def test_every_row_equals_its_batch_of_one_run(name, options, draft):
     ("blockwise", "blockwise", {"k": 2}, True),  # heads that start as the target's next-token prediction
     ("blockwise", "medusa", {"k": 3}, False),
     ("blockwise_relaxed", "blockwise", {"m": 40}, False),  # LOSSY: accepts often, differs from ar
+    ("medusa", "medusa", {}, False),  # a tree per row, padded to one size in the forward
+    ("medusa", "blockwise", {"widths": "3,2"}, True),
+    ("hydra", "hydra", {"widths": "2,2,1"}, False),  # heads that read each node's path
+    ("medusa_typical", "medusa", {"epsilon": 0.5}, False),  # LOSSY
 ])
 def test_heads_rows_equal_their_batch_of_one_run(name, kind, options, zero_out):
-    """Blockwise decoding in a batch: each row drafts from its own hidden state (one-token
-    prompts included: they draft nothing on their first step) and keeps its own accept length."""
+    """Heads strategies in a batch: each row drafts (a chain or a tree) from its own hidden
+    state (one-token prompts included: they draft nothing on their first step) and keeps its
+    own accepted path."""
     heads = new_heads(MODEL, kind, 4, seed=1, zero_out=zero_out)
     prompts = [[7], *ragged_prompts(3, 5, 50)]
     rows = paragen.generate(MODEL, prompts, name, max_new_tokens=17, heads=heads, **options)
     for prompt, row in zip(prompts, rows):
         same_steps(row, paragen.generate(MODEL, prompt, name, max_new_tokens=17, heads=heads, **options))
-        if name == "blockwise":
+        if STRATEGIES[name].lossless:
             assert row.tokens == reference_greedy(MODEL, prompt, 17)
     if name == "blockwise_relaxed":  # the relaxed rule ran: some row left ar's output
         assert any(r.tokens != reference_greedy(MODEL, p, 17) for p, r in zip(prompts, rows))
@@ -122,15 +128,16 @@ class OracleRows(torch.nn.Module):
         return torch.stack([o(h) for o, h in zip(near, hidden)])
 
 
-def test_blockwise_rows_with_perfect_heads_accept_every_proposal():
-    """Perfect heads in a batch: every row accepts all k proposals at every step (each row's
-    state is its own, or the oracle lookup fails) and still equals ar."""
+@pytest.mark.parametrize("name,options", [("blockwise", {"k": 3}), ("medusa", {"widths": "2,1,1"})])
+def test_heads_rows_with_perfect_heads_accept_every_proposal(name, options):
+    """Perfect heads in a batch: every row accepts all 3 drafted tokens at every step (each
+    row's state is its own, or the oracle lookup fails) and still equals ar."""
     # trajectories whose states are all distinct (a greedy loop repeats states: ambiguous lookups)
     candidates = [p for p in ragged_prompts(4, 40, 50, repeat=False) if len(p) > 1]
     oracles = [o for o in (OracleHeads(MODEL, p, 20, "blockwise") for p in candidates) if o.unambiguous][:5]
     prompts = [o.future[: -20 - 4 - 2] for o in oracles]
     assert len(prompts) == 5
-    rows = paragen.generate(MODEL, prompts, "blockwise", max_new_tokens=20, heads=OracleRows(oracles), k=3)
+    rows = paragen.generate(MODEL, prompts, name, max_new_tokens=20, heads=OracleRows(oracles), **options)
     for prompt, row in zip(prompts, rows):
         assert row.tokens == reference_greedy(MODEL, prompt, 20)
         assert row.stats.extra["accepted"] == row.stats.extra["proposed"]
@@ -188,6 +195,7 @@ def test_a_batch_of_one_is_a_list_for_every_strategy():
     ("speculative", SamplingParams(0.8, top_p=0.9)),
     ("lookup", SamplingParams(1.2, top_k=3)),
     ("blockwise", SamplingParams(0.9)),
+    ("medusa", SamplingParams(1.0, top_k=4)),
 ])
 def test_sampled_rows_follow_the_target_distribution(strategy, params):
     """Each prompt of a ragged batch (many copies of each, so one call yields many samples)
@@ -196,7 +204,7 @@ def test_sampled_rows_follow_the_target_distribution(strategy, params):
     copies, calls, length = 20, 120, 2
     n = copies * calls
     draft = DRAFT if strategy == "speculative" else None
-    heads = new_heads(TARGET, "blockwise", 2, seed=2) if strategy == "blockwise" else None
+    heads = new_heads(TARGET, "blockwise", 2, seed=2) if strategy in ("blockwise", "medusa") else None
     counts = {i: Counter() for i in range(len(prompts))}
     for seed in range(calls):
         batch = [p for p in prompts for _ in range(copies)]

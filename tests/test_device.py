@@ -16,6 +16,7 @@ from paragen.errors import DeviceError
 from paragen.models import device_of, parse_device
 from paragen.reference import reference_greedy
 from paragen.sampling import SamplingParams
+from paragen.strategies import STRATEGIES
 from tests.conftest import tiny_model
 from tests.test_batch import OTHER, ragged_prompts
 from tests.test_strategies import AdversarialDraft
@@ -85,6 +86,25 @@ def test_cuda_batches_equal_the_cpu_oracle(name, options, draft):
         draft = on_cuda(tiny_model(5))
     prompts = ragged_prompts(1, 6, 50)
     rows = paragen.generate(model, prompts, name, max_new_tokens=17, draft=draft, **options)
+    for prompt, row in zip(prompts, rows):
+        assert row.tokens == reference_greedy(MODEL, prompt, 17), name
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("name,kind,options", [
+    ("blockwise", "blockwise", {}), ("medusa", "medusa", {}), ("hydra", "hydra", {"widths": "2,2"}), ("eagle", "eagle", {}),
+])
+def test_cuda_heads_strategies_equal_the_cpu_oracle(name, kind, options):
+    """Heads bind to the model's weights where they are: on CUDA every heads strategy builds
+    its inputs there (batched ones on a ragged batch, eagle on one prompt)."""
+    from paragen.heads import new_heads
+
+    model = on_cuda(tiny_model(0))
+    heads = new_heads(model, kind, 1 if kind == "eagle" else 3, seed=1, zero_out=False)
+    assert heads.proj.device.type == "cuda"
+    prompts = ragged_prompts(1, 6 if STRATEGIES[name].batched else 1, 50)
+    rows = paragen.generate(model, prompts, name, max_new_tokens=17, heads=heads, **options)
     for prompt, row in zip(prompts, rows):
         assert row.tokens == reference_greedy(MODEL, prompt, 17), name
 

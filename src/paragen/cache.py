@@ -21,8 +21,10 @@ RoPE positions = slot indices (sliding windows stay correct), and need only the 
 on the host, which the driver knows anyway from the committed tokens.
 
     commit_rows(ns)    row b accepts its first ns[b] pending slots
+    keep_rows(offs)    row b accepts the pending slots at offsets offs[b] (its tree's path)
     truncate_rows(ns)  row b forgets everything from slot ns[b] on
     select(rows)       keep these rows only, in this order (finished rows leave the batch)
+    tree_mask(trees)   the mask of N new tokens per row related by each row's token tree
 """
 
 from __future__ import annotations
@@ -31,8 +33,8 @@ import torch
 
 
 class OneRowCache:
-    """The per-row interface (``rows``, ``slots``, ``mask``, ``commit_rows``, ``truncate_rows``,
-    ``select``) for a cache that keeps one length, such as the transformers adapter's: it
+    """The per-row interface (``rows``, ``slots``, ``mask``, ``commit_rows``, ``keep_rows``,
+    ``truncate_rows``, ``tree_mask``, ``select``) for a cache that keeps one length, such as the transformers adapter's: it
     holds a batch of one, so batched strategies run on it one prompt at a time."""
 
     length: int
@@ -55,6 +57,15 @@ class OneRowCache:
     def truncate_rows(self, ns: list[int]) -> None:
         (n,) = ns
         self.truncate(n)
+
+    def keep_rows(self, offsets: list[list[int]]) -> None:
+        (off,) = offsets
+        self.keep(off)
+
+    def tree_mask(self, trees: torch.Tensor) -> torch.Tensor:
+        """The one row's tree [N, N]: the model prefixes its committed slots (visible to all)."""
+        (tree,) = trees
+        return tree
 
     def select(self, rows: list[int]) -> None:
         if list(rows) != [0]:
@@ -109,6 +120,18 @@ class KVCache:
         every = torch.arange(self.length + t, device=self.device)
         return every[None, None, :] <= self.slots(t)[:, :, None]
 
+    def tree_mask(self, trees: torch.Tensor) -> torch.Tensor:
+        """Attention mask [B, N, length + N] for N new tokens per row written after each row's
+        committed slots, related by trees [B, N, N] (new token i sees new token j iff
+        ``trees[b, i, j]``: ancestor or self): each row's committed slots and its own tree."""
+        B, N, _ = trees.shape
+        every = torch.arange(self.length + N, device=self.device)[None, None, :]
+        start = self.slots(1)[:, :, None]  # [B, 1, 1]: each row's first new slot
+        offset = every - start  # [B, 1, S]: which new token a slot holds, if any
+        inside = (offset >= 0) & (offset < N)
+        tree = trees.to(self.device).gather(2, offset.clamp(0, N - 1).expand(B, N, -1))
+        return (offset < 0) | (inside & tree)
+
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store k, v [B, H_kv, T, D] after each row's committed slots; return all live slots."""
         end = self.length + k.shape[2]
@@ -143,6 +166,19 @@ class KVCache:
         for buf in (*self.k, *self.v):
             buf[:, :, self.length : self.length + n] = buf.index_select(2, src)
         self._set_rows([r + n for r in self.rows])
+
+    def keep_rows(self, offsets: list[list[int]]) -> None:
+        """Row b accepts its pending slots ``rows[b] + offsets[b]`` (ascending), compacted in
+        that order right after its committed ones (``keep`` per row: each row's tree path)."""
+        if len(offsets) != len(self.rows) or any(r + len(o) > self.max_length for r, o in zip(self.rows, offsets)):
+            raise IndexError(f"cannot keep {offsets} at lengths {self.rows}")
+        for b, (r, off) in enumerate(zip(self.rows, offsets)):
+            if off == list(range(len(off))):
+                continue  # already in place
+            src = torch.tensor(off, dtype=torch.long, device=self.device) + r
+            for buf in (*self.k, *self.v):
+                buf[b, :, r : r + len(off)] = buf[b].index_select(1, src)
+        self._set_rows([r + len(o) for r, o in zip(self.rows, offsets)])
 
     def truncate(self, n: int) -> None:
         if not 0 <= n <= self.length:

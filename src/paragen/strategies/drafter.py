@@ -135,10 +135,14 @@ class TreeDraftStrategy(Strategy):
             self.drafter.accept(path)
 
     def record(self, tree: TokenTree, logits: torch.Tensor, path: list[int]) -> None:
-        extra = self.ctx.extra
-        for key in ("proposed", "accepted"):
-            extra[key] += [0] * (tree.depth - len(extra[key]))
-        for d in range(tree.depth):
-            extra["proposed"][d] += 1
-            extra["accepted"][d] += int(d < len(path))
-        extra["nodes"] += len(tree) - 1
+        record_tree(self.ctx.extra, tree, path)
+
+
+def record_tree(extra: dict, tree: TokenTree, path: list[int]) -> None:
+    """Count one verified tree into a row's stats: depths reached and accepted, nodes drafted."""
+    for key in ("proposed", "accepted"):
+        extra[key] += [0] * (tree.depth - len(extra[key]))
+    for d in range(tree.depth):
+        extra["proposed"][d] += 1
+        extra["accepted"][d] += int(d < len(path))
+    extra["nodes"] += len(tree) - 1

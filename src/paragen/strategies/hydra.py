@@ -20,8 +20,11 @@ class Hydra(Medusa):
     head_kinds = ("hydra",)
     summary = "sequential prediction heads grow a token tree, target verifies it in one call"
 
-    def child_logits(self, tree: TokenTree, level: list[int], depth: int) -> torch.Tensor:
-        """Head ``depth``'s logits [len(level), V] for each node, given the tokens of its path."""
+    def read_heads(self) -> None:
+        """Hydra's heads read each node's path, so they are called level by level instead."""
+
+    def child_logits(self, row: int, tree: TokenTree, level: list[int], depth: int) -> torch.Tensor:
+        """Head ``depth``'s logits [len(level), V] for each of row ``row``'s nodes, given the tokens of its path."""
         prev = torch.tensor([[tree.tokens[0], *(tree.tokens[i] for i in tree.path(node))] for node in level],
                             device=self.hidden.device)
-        return self.ctx.heads.head(depth, self.hidden.expand(len(level), -1), prev)
+        return self.ctx.heads.head(depth, self.hidden[row].expand(len(level), -1), prev)

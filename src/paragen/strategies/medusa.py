@@ -10,6 +10,10 @@ walks it (greedy: argmax; sampling: recursive rejection, exact); the same forwar
 hidden state at the last accepted node gives the next tree's heads' predictions, so a
 step is one target call, as in ``blockwise``.
 
+Batched: each row grows its own tree from its own state; the trees are padded to one size
+and scored in one forward (``KVCache.tree_mask``: each row sees its committed slots and its
+own tree), verified row by row, and each row keeps its own path (``KVCache.keep_rows``).
+
 Sampling, ``draw``: "top" takes the heads' top-w as deterministic candidates (q = None:
 a node accepts Y ~ p iff Y was drafted); "sample" draws each node's children from the
 head's warped distribution without replacement, recorded as the node's q, which
@@ -19,13 +23,14 @@ recursive rejection renormalises after each rejected child. Both are lossless.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from paragen.errors import UnsupportedOptionError
 from paragen.sampling import SamplingParams, warp
-from paragen.strategies.base import feed, prefill_hidden
-from paragen.strategies.drafter import TreeDraftStrategy
+from paragen.strategies.base import pad, prefill_rows, to_device
+from paragen.strategies.drafter import TreeDraftStrategy, record_tree
 from paragen.strategies.tree import parse_widths, static_nodes
 from paragen.tree import TokenTree
 
@@ -55,33 +60,59 @@ class Medusa(TreeDraftStrategy):
     needs_draft = False
     head_kinds = ("medusa", "blockwise")
     summary = "prediction heads' top candidates form a token tree, target verifies it in one call"
+    batched = True
 
     @classmethod
     def slack(cls, o: MedusaOptions) -> int:
         return 1 + o.nodes()
 
+    # A batch of one is a batch: one code path (as ChainStrategy's).
     def prefill(self, prompt: list[int]) -> None:
+        self.prefill_rows([prompt])
+
+    def step(self, budget: int) -> list[int]:
+        return self.step_rows([budget])[0]
+
+    def prefill_rows(self, prompts: list[list[int]]) -> None:
         # one depth per head: depths beyond the heads' count are dropped (as blockwise's k=0 uses every head)
         self.widths = parse_widths(self.opts.widths)[: self.ctx.heads.num_heads]
-        self.seq = list(prompt)
-        self.cache = self.ctx.target.new_cache(self.ctx.cache_length)
-        self.hidden = prefill_hidden(self.ctx.target, self.cache, self.seq)
-        self.ctx.extra.update(proposed=[], accepted=[], nodes=0, lossy=not self.lossless)
+        self.seqs = [list(p) for p in prompts]
+        self.extras = [self.new_extra() for _ in prompts]
+        self.cache = self.ctx.target.new_cache(self.ctx.cache_length, batch=len(prompts))
+        # each row's state at its newest token's predecessor: what its next tree is drafted from
+        self.hidden = prefill_rows(self.ctx.target, self.cache, self.seqs, hidden=True)
+        self.ready = [len(p) > 1 for p in prompts]  # a one-token prompt has no state yet
 
-    def child_logits(self, tree: TokenTree, level: list[int], depth: int) -> torch.Tensor:
-        """Logits [len(level), V] of the children of the nodes at ``depth``: head ``depth``'s, the
-        same for every node (Medusa heads do not see the tokens before them)."""
-        if depth == 0:
-            self.head_logits = self.ctx.heads(self.hidden)  # [K, V], once per tree
-        return self.head_logits[depth].expand(len(level), -1)
+    def new_extra(self) -> dict[str, Any]:
+        return {"proposed": [], "accepted": [], "nodes": 0, "lossy": not self.lossless}
 
-    def grow(self, depth: int) -> TokenTree:
+    def row_extra(self, row: int) -> dict[str, Any]:
+        return dict(self.extras[row])
+
+    def select(self, rows: list[int]) -> None:
+        self.seqs = [self.seqs[i] for i in rows]
+        self.extras = [self.extras[i] for i in rows]
+        self.ready = [self.ready[i] for i in rows]
+        if self.hidden is not None:
+            self.hidden = self.hidden[to_device(rows, self.hidden.device)]
+        self.cache.select(rows)
+
+    def read_heads(self) -> None:
+        """Before the trees grow: every head's logits at every row's state, in one heads call."""
+        self.head_logits = self.ctx.heads(self.hidden)  # [B, K, V]
+
+    def child_logits(self, row: int, tree: TokenTree, level: list[int], depth: int) -> torch.Tensor:
+        """Logits [len(level), V] of the children of row ``row``'s nodes at ``depth``: head
+        ``depth``'s, the same for every node (Medusa heads do not see the tokens before them)."""
+        return self.head_logits[row, depth].expand(len(level), -1)
+
+    def grow(self, row: int, depth: int) -> TokenTree:
         ctx, o = self.ctx, self.opts
         sampled = not ctx.sampling.greedy and o.draw == "sample"
-        tree, level = TokenTree(self.seq[-1]), [0]
+        tree, level = TokenTree(self.seqs[row][-1]), [0]
         for d in range(depth):
             # when greedy the probabilities only rank candidates: the heads' own softmax
-            qs = warp(self.child_logits(tree, level, d), ctx.sampling if sampled else SamplingParams(1.0))
+            qs = warp(self.child_logits(row, tree, level, d), ctx.sampling if sampled else SamplingParams(1.0))
             for node, q in zip(level, qs):
                 w = min(self.widths[d], int((q > 0).sum()))
                 if sampled:
@@ -96,15 +127,39 @@ class Medusa(TreeDraftStrategy):
         return tree
 
     def depth(self) -> int:
-        return 0 if self.hidden is None else len(self.widths)  # nothing to predict from yet
+        return len(self.widths)
 
-    def score(self, tree: TokenTree, n: int) -> torch.Tensor:
-        """One forward over the newest token and every node, keeping the hidden states: the
-        last accepted node's gives the next tree (one target call per step)."""
-        logits, self.tree_hidden = feed(self.ctx.target, self.cache, tree.tokens, n - 1, mask=tree.mask(),
-                                        positions=tree.positions(n - 1), hidden=True)
-        return logits
-
-    def commit(self, path: list[int], drafted: bool) -> None:
-        self.cache.keep([0, *path])
-        self.hidden = self.tree_hidden[path[-1] if path else 0]
+    def step_rows(self, budgets: list[int]) -> list[list[int]]:
+        B, device = len(self.seqs), self.ctx.target.device
+        # 1. propose: a tree per row from its own state (none for a row that wants one token
+        #    or has no state yet); the heads read every row's state in one call
+        depths = [min(self.depth(), b - 1) if ready else 0 for b, ready in zip(budgets, self.ready)]
+        if max(depths):
+            self.read_heads()
+        trees = [self.grow(b, d) if d else TokenTree(self.seqs[b][-1]) for b, d in enumerate(depths)]
+        # 2. verify: one target forward over every row's tree (trees padded to one size; a pad
+        #    node sees only itself and is never read), hidden states kept for the next trees
+        N = max(map(len, trees))
+        shapes = torch.zeros(B, N, N, dtype=torch.bool)
+        shapes[:] = torch.eye(N, dtype=torch.bool)
+        for b, tree in enumerate(trees):
+            shapes[b, : len(tree), : len(tree)] = tree.mask()
+        starts = [len(s) - 1 for s in self.seqs]
+        tokens = pad([t.tokens for t in trees], device)
+        positions = pad([t.positions(n) + [n] * (N - len(t)) for t, n in zip(trees, starts)], device)
+        logits, states = self.ctx.target(tokens, positions, cache=self.cache, mask=self.cache.tree_mask(shapes),
+                                         return_hidden=True)
+        # 3. commit: each row keeps its newest token and its accepted path
+        paths, committed = [], []
+        for b, tree in enumerate(trees):
+            path, nxt = self.verify(tree, logits[b, : len(tree)])
+            paths.append(path)
+            committed.append([*(tree.tokens[i] for i in path), nxt])
+            record_tree(self.extras[b], tree, path)
+            self.seqs[b].extend(committed[-1])
+        self.cache.keep_rows([[0, *p] for p in paths])
+        # the state at each row's last accepted node predicted its next token: the next tree's
+        last = to_device([p[-1] if p else 0 for p in paths], device)
+        self.hidden = states[torch.arange(B, device=device), last]
+        self.ready = [True] * B
+        return committed

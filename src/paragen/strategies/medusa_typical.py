@@ -14,6 +14,7 @@ A separate strategy rather than an option of ``medusa`` so that its ``lossless``
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -43,9 +44,8 @@ class MedusaTypical(Medusa):
     lossless = False
     summary = "LOSSY medusa: drafted tokens kept when the target finds them typical (entropy-scaled threshold)"
 
-    def prefill(self, prompt: list[int]) -> None:
-        super().prefill(prompt)
-        self.ctx.extra.update(lossy=True, acceptance=f"typical epsilon={self.opts.epsilon} delta={self.opts.delta}")
+    def new_extra(self) -> dict[str, Any]:
+        return {**super().new_extra(), "acceptance": f"typical epsilon={self.opts.epsilon} delta={self.opts.delta}"}
 
     def verify(self, tree: TokenTree, logits: torch.Tensor) -> tuple[list[int], int]:
         return typical_accept_tree(tree, logits, self.ctx.sampling, self.ctx.generator, self.opts.epsilon, self.opts.delta)
