@@ -8,7 +8,8 @@ call. ``prefill`` fills the caches; each ``step`` makes one iteration
 
 Batches: the driver calls ``prefill_rows`` / ``step_rows`` / ``select``. A strategy that
 decodes one prompt at a time gets them for free (a batch of one); a ``ChainStrategy``
-(``ar``, ``speculative``, ``lookup``, ``blockwise``) decodes many rows at once, each row with its own
+(``ar``, ``speculative``, ``lookup``, ``blockwise``) or a ``BatchedStrategy`` (``medusa``,
+``hydra``) decodes many rows at once, each row with its own
 draft length and accept length, over caches with per-row lengths (``paragen.cache``).
 Its tensors live on the model's device; the only device-to-host copy of a step is the
 committed tokens (with each row's accept length, in the same tensor).
@@ -231,17 +232,13 @@ def draw(logits: torch.Tensor, sampling: SamplingParams, generator: torch.Genera
     return sample(p, generator), p
 
 
-class ChainStrategy(Strategy):
-    """A batched draft-and-verify loop over chains: ``propose`` a chain per row (any length,
-    none included), the target scores every row's newest token and chain in one forward,
-    ``verify_chains`` accepts a prefix per row, and ``accepted`` lets the drafter follow.
-
-    ``seqs``: each row's committed sequence (prompt included); ``extras``: each row's stats.
-    With ``reads_hidden`` (drafts from the target's own states, as prediction heads do), the
-    verifying forward also returns the final-norm hidden states, and ``hidden`` [B, H] holds
-    each row's state at its last accepted position (the one that predicted its newest token);
-    ``ready[b]`` is False until row b has one (a one-token prompt before its first step).
-    """
+class BatchedStrategy(Strategy):
+    """A strategy that decodes a batch of prompts at once, a batch of one included (one code
+    path): each row's committed sequence ``seqs`` (prompt included), statistics ``extras``,
+    and a target cache with per-row lengths. With ``reads_hidden`` (drafts from the target's
+    own states, as prediction heads do), ``hidden`` [B, H] holds each row's final-norm state
+    at its last accepted position (the one that predicted its newest token), and ``ready[b]``
+    is False until row b has one (a one-token prompt before its first step)."""
 
     batched = True
     reads_hidden: ClassVar[bool] = False
@@ -273,6 +270,14 @@ class ChainStrategy(Strategy):
         if self.hidden is not None:
             self.hidden = self.hidden[to_device(rows, self.hidden.device)]
         self.cache.select(rows)
+
+
+class ChainStrategy(BatchedStrategy):
+    """A batched draft-and-verify loop over chains: ``propose`` a chain per row (any length,
+    none included), the target scores every row's newest token and chain in one forward,
+    ``verify_rows`` accepts a prefix per row, and ``accepted`` lets the drafter follow. With
+    ``reads_hidden`` the verifying forward also returns the hidden states (``hidden``).
+    """
 
     @abstractmethod
     def propose(self, budgets: list[int]) -> tuple[torch.Tensor, list[int], torch.Tensor | None]:

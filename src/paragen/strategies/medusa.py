@@ -29,7 +29,7 @@ import torch
 
 from paragen.errors import UnsupportedOptionError
 from paragen.sampling import SamplingParams, warp
-from paragen.strategies.base import pad, prefill_rows, to_device
+from paragen.strategies.base import BatchedStrategy, pad, to_device
 from paragen.strategies.drafter import TreeDraftStrategy, record_tree
 from paragen.strategies.tree import parse_widths, static_nodes
 from paragen.tree import TokenTree
@@ -54,48 +54,25 @@ class MedusaOptions:
         return static_nodes(self.widths)
 
 
-class Medusa(TreeDraftStrategy):
+class Medusa(BatchedStrategy, TreeDraftStrategy):
     name = "medusa"
     Options = MedusaOptions
     needs_draft = False
     head_kinds = ("medusa", "blockwise")
     summary = "prediction heads' top candidates form a token tree, target verifies it in one call"
-    batched = True
+    reads_hidden = True  # each row's next tree is drafted from its state
 
     @classmethod
     def slack(cls, o: MedusaOptions) -> int:
         return 1 + o.nodes()
 
-    # A batch of one is a batch: one code path (as ChainStrategy's).
-    def prefill(self, prompt: list[int]) -> None:
-        self.prefill_rows([prompt])
-
-    def step(self, budget: int) -> list[int]:
-        return self.step_rows([budget])[0]
-
     def prefill_rows(self, prompts: list[list[int]]) -> None:
         # one depth per head: depths beyond the heads' count are dropped (as blockwise's k=0 uses every head)
         self.widths = parse_widths(self.opts.widths)[: self.ctx.heads.num_heads]
-        self.seqs = [list(p) for p in prompts]
-        self.extras = [self.new_extra() for _ in prompts]
-        self.cache = self.ctx.target.new_cache(self.ctx.cache_length, batch=len(prompts))
-        # each row's state at its newest token's predecessor: what its next tree is drafted from
-        self.hidden = prefill_rows(self.ctx.target, self.cache, self.seqs, hidden=True)
-        self.ready = [len(p) > 1 for p in prompts]  # a one-token prompt has no state yet
+        super().prefill_rows(prompts)
 
     def new_extra(self) -> dict[str, Any]:
         return {"proposed": [], "accepted": [], "nodes": 0, "lossy": not self.lossless}
-
-    def row_extra(self, row: int) -> dict[str, Any]:
-        return dict(self.extras[row])
-
-    def select(self, rows: list[int]) -> None:
-        self.seqs = [self.seqs[i] for i in rows]
-        self.extras = [self.extras[i] for i in rows]
-        self.ready = [self.ready[i] for i in rows]
-        if self.hidden is not None:
-            self.hidden = self.hidden[to_device(rows, self.hidden.device)]
-        self.cache.select(rows)
 
     def read_heads(self) -> None:
         """Before the trees grow: every head's logits at every row's state, in one heads call."""
