@@ -8,11 +8,12 @@ call. ``prefill`` fills the caches; each ``step`` makes one iteration
 
 Batches: the driver calls ``prefill_rows`` / ``step_rows`` / ``select``. A strategy that
 decodes one prompt at a time gets them for free (a batch of one); a ``ChainStrategy``
-(``ar``, ``speculative``, ``lookup``, ``blockwise``) or a ``BatchedStrategy`` (``medusa``,
-``hydra``) decodes many rows at once, each row with its own
-draft length and accept length, over caches with per-row lengths (``paragen.cache``).
-Its tensors live on the model's device; the only device-to-host copy of a step is the
-committed tokens (with each row's accept length, in the same tensor).
+(``ar``, ``speculative``, ``lookup``, ``blockwise``) or another ``BatchedStrategy``
+(``medusa``, ``hydra``: a token tree per row) decodes many rows at once, each row with its
+own draft and accepted length, over caches with per-row lengths (``paragen.cache``). Their
+tensors live on the model's device; a chain step's only device-to-host copy is the
+committed tokens (with each row's accept length, in the same tensor), while tree steps grow
+and walk their trees on the host.
 """
 
 from __future__ import annotations
