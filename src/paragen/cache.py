@@ -34,8 +34,9 @@ import torch
 
 class OneRowCache:
     """The per-row interface (``rows``, ``slots``, ``mask``, ``commit_rows``, ``keep_rows``,
-    ``truncate_rows``, ``tree_mask``, ``select``) for a cache that keeps one length, such as the transformers adapter's: it
-    holds a batch of one, so batched strategies run on it one prompt at a time."""
+    ``truncate_rows``, ``tree_mask``, ``select``) for a cache that keeps one length, such as
+    the transformers adapter's: it holds a batch of one, so batched strategies run on it one
+    prompt at a time."""
 
     length: int
     uniform = True

@@ -162,16 +162,6 @@ def catch_up(model: CountedModel, cache: Any, seq: list[int]) -> torch.Tensor:
     return logits[-1]
 
 
-def prefill_hidden(model: CountedModel, cache: Any, seq: list[int]) -> torch.Tensor | None:
-    """``prefill_cache`` that also returns the final-norm hidden state at ``seq[-2]`` [H] (None for a
-    one-token prompt): the state from which prediction heads draft what follows ``seq[-1]``."""
-    if len(seq) < 2:
-        return None
-    _, hidden = feed(model, cache, seq[:-1], 0, hidden=True)
-    cache.commit(len(seq) - 1)
-    return hidden[-1]
-
-
 # ---------------------------------------------------------------- batches of chains
 
 
