@@ -63,6 +63,10 @@ CASES = [
     ("speculative", {"k": 5, "adaptive": True}, OTHER),  # each row adapts its own k
     ("speculative", {"k": 4}, FlakyDraft(MODEL)),  # rows drift apart: some rows' k is cut by their budget
     ("speculative", {"k": 4, "adaptive": True}, FlakyDraft(MODEL)),
+    ("tree", {}, OTHER),  # dynamic trees: each row's own shape, padded into one forward
+    ("tree", {"shape": "static", "widths": "2,2,1"}, MODEL),  # every row accepts its whole depth
+    ("tree", {"budget": 6, "depth": 3}, FlakyDraft(MODEL)),
+    ("spectr", {"k": 3, "length": 3}, OTHER),
 ]
 
 
@@ -83,7 +87,11 @@ def test_every_row_equals_its_batch_of_one_run(name, options, draft):
     rows = paragen.generate(model, prompts, name, max_new_tokens=17, draft=draft, **options)
     assert isinstance(rows, list) and len(rows) == len(prompts)
     for prompt, row in zip(prompts, rows):
-        same_steps(row, paragen.generate(model, prompt, name, max_new_tokens=17, draft=draft, **options))
+        alone = paragen.generate(model, prompt, name, max_new_tokens=17, draft=draft, **options)
+        if name == "spectr":  # it samples its k drafts even when greedy, from the generator the rows
+            assert row.tokens == alone.tokens  # share: the same output, but not the same trees
+        else:
+            same_steps(row, alone)
         assert row.tokens == reference_greedy(model, prompt, 17)
 
 
@@ -96,12 +104,13 @@ def test_every_row_equals_its_batch_of_one_run(name, options, draft):
     ("medusa", "blockwise", {"widths": "3,2"}, True),
     ("hydra", "hydra", {"widths": "2,2,1"}, False),  # heads that read each node's path
     ("medusa_typical", "medusa", {"epsilon": 0.5}, False),  # LOSSY
+    ("eagle", "eagle", {"budget": 8, "depth": 3}, False),  # a drafter (and its cache) per row
 ])
 def test_heads_rows_equal_their_batch_of_one_run(name, kind, options, zero_out):
     """Heads strategies in a batch: each row drafts (a chain or a tree) from its own hidden
     state (one-token prompts included: they draft nothing on their first step) and keeps its
     own accepted path."""
-    heads = new_heads(MODEL, kind, 4, seed=1, zero_out=zero_out)
+    heads = new_heads(MODEL, kind, 1 if kind == "eagle" else 4, seed=1, zero_out=zero_out)
     prompts = [[7], *ragged_prompts(3, 5, 50)]
     rows = paragen.generate(MODEL, prompts, name, max_new_tokens=17, heads=heads, **options)
     for prompt, row in zip(prompts, rows):
@@ -196,6 +205,8 @@ def test_a_batch_of_one_is_a_list_for_every_strategy():
     ("lookup", SamplingParams(1.2, top_k=3)),
     ("blockwise", SamplingParams(0.9)),
     ("medusa", SamplingParams(1.0, top_k=4)),
+    ("tree", SamplingParams(0.8)),
+    ("spectr", SamplingParams(1.0, top_p=0.9)),
 ])
 def test_sampled_rows_follow_the_target_distribution(strategy, params):
     """Each prompt of a ragged batch (many copies of each, so one call yields many samples)
@@ -203,13 +214,15 @@ def test_sampled_rows_follow_the_target_distribution(strategy, params):
     prompts = [[0, 1, 2, 0, 1], [3, 2], [1, 1, 1, 1, 1, 1, 1]]
     copies, calls, length = 20, 120, 2
     n = copies * calls
-    draft = DRAFT if strategy == "speculative" else None
+    draft = DRAFT if strategy in ("speculative", "tree", "spectr") else None
+    options = {"tree": {"shape": "static", "widths": "2,1", "draw": "without"}, "spectr": {"k": 2, "length": 2}}
     heads = new_heads(TARGET, "blockwise", 2, seed=2) if strategy in ("blockwise", "medusa") else None
     counts = {i: Counter() for i in range(len(prompts))}
     for seed in range(calls):
         batch = [p for p in prompts for _ in range(copies)]
         rows = paragen.generate(TARGET, batch, strategy, max_new_tokens=length, temperature=params.temperature,
-                                top_k=params.top_k, top_p=params.top_p, seed=seed, draft=draft, heads=heads)
+                                top_k=params.top_k, top_p=params.top_p, seed=seed, draft=draft, heads=heads,
+                                **options.get(strategy, {}))
         for j, row in enumerate(rows):
             counts[j // copies][tuple(row.tokens)] += 1
     for i, prompt in enumerate(prompts):
@@ -258,7 +271,7 @@ def test_bad_batches_raise_clear_errors(prompt, needle):
 
 
 def test_strategies_that_do_not_batch_say_which_do(model_dir):
-    with pytest.raises(UnsupportedOptionError, match="ar, speculative, lookup"):
+    with pytest.raises(UnsupportedOptionError, match="decode a batch are ar, speculative, tree"):
         paragen.generate(MODEL, [[1, 2], [3]], "jacobi", max_new_tokens=4)
     with pytest.raises(InvalidInputError, match="generate"):
         paragen.stream(MODEL, [[1, 2], [3]], "ar", max_new_tokens=4)
@@ -284,7 +297,7 @@ def test_bench_batch_size(model_dir, tmp_path, capsys):
     for r in bench["records"]:
         assert r["tokens"] == paragen.generate(model, prompts[r["task_id"]], "ar", max_new_tokens=8).tokens
     assert all(s["exact"] == 1.0 for s in bench["summary"].values())
-    for flags, needle in [(["--strategies", "jacobi"], "--strategies ar,speculative,lookup"),
+    for flags, needle in [(["--strategies", "jacobi"], "--strategies ar,speculative,tree"),
                           (["--strategies", "hf-greedy"], "one prompt at a time"),
                           (["--batch-size", "0"], "--batch-size must be between 1 and"),
                           (["--device", "banana"], "unknown device")]:

@@ -8,9 +8,9 @@ call. ``prefill`` fills the caches; each ``step`` makes one iteration
 
 Batches: the driver calls ``prefill_rows`` / ``step_rows`` / ``select``. A strategy that
 decodes one prompt at a time gets them for free (a batch of one); a ``ChainStrategy``
-(``ar``, ``speculative``, ``lookup``, ``blockwise``) or another ``BatchedStrategy``
-(``medusa``, ``hydra``: a token tree per row) decodes many rows at once, each row with its
-own draft and accepted length, over caches with per-row lengths (``paragen.cache``). Their
+(``ar``, ``speculative``, ``lookup``, ``blockwise``) or a ``TreeDraftStrategy`` (``tree``,
+``spectr``, ``medusa``, ``hydra``, ``eagle``: a token tree per row), both ``BatchedStrategy``,
+decodes many rows at once, each row with its own draft and accepted length, over caches with per-row lengths (``paragen.cache``). Their
 tensors live on the model's device; a chain step's only device-to-host copy is the
 committed tokens (with each row's accept length, in the same tensor), while tree steps grow
 and walk their trees on the host.
@@ -188,17 +188,13 @@ def feed_rows(model: CountedModel, cache: Any, tokens: torch.Tensor, hidden: boo
 
 def prefill_rows(model: CountedModel, cache: Any, seqs: list[list[int]], hidden: bool = False) -> torch.Tensor | None:
     """Write each ``seq[:-1]`` into an empty cache in one call (ragged rows padded). With
-    ``hidden``: each row's final-norm hidden state at ``seq[-2]`` [B, H] (a one-token row's is
-    meaningless), or None when every prompt is one token (no call)."""
+    ``hidden``: the final-norm hidden states of that call [B, max len - 1, H] (row b's first
+    ``len(seqs[b]) - 1`` are its own), or None when every prompt is one token (no call)."""
     if max(map(len, seqs)) == 1:
         return None
     out = feed_rows(model, cache, pad([s[:-1] for s in seqs], model.device), hidden=hidden)
     cache.commit_rows([len(s) - 1 for s in seqs])
-    if not hidden:
-        return None
-    states = out[1]
-    last = to_device([max(len(s) - 2, 0) for s in seqs], states.device)
-    return states[torch.arange(len(seqs), device=states.device), last]
+    return out[1] if hidden else None
 
 
 def catch_up_rows(model: CountedModel, cache: Any, seqs: list[list[int]]) -> torch.Tensor:
@@ -240,12 +236,19 @@ class BatchedStrategy(Strategy):
     def step(self, budget: int) -> list[int]:
         return self.step_rows([budget])[0]
 
-    def prefill_rows(self, prompts: list[list[int]]) -> None:
+    def prefill_rows(self, prompts: list[list[int]]) -> torch.Tensor | None:
+        """Fill the target cache; with ``reads_hidden``, return the prompts' hidden states
+        (``prefill_rows``'s) for subclasses whose drafters read more than the last one."""
         self.seqs = [list(p) for p in prompts]
         self.extras = [self.new_extra() for _ in prompts]
         self.cache = self.ctx.target.new_cache(self.ctx.cache_length, batch=len(prompts))
-        self.hidden = prefill_rows(self.ctx.target, self.cache, self.seqs, hidden=self.reads_hidden)
+        states = prefill_rows(self.ctx.target, self.cache, self.seqs, hidden=self.reads_hidden)
+        self.hidden = None
+        if states is not None:  # each row's state at seq[-2] (a one-token row's is never read)
+            last = to_device([max(len(s) - 2, 0) for s in self.seqs], states.device)
+            self.hidden = states[torch.arange(len(self.seqs), device=states.device), last]
         self.ready = [len(p) > 1 for p in prompts]
+        return states
 
     def new_extra(self) -> dict[str, Any]:
         """A row's statistics before its first step."""

@@ -1,6 +1,8 @@
-"""A draft model growing a token tree level by level, with its cache kept in step.
+"""Token-tree draft-and-verify: the batched loop (``TreeDraftStrategy``), and a draft model
+growing a token tree level by level with its cache kept in step (``TreeDrafter``).
 
-Shared by the tree-shaped draft-and-verify strategies (``tree``, ``spectr``). One draft
+The loop is shared by every tree strategy (``tree``, ``spectr``, ``medusa``, ``hydra``,
+``eagle``); the drafter by those on a draft model (``tree``, ``spectr``). One draft
 call per level: the nodes to expand are fed together, each seeing the committed sequence,
 its own ancestors among the nodes fed before, and itself. Those slots stay in the draft's
 cache until verification; then ``accept`` keeps the accepted path's slots (``keep``) and
@@ -15,12 +17,12 @@ never the output, which the target verifies on an exact cache.
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
 from paragen.sampling import SamplingParams, warp
-from paragen.strategies.base import CountedModel, Strategy, catch_up, feed, prefill_cache
+from paragen.strategies.base import BatchedStrategy, CountedModel, catch_up, feed, pad, prefill_cache
 from paragen.tree import TokenTree
 from paragen.verify import verify_tree
 
@@ -75,74 +77,111 @@ class TreeDrafter:
         self.cache.keep(kept)
 
 
-class TreeDraftStrategy(Strategy):
-    """The loop of a tree-shaped draft-and-verify strategy; subclasses say how deep a step
-    drafts (``depth``) and how the tree grows (``grow``), and drafters other than a draft
-    model (prediction heads) also how the target's forward feeds them (``score``, ``commit``).
+class TreeDraftStrategy(BatchedStrategy):
+    """The batched loop of the tree-shaped draft-and-verify strategies. Each row grows its
+    own tree (``grow``) from its own drafter (``drafters[row]``, a ``TreeDrafter`` on the draft
+    model by default, with a cache of its own); the rows' trees are padded to one size and
+    scored in one target forward (``KVCache.tree_mask``: a row sees its committed slots and
+    its own tree; a pad node sees only itself and is never read); ``verify`` walks each row's
+    tree; each row keeps its own path (``KVCache.keep_rows``) and its drafter follows
+    (``commit``). A batch of one is the same loop. Subclasses say how deep a row drafts
+    (``depth``) and how its tree grows (``grow``); drafters other than a draft model
+    (prediction heads) also say what they read from the verifying forward (``keeps_states``,
+    ``commit``).
 
-    Stats (``extra``): ``proposed[d]`` / ``accepted[d]``: steps whose tree reached depth
+    Stats (``extras[row]``): ``proposed[d]`` / ``accepted[d]``: steps whose tree reached depth
     d + 1, and whose accepted path did; ``nodes``: drafted nodes verified in all.
     """
 
     needs_draft = True
     rule: ClassVar[str] = "rrs"  # verify_tree's sampling rule
+    keeps_states: ClassVar[bool] = False  # the verifying forward also returns every node's hidden state
 
     @abstractmethod
-    def depth(self) -> int:
-        """Draft levels a step grows at most."""
+    def depth(self, row: int) -> int:
+        """Draft levels row ``row`` grows at most this step."""
 
     @abstractmethod
-    def grow(self, depth: int) -> TokenTree:
-        """A tree of at most ``depth`` levels from ``self.drafter`` (started on ``self.seq``)."""
+    def grow(self, row: int, depth: int) -> TokenTree:
+        """Row ``row``'s tree of at most ``depth`` levels from ``drafters[row]`` (started on ``seqs[row]``)."""
 
-    def prefill(self, prompt: list[int]) -> None:
-        super().prefill(prompt)
-        self.drafter = TreeDrafter(self.ctx.draft, self.ctx.cache_length)
-        self.drafter.prefill(self.seq)
-        self.ctx.extra.update(proposed=[], accepted=[], nodes=0)
+    def prefill_rows(self, prompts: list[list[int]]) -> torch.Tensor | None:
+        states = super().prefill_rows(prompts)
+        self.drafters = [self.new_drafter(row, states) for row in range(len(prompts))]
+        return states
+
+    def new_drafter(self, row: int, states: torch.Tensor | None):
+        """Row ``row``'s drafter, prefilled with its prompt (``states``: the prompts' hidden states, if read)."""
+        drafter = TreeDrafter(self.ctx.draft, self.ctx.cache_length)
+        drafter.prefill(self.seqs[row])
+        return drafter
+
+    def new_extra(self) -> dict[str, Any]:
+        return {"proposed": [], "accepted": [], "nodes": 0}
+
+    def select(self, rows: list[int]) -> None:
+        super().select(rows)
+        self.drafters = [self.drafters[i] for i in rows]
 
     def draft_probs(self, logits: torch.Tensor) -> torch.Tensor:
         """The draft's probabilities [..., V]: warped like the target's when sampling, its own
         softmax (temperature 1) when greedy, where they only rank or diversify candidates."""
         return warp(logits, SamplingParams(1.0) if self.ctx.sampling.greedy else self.ctx.sampling)
 
-    def step(self, budget: int) -> list[int]:
-        n = len(self.seq)
-        depth = min(self.depth(), budget - 1)
-        # 1. propose: a token tree from the draft (none when one token is wanted)
-        tree = self.grow(depth) if depth else TokenTree(self.seq[-1])
-        # 2. verify: one target forward over the newest token and every node (tree mask)
-        logits = self.score(tree, n)
-        path, nxt = self.verify(tree, logits)
-        # 3. commit: the target's and the drafter's caches keep the accepted path only
-        self.commit(path, drafted=depth > 0)
-        committed = [*(tree.tokens[i] for i in path), nxt]
-        self.seq.extend(committed)
-        self.record(tree, logits, path)
+    def before_grow(self) -> None:
+        """Called once per step before any row's tree grows (heads read every row's state at once)."""
+
+    def step_rows(self, budgets: list[int]) -> list[list[int]]:
+        # 1. propose: a tree per row (none for a row that wants one token)
+        depths = [min(self.depth(b), budget - 1) for b, budget in enumerate(budgets)]
+        if max(depths):
+            self.before_grow()
+        trees = [self.grow(b, d) if d else TokenTree(self.seqs[b][-1]) for b, d in enumerate(depths)]
+        # 2. verify: one target forward over every row's newest token and tree
+        logits, states = self.score(trees)
+        paths, committed = [], []
+        for b, tree in enumerate(trees):
+            path, nxt = self.verify(tree, logits[b, : len(tree)])
+            paths.append(path)
+            committed.append([*(tree.tokens[i] for i in path), nxt])
+            self.record(b, tree, logits[b, : len(tree)], path)
+        # 3. commit: the target's cache keeps each row's accepted path, the drafters follow
+        self.cache.keep_rows([[0, *p] for p in paths])
+        self.commit(paths, depths, states)
+        for seq, c in zip(self.seqs, committed):
+            seq.extend(c)
         return committed
 
-    def score(self, tree: TokenTree, n: int) -> torch.Tensor:
-        """The target's logits at every node [N, V], in one forward after the committed ``n - 1``."""
-        return feed(self.ctx.target, self.cache, tree.tokens, n - 1, mask=tree.mask(), positions=tree.positions(n - 1))
+    def score(self, trees: list[TokenTree]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The target's logits at every node of every row's tree [B, N, V] (N: the largest
+        tree) in one forward, and with ``keeps_states`` the hidden states there [B, N, H]."""
+        B, N, device = len(trees), max(map(len, trees)), self.ctx.target.device
+        shapes = torch.eye(N, dtype=torch.bool).repeat(B, 1, 1)  # a pad node sees only itself
+        for b, tree in enumerate(trees):
+            shapes[b, : len(tree), : len(tree)] = tree.mask()
+        starts = [len(s) - 1 for s in self.seqs]  # each root's position
+        tokens = pad([t.tokens for t in trees], device)
+        positions = pad([t.positions(n) + [n] * (N - len(t)) for t, n in zip(trees, starts)], device)
+        out = self.ctx.target(tokens, positions, cache=self.cache, mask=self.cache.tree_mask(shapes),
+                              return_hidden=self.keeps_states)
+        return out if self.keeps_states else (out, None)
 
     def verify(self, tree: TokenTree, logits: torch.Tensor) -> tuple[list[int], int]:
         """(accepted path, next token): ``verify_tree`` with this strategy's sampling rule."""
         return verify_tree(tree, logits, self.ctx.sampling, self.ctx.generator, rule=self.rule)
 
-    def commit(self, path: list[int], drafted: bool) -> None:
-        self.cache.keep([0, *path])
-        if drafted:  # the drafter started a tree this step
-            self.drafter.accept(path)
+    def commit(self, paths: list[list[int]], depths: list[int], states: torch.Tensor | None) -> None:
+        """After the target kept each row's path: a drafter that started a tree keeps its path too."""
+        for drafter, path, depth in zip(self.drafters, paths, depths):
+            if depth:
+                drafter.accept(path)
 
-    def record(self, tree: TokenTree, logits: torch.Tensor, path: list[int]) -> None:
-        record_tree(self.ctx.extra, tree, path)
-
-
-def record_tree(extra: dict, tree: TokenTree, path: list[int]) -> None:
-    """Count one verified tree into a row's stats: depths reached and accepted, nodes drafted."""
-    for key in ("proposed", "accepted"):
-        extra[key] += [0] * (tree.depth - len(extra[key]))
-    for d in range(tree.depth):
-        extra["proposed"][d] += 1
-        extra["accepted"][d] += int(d < len(path))
-    extra["nodes"] += len(tree) - 1
+    def record(self, row: int, tree: TokenTree, logits: torch.Tensor, path: list[int]) -> None:
+        """Count one verified tree into its row's stats: depths reached and accepted, nodes drafted."""
+        extra = self.extras[row]
+        for key in ("proposed", "accepted"):
+            extra[key] += [0] * (tree.depth - len(extra[key]))
+        for d in range(tree.depth):
+            extra["proposed"][d] += 1
+            extra["accepted"][d] += int(d < len(path))
+        extra["nodes"] += len(tree) - 1

@@ -17,9 +17,10 @@ greedy and sampling. Options are ``tree``'s.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
-from paragen.strategies.base import feed
 from paragen.strategies.tree import Tree
 from paragen.tree import TokenTree
 
@@ -89,28 +90,22 @@ class Eagle(Tree):
     needs_draft = False
     head_kinds = ("eagle",)
     summary = "EAGLE drafter on the target's hidden states grows a token tree, target verifies it in one call"
+    reads_hidden = True  # each row's drafter is prefilled with its prompt's true features
+    keeps_states = True  # ... and then fed those of each accepted path
 
-    def prefill(self, prompt: list[int]) -> None:
-        ctx = self.ctx
-        self.seq = list(prompt)
-        self.cache = ctx.target.new_cache(ctx.cache_length)
-        hidden = ctx.heads.proj.new_zeros(0, ctx.heads.proj.shape[1])
-        if len(self.seq) > 1:
-            _, hidden = feed(ctx.target, self.cache, self.seq[:-1], 0, hidden=True)
-            self.cache.commit(len(self.seq) - 1)
-        self.drafter = EagleDrafter(ctx.heads, ctx.cache_length, hidden)
-        ctx.extra.update(proposed=[], accepted=[], nodes=0, lossy=False)
+    def new_drafter(self, row: int, states: torch.Tensor | None) -> EagleDrafter:
+        n = len(self.seqs[row]) - 1  # features of seq[:-1]; none for a one-token prompt
+        heads = self.ctx.heads
+        pending = states[row, :n] if n else heads.proj.new_zeros(0, heads.proj.shape[1])
+        return EagleDrafter(heads, self.ctx.cache_length, pending)
 
-    def depth(self) -> int:
-        return super().depth() if self.drafter.ready else 0  # a one-token prompt has no feature yet
+    def new_extra(self) -> dict[str, Any]:
+        return {**super().new_extra(), "lossy": False}
 
-    def score(self, tree: TokenTree, n: int) -> torch.Tensor:
-        """One target forward over every node, keeping the features the drafter needs."""
-        logits, self.hidden = feed(self.ctx.target, self.cache, tree.tokens, n - 1, mask=tree.mask(),
-                                   positions=tree.positions(n - 1), hidden=True)
-        return logits
+    def depth(self, row: int) -> int:
+        return super().depth(row) if self.drafters[row].ready else 0  # a one-token prompt has no feature yet
 
-    def commit(self, path: list[int], drafted: bool) -> None:
-        # The drafter gets the target's true features along the accepted path, drafted or not.
-        self.cache.keep([0, *path])
-        self.drafter.accept(self.hidden[[0, *path]])
+    def commit(self, paths: list[list[int]], depths: list[int], states: torch.Tensor | None) -> None:
+        # Each drafter gets the target's true features along its accepted path, drafted or not.
+        for b, (drafter, path) in enumerate(zip(self.drafters, paths)):
+            drafter.accept(states[b, [0, *path]])

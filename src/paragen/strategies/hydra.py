@@ -20,7 +20,7 @@ class Hydra(Medusa):
     head_kinds = ("hydra",)
     summary = "sequential prediction heads grow a token tree, target verifies it in one call"
 
-    def read_heads(self) -> None:
+    def before_grow(self) -> None:
         """Hydra's heads read each node's path, so they are called level by level instead."""
 
     def child_logits(self, row: int, tree: TokenTree, level: list[int], depth: int) -> torch.Tensor:

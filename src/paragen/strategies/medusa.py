@@ -10,9 +10,9 @@ walks it (greedy: argmax; sampling: recursive rejection, exact); the same forwar
 hidden state at the last accepted node gives the next tree's heads' predictions, so a
 step is one target call, as in ``blockwise``.
 
-Batched: each row grows its own tree from its own state; the trees are padded to one size
-and scored in one forward (``KVCache.tree_mask``: each row sees its committed slots and its
-own tree), verified row by row, and each row keeps its own path (``KVCache.keep_rows``).
+Batched as every tree strategy (``TreeDraftStrategy``): each row grows its own tree from its
+own state (the heads read every row's state in one call), one forward scores the padded
+trees, and each row keeps its own path.
 
 Sampling, ``draw``: "top" takes the heads' top-w as deterministic candidates (q = None:
 a node accepts Y ~ p iff Y was drafted); "sample" draws each node's children from the
@@ -29,8 +29,8 @@ import torch
 
 from paragen.errors import UnsupportedOptionError
 from paragen.sampling import SamplingParams, warp
-from paragen.strategies.base import BatchedStrategy, pad, to_device
-from paragen.strategies.drafter import TreeDraftStrategy, record_tree
+from paragen.strategies.base import to_device
+from paragen.strategies.drafter import TreeDraftStrategy
 from paragen.strategies.tree import parse_widths, static_nodes
 from paragen.tree import TokenTree
 
@@ -54,28 +54,35 @@ class MedusaOptions:
         return static_nodes(self.widths)
 
 
-class Medusa(BatchedStrategy, TreeDraftStrategy):
+class Medusa(TreeDraftStrategy):
     name = "medusa"
     Options = MedusaOptions
     needs_draft = False
     head_kinds = ("medusa", "blockwise")
     summary = "prediction heads' top candidates form a token tree, target verifies it in one call"
     reads_hidden = True  # each row's next tree is drafted from its state
+    keeps_states = True  # ... at its last accepted node, which the verifying forward returns
 
     @classmethod
     def slack(cls, o: MedusaOptions) -> int:
         return 1 + o.nodes()
 
-    def prefill_rows(self, prompts: list[list[int]]) -> None:
+    def prefill_rows(self, prompts: list[list[int]]) -> torch.Tensor | None:
         # one depth per head: depths beyond the heads' count are dropped (as blockwise's k=0 uses every head)
         self.widths = parse_widths(self.opts.widths)[: self.ctx.heads.num_heads]
-        super().prefill_rows(prompts)
+        return super().prefill_rows(prompts)
+
+    def new_drafter(self, row: int, states: torch.Tensor | None) -> None:
+        return None  # the heads, read from ``hidden``
 
     def new_extra(self) -> dict[str, Any]:
-        return {"proposed": [], "accepted": [], "nodes": 0, "lossy": not self.lossless}
+        return {**super().new_extra(), "lossy": not self.lossless}
 
-    def read_heads(self) -> None:
-        """Before the trees grow: every head's logits at every row's state, in one heads call."""
+    def depth(self, row: int) -> int:
+        return len(self.widths) if self.ready[row] else 0  # a one-token prompt has no state yet
+
+    def before_grow(self) -> None:
+        """Every head's logits at every row's state, in one heads call."""
         self.head_logits = self.ctx.heads(self.hidden)  # [B, K, V]
 
     def child_logits(self, row: int, tree: TokenTree, level: list[int], depth: int) -> torch.Tensor:
@@ -103,40 +110,9 @@ class Medusa(BatchedStrategy, TreeDraftStrategy):
         tree.replacement = False
         return tree
 
-    def depth(self) -> int:
-        return len(self.widths)
-
-    def step_rows(self, budgets: list[int]) -> list[list[int]]:
-        B, device = len(self.seqs), self.ctx.target.device
-        # 1. propose: a tree per row from its own state (none for a row that wants one token
-        #    or has no state yet); the heads read every row's state in one call
-        depths = [min(self.depth(), b - 1) if ready else 0 for b, ready in zip(budgets, self.ready)]
-        if max(depths):
-            self.read_heads()
-        trees = [self.grow(b, d) if d else TokenTree(self.seqs[b][-1]) for b, d in enumerate(depths)]
-        # 2. verify: one target forward over every row's tree (trees padded to one size; a pad
-        #    node sees only itself and is never read), hidden states kept for the next trees
-        N = max(map(len, trees))
-        shapes = torch.zeros(B, N, N, dtype=torch.bool)
-        shapes[:] = torch.eye(N, dtype=torch.bool)
-        for b, tree in enumerate(trees):
-            shapes[b, : len(tree), : len(tree)] = tree.mask()
-        starts = [len(s) - 1 for s in self.seqs]
-        tokens = pad([t.tokens for t in trees], device)
-        positions = pad([t.positions(n) + [n] * (N - len(t)) for t, n in zip(trees, starts)], device)
-        logits, states = self.ctx.target(tokens, positions, cache=self.cache, mask=self.cache.tree_mask(shapes),
-                                         return_hidden=True)
-        # 3. commit: each row keeps its newest token and its accepted path
-        paths, committed = [], []
-        for b, tree in enumerate(trees):
-            path, nxt = self.verify(tree, logits[b, : len(tree)])
-            paths.append(path)
-            committed.append([*(tree.tokens[i] for i in path), nxt])
-            record_tree(self.extras[b], tree, path)
-            self.seqs[b].extend(committed[-1])
-        self.cache.keep_rows([[0, *p] for p in paths])
+    def commit(self, paths: list[list[int]], depths: list[int], states: torch.Tensor | None) -> None:
         # the state at each row's last accepted node predicted its next token: the next tree's
+        device = states.device
         last = to_device([p[-1] if p else 0 for p in paths], device)
-        self.hidden = states[torch.arange(B, device=device), last]
-        self.ready = [True] * B
-        return committed
+        self.hidden = states[torch.arange(len(paths), device=device), last]
+        self.ready = [True] * len(paths)

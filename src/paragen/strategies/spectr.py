@@ -63,13 +63,13 @@ class SpecTr(TreeDraftStrategy):
     def rule(self) -> str:  # verify_tree's rule at each node: K-SEQ or recursive rejection
         return self.opts.verifier
 
-    def depth(self) -> int:
+    def depth(self, row: int) -> int:
         return self.opts.length
 
-    def grow(self, length: int) -> TokenTree:
+    def grow(self, row: int, length: int) -> TokenTree:
         """k draft sequences of ``length`` tokens, as a tree with per-node candidates and q."""
-        o, ctx = self.opts, self.ctx
-        tree, logits = self.drafter.start(self.seq)
+        o, ctx, drafter = self.opts, self.ctx, self.drafters[row]
+        tree, logits = drafter.start(self.seqs[row])
         through = {0: o.k}  # node -> drafts passing through it
         level, logits = [0], logits[None]
         for d in range(length):
@@ -81,16 +81,17 @@ class SpecTr(TreeDraftStrategy):
                     through[child] = through.get(child, 0) + 1
             level = tree.level(d + 1)
             if d + 1 < length:
-                logits = self.drafter.expand(tree, level)
+                logits = drafter.expand(tree, level)
         tree.replacement = o.replacement
         return tree
 
-    def record(self, tree: TokenTree, logits: torch.Tensor, path: list[int]) -> None:
-        super().record(tree, logits, path)
-        if self.ctx.extra.get("ceiling", {}).get("positions", 0) < self.opts.ceiling and tree.q[0] is not None:
-            self.measure(logits[0], tree, bool(path))
+    def record(self, row: int, tree: TokenTree, logits: torch.Tensor, path: list[int]) -> None:
+        super().record(row, tree, logits, path)
+        extra = self.extras[row]
+        if extra.get("ceiling", {}).get("positions", 0) < self.opts.ceiling and tree.q[0] is not None:
+            self.measure(extra, logits[0], tree, bool(path))
 
-    def measure(self, logits: torch.Tensor, tree: TokenTree, accepted: bool) -> None:
+    def measure(self, extra: dict, logits: torch.Tensor, tree: TokenTree, accepted: bool) -> None:
         """Add the root position to ``extra["ceiling"]``: whether the target's token was among
         the drafts, the optimal acceptance for this (p, q, k) (Hu et al. 2025), and K-SEQ's
         exact acceptance (i.i.d. drafts). Means over positions = their sums / positions."""
@@ -98,7 +99,7 @@ class SpecTr(TreeDraftStrategy):
 
         o, q, k = self.opts, tree.q[0], len(tree.cands[0])
         p = warp(logits, self.ctx.sampling)  # one-hot under greedy: the argmax must be drafted
-        rec = self.ctx.extra.setdefault("ceiling", dict(positions=0, accepted=0, optimum=0.0, kseq=0.0))
+        rec = extra.setdefault("ceiling", dict(positions=0, accepted=0, optimum=0.0, kseq=0.0))
         rec["positions"] += 1
         rec["accepted"] += int(accepted)
         rec["optimum"] += optimal_acceptance(p, q, k, o.replacement)

@@ -102,16 +102,16 @@ class Tree(TreeDraftStrategy):
     def call_tokens(cls, o: TreeOptions) -> int:
         return 1 + o.nodes()
 
-    def depth(self) -> int:
+    def depth(self, row: int) -> int:
         return self.opts.depth if self.opts.shape == "dynamic" else len(parse_widths(self.opts.widths))
 
-    def grow(self, depth: int) -> TokenTree:
-        return self.grow_dynamic(depth) if self.opts.shape == "dynamic" else self.grow_static(depth)
+    def grow(self, row: int, depth: int) -> TokenTree:
+        return self.grow_dynamic(row, depth) if self.opts.shape == "dynamic" else self.grow_static(row, depth)
 
-    def grow_static(self, depth: int) -> TokenTree:
-        o, greedy = self.opts, self.ctx.sampling.greedy
+    def grow_static(self, row: int, depth: int) -> TokenTree:
+        o, greedy, drafter = self.opts, self.ctx.sampling.greedy, self.drafters[row]
         widths = parse_widths(o.widths)[:depth]
-        tree, logits = self.drafter.start(self.seq)
+        tree, logits = drafter.start(self.seqs[row])
         level, logits = [0], logits[None]
         for d, w in enumerate(widths):
             for node, q in zip(level, self.draft_probs(logits)):
@@ -126,13 +126,13 @@ class Tree(TreeDraftStrategy):
                     tree.add(node, t)
             level = tree.level(d + 1)
             if d + 1 < len(widths):
-                logits = self.drafter.expand(tree, level)
+                logits = drafter.expand(tree, level)
         tree.replacement = o.draw == "with"
         return tree
 
-    def grow_dynamic(self, depth: int) -> TokenTree:
-        o = self.opts
-        tree, logits = self.drafter.start(self.seq)
+    def grow_dynamic(self, row: int, depth: int) -> TokenTree:
+        o, drafter = self.opts, self.drafters[row]
+        tree, logits = drafter.start(self.seqs[row])
         score = {0: 0.0}  # log of the path product of draft probabilities
         frontier, logits = [0], logits[None]
         for d in range(depth):
@@ -146,9 +146,9 @@ class Tree(TreeDraftStrategy):
             if d + 1 == depth:
                 break
             frontier = sorted(new, key=lambda i: -score[i])[: o.topk]
-            logits = self.drafter.expand(tree, frontier)
+            logits = drafter.expand(tree, frontier)
         # Ties broken by index keep a parent (equal score, smaller index) before its child.
         best = sorted(score.keys() - {0}, key=lambda i: (-score[i], i))[: o.budget]
         tree, new = tree.subtree(best)
-        self.drafter.renumber(new)
+        drafter.renumber(new)
         return tree
