@@ -10,8 +10,8 @@ Batches: the driver calls ``prefill_rows`` / ``step_rows`` / ``select``. A strat
 decodes one prompt at a time gets them for free (a batch of one); a ``ChainStrategy``
 (``ar``, ``speculative``, ``lookup``, ``blockwise``) or a ``TreeDraftStrategy`` (``tree``,
 ``spectr``, ``medusa``, ``hydra``, ``eagle``: a token tree per row), both ``BatchedStrategy``,
-decodes many rows at once, each row with its own draft and accepted length, over caches with per-row lengths (``paragen.cache``). Their
-tensors live on the model's device; a chain step's only device-to-host copy is the
+decodes many rows at once, each row with its own draft and accepted length, over caches
+with per-row lengths (``paragen.cache``). Their tensors live on the model's device; a chain step's only device-to-host copy is the
 committed tokens (with each row's accept length, in the same tensor), while tree steps grow
 and walk their trees on the host.
 """
