@@ -11,9 +11,9 @@ decodes one prompt at a time gets them for free (a batch of one); a ``ChainStrat
 (``ar``, ``speculative``, ``lookup``, ``blockwise``) or a ``TreeDraftStrategy`` (``tree``,
 ``spectr``, ``medusa``, ``hydra``, ``eagle``: a token tree per row), both ``BatchedStrategy``,
 decodes many rows at once, each row with its own draft and accepted length, over caches
-with per-row lengths (``paragen.cache``). Their tensors live on the model's device; a chain step's only device-to-host copy is the
-committed tokens (with each row's accept length, in the same tensor), while tree steps grow
-and walk their trees on the host.
+with per-row lengths (``paragen.cache``). Their tensors live on the model's device; a chain
+step's only device-to-host copy is the committed tokens (with each row's accept length, in
+the same tensor), while tree steps grow and walk their trees on the host.
 """
 
 from __future__ import annotations
