@@ -2,8 +2,9 @@
 
 For each batch size, one ``paragen bench`` run (``paragen.bench.run``: warm-up, batches
 interleaved with ``ar``, contenders rotated) of ``ar`` and the batched strategies asked for
-(default ``speculative`` and ``lookup``; any strategy that decodes a batch) on the same prompts; tokens per second of each strategy and its ratio to ``ar`` at the same batch
-size. The crossover of a strategy is the smallest batch size at which it no longer beats
+(default ``speculative`` and ``lookup``; any strategy that decodes a batch) on the same
+prompts; tokens per second of each strategy and its ratio to ``ar`` at the same batch size.
+The crossover of a strategy is the smallest batch size at which it no longer beats
 ``ar`` (None: it beats ``ar`` at every size measured). Speculation trades extra target work
 per token (k + 1 positions scored for a + 1 kept) for fewer sequential calls; a batch already
 fills each call with rows, so past some size the extra work costs more than the calls saved.
