@@ -134,12 +134,12 @@ class GreedyChooser:
         if self.weight == 0:
             return greedy_accept(draft, logits.argmax(-1).tolist())
         logp = logits.double().log_softmax(-1)
-        r, last = self.r, self.last
-        for i in range(len(draft) + 1):  # position by position, up to the first disagreement
+        r, last, i = self.r, self.last, 0
+        while True:  # position by position, up to the first disagreement or the draft's end
             psi, r_all = self.ctc.extend(r, last)
             choice = int(((1 - self.weight) * logp[i] + self.weight * psi[0]).argmax())
-            if i == len(draft) or choice != draft[i]:
-                self.r, self.last = r_all[:, :, :, choice], torch.tensor([choice], device=r.device)
-                return i, choice
             r, last = r_all[:, :, :, choice], torch.tensor([choice], device=r.device)
-        raise AssertionError("unreachable: the last position always returns")
+            if i == len(draft) or choice != draft[i]:
+                self.r, self.last = r, last
+                return i, choice
+            i += 1
