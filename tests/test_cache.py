@@ -112,3 +112,44 @@ def test_cache_rejects_overflow_and_bad_truncate():
         cache.write(0, torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 4))
     with pytest.raises(IndexError):
         cache.truncate(1)
+
+
+def test_rows_of_trees_match_each_row_alone():
+    """Per-row trees: ``tree_mask`` lets row b's new tokens see its committed slots and its own
+    tree only, and ``keep_rows`` keeps each row's path; the logits after that equal each row's
+    sequence recomputed alone (ragged rows, different paths, a row keeping just its root)."""
+    model = NATIVE
+    seqs = [[1, 2, 3, 4, 5, 6], [7, 8], [9, 10, 11, 12]]
+    # each row's tree: root, two children, a grandchild under the second child (parents by index)
+    trees = [[5, 20, 21, 22], [7, 23, 24, 25], [11, 26, 27, 28]]
+    parents = [-1, 0, 0, 2]
+    shape = torch.zeros(4, 4, dtype=torch.bool)
+    for i, p in enumerate(parents):
+        if p >= 0:
+            shape[i] = shape[p]
+        shape[i, i] = True
+    paths = [[0, 2, 3], [0], [0, 1]]  # offsets kept per row (root first)
+    cache = model.new_cache(batch=3, max_length=16)
+    with torch.inference_mode():
+        x = torch.tensor([s[:-1] + [0] * (6 - len(s)) for s in seqs])
+        model(x, cache.slots(5), cache=cache, mask=cache.mask(5))
+        cache.commit_rows([len(s) - 1 for s in seqs])
+        depth = torch.tensor([0, 1, 1, 2])
+        positions = torch.tensor([[len(s) - 1] for s in seqs]) + depth
+        tree_logits = model(torch.tensor(trees), positions, cache=cache, mask=cache.tree_mask(shape.repeat(3, 1, 1)))
+        for b, s in enumerate(seqs):  # every node scored as its root-to-node chain alone
+            for node in range(4):
+                chain, n = [], node
+                while n >= 0:
+                    chain.insert(0, trees[b][n])
+                    n = parents[n]
+                alone = model(torch.tensor([s[:-1] + chain]), torch.arange(len(s) - 1 + len(chain))[None])[0, -1]
+                torch.testing.assert_close(tree_logits[b, node], alone, rtol=1e-9, atol=1e-9)
+        cache.keep_rows(paths)
+        assert cache.rows == [len(s) - 1 + len(p) for s, p in zip(seqs, paths)]
+        kept = [s[:-1] + [trees[b][i] for i in p] for b, (s, p) in enumerate(zip(seqs, paths))]
+        nxt = torch.tensor([[3], [4], [5]])
+        after = model(nxt, cache.slots(1), cache=cache, mask=cache.mask(1))[:, 0]
+        for b, k in enumerate(kept):
+            alone = model(torch.tensor([k + [int(nxt[b])]]), torch.arange(len(k) + 1)[None])[0, -1]
+            torch.testing.assert_close(after[b], alone, rtol=1e-9, atol=1e-9)
