@@ -1,7 +1,9 @@
 """``make demo``: the built-in models on a HumanEval prompt, strategy by strategy, with stats.
 
 Every lossless strategy on code-target (those on prediction heads when heads are built in),
-and block diffusion (lossy) on code-block-diffusion when that model is built in.
+and block diffusion (lossy) on code-block-diffusion when that model is built in; then, when
+speech-en is built in, its sample recordings transcribed by the AR decoder and by the NAR
+decoders on the same encoder.
 
 Run with ``python -m paragen.demo [--prompt-index I] [--max-new-tokens N]``.
 """
@@ -53,8 +55,33 @@ def main(argv: list[str] | None = None) -> int:
     for name, gen in results:
         if not STRATEGIES[name].lossless:  # its text differs from ar's above: show it
             print(f"\n== completion by {name} ==\n{gen.text}")
-    print("\nOne prompt, one run: see BENCHMARKS.md for measured averages (paragen bench).")
+    if "speech-en" in builtin_models():
+        speech_demo()
+    print("\nOne prompt, one run: see BENCHMARKS.md and the README for measured averages (paragen bench).")
     return 0
+
+
+# The AR decoder, the lossless drafted decoders (alone and with joint CTC/attention scoring), and two NAR ones.
+SPEECH_RUNS = (("ar", {}), ("ctc_draft", {}), ("ar", {"ctc_weight": 0.3}), ("ctc_draft", {"ctc_weight": 0.3}),
+               ("ctc", {}), ("cass_nat", {}))
+
+
+def speech_demo() -> None:
+    """speech-en's sample recordings (held-out sentences), every decoder in SPEECH_RUNS."""
+    import json
+
+    from paragen.models.io import resolve
+
+    model, folder = paragen.load("speech-en"), resolve("speech-en")
+    samples = json.loads((folder / "samples.json").read_text())
+    print(f"\n== speech-en: {len(samples)} sample recordings of held-out sentences ==")
+    for name, about in samples.items():
+        print(f"\n{name}: {about}")
+        paragen.transcribe(model, folder / name, "ar")  # warm-up, not timed
+        for strategy, options in SPEECH_RUNS:
+            t = paragen.transcribe(model, folder / name, strategy, **options)
+            label = strategy + "".join(f"[{k}={v}]" for k, v in options.items())
+            print(f"  {label:<26} {t.stats.decoder_calls:>3} decoder calls {t.stats.seconds * 1000:>6.0f} ms  {t.text!r}")
 
 
 if __name__ == "__main__":
