@@ -37,7 +37,7 @@ from paragen.speech.decode.base import (
 from paragen.speech.model import Encoded
 
 NAME = "ctc_draft"
-SUMMARY = "CTC greedy hypothesis drafted, verified by the attention decoder in one call (lossless: equals ar)"
+SUMMARY = "CTC greedy hypothesis drafted, verified by the attention decoder in one call (lossless: ar with its ctc_weight)"
 LOSSLESS = True
 
 
