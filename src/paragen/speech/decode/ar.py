@@ -6,12 +6,12 @@ each character maximises the joint score, still one decoder call per character.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from paragen.speech import vocab
-from paragen.speech.decode.base import CTC_WEIGHT_HELP, CountedSpeechModel, GreedyChooser, check_ctc_weight, max_length
+from paragen.speech.decode.base import CountedSpeechModel, GreedyChooser, GreedyOptions, max_length
 from paragen.speech.model import Encoded
 
 NAME = "ar"
@@ -20,13 +20,8 @@ LOSSLESS = True
 
 
 @dataclass(frozen=True)
-class Options:
+class Options(GreedyOptions):
     """Greedy decoding up to the shared length limit; ``ctc_weight`` > 0: joint CTC/attention greedy."""
-
-    ctc_weight: float = field(default=0.0, metadata={"help": CTC_WEIGHT_HELP})
-
-    def __post_init__(self) -> None:
-        check_ctc_weight(self.ctc_weight)
 
 
 @torch.no_grad()

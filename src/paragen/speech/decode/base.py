@@ -105,13 +105,18 @@ def ctc_best_path(enc: Encoded) -> tuple[torch.Tensor, torch.Tensor]:
     return labels, conf
 
 
-CTC_WEIGHT_HELP = ("lambda of joint CTC/attention greedy decoding, in [0, 1): each character maximises "
-                   "(1 - lambda) log p_att + lambda log p_ctc (CTC prefix score); 0: the attention decoder alone")
+@dataclass(frozen=True)
+class GreedyOptions:
+    """The settings of greedy AR decoding, shared by ``ar`` and ``ctc_draft`` (equal settings,
+    equal output): ``ctc_weight`` > 0 makes it joint CTC/attention greedy (``GreedyChooser``)."""
 
+    ctc_weight: float = field(default=0.0, metadata={
+        "help": "lambda of joint CTC/attention greedy decoding, in [0, 1): each character maximises "
+        "(1 - lambda) log p_att + lambda log p_ctc (CTC prefix score); 0: the attention decoder alone"})
 
-def check_ctc_weight(weight: float) -> None:
-    if not 0.0 <= weight < 1.0:
-        raise ValueError(f"ctc_weight must be in [0, 1) (1 would ignore the decoder), got {weight}")
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.ctc_weight < 1.0:
+            raise ValueError(f"ctc_weight must be in [0, 1) (1 would ignore the decoder), got {self.ctc_weight}")
 
 
 class GreedyChooser:

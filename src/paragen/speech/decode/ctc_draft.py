@@ -21,19 +21,12 @@ along the draft need no model call.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from paragen.speech import align, vocab
-from paragen.speech.decode.base import (
-    CTC_WEIGHT_HELP,
-    CountedSpeechModel,
-    GreedyChooser,
-    check_ctc_weight,
-    ctc_best_path,
-    max_length,
-)
+from paragen.speech.decode.base import CountedSpeechModel, GreedyChooser, GreedyOptions, ctc_best_path, max_length
 from paragen.speech.model import Encoded
 
 NAME = "ctc_draft"
@@ -42,13 +35,8 @@ LOSSLESS = True
 
 
 @dataclass(frozen=True)
-class Options:
-    """The draft is the CTC greedy hypothesis; ``ctc_weight``: what it is verified against (``ar``'s option)."""
-
-    ctc_weight: float = field(default=0.0, metadata={"help": CTC_WEIGHT_HELP})
-
-    def __post_init__(self) -> None:
-        check_ctc_weight(self.ctc_weight)
+class Options(GreedyOptions):
+    """The draft is the CTC greedy hypothesis; ``ctc_weight``: the greedy decoding it reproduces (``ar``'s)."""
 
 
 @torch.no_grad()
