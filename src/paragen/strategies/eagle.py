@@ -12,7 +12,8 @@ and the next step feeds them before drafting, so each step is one target call.
 The tree is grown by ``tree``'s code (``Tree.grow_static`` / ``grow_dynamic``: static
 widths, or EAGLE-2's best-first tree under a node budget from the drafter's confidences)
 with this drafter in place of a draft model, and verified by ``verify_tree``: lossless,
-greedy and sampling. Options are ``tree``'s.
+greedy and sampling. Options are ``tree``'s. In a batch each row has its own drafter and
+drafter cache (``TreeDraftStrategy``), prefilled with its prompt's true features.
 """
 
 from __future__ import annotations
