@@ -160,7 +160,7 @@ class KVCache:
     def keep(self, indices: list[int] | torch.Tensor) -> None:
         """Accept pending slots ``length + indices`` (ascending offsets) and compact them."""
         if not self.uniform:
-            raise ValueError("keep() needs every row at the same length (tree strategies decode one prompt at a time)")
+            raise ValueError("keep() needs every row at the same length: use keep_rows() for rows of different lengths")
         idx = torch.as_tensor(indices, dtype=torch.long, device=self.device)
         n = int(idx.numel())
         src = self.length + idx
