@@ -11,8 +11,8 @@ order is a valid feeding order and ``tokens`` can be fed to a model as one seque
 
 With that mask and those positions, node i's logits equal those of feeding its
 root-to-node path as a plain chain (SpecInfer, Miao et al. 2024, "tree attention"; a
-property test checks it on both backends). After verification ``cache.keep([0, *path])`` (``keep_rows`` in a batch)
-compacts the accepted path so the cache stays position-addressed.
+property test checks it on both backends). After verification ``cache.keep([0, *path])``
+(``keep_rows`` in a batch) compacts the accepted path so the cache stays position-addressed.
 
 Each node also records how its children were drafted, for the sampling verifiers:
 ``cands[i]`` the drafted tokens in draw order (repeats kept: i.i.d. drafts may repeat a
