@@ -147,6 +147,39 @@ def test_training_labels_are_the_targets_own_tokens_j_plus_2_ahead():
     assert all(c < n / 2 for c, n in zip(correct, count))
 
 
+def test_init_continues_heads_on_a_continued_target(tmp_path, model_dir, tokenizer):
+    """``--init``: heads trained for one target start training on another of the same shape
+    (as after ``train lm --init``) from their own weights, re-bound to the new target, and
+    begin far ahead of fresh heads; another kind or number of heads is refused."""
+    from paragen.models.io import load_native, save_model
+    from paragen.train.heads import HeadsTrainConfig, start_heads, train_heads
+
+    cfg = dict(kind="hydra", num_heads=2, precision="fp32", **{k: v for k, v in TINY.items() if k != "precision"})
+    train_heads(HeadsTrainConfig(target=str(model_dir), out=str(tmp_path / "old"), steps=45, **cfg), progress=False)
+    continued = load_native(model_dir)
+    with torch.no_grad():  # a target trained a little further: every weight moved by about 1%
+        for p in continued.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(1)) * 0.01 * p.std())
+    new_dir = save_model(continued, tokenizer, tmp_path / "continued", dtype=torch.float32)
+    new_target = paragen.load(new_dir)
+    with pytest.raises(HeadsMismatchError):
+        load_heads(tmp_path / "old", new_target)  # the old heads refuse the new target...
+    warm = start_heads(HeadsTrainConfig(target=str(new_dir), init=str(tmp_path / "old"), **cfg), new_target)
+    old = load_heads(tmp_path / "old", paragen.load(model_dir))
+    for (name, a), (_, b) in zip(warm.state_dict().items(), old.state_dict().items()):
+        assert torch.equal(a, b), name  # ...but start the new run with their weights
+    fresh = train_heads(HeadsTrainConfig(target=str(new_dir), out=str(tmp_path / "fresh"), steps=5, **cfg), progress=False)
+    cont = train_heads(HeadsTrainConfig(target=str(new_dir), out=str(tmp_path / "cont"), init=str(tmp_path / "old"),
+                                        steps=5, **cfg), progress=False)
+    assert cont["heldout_loss"] < fresh["heldout_loss"] - 0.05, (cont["heldout_loss"], fresh["heldout_loss"])
+    assert load_heads(tmp_path / "cont", new_target).kind == "hydra"  # bound to the new target now
+    with pytest.raises(HeadsMismatchError):
+        load_heads(tmp_path / "cont", paragen.load(model_dir))
+    for other in (dict(cfg, kind="medusa"), dict(cfg, num_heads=3)):
+        with pytest.raises(InvalidInputError, match="--num-heads"):
+            start_heads(HeadsTrainConfig(target=str(new_dir), init=str(tmp_path / "old"), **other), new_target)
+
+
 def test_train_heads_command(tmp_path, model_dir, capsys):
     from paragen.cli import main
 

@@ -117,6 +117,13 @@ def load_heads(path: str | os.PathLike, model: Model) -> Heads:
 
     Refuses, with ``HeadsMismatchError``, a model other than the one they were trained for.
     """
+    path, config, state = read_heads(path)
+    check_target(config.target, model, where=f"the heads in {path}")
+    return bind_heads(config, state, model).eval()
+
+
+def read_heads(path: str | os.PathLike) -> tuple[Path, HeadsConfig, dict[str, torch.Tensor]]:
+    """A heads directory's (resolved path, config, weights), unbound; ``path`` may be a built-in heads name."""
     from safetensors.torch import load_file
 
     path = builtin_heads().get(str(path), Path(path))
@@ -127,11 +134,16 @@ def load_heads(path: str | os.PathLike, model: Model) -> Heads:
         state = load_file(str(path / "heads.safetensors"))
     except Exception as e:
         raise ModelLoadError(f"cannot read the heads in {path} ({e}); re-train or re-copy them") from e
-    check_target(config.target, model, where=f"the heads in {path}")
+    return path, config, state
+
+
+def bind_heads(config: HeadsConfig, state: dict[str, torch.Tensor], model: Model) -> Heads:
+    """Heads of ``config`` with weights ``state`` on ``model``'s embedding and projection, in its dtype
+    (no target check: ``load_heads`` makes it)."""
     embed, proj = model.head_weights()
     heads = make_heads(config, embed, proj)
     heads.load_state_dict({k: v.to(proj.dtype) for k, v in state.items()})
-    return heads.eval()
+    return heads
 
 
 def new_heads(model: Model, kind: str, num_heads: int, seed: int = 0, std: float = 0.02, zero_out: bool = True,

@@ -223,7 +223,7 @@ def add_heads_parser(tsub: argparse._SubParsersAction) -> None:
     add_stop_at(h)
     h.add_argument("--quiet", action="store_true", help="no progress bar")
     add_config_flags(h, HeadsTrainConfig, skip={"kind", "target", "out", "size", "tokenizer", "vocab_size", "attention",
-                                                 "device", "init"})
+                                                 "device"})
 
 
 def run_train_heads(args: argparse.Namespace) -> int:

@@ -34,7 +34,8 @@ import torch
 import torch.nn.functional as F
 
 from paragen.errors import InvalidInputError
-from paragen.heads import KINDS, Heads, new_heads, save_heads
+from paragen.heads import KINDS, Heads, fingerprint, new_heads, save_heads
+from paragen.heads.io import bind_heads, read_heads
 from paragen.models import load
 from paragen.models.base import Model
 from paragen.models.io import resolve
@@ -61,6 +62,10 @@ class HeadsTrainConfig(TrainConfig):
     warmup: int = train_field("warmup", 50)
     weight_decay: float = train_field("weight_decay", 0.0)
     eval_windows: int = train_field("eval_windows", 32)
+    init: str | None = field(default=None, metadata={
+        "help": "start from these heads (a heads directory or built-in heads name) instead of random ones, e.g. the "
+                "heads of the model --target was continued from: the same kind, number of heads and sizes; they are "
+                "re-bound to --target, and the optimiser and schedule start afresh"})
     readout_fraction: float = field(default=1.0, metadata={
         "help": "share of each window's positions that training reads out through the vocabulary projection, per "
                 "head, drawn afresh each step (the projection is most of the cost: 0.25 trains about 2-3x more steps "
@@ -130,6 +135,23 @@ def evaluate_heads(heads: Heads, target: Model, heldout: torch.Tensor, cfg: Head
     return sum(losses) / len(starts), [a / b for a, b in zip(correct, count)]
 
 
+def start_heads(cfg: HeadsTrainConfig, target: Model) -> Heads:
+    """Fresh heads for ``target``, or with ``cfg.init`` trained ones re-bound to it (recording its
+    fingerprint): a target continued from another keeps nearly the same hidden states, so its
+    old heads are a far better start than random ones."""
+    num_heads = 1 if cfg.kind == "eagle" else cfg.num_heads
+    if cfg.init is None:
+        return new_heads(target, cfg.kind, num_heads, seed=cfg.seed)
+    path, config, state = read_heads(cfg.init)
+    V, H = target.head_weights()[1].shape
+    if (config.kind, config.num_heads, config.hidden_size, config.vocab_size) != (cfg.kind, num_heads, H, V):
+        raise InvalidInputError(
+            f"--init {path} holds {config.num_heads} {config.kind} heads for hidden size {config.hidden_size} and "
+            f"{config.vocab_size} tokens; this run trains {num_heads} {cfg.kind} heads on a target with {H} and {V}: "
+            "give the same --kind and --num-heads as those heads, or leave --init out")
+    return bind_heads(replace(config, target=fingerprint(target)), state, target)
+
+
 def train_heads(cfg: HeadsTrainConfig, resume: bool = False, progress: bool = True, command: str | None = None,
                 stop_at: int | None = None) -> dict:
     """Train heads for ``cfg.target`` (frozen) and write the heads directory; returns the training record.
@@ -140,7 +162,7 @@ def train_heads(cfg: HeadsTrainConfig, resume: bool = False, progress: bool = Tr
     torch.manual_seed(cfg.seed)
     target = load(cfg.target, dtype=torch.float32).eval().requires_grad_(False)  # native backend: an nn.Module
     _, train, heldout, split = prepare(replace(cfg, tokenizer=str(resolve(cfg.target))))  # the target's tokenizer
-    heads = new_heads(target, cfg.kind, 1 if cfg.kind == "eagle" else cfg.num_heads, seed=cfg.seed)
+    heads = start_heads(cfg, target)
     state = fit(heads, cfg, train, lambda h, batch, g: head_loss(h, target, batch, cfg, g)[0],
                 lambda h: (lambda loss, acc: (loss, sum(acc) / len(acc)))(*evaluate_heads(h, target, heldout, cfg)),
                 work / "checkpoint.pt", resume=resume, progress=progress, desc=f"train {cfg.kind} heads",
