@@ -22,7 +22,7 @@ from paragen.train.corpus import (
     package_source,
     split_key,
 )
-from paragen.train.lm import TrainConfig, train_lm
+from paragen.train.lm import TrainConfig, prepare, train_lm
 
 TINY = dict(size="tiny", max_files=30, seq_len=64, batch_size=8, vocab_size=300, precision="fp32", warmup=4,
             eval_every=20, checkpoint_every=10, eval_windows=16)
@@ -217,6 +217,9 @@ def test_built_corpus_never_trains_on_heldout_text(tmp_path):
     tok = paragen.load("code-target").tokenizer
     assert sb["tokens"]["train"] == len(tok.encode("z = 3\n")) + 1  # + EOS, as train lm streams files
     assert json.loads((tmp_path / "corpus" / "manifest.json").read_text()) == manifest
+    _, train_ids, _, split = prepare(TrainConfig(data=str(tmp_path / "corpus"), tokenizer=str(tok_dir)))
+    assert len(train_ids) == sa["tokens"]["train"] + sb["tokens"]["train"]  # train lm streams the training files only
+    assert [s["name"] for s in split["manifest"]["sources"]] == ["a", "b"]  # the record names its sources
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".corpus")]  # the temporary directory is gone
 
 
@@ -225,9 +228,14 @@ def test_built_corpus_keeps_the_stdlib_heldout_files(tmp_path):
     built, stdlib = find_corpus(tmp_path / "c"), find_corpus()
     assert [f.removeprefix("stdlib/") for f in built.heldout_files if f.startswith("stdlib/")] == list(stdlib.heldout_files)
     assert any(f.startswith("click/") for f in built.train_files)
-    shipped = json.loads((builtin_models()["code-target"] / "training.json").read_text())["split"]
-    if shipped["root"] == str(stdlib.root):  # the interpreter the shipped models were trained on
-        assert list(stdlib.heldout_files) == shipped["heldout_files"]
+    for name in ("code-target", "code-draft"):
+        shipped = json.loads((builtin_models()[name] / "training.json").read_text())["split"]
+        root, heldout = shipped["root"], shipped["heldout_files"]
+        if "manifest" in shipped:  # trained on a built corpus: its stdlib source and files
+            root = next(s["from"] for s in shipped["manifest"]["sources"] if s["kind"] == "stdlib")
+            heldout = [f.removeprefix("stdlib/") for f in heldout if f.startswith("stdlib/")]
+        if root == str(stdlib.root):  # the interpreter the shipped models were trained on
+            assert list(stdlib.heldout_files) == heldout, name
 
 
 def test_only_permissive_packages_enter_the_corpus():

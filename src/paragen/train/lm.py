@@ -23,7 +23,7 @@ from paragen.models import parse_device
 from paragen.models.io import load_native, resolve, save_model
 from paragen.models.native import NativeConfig, NativeModel
 from paragen.tokenizer import Tokenizer
-from paragen.train.corpus import find_corpus
+from paragen.train.corpus import MANIFEST, find_corpus
 from paragen.train.loop import fit, training_record
 from paragen.train.tokenizer import train_tokenizer
 
@@ -149,7 +149,18 @@ def prepare(cfg: TrainConfig, log: Callable[[str], None] = lambda message: None)
         "train_tokens": len(train),
         "heldout_tokens": len(heldout),
     }
+    if (corpus.root / MANIFEST).is_file():  # a built corpus: what it holds (sources, licences, tokens)
+        split["manifest"] = corpus_record(corpus.root)
     return tok, train, heldout, split
+
+
+def corpus_record(root: Path) -> dict:
+    """A built corpus's manifest as a training record keeps it: sources with versions, licences,
+    where they were copied from, files and tokens; its split rule and totals."""
+    manifest = json.loads((root / MANIFEST).read_text())
+    keys = ("name", "kind", "version", "licence", "from", "train_files", "heldout_files", "tokens")
+    return {"command": manifest.get("command"), "split": manifest.get("split"), "totals": manifest.get("totals"),
+            "sources": [{k: src.get(k) for k in keys} for src in manifest["sources"]]}
 
 
 def init_checked_tokenizer(init_dir: Path, tokenizer: str | None) -> Path:
