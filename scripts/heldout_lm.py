@@ -13,11 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 
+import numpy as np
 import torch
 
 from paragen.models.io import load_native, resolve
 from paragen.tokenizer import Tokenizer
-from paragen.train.lm import TrainConfig, evaluate, prepare
+from paragen.train.corpus import find_corpus
+from paragen.train.lm import TrainConfig, encode_files, evaluate
 
 
 def main() -> None:
@@ -34,11 +36,13 @@ def main() -> None:
     fingerprints = {Tokenizer.from_dir(d).fingerprint() for d in dirs}
     if len(fingerprints) > 1:
         raise SystemExit("the models have different tokenizers: held-out windows would not be the same text")
-    cfg = TrainConfig(data=args.data, tokenizer=str(dirs[0]), seq_len=args.seq_len, eval_windows=args.eval_windows)
-    _, _, heldout, split = prepare(cfg)
+    cfg = TrainConfig(data=args.data, seq_len=args.seq_len, eval_windows=args.eval_windows)
+    corpus = find_corpus(args.data)  # the held-out stream exactly as `train lm` builds it
+    ids = encode_files(Tokenizer.from_dir(dirs[0]), [corpus.read(f) for f in corpus.heldout_files])
+    heldout = torch.from_numpy(ids.astype(np.int64))
     for name, d in zip(args.models, dirs):
         loss, accuracy = evaluate(load_native(d), heldout, cfg)
-        print(json.dumps({"model": name, "corpus": split["root"], "heldout_files": len(split["heldout_files"]),
+        print(json.dumps({"model": name, "corpus": str(corpus.root), "heldout_files": len(corpus.heldout_files),
                           "windows": min(args.eval_windows, (len(heldout) - 1) // args.seq_len),
                           "heldout_loss": round(loss, 4), "heldout_accuracy": round(accuracy, 4)}), flush=True)
 
