@@ -43,7 +43,7 @@ def test_distill_loss_is_kl_and_ce_by_weight(teacher_dir):
 
 
 def test_distillation_lowers_the_kl_to_the_teacher(tmp_path, teacher_dir):
-    cfg = DistillConfig(out=str(tmp_path / "d"), teacher=str(teacher_dir), steps=60, **TINY)
+    cfg = DistillConfig(out=str(tmp_path / "d"), teacher=str(teacher_dir), steps=120, **TINY)
     teacher = load_native(teacher_dir)
     before = teacher.state_dict()
     rec = train_distill(cfg, progress=False)
@@ -54,8 +54,8 @@ def test_distillation_lowers_the_kl_to_the_teacher(tmp_path, teacher_dir):
     start = distill_metrics(fresh, teacher, heldout, cfg)
     assert rec["heldout_kl"] < 0.2 * start["kl"]
     # and more than the same training on the data alone
-    assert rec["heldout_kl"] < 0.85 * on_data["heldout_kl"]
-    assert rec["heldout_agreement"] > on_data["heldout_agreement"]
+    assert rec["heldout_kl"] < 0.85 * on_data["heldout_kl"], (rec["heldout_kl"], on_data["heldout_kl"])
+    assert rec["heldout_agreement"] > on_data["heldout_agreement"], (rec["heldout_agreement"], on_data["heldout_agreement"])
     for name, p in load_native(teacher_dir).state_dict().items():  # the teacher is frozen
         assert torch.equal(p, before[name]), name
     saved = json.loads((tmp_path / "d" / "training.json").read_text())
