@@ -76,6 +76,13 @@ def test_init_continues_a_model_with_its_shape_and_tokenizer(tmp_path, model_dir
     # it starts where the init ended (a random model's loss is ln 300 = 5.7)
     assert abs(second["history"][0]["heldout_loss"] - first["heldout_loss"]) < 0.1
     assert paragen.load(tmp_path / "b").tokenizer.fingerprint() == paragen.load(tmp_path / "a").tokenizer.fingerprint()
+    assert "init" not in first
+    assert (second["init"]["from"], second["init"]["steps"]) == (str(tmp_path / "a"), 40)
+    assert second["init"]["heldout_loss"] == first["heldout_loss"]
+    # a model continued twice records both earlier stages, nested
+    third = train_lm(TrainConfig(out=str(tmp_path / "d"), steps=2, **TINY, init=str(tmp_path / "b")), progress=False)
+    assert (third["init"]["from"], third["init"]["steps"], third["init"]["init"]["steps"]) == (str(tmp_path / "b"), 10, 40)
+    assert json.loads((tmp_path / "d" / "training.json").read_text())["init"] == third["init"]
     with pytest.raises(VocabularyMismatchError, match="another tokenizer"):
         train_lm(TrainConfig(out=str(tmp_path / "c"), steps=2, **TINY, init=str(tmp_path / "a"), tokenizer=str(model_dir)),
                  progress=False)

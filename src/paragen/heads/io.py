@@ -122,11 +122,16 @@ def load_heads(path: str | os.PathLike, model: Model) -> Heads:
     return bind_heads(config, state, model).eval()
 
 
+def heads_dir(path: str | os.PathLike) -> Path:
+    """The directory of a built-in heads name, or ``path`` itself."""
+    return builtin_heads().get(str(path), Path(path))
+
+
 def read_heads(path: str | os.PathLike) -> tuple[Path, HeadsConfig, dict[str, torch.Tensor]]:
     """A heads directory's (resolved path, config, weights), unbound; ``path`` may be a built-in heads name."""
     from safetensors.torch import load_file
 
-    path = builtin_heads().get(str(path), Path(path))
+    path = heads_dir(path)
     if not (path / "heads.json").exists():
         raise ModelLoadError(f"{path} has no heads.json: is it a directory written by `paragen train heads`?")
     try:

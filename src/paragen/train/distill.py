@@ -128,8 +128,8 @@ def train_distill(cfg: DistillConfig, resume: bool = False, progress: bool = Tru
     tok, train, heldout, split = prepare(replace(cfg, tokenizer=str(teacher_dir)))
     if tok.vocab_size != teacher.config.vocab_size:
         raise VocabularyMismatchError(f"{teacher_dir}: tokenizer has {tok.vocab_size} tokens, model {teacher.config.vocab_size}")
-    if cfg.init:
-        init_dir = resolve(cfg.init)
+    init_dir = resolve(cfg.init) if cfg.init else None
+    if init_dir is not None:
         if Tokenizer.from_dir(init_dir).fingerprint() != tok.fingerprint():
             raise VocabularyMismatchError(f"--init {cfg.init} has another tokenizer than the teacher {cfg.teacher}")
         student = load_native(init_dir).train()
@@ -152,7 +152,7 @@ def train_distill(cfg: DistillConfig, resume: bool = False, progress: bool = Tru
     final = distill_metrics(student, teacher, heldout, cfg)
     state.history = [{"step": h["step"], "tokens": h["tokens"], "heldout_kl": h["heldout_loss"],
                       "heldout_agreement": h["heldout_accuracy"], "train_loss": h["train_loss"]} for h in state.history]
-    record = training_record(cfg, student, state, (final["loss"], final["accuracy"]), split, command,
+    record = training_record(cfg, student, state, (final["loss"], final["accuracy"]), split, command, init_dir,
                              teacher=cfg.teacher, heldout_kl=final["kl"], heldout_agreement=final["agreement"])
     save_model(student, tok, out, dtype=torch.float16, extra_files={"training.json": json.dumps(record, indent=2) + "\n"})
     return record

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from paragen.errors import InvalidInputError
 from paragen.heads import KINDS, Heads, fingerprint, new_heads, save_heads
-from paragen.heads.io import bind_heads, read_heads
+from paragen.heads.io import bind_heads, heads_dir, read_heads
 from paragen.models import load
 from paragen.models.base import Model
 from paragen.models.io import resolve
@@ -169,7 +169,7 @@ def train_heads(cfg: HeadsTrainConfig, resume: bool = False, progress: bool = Tr
                 stop_at=stop_at)
     loss, per_head = evaluate_heads(heads, target, heldout, cfg)
     record = training_record(cfg, heads, state, (loss, sum(per_head) / len(per_head)), split, command,
-                             target=cfg.target, per_head_accuracy=per_head,
+                             heads_dir(cfg.init) if cfg.init else None, target=cfg.target, per_head_accuracy=per_head,
                              bytes_fp16=2 * sum(p.numel() for p in heads.parameters()))
     save_heads(heads, out, dtype=torch.float16, extra_files={"training.json": json.dumps(record, indent=2) + "\n"})
     return record

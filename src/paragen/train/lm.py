@@ -215,6 +215,6 @@ def train_lm(cfg: TrainConfig, resume: bool = False, progress: bool = True, comm
     state = fit(model, cfg, train, lambda m, batch, g: lm_loss(m, batch, cfg.precision),
                 lambda m: evaluate(m, heldout, cfg), work / "checkpoint.pt", resume=resume, progress=progress,
                 desc=f"train {cfg.init or cfg.size}", stop_at=stop_at)
-    record = training_record(cfg, model, state, evaluate(model, heldout, cfg), split, command)
+    record = training_record(cfg, model, state, evaluate(model, heldout, cfg), split, command, init_dir)
     save_model(model, tok, out, dtype=torch.float16, extra_files={"training.json": json.dumps(record, indent=2) + "\n"})
     return record
