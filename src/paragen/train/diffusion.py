@@ -213,7 +213,6 @@ def train_diffusion(
         f", block-causal blocks of {cfg.block_size} (BD3-LM)" if cfg.block_size else "") + (
         ", shifted (logits at p predict p + 1)" if cfg.shift else "")
     # held-out loss: an upper bound on NLL per token, unconditional; accuracy: on masked tokens
-    record = training_record(cfg, model, state, evaluate(model), split, command, init_dir and Path(init_dir),
-                             objective=objective)
+    record = training_record(cfg, model, state, evaluate(model), split, command, init_dir, objective=objective)
     save_model(model, tok, out, dtype=torch.float16, extra_files={"training.json": json.dumps(record, indent=2) + "\n"})
     return record

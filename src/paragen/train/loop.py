@@ -143,19 +143,18 @@ LINEAGE_KEYS = ("note", "command", "teacher", "target", "steps", "tokens_seen", 
                 "heldout_kl", "heldout_agreement", "wall_seconds", "init")
 
 
-def init_lineage(init_dir: Path | None) -> dict | None:
+def init_lineage(init_dir: str | os.PathLike | None) -> dict | None:
     """The summary of the training that made ``init_dir`` (a model or heads directory an
     ``--init`` run starts from), nesting its own ``init``: a continued model's training.json
     then says how every stage before it was made. None without an init or a training.json."""
-    record = Path(init_dir) / "training.json" if init_dir is not None else None
-    if record is None or not record.is_file():
+    if init_dir is None or not (Path(init_dir) / "training.json").is_file():
         return None
-    previous = json.loads(record.read_text())
+    previous = json.loads((Path(init_dir) / "training.json").read_text())
     return {"from": str(init_dir), **{k: previous[k] for k in LINEAGE_KEYS if k in previous}}
 
 
 def training_record(cfg: Any, model: NativeModel, state: Progress, heldout: tuple[float, float], split: dict,
-                    command: str | None, init_dir: Path | None = None, **extra: Any) -> dict:
+                    command: str | None, init_dir: str | os.PathLike | None = None, **extra: Any) -> dict:
     """What ``training.json`` records next to a trained model; ``init_dir``: the ``--init``
     model it was continued from, whose lineage it records (``init_lineage``)."""
     lineage = init_lineage(init_dir)
