@@ -253,7 +253,7 @@ RECORD_TYPES = {"task_id": str, "strategy": str, "prompt_tokens": int, "new_toke
                 "ast_ok": bool}
 SUMMARY_KEYS = {"strategy", "lossless", "peer", "prompts", "new_tokens", "target_calls", "draft_calls", "seconds",
                 "tokens_per_call", "tok_s", "speedup", "speedup_ci95", "exact", "non_exact", "agree", "gen_ppl",
-                "ast_ok", "loops", "committed_per_call", "flagged", "drafted_per_call", "acceptance"}
+                "ast_ok", "loops", "committed_per_call", "flagged", "drafted_per_call", "acceptance", "repeats"}
 ENV_KEYS = {"paragen", "python", "torch", "transformers", "numpy", "platform", "cpu", "cpu_count", "torch_threads",
             "cuda", "gpu", "git_commit", "command", "started"}
 
@@ -368,6 +368,19 @@ def test_loops_detects_short_periods_only():
     assert not loops([1, 2, 3] * 10)  # shorter than the 64-token window
     assert not loops(list(range(9)) * 10)  # period 9 > 8
     assert loops(list(range(9)) * 10, max_period=9)
+
+
+def test_repeats_counts_statement_loops_that_loops_misses():
+    from paragen.bench.metrics import STATEMENT_PERIOD, loops
+
+    statement = tuple(range(100, 120))  # a 20-token line written over and over
+    looping = tuple(range(30)) + statement * 5
+    assert not loops(looping) and loops(looping, max_period=STATEMENT_PERIOD)
+    assert not loops(tuple(range(33)) * 3, max_period=STATEMENT_PERIOD)  # period 33 > 32
+    records = [rec("p1", "ar", looping, 100, 1.0), rec("p2", "ar", (7,) * 64, 64, 1.0),
+               rec("p3", "ar", tuple(range(64)), 64, 1.0)]
+    (s,) = summarize(records, {"ar": True}, set(), greedy=True, seed=0).values()
+    assert (s.loops, s.repeats) == pytest.approx((1 / 3, 2 / 3))
 
 
 def test_merge_labels_each_runs_rows(tmp_path):

@@ -33,7 +33,7 @@ Modules: ``run`` (the protocol), ``metrics`` (pure metric functions), ``peers``
 - ``summary``: name -> ``{strategy, lossless, peer, prompts, new_tokens, target_calls,
   draft_calls, seconds, tokens_per_call, tok_s, speedup, speedup_ci95: [lo, hi], exact,
   non_exact: [task ids], agree, gen_ppl, ast_ok, loops, committed_per_call, flagged,
-  drafted_per_call, acceptance: [per draft position] (both null but for draft-and-verify)}``;
+  drafted_per_call, acceptance: [per draft position] (both null but for draft-and-verify), repeats}``;
   definitions in ``paragen.bench.metrics.summarize_strategy``. ``flagged`` marks a
   lossless strategy that differed from ``ar`` under greedy decoding.
 - ``seconds``: the whole run's wall time (loading, warm-up, timed runs, scoring).

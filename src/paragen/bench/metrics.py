@@ -84,6 +84,7 @@ class Summary:
     flagged: bool
     drafted_per_call: float | None = None
     acceptance: tuple[float, ...] | None = None
+    repeats: float | None = None  # None in bench.json files written before it was measured
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -107,11 +108,17 @@ def token_agreement(tokens: tuple[int, ...] | list[int], reference: tuple[int, .
     return sum(a == b for a, b in zip(tokens, reference)) / n
 
 
+STATEMENT_PERIOD = 32  # ``repeats``: a whole line or statement, such as "x = f(x)\n" written again and again
+
+
 def loops(tokens: tuple[int, ...] | list[int], window: int = 64, max_period: int = 8) -> bool:
     """Whether the last ``window`` tokens repeat with a period of ``max_period`` or less.
 
     Such degenerate loops are easy to predict, so they inflate the tokens per call of
-    lookup-style strategies; the share of looping outputs says how much.
+    lookup-style strategies; the share of looping outputs says how much. With the default
+    period (8) this catches a word or phrase stuck on repeat; a model that repeats whole
+    statements loops with longer periods, which ``max_period=STATEMENT_PERIOD`` (the
+    summary's ``repeats``) catches as well.
     """
     tail = list(tokens[-window:])
     if len(tail) < window:
@@ -252,7 +259,8 @@ def summarize_strategy(
     speedup = sum ar seconds / sum strategy seconds over the same prompts, with a
     bootstrap 95% interval; tok_s = sum new tokens / sum seconds; exact, agree, ast_ok =
     means over prompts; gen_ppl = pooled perplexity; loops = share of outputs whose last
-    64 tokens repeat with a period of 8 or less (``loops``). ``flagged``: a lossless strategy that
+    64 tokens repeat with a period of 8 or less (``loops``); repeats = the same with periods up to
+    ``STATEMENT_PERIOD`` (whole statements repeated). ``flagged``: a lossless strategy that
     did not reproduce ``ar`` on every prompt under greedy decoding (a bug to look at).
     """
     ids = [r.task_id for r in records]
@@ -282,6 +290,7 @@ def summarize_strategy(
         gen_ppl=pooled_perplexity(records),
         ast_ok=sum(bool(r.ast_ok) for r in records) / len(records),
         loops=sum(loops(r.tokens) for r in records) / len(records),
+        repeats=sum(loops(r.tokens, max_period=STATEMENT_PERIOD) for r in records) / len(records),
         committed_per_call=_merge_histograms(records),
         flagged=lossless and greedy and bool(non_exact),
         drafted_per_call=drafted_per_call,

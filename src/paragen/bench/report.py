@@ -21,7 +21,7 @@ from typing import Any
 from paragen.bench.metrics import Summary
 
 COLUMNS = ("strategy", "exact", "tok/call", "speedup [95% CI]", "tok/s", "agree", "gen_ppl", "ast_ok", "loops",
-           "target calls", "draft calls", "drafted/call")
+           "repeats", "target calls", "draft calls", "drafted/call")
 
 # What each column means (shown under the table in bench.md and report.html).
 METRICS = {
@@ -38,6 +38,7 @@ METRICS = {
                "compare with ar's)",
     "ast_ok": "share of completions that parse as Python when cut at the end of the function",
     "loops": "share of outputs whose last 64 tokens repeat with a period of 8 or less (degenerate repetition)",
+    "repeats": "the same with periods up to 32 tokens: whole statements written again and again (includes loops)",
     "target calls": "target forward calls over all prompts (prefill excluded)",
     "draft calls": "draft model forward calls over all prompts (its prefill included)",
     "drafted/call": "drafted tokens verified per target call (tree nodes for a tree; k for a chain): what each call "
@@ -64,7 +65,7 @@ def table_rows(summary: dict[str, Summary]) -> list[list[str]]:
         calls = "-" if s.target_calls is None else str(s.target_calls)
         drafts = "-" if s.draft_calls is None else str(s.draft_calls)
         rows.append([label, exact, _num(s.tokens_per_call), speedup, _num(s.tok_s, 1), _num(s.agree),
-                     _num(s.gen_ppl), _num(s.ast_ok), _num(s.loops), calls, drafts, _num(s.drafted_per_call, 1)])
+                     _num(s.gen_ppl), _num(s.ast_ok), _num(s.loops), _num(s.repeats), calls, drafts, _num(s.drafted_per_call, 1)])
     return rows
 
 
