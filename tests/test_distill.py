@@ -70,3 +70,63 @@ def test_init_starts_from_a_given_draft(tmp_path, teacher_dir):
                         **{**TINY, "lr": 1e-6, "warmup": 1})
     rec = train_distill(cfg, progress=False)
     assert rec["heldout_kl"] < 1e-3 and rec["heldout_agreement"] > 0.99
+
+
+CONT = dict(prompts=6, min_prompt_tokens=8, max_prompt_tokens=24, new_tokens=8, batch_size=4, threads=1)
+
+
+def test_continuations_are_the_teachers_greedy_output_on_training_prompts(tmp_path, teacher_dir):
+    from paragen.train.continuations import RECORD, ContinuationsConfig, cut_prompts, write_continuations
+    from paragen.train.corpus import find_corpus, is_heldout
+
+    cfg = ContinuationsConfig(teacher=str(teacher_dir), out=str(tmp_path / "c"), **CONT)
+    rec = write_continuations(cfg, progress=False)
+    teacher = paragen.load(teacher_dir)
+    corpus = find_corpus()
+    prompts = cut_prompts(corpus, teacher.tokenizer, cfg)
+    assert prompts == cut_prompts(corpus, teacher.tokenizer, cfg)  # the seed fixes them (what --resume relies on)
+    assert len(prompts) == 6 and all(8 <= len(ids) <= 24 for _, ids in prompts)
+    assert set(rec["sources"].values()) <= set(corpus.train_files)  # held-out files never give a prompt
+    assert not any(is_heldout(src) for src in rec["sources"].values())
+    written = 0
+    for (name, src), (src2, ids) in zip(sorted(rec["sources"].items()), prompts):
+        assert src == src2
+        alone = paragen.generate(teacher, ids, strategy="ar", max_new_tokens=8)
+        assert (tmp_path / "c" / name).read_text() == teacher.tokenizer.decode(ids) + alone.text
+        written += len(alone.tokens)
+    assert rec["new_tokens"] == written and json.loads((tmp_path / "c" / RECORD).read_text()) == rec
+    assert not (tmp_path / ".c.work").exists()
+    out = find_corpus(tmp_path / "c")  # a corpus for --data
+    assert len(out.train_files) + len(out.heldout_files) == 6
+
+
+def test_continuations_resume_keeps_finished_batches_and_refuses_other_settings(tmp_path, teacher_dir, monkeypatch):
+    import paragen.api
+    from paragen.errors import InvalidInputError
+    from paragen.train.continuations import ContinuationsConfig, write_continuations
+
+    straight = write_continuations(ContinuationsConfig(teacher=str(teacher_dir), out=str(tmp_path / "a"), **CONT),
+                                   progress=False)
+    cfg = ContinuationsConfig(teacher=str(teacher_dir), out=str(tmp_path / "b"), **CONT)
+    real, calls = paragen.api.generate, []
+
+    def interrupted_in_the_second_batch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(paragen, "generate", interrupted_in_the_second_batch)
+    with pytest.raises(KeyboardInterrupt):
+        write_continuations(cfg, progress=False)
+    assert not (tmp_path / "b").exists() and len(list((tmp_path / ".b.work").glob("*.py"))) == 4
+    with pytest.raises(InvalidInputError, match="other settings"):
+        write_continuations(replace(cfg, seed=1), resume=True, progress=False)
+    calls.clear()
+    resumed = write_continuations(cfg, resume=True, progress=False)
+    assert len(calls) == 1  # only the unfinished batch was decoded again
+    assert resumed["new_tokens"] == straight["new_tokens"]
+    for name in straight["sources"]:
+        assert (tmp_path / "a" / name).read_text() == (tmp_path / "b" / name).read_text()
+    with pytest.raises(InvalidInputError, match="min_prompt_tokens"):
+        ContinuationsConfig(min_prompt_tokens=300)

@@ -53,7 +53,7 @@ def add_stop_at(parser: argparse.ArgumentParser) -> None:
 def add_train_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a tokenizer or a model on Python source",
                        description="Train paragen's own models.")
-    tsub = p.add_subparsers(dest="what", required=True, metavar="{tokenizer,lm,diffusion,heads,distill,corpus,speech}")
+    tsub = p.add_subparsers(dest="what", required=True, metavar="{tokenizer,lm,diffusion,heads,distill,continuations,corpus,speech}")
 
     t = tsub.add_parser("tokenizer", help="train the byte-level BPE tokenizer",
                         description="Train a byte-level BPE tokenizer on the training split.")
@@ -76,6 +76,7 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     add_diffusion_parser(tsub)
     add_heads_parser(tsub)
     add_distill_parser(tsub)
+    add_continuations_parser(tsub)
     add_corpus_parser(tsub)
     from paragen.speech.cli import add_train_speech_parser
 
@@ -181,6 +182,32 @@ def add_distill_parser(tsub: argparse._SubParsersAction) -> None:
     add_config_flags(d, DistillConfig, skip={"size", "out", "attention", "tokenizer", "vocab_size", "device"})
 
 
+def add_continuations_parser(tsub: argparse._SubParsersAction) -> None:
+    from paragen.train.continuations import ContinuationsConfig
+
+    c = tsub.add_parser(
+        "continuations", help="write a target's own continuations of corpus prompts, as a corpus (for distill)",
+        description="Cut prompts (--min/--max-prompt-tokens long, ending at a line end) from a corpus's training files, continue each "
+        "with the teacher (batched ar, greedy by default) and write prompt + continuation as one file per prompt, "
+        "with continuations.json (settings, each file's source). The result is a corpus: `paragen train distill "
+        "--data DIR` then learns the target's logits on the target's own text (sequence-level distillation).",
+    )
+    c.add_argument("--resume", action="store_true", help="keep the batches an interrupted run finished")
+    c.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_config_flags(c, ContinuationsConfig, skip=set())
+
+
+def run_train_continuations(args: argparse.Namespace) -> int:
+    from paragen.train.continuations import ContinuationsConfig, write_continuations
+
+    cfg = config_from_args(ContinuationsConfig, args)
+    rec = write_continuations(cfg, resume=args.resume, progress=not args.quiet,
+                              command="paragen " + " ".join(sys.argv[1:]))
+    print(f"{cfg.out}: {rec['prompts']} prompts ({rec['prompt_tokens']} tokens) continued by {cfg.teacher} with "
+          f"{rec['new_tokens']} tokens")
+    return 0
+
+
 def run_train_distill(args: argparse.Namespace) -> int:
     from paragen.train.distill import DistillConfig, train_distill
 
@@ -256,6 +283,8 @@ def run_train(args: argparse.Namespace) -> int:
         return run_train_heads(args)
     if args.what == "distill":
         return run_train_distill(args)
+    if args.what == "continuations":
+        return run_train_continuations(args)
     if args.what == "corpus":
         return run_train_corpus(args)
     if args.what == "speech":
