@@ -79,7 +79,7 @@ def test_continuations_are_the_teachers_greedy_output_on_training_prompts(tmp_pa
     from paragen.train.continuations import RECORD, ContinuationsConfig, cut_prompts, write_continuations
     from paragen.train.corpus import find_corpus, is_heldout
 
-    cfg = ContinuationsConfig(teacher=str(teacher_dir), out=str(tmp_path / "c"), **CONT)
+    cfg = ContinuationsConfig(model=str(teacher_dir), out=str(tmp_path / "c"), **CONT)
     rec = write_continuations(cfg, progress=False)
     teacher = paragen.load(teacher_dir)
     corpus = find_corpus()
@@ -105,9 +105,9 @@ def test_continuations_resume_keeps_finished_batches_and_refuses_other_settings(
     from paragen.errors import InvalidInputError
     from paragen.train.continuations import ContinuationsConfig, write_continuations
 
-    straight = write_continuations(ContinuationsConfig(teacher=str(teacher_dir), out=str(tmp_path / "a"), **CONT),
+    straight = write_continuations(ContinuationsConfig(model=str(teacher_dir), out=str(tmp_path / "a"), **CONT),
                                    progress=False)
-    cfg = ContinuationsConfig(teacher=str(teacher_dir), out=str(tmp_path / "b"), **CONT)
+    cfg = ContinuationsConfig(model=str(teacher_dir), out=str(tmp_path / "b"), **CONT)
     real, calls = paragen.api.generate, []
 
     def interrupted_in_the_second_batch(*args, **kwargs):

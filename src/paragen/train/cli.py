@@ -186,11 +186,12 @@ def add_continuations_parser(tsub: argparse._SubParsersAction) -> None:
     from paragen.train.continuations import ContinuationsConfig
 
     c = tsub.add_parser(
-        "continuations", help="write a target's own continuations of corpus prompts, as a corpus (for distill)",
+        "continuations", help="write a model's own continuations of corpus prompts, as a corpus (for distill)",
         description="Cut prompts (--min/--max-prompt-tokens long, ending at a line end) from a corpus's training files, continue each "
-        "with the teacher (batched ar, greedy by default) and write prompt + continuation as one file per prompt, "
+        "with --model (batched ar, greedy by default) and write prompt + continuation as one file per prompt, "
         "with continuations.json (settings, each file's source). The result is a corpus: `paragen train distill "
-        "--data DIR` then learns the target's logits on the target's own text (sequence-level distillation).",
+        "--data DIR` then learns the target's logits on the target's own text (--model the target: sequence-level "
+        "distillation) or on the draft's (--model the draft: on-policy data).",
     )
     c.add_argument("--resume", action="store_true", help="keep the batches an interrupted run finished")
     c.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -203,7 +204,7 @@ def run_train_continuations(args: argparse.Namespace) -> int:
     cfg = config_from_args(ContinuationsConfig, args)
     rec = write_continuations(cfg, resume=args.resume, progress=not args.quiet,
                               command="paragen " + " ".join(sys.argv[1:]))
-    print(f"{cfg.out}: {rec['prompts']} prompts ({rec['prompt_tokens']} tokens) continued by {cfg.teacher} with "
+    print(f"{cfg.out}: {rec['prompts']} prompts ({rec['prompt_tokens']} tokens) continued by {cfg.model} with "
           f"{rec['new_tokens']} tokens")
     return 0
 

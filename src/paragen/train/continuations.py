@@ -11,9 +11,11 @@ DIR`` on the result: KL to the target's logits on the target's own text.
 Prompts are cut from the corpus's training files only (never from a held-out file, so
 held-out files stay out of every model trained on the result): a random file (weighted
 by size), a random line end in it, and the last 64-256 tokens before it. Each output file
-is the prompt followed by the teacher's continuation, so the directory is a corpus for
-``--data`` (split by file name). ``continuations.json`` names the teacher, the settings
-and each file's source.
+is the prompt followed by the model's continuation, so the directory is a corpus for
+``--data`` (split by file name). ``continuations.json`` names the model, the settings
+and each file's source. Given the draft instead of the target, the same command writes
+on-policy data: the draft's own text, which distillation then scores with the target's
+logits (DistillSpec's finding is that such data serves best).
 
 Prompts depend on the seed only, so an interrupted run resumes (``--resume``) where its
 last finished batch ended; the directory appears at once when all are written.
@@ -37,15 +39,17 @@ PROMPT_CHARS_PER_TOKEN = 8  # more characters than a prompt's tokens can span (c
 
 @dataclass(frozen=True)
 class ContinuationsConfig:
-    teacher: str = field(default="code-target", metadata={"help": "the model whose continuations are written: a "
-                                                                   "built-in name or a model directory"})
+    model: str = field(default="code-target", metadata={"help": "the model whose continuations are written (a built-in "
+                                                                 "name or a model directory): the target for sequence-"
+                                                                 "level distillation, or the draft itself for on-policy "
+                                                                 "data (DistillSpec's choice)"})
     data: str | None = field(default=None, metadata={"help": "corpus directory to cut prompts from (training "
                                                              "files only; default: the standard library)"})
     out: str = field(default="runs/continuations", metadata={"help": "directory to write (replaced when done)"})
     prompts: int = field(default=4096, metadata={"help": "prompts to continue; >= 1"})
     min_prompt_tokens: int = field(default=64, metadata={"help": "shortest prompt, in tokens; >= 1"})
     max_prompt_tokens: int = field(default=256, metadata={"help": "longest prompt, in tokens"})
-    new_tokens: int = field(default=128, metadata={"help": "tokens the teacher writes per prompt at most"})
+    new_tokens: int = field(default=128, metadata={"help": "tokens written per prompt at most"})
     temperature: float = field(default=0.0, metadata={"help": "0 = greedy (what greedy speculative decoding "
                                                               "verifies); > 0 samples"})
     batch_size: int = field(default=32, metadata={"help": "prompts decoded together (paragen's batched ar)"})
@@ -93,7 +97,7 @@ def cut_prompts(corpus: Corpus, tok, cfg: ContinuationsConfig) -> list[tuple[str
 
 def write_continuations(cfg: ContinuationsConfig, resume: bool = False, progress: bool = True,
                         command: str | None = None) -> dict:
-    """Decode every prompt with the teacher (``ar``, batched) and write the corpus directory;
+    """Decode every prompt with ``cfg.model`` (``ar``, batched) and write the corpus directory;
     returns its record. Finished batches wait in ``.OUT.work`` until all are done."""
     from tqdm import tqdm
 
@@ -107,8 +111,8 @@ def write_continuations(cfg: ContinuationsConfig, resume: bool = False, progress
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
     corpus = find_corpus(cfg.data)
-    teacher = paragen.load(cfg.teacher)
-    prompts = cut_prompts(corpus, teacher.tokenizer, cfg)
+    model = paragen.load(cfg.model)
+    prompts = cut_prompts(corpus, model.tokenizer, cfg)
     names = [f"{i:06d}.py" for i in range(len(prompts))]
     settings = work / "config.json"
     if settings.exists() and json.loads(settings.read_text()) != asdict(cfg):
@@ -124,11 +128,11 @@ def write_continuations(cfg: ContinuationsConfig, resume: bool = False, progress
             if all(names[i] in written for i in batch):  # written before an interruption
                 bar.update(len(batch))
                 continue
-            gens = paragen.generate(teacher, [prompts[i][1] for i in batch], strategy="ar",
+            gens = paragen.generate(model, [prompts[i][1] for i in batch], strategy="ar",
                                     max_new_tokens=cfg.new_tokens, temperature=cfg.temperature,
                                     seed=None if cfg.temperature == 0 else cfg.seed + start)
             for i, g in zip(batch, gens):
-                (work / names[i]).write_text(teacher.tokenizer.decode(prompts[i][1]) + g.text, encoding="utf-8")
+                (work / names[i]).write_text(model.tokenizer.decode(prompts[i][1]) + g.text, encoding="utf-8")
                 written[names[i]] = len(g.tokens)
             tmp = counts.with_suffix(".tmp")  # the batch counts as done only once all its files are written
             tmp.write_text(json.dumps(written))
@@ -137,7 +141,7 @@ def write_continuations(cfg: ContinuationsConfig, resume: bool = False, progress
     record = {
         "command": command,
         "config": asdict(cfg),
-        "teacher": str(cfg.teacher),
+        "model": str(cfg.model),
         "corpus": str(corpus.root),
         "prompts": len(prompts),
         "prompt_tokens": sum(len(ids) for _, ids in prompts),
