@@ -1,4 +1,4 @@
-"""The target's own continuations of corpus prompts, as a corpus: ``paragen train continuations``.
+"""A model's own continuations of corpus prompts, as a corpus: ``paragen train continuations``.
 
 Sequence-level distillation (Kim & Rush 2016) trains the student on what the teacher
 writes rather than on the data. For a draft this is the text that matters: greedy
@@ -10,9 +10,9 @@ DIR`` on the result: KL to the target's logits on the target's own text.
 
 Prompts are cut from the corpus's training files only (never from a held-out file, so
 held-out files stay out of every model trained on the result): a random file (weighted
-by size), a random line end in it, and the last 64-256 tokens before it. Each output file
-is the prompt followed by the model's continuation, so the directory is a corpus for
-``--data`` (split by file name). ``continuations.json`` names the model, the settings
+by size), a random line end in it, and the last 64-256 tokens before it (by default;
+``--min/--max-prompt-tokens``). Each output file is the prompt followed by the model's
+continuation, so the directory is a corpus for ``--data`` (split by file name). ``continuations.json`` names the model, the settings
 and each file's source. Given the draft instead of the target, the same command writes
 on-policy data: the draft's own text, which distillation then scores with the target's
 logits (DistillSpec's finding is that such data serves best).
