@@ -98,6 +98,9 @@ def test_continuations_are_the_teachers_greedy_output_on_training_prompts(tmp_pa
     assert not (tmp_path / ".c.work").exists()
     out = find_corpus(tmp_path / "c")  # a corpus for --data
     assert len(out.train_files) + len(out.heldout_files) == 6
+    # a model trained on it records where its text came from
+    _, _, _, split = prepare(TrainConfig(data=str(tmp_path / "c"), tokenizer=str(teacher_dir)))
+    assert split["continuations"]["model"] == str(teacher_dir) and "sources" not in split["continuations"]
 
 
 def test_continuations_resume_keeps_finished_batches_and_refuses_other_settings(tmp_path, teacher_dir, monkeypatch):

@@ -70,6 +70,13 @@ class ContinuationsConfig:
             raise InvalidInputError(f"temperature must be >= 0, got {self.temperature}")
 
 
+def continuations_record(root: Path) -> dict:
+    """A continuations directory's record as a training record keeps it: how it was made
+    and its totals, without the per-file sources."""
+    record = json.loads((root / RECORD).read_text())
+    return {k: v for k, v in record.items() if k != "sources"}
+
+
 def cut_prompts(corpus: Corpus, tok, cfg: ContinuationsConfig) -> list[tuple[str, list[int]]]:
     """``cfg.prompts`` (source file, prompt token ids), each ending at a line end of a
     training file; the same for the same corpus, tokenizer and seed."""

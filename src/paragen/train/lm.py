@@ -23,6 +23,8 @@ from paragen.models import parse_device
 from paragen.models.io import load_native, resolve, save_model
 from paragen.models.native import NativeConfig, NativeModel
 from paragen.tokenizer import Tokenizer
+from paragen.train.continuations import RECORD as CONTINUATIONS
+from paragen.train.continuations import continuations_record
 from paragen.train.corpus import MANIFEST, find_corpus
 from paragen.train.loop import fit, training_record
 from paragen.train.tokenizer import train_tokenizer
@@ -151,6 +153,8 @@ def prepare(cfg: TrainConfig, log: Callable[[str], None] = lambda message: None)
     }
     if (corpus.root / MANIFEST).is_file():  # a built corpus: what it holds (sources, licences, tokens)
         split["manifest"] = corpus_record(corpus.root)
+    if (corpus.root / CONTINUATIONS).is_file():  # a model's own text (`train continuations`): which model, how
+        split["continuations"] = continuations_record(corpus.root)
     return tok, train, heldout, split
 
 
