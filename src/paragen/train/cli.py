@@ -53,7 +53,8 @@ def add_stop_at(parser: argparse.ArgumentParser) -> None:
 def add_train_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a tokenizer or a model on Python source",
                        description="Train paragen's own models.")
-    tsub = p.add_subparsers(dest="what", required=True, metavar="{tokenizer,lm,diffusion,heads,distill,continuations,corpus,speech}")
+    tsub = p.add_subparsers(dest="what", required=True,
+                            metavar="{tokenizer,lm,diffusion,heads,distill,continuations,corpus,speech}")
 
     t = tsub.add_parser("tokenizer", help="train the byte-level BPE tokenizer",
                         description="Train a byte-level BPE tokenizer on the training split.")
@@ -187,9 +188,9 @@ def add_continuations_parser(tsub: argparse._SubParsersAction) -> None:
 
     c = tsub.add_parser(
         "continuations", help="write a model's own continuations of corpus prompts, as a corpus (for distill)",
-        description="Cut prompts (--min/--max-prompt-tokens long, ending at a line end) from a corpus's training files, continue each "
-        "with --model (batched ar, greedy by default) and write prompt + continuation as one file per prompt, "
-        "with continuations.json (settings, each file's source). The result is a corpus: `paragen train distill "
+        description="Cut prompts (--min/--max-prompt-tokens long, ending at a line end) from a corpus's training "
+        "files, continue each with --model (batched ar, greedy by default) and write prompt + continuation as one "
+        "file per prompt, with continuations.json (settings, each file's source). The result is a corpus: `paragen train distill "
         "--data DIR` then learns the target's logits on the target's own text (--model the target: sequence-level "
         "distillation) or on the draft's (--model the draft: on-policy data).",
     )

@@ -12,8 +12,9 @@ Prompts are cut from the corpus's training files only (never from a held-out fil
 held-out files stay out of every model trained on the result): a random file (weighted
 by size), a random line end in it, and the last 64-256 tokens before it (by default;
 ``--min/--max-prompt-tokens``). Each output file is the prompt followed by the model's
-continuation, so the directory is a corpus for ``--data`` (split by file name). ``continuations.json`` names the model, the settings
-and each file's source. Given the draft instead of the target, the same command writes
+continuation, so the directory is a corpus for ``--data`` (split by file name).
+``continuations.json`` names the model, the settings and each file's source. Given the
+draft instead of the target, the same command writes
 on-policy data: the draft's own text, which distillation then scores with the target's
 logits (DistillSpec's finding is that such data serves best).
 
@@ -117,14 +118,14 @@ def write_continuations(cfg: ContinuationsConfig, resume: bool = False, progress
     if work.exists() and not resume:
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
+    settings = work / "config.json"  # checked before the model loads and the prompts are cut: fail fast
+    if settings.exists() and json.loads(settings.read_text()) != asdict(cfg):
+        raise InvalidInputError(f"{work} holds a run with other settings: rerun those, or drop --resume to start over")
+    settings.write_text(json.dumps(asdict(cfg)))
     corpus = find_corpus(cfg.data)
     model = paragen.load(cfg.model)
     prompts = cut_prompts(corpus, model.tokenizer, cfg)
     names = [f"{i:06d}.py" for i in range(len(prompts))]
-    settings = work / "config.json"
-    if settings.exists() and json.loads(settings.read_text()) != asdict(cfg):
-        raise InvalidInputError(f"{work} holds a run with other settings: rerun those, or drop --resume to start over")
-    settings.write_text(json.dumps(asdict(cfg)))
     counts = work / "new_tokens.json"  # tokens written per finished file, kept across a resume
     written: dict[str, int] = json.loads(counts.read_text()) if counts.exists() else {}
     t0 = time.perf_counter()

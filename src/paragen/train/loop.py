@@ -147,9 +147,10 @@ def init_lineage(init_dir: str | os.PathLike | None) -> dict | None:
     """The summary of the training that made ``init_dir`` (a model or heads directory an
     ``--init`` run starts from), nesting its own ``init``: a continued model's training.json
     then says how every stage before it was made. None without an init or a training.json."""
-    if init_dir is None or not (Path(init_dir) / "training.json").is_file():
+    record = Path(init_dir) / "training.json" if init_dir is not None else None
+    if record is None or not record.is_file():
         return None
-    previous = json.loads((Path(init_dir) / "training.json").read_text())
+    previous = json.loads(record.read_text())
     return {"from": str(init_dir), **{k: previous[k] for k in LINEAGE_KEYS if k in previous}}
 
 
