@@ -9,6 +9,7 @@ acceptance pinned on a hand-made case and flagged lossy.
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 
 import pytest
@@ -491,6 +492,65 @@ def test_typical_acceptance_on_a_hand_made_tree():
     assert typical_accept_tree(tree, p.log(), greedy, None, delta=0.1) == ([a, c], 1)
     # epsilon .35, delta 4: the root's bar is .35, above both children
     assert typical_accept_tree(tree, p.log(), greedy, None, epsilon=0.35, delta=4.0) == ([], 0)
+
+
+def test_typical_acceptance_takes_the_longest_typical_prefix_of_any_branch():
+    """Medusa's rule on the issue's tree: node a (token 1) is likelier at the root, but its
+    child fails the test, while node b (token 2) has a typical child: [b, its child] is the
+    longest typical prefix, and the target's argmax after it follows."""
+    from paragen.sampling import SamplingParams
+    from paragen.tree import TokenTree
+    from paragen.verify import typical_accept_tree
+
+    tree = TokenTree(0)
+    a = tree.add(0, 1)
+    b = tree.add(0, 2)
+    tree.add(a, 0)
+    d = tree.add(b, 1)
+    p = torch.tensor([[0.5, 0.3, 0.15, 0.05],
+                      [0.05, 0.05, 0.6, 0.3],
+                      [0.1, 0.6, 0.2, 0.1],
+                      [0.25, 0.25, 0.25, 0.25],
+                      [0.1, 0.2, 0.3, 0.4]], dtype=torch.float64)
+    assert typical_accept_tree(tree, p.log(), SamplingParams(0.0), None) == ([b, d], 3)
+
+
+def brute_force_typical(tree, p: torch.Tensor, epsilon: float, delta: float) -> list[int]:
+    """Medusa's evaluate_posterior by enumeration: over every root path, the longest prefix whose
+    tokens all pass p > min(epsilon, delta e^-H); ties by the highest product of p."""
+    H = -(p * p.log()).sum(-1)
+    bar = torch.minimum(torch.full_like(H, epsilon), delta * torch.exp(-H))
+    best, best_key = [], (0, 0.0)
+    for leaf in range(1, len(tree)):
+        prefix, loglik = [], 0.0
+        for node in tree.path(leaf):
+            parent = tree.parents[node]
+            if not p[parent, tree.tokens[node]] > bar[parent]:
+                break
+            prefix.append(node)
+            loglik += math.log(p[parent, tree.tokens[node]])
+            key = (len(prefix), loglik)
+            if key > best_key:
+                best, best_key = list(prefix), key
+    return best
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_typical_acceptance_equals_a_brute_force_search_over_root_paths(seed):
+    from paragen.sampling import SamplingParams
+    from paragen.tree import TokenTree
+    from paragen.verify import typical_accept_tree
+
+    g = torch.Generator().manual_seed(seed)
+    V = 5
+    tree = TokenTree(0)
+    for _ in range(int(torch.randint(2, 14, (1,), generator=g))):
+        parent = int(torch.randint(0, len(tree), (1,), generator=g))
+        tree.add(parent, int(torch.randint(0, V, (1,), generator=g)))
+    p = torch.softmax(torch.randn(len(tree), V, generator=g, dtype=torch.float64) * 2, -1)
+    path, y = typical_accept_tree(tree, p.log(), SamplingParams(0.0), None, epsilon=0.2, delta=0.5)
+    assert path == brute_force_typical(tree, p, 0.2, 0.5)
+    assert y == int(p[path[-1] if path else 0].argmax())
 
 
 def test_typical_acceptance_is_flagged_lossy():

@@ -98,6 +98,81 @@ def test_ctc_prefix_scores_equal_sums_over_every_alignment(seed):
         assert psi[0, 0] == float("-inf")
 
 
+def test_ctc_prefix_scorer_on_the_issue_example_with_a_zero_posterior():
+    """A frame where label 2 has probability 0: the whole labelling [2] still has probability
+    .135 (= exp(-ctc_loss)), not NaN."""
+    lp = torch.tensor([[.5, .2, .3], [.5, .5, 0.], [.4, .3, .3]], dtype=torch.float64).log()  # blank 0, eos 1, label 2
+    sc = align.CTCPrefixScorer(lp, 1, never=(0,))
+    _, r = sc.extend(sc.initial()[None], torch.tensor([-1]))
+    psi, _ = sc.extend(r[:, :, :, 2], torch.tensor([2]))
+    assert psi[0, 1].exp().item() == pytest.approx(0.135, rel=1e-12)
+    assert not psi.isnan().any()
+
+
+def frame_recursion(lp: torch.Tensor, labels: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward variables r [T, 2] of a labelling by the plain frame-by-frame CTC recursion
+    (Graves et al. 2006), in probabilities, so that zeros are plain zeros."""
+    y = lp.exp()
+    T = y.shape[0]
+    r = torch.zeros(T, 2, dtype=torch.float64)  # (ends emitting the last label, ends in a blank)
+    if not labels:
+        r[:, 1] = y[:, 0].cumprod(0)
+        return r
+    prev = frame_recursion(lp, labels[:-1])
+    c = labels[-1]
+    allowed = prev[:, 1] + (prev[:, 0] if len(labels) < 2 or labels[-2] != c else 0)
+    r[0, 0] = y[0, c] if len(labels) == 1 else 0.0
+    for t in range(1, T):
+        r[t, 0] = (r[t - 1, 0] + allowed[t - 1]) * y[t, c]
+        r[t, 1] = (r[t - 1, 1] + r[t - 1, 0]) * y[t, 0]
+    return r
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_ctc_prefix_scores_with_zero_posteriors_match_the_frame_recursion_and_ctc_loss(seed):
+    """Random posteriors with about a third of their entries set to 0 (-inf): every one-token
+    extension's forward variables equal the frame-by-frame recursion's, and the end probability
+    of each labelling equals exp(-ctc_loss), in float64; nothing is NaN."""
+    g = torch.Generator().manual_seed(seed)
+    T, V, eos = 7, 5, 1
+    y = torch.rand(T, V, generator=g, dtype=torch.float64)
+    y[torch.rand(T, V, generator=g) < 0.35] = 0.0
+    y[:, 0] = y[:, 0].clamp_min(0.05)  # keep the blank possible so that some labellings stay reachable
+    lp = (y / y.sum(1, keepdim=True)).log()
+    scorer = align.CTCPrefixScorer(lp, eos, never=(0,))
+    assert not scorer.closed_form_safe
+    for prefix in [()] + [p for n in (1, 2) for p in itertools.product((2, 3, 4), repeat=n)]:
+        r, last = scorer.initial()[None], torch.tensor([-1])
+        for tok in prefix:
+            _, r_all = scorer.extend(r, last)
+            r, last = r_all[:, :, :, tok], torch.tensor([tok])
+        psi, r_next = scorer.extend(r, last)
+        assert not psi.isnan().any() and not r_next.isnan().any()
+        for c in (2, 3, 4):
+            want = frame_recursion(lp, [*prefix, c])
+            assert torch.allclose(r_next[0, :, :, c].exp(), want, rtol=1e-10, atol=0), (prefix, c)
+        if prefix:
+            loss = torch.nn.functional.ctc_loss(lp[:, None], torch.tensor([prefix]), torch.tensor([T]),
+                                                torch.tensor([len(prefix)]), reduction="sum", zero_infinity=False)
+            assert psi[0, eos].exp().item() == pytest.approx(torch.exp(-loss).item(), rel=1e-9, abs=1e-300), prefix
+
+
+def test_ctc_prefix_scorer_closed_form_equals_the_recursion_where_safe():
+    """On finite posteriors both paths give the same scores: the closed form is only a faster
+    way to run the recursion."""
+    g = torch.Generator().manual_seed(0)
+    lp = (torch.randn(40, 6, generator=g, dtype=torch.float64) * 2).log_softmax(-1)
+    scorer = align.CTCPrefixScorer(lp, 1, never=(0,))
+    assert scorer.closed_form_safe
+    r = torch.stack([scorer.initial(), scorer.extend(scorer.initial()[None], torch.tensor([-1]))[1][0, :, :, 3]])
+    last = torch.tensor([-1, 3])
+    phi = torch.logaddexp(r[:, :, 1, None], torch.where((torch.arange(6)[None] == last[:, None])[:, None, :],
+                                                        float("-inf"), r[:, :, 0, None]))
+    rn0 = torch.where((last < 0)[:, None], lp[0][None, :], float("-inf"))
+    for a, b in zip(scorer._closed_form(phi, rn0), scorer._frame_by_frame(phi, rn0)):
+        assert torch.allclose(a.exp(), b.exp(), rtol=1e-9, atol=1e-300)
+
+
 def test_joint_ctc_attention_beam():
     """ctc_weight = 0 is plain beam search; a joint search returns characters and never the
     blank or the mask; weights outside [0, 1] are refused."""

@@ -270,21 +270,33 @@ def typical_accept_tree(
 ) -> tuple[list[int], int]:
     """LOSSY: Medusa's typical acceptance (Cai et al. 2024, section 2.3.1) on a token tree.
 
-    logits [N, V] as in ``verify_tree``. Walk from the root; at each node take the drafted
-    child the target finds most likely among those it finds typical enough,
-    p(x) > min(epsilon, delta * exp(-H(p))) with H the entropy of the target's distribution
-    there (p: the warped target when sampling, its softmax at temperature 1 when greedy),
-    and stop at a node with no such child. The next token is the target's own there (argmax,
-    or a sample). The output follows neither the target's greedy path nor its distribution.
+    logits [N, V] as in ``verify_tree``. A drafted node is typical when the target at its
+    parent finds it likely enough, p(x) > min(epsilon, delta * exp(-H(p))) with H the entropy
+    of the target's distribution there (p: the warped target when sampling, its softmax at
+    temperature 1 when greedy). Among all root paths, keep the longest prefix whose nodes are
+    all typical, ties broken by the highest product of p along it (Medusa's reference
+    ``evaluate_posterior``: "pick the longest plausible prefix"; then the first in node
+    order). The next token is the target's own at its end (argmax, or a sample). The output
+    follows neither the target's greedy path nor its distribution.
     """
     p = warp(logits, sampling if not sampling.greedy else SamplingParams(1.0))
     entropy = -(p * p.clamp_min(1e-300).log()).sum(-1)  # [N]
     threshold = torch.minimum(torch.full_like(entropy, epsilon), delta * torch.exp(-entropy))
-    path, node = [], 0
-    while True:
-        ok = [(float(p[node, t]), c) for t, c in tree.kids[node].items() if p[node, t] > threshold[node]]
-        if not ok:
-            y = int(logits[node].argmax()) if sampling.greedy else int(sample(p[node], generator))
-            return path, y
-        node = max(ok)[1]
-        path.append(node)
+    # Every node at once: its own test, then whole-prefix tests and log-likelihoods through the
+    # ancestor-or-self mask (row i marks i's root path), so no branch is left unexplored.
+    parent = torch.tensor(tree.parents[1:], dtype=torch.long, device=p.device)
+    token = torch.tensor(tree.tokens[1:], dtype=torch.long, device=p.device)
+    px = p[parent, token]  # [N-1] each drafted node's probability at its parent
+    ok = torch.cat([px.new_ones(1, dtype=torch.bool), px > threshold[parent]])  # [N], the root passes
+    logq = torch.cat([px.new_zeros(1), px.clamp_min(1e-300).log()])  # [N]
+    anc = tree.mask().to(p.device)  # [N, N]
+    good = ~(anc & ~ok[None, :]).any(1)  # [N] every node on the root path is typical
+    loglik = (anc.to(logq.dtype) * logq[None, :]).sum(1)  # [N]
+    depth = torch.tensor(tree.depths, device=p.device, dtype=logq.dtype)
+    # lexicographic (depth, likelihood): a depth step outweighs any likelihood difference
+    score = torch.where(good, depth, torch.full_like(depth, -1.0))
+    best = score.max()
+    cand = torch.where(score == best, loglik, torch.full_like(loglik, float("-inf")))
+    node = int(cand.argmax())  # argmax returns the first of equal maxima
+    y = int(logits[node].argmax()) if sampling.greedy else int(sample(p[node], generator))
+    return tree.path(node), y

@@ -104,6 +104,10 @@ class CTCPrefixScorer:
     def __init__(self, log_probs: torch.Tensor, eos: int, never: tuple[int, ...] = (BLANK,)) -> None:
         self.lp = log_probs.double()
         self.eos, self.never = eos, list(never)
+        # The closed form subtracts running sums of log-probabilities: a -inf gives -inf - -inf =
+        # NaN, and sums beyond ~1e6 leave float64 fewer than ~10 correct digits after the offset
+        # cancels. Such posteriors (probs.log() after underflow, masked logits) take the recursion.
+        self.closed_form_safe = bool(torch.isfinite(self.lp).all()) and float(self.lp.sum(0).min()) > -1e6
 
     def initial(self) -> torch.Tensor:
         """r of the empty hypothesis [T, 2]: nothing emitted, every frame so far a blank."""
@@ -115,24 +119,44 @@ class CTCPrefixScorer:
         """For K hypotheses with forward variables r [K, T, 2] and last tokens last [K] (-1 for
         the empty one): psi [K, V] of every one-token extension, and their r [K, T, 2, V]."""
         y = self.lp  # [T, V]
-        K, V = r.shape[0], y.shape[1]
+        V = y.shape[1]
         neg = torch.tensor(float("-inf"), dtype=torch.float64, device=y.device)
         same = torch.arange(V, device=y.device)[None, :] == last[:, None]  # [K, V]: c repeats g's last token
         # phi[t]: g complete by frame t, in a state c may follow (after a blank, or a different token)
         phi = torch.logaddexp(r[:, :, 1, None], torch.where(same[:, None, :], neg, r[:, :, 0, None]))  # [K, T, V]
-        # The recursions rn[t] = (rn[t-1] + phi[t-1]) y_c[t] and rb[t] = (rb[t-1] + rn[t-1]) y_blank[t]
-        # are linear, so each is a cumulative sum in closed form: with C[t] = sum_{u<=t} log y_c[u],
-        # rn[t] = C[t] + log(rn[0] / y_c[0] + sum_{s<t} phi[s] / exp(C[s])), i.e. one logcumsumexp
-        # over the frames instead of a loop of T small steps (float64 keeps the large offsets exact).
-        C = y.cumsum(0)[None]  # [1, T, V]
         rn0 = torch.where((last < 0)[:, None], y[0][None, :], neg)  # only an empty g lets c start at frame 1
+        rn, rb = (self._closed_form if self.closed_form_safe else self._frame_by_frame)(phi, rn0)
+        psi = torch.logsumexp(torch.cat([rn0[:, None], phi[:, :-1] + y[1:][None]], 1), 1)  # c first emitted at frame t
+        psi[:, self.eos] = torch.logaddexp(r[:, -1, 0], r[:, -1, 1])  # g itself, ending at the last frame
+        psi[:, self.never] = float("-inf")
+        return psi, torch.stack([rn, rb], 2)
+
+    def _closed_form(self, phi: torch.Tensor, rn0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """rn, rb [K, T, V] in closed form (finite log-probabilities of moderate size only).
+
+        The recursions rn[t] = (rn[t-1] + phi[t-1]) y_c[t] and rb[t] = (rb[t-1] + rn[t-1]) y_blank[t]
+        are linear, so each is a cumulative sum in closed form: with C[t] = sum_{u<=t} log y_c[u],
+        rn[t] = C[t] + log(rn[0] / y_c[0] + sum_{s<t} phi[s] / exp(C[s])), i.e. one logcumsumexp
+        over the frames instead of a loop of T small steps (float64 keeps the large offsets exact).
+        """
+        y = self.lp
+        K, V = phi.shape[0], y.shape[1]
+        C = y.cumsum(0)[None]  # [1, T, V]
         a = torch.cat([(rn0 - C[:, 0])[:, None], phi[:, :-1] - C[:, :-1]], 1)
         rn = C + torch.logcumsumexp(a, 1)
         B = y[:, BLANK].cumsum(0)[None, :, None]  # [1, T, 1]
         b = torch.cat([torch.full((K, 1, V), float("-inf"), dtype=torch.float64, device=y.device),
                        rn[:, :-1] - B[:, :-1]], 1)
-        rb = B + torch.logcumsumexp(b, 1)
-        psi = torch.logsumexp(torch.cat([rn0[:, None], phi[:, :-1] + y[1:][None]], 1), 1)  # c first emitted at frame t
-        psi[:, self.eos] = torch.logaddexp(r[:, -1, 0], r[:, -1, 1])  # g itself, ending at the last frame
-        psi[:, self.never] = float("-inf")
-        return psi, torch.stack([rn, rb], 2)
+        return rn, B + torch.logcumsumexp(b, 1)
+
+    def _frame_by_frame(self, phi: torch.Tensor, rn0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """rn, rb [K, T, V] by the frame recursion itself: exact with zero posteriors (-inf), where
+        the closed form's C - C is NaN, and with huge negative ones, where it loses every digit."""
+        y = self.lp
+        rn = torch.empty_like(phi)
+        rb = torch.empty_like(phi)
+        rn[:, 0], rb[:, 0] = rn0, float("-inf")
+        for t in range(1, y.shape[0]):
+            rn[:, t] = torch.logaddexp(rn[:, t - 1], phi[:, t - 1]) + y[t]
+            rb[:, t] = torch.logaddexp(rb[:, t - 1], rn[:, t - 1]) + y[t, BLANK]
+        return rn, rb
