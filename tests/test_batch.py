@@ -220,8 +220,9 @@ def test_sampled_rows_follow_the_target_distribution(strategy, params):
     counts = {i: Counter() for i in range(len(prompts))}
     for seed in range(calls):
         batch = [p for p in prompts for _ in range(copies)]
+        seeds = [seed * len(batch) + j for j in range(len(batch))]  # every copy its own sample
         rows = paragen.generate(TARGET, batch, strategy, max_new_tokens=length, temperature=params.temperature,
-                                top_k=params.top_k, top_p=params.top_p, seed=seed, draft=draft, heads=heads,
+                                top_k=params.top_k, top_p=params.top_p, seed=seeds, draft=draft, heads=heads,
                                 **options.get(strategy, {}))
         for j, row in enumerate(rows):
             counts[j // copies][tuple(row.tokens)] += 1
@@ -304,3 +305,23 @@ def test_bench_batch_size(model_dir, tmp_path, capsys):
         args = ["bench", "--model", str(tiny), "--limit", "1", "--batch-size", "2", "--out", str(tmp_path / "x"), *flags]
         assert main(args) == 2
         assert needle in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("strategy", ["ar", "speculative", "lookup", "blockwise", "medusa", "tree", "spectr", "eagle"])
+def test_a_seeded_sampled_row_is_the_same_text_alone_and_in_a_batch(strategy):
+    """Every row draws from a generator of its own (OpenAI's per-request seed): a seeded row
+    gives the same tokens whatever else is in its batch (other prompts, budgets and seeds)."""
+    prompts = [[0, 1, 2, 0, 1], [3, 2], [1, 1, 1, 1, 1, 1, 1], [2, 3, 1]]
+    seeds, budgets = [11, 12, 13, 14], 9
+    draft = DRAFT if strategy in ("speculative", "tree", "spectr") else None
+    kind = {"blockwise": "blockwise", "medusa": "medusa", "eagle": "eagle"}.get(strategy)
+    heads = new_heads(TARGET, kind, 1 if kind == "eagle" else 2, seed=2) if kind else None
+    options = {"tree": {"shape": "static", "widths": "2,1", "draw": "without"}, "spectr": {"k": 2, "length": 2},
+               "speculative": {"adaptive": True}}.get(strategy, {})
+    args = dict(temperature=0.9, top_k=3, draft=draft, heads=heads, **options)
+    rows = paragen.generate(TARGET, prompts, strategy, max_new_tokens=budgets, seed=seeds, **args)
+    for prompt, seed, row in zip(prompts, seeds, rows):
+        alone = paragen.generate(TARGET, prompt, strategy, max_new_tokens=budgets, seed=seed, **args)
+        assert row.tokens == alone.tokens, (prompt, seed)
+    again = paragen.generate(TARGET, prompts[::-1], strategy, max_new_tokens=budgets, seed=seeds[::-1], **args)
+    assert [r.tokens for r in again[::-1]] == [r.tokens for r in rows]

@@ -60,21 +60,62 @@ class Generation:
         return {"text": self.text, "tokens": self.tokens, "stats": self.stats.to_dict()}
 
 
-def _stop_at(text: str, stops: tuple[str, ...]) -> int | None:
-    hits = [i for s in stops if (i := text.find(s)) >= 0]
+def _stop_at(text: str, stops: tuple[str, ...], start: int = 0) -> int | None:
+    """The first index at which a stop string begins, searching from ``start``."""
+    hits = [i for s in stops if (i := text.find(s, start)) >= 0]
     return min(hits) if hits else None
 
 
 def _held_back(text: str, stops: tuple[str, ...]) -> int:
-    """Characters at the end of text not safe to stream yet: an unfinished UTF-8 character,
-    or a suffix that may grow into a stop string."""
-    hold = len(text) - len(text.rstrip("\ufffd"))
+    """Characters at the end of text not safe to stream yet: a suffix that may grow into a stop string."""
+    hold = 0
     for s in stops:
         for n in range(min(len(s) - 1, len(text)), 0, -1):
             if text.endswith(s[:n]):
                 hold = max(hold, n)
                 break
     return hold
+
+
+class Detokenizer:
+    """A token stream's text, decoded incrementally: each ``add`` decodes only the tokens since
+    the last complete character plus the few before them, so a whole generation costs time
+    linear in its length (decoding everything at every step is quadratic).
+
+    The few tokens before (from ``prefix``) give the tokenizer the context it decodes a
+    boundary with (SentencePiece drops a leading space of the first token it decodes); the
+    text of ``tokens[prefix:read]`` is what was already emitted, and what ``tokens[prefix:]``
+    decodes to beyond it is new, unless it ends in an unfinished UTF-8 character (U+FFFD),
+    which waits for the next tokens (``flush`` takes it as it is, at the end).
+    """
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.tokens: list[int] = []
+        self.text = ""
+        self.prefix = self.read = 0  # tokens[:read] are in text; tokens[prefix:read] give the boundary context
+
+    def add(self, tokens: list[int]) -> str:
+        """Take tokens; return the new complete text ("" if none yet)."""
+        self.tokens.extend(tokens)
+        return self._advance(final=False)
+
+    def flush(self) -> str:
+        """The text of the tokens still held back (an unfinished character decodes as U+FFFD)."""
+        return self._advance(final=True)
+
+    def _advance(self, final: bool) -> str:
+        if self.tokenizer is None or self.read == len(self.tokens):
+            return ""
+        decode = self.tokenizer.decode
+        done = decode(self.tokens[self.prefix : self.read])
+        full = decode(self.tokens[self.prefix :])
+        if len(full) <= len(done) or (full.endswith("\ufffd") and not final):
+            return ""
+        self.prefix, self.read = self.read, len(self.tokens)
+        new = full[len(done) :]
+        self.text += new
+        return new
 
 
 class Row:
@@ -84,11 +125,15 @@ class Row:
                  stop: tuple[str, ...]) -> None:
         self.max_new_tokens, self.tokenizer, self.eos_ids, self.stop = max_new_tokens, tokenizer, eos_ids, stop
         self.stats = Stats(strategy=strategy)
-        self.tokens: list[int] = []
-        self.text = ""
+        self.detok = Detokenizer(tokenizer)
+        self.tokens = self.detok.tokens
         self.streamed = 0
         self.hist: Counter[int] = Counter()
         self.done = False
+
+    @property
+    def text(self) -> str:
+        return self.detok.text
 
     @property
     def budget(self) -> int:
@@ -102,25 +147,34 @@ class Row:
         if any(t in self.eos_ids for t in committed):
             committed = committed[: next(i for i, t in enumerate(committed) if t in self.eos_ids)]
             stats.finish_reason = "eos"
-        self.tokens.extend(committed)
-        text = self.tokenizer.decode(self.tokens) if self.tokenizer is not None else ""
-        cut = _stop_at(text, stop) if stop else None
+        searched = max(len(self.text) - max(map(len, stop), default=0) + 1, 0)  # a stop may end in the new text
+        self.detok.add(committed)
+        if stats.finish_reason != "length" or len(self.tokens) >= self.max_new_tokens:
+            self.detok.flush()
+        cut = _stop_at(self.text, stop, searched) if stop else None
         if cut is not None:
             stats.finish_reason = "stop"
-            while len(self.tokens) > 1 and _stop_at(self.tokenizer.decode(self.tokens[:-1]), stop) is not None:
-                self.tokens.pop()
-            text = text[:cut]
-        self.text = text
+            self._cut(cut)
         self.done = stats.finish_reason != "length" or len(self.tokens) >= self.max_new_tokens
+        text = self.text
         safe = len(text) if self.done else len(text) - _held_back(text, stop)
         piece = text[self.streamed : safe] if safe > self.streamed else ""
         self.streamed = max(self.streamed, safe)
         return piece
 
+    def _cut(self, cut: int) -> None:
+        """End the text before a stop string at ``cut``, and the tokens at the shortest prefix
+        whose text holds it (only this step's tokens are tried: earlier text had no stop)."""
+        detok, stop = self.detok, self.stop
+        while len(self.tokens) > 1 and _stop_at(self.tokenizer.decode(self.tokens[:-1]), stop, cut) is not None:
+            self.tokens.pop()
+        detok.text = detok.text[:cut]
+        detok.prefix = detok.read = len(self.tokens)
+
     def generation(self) -> Generation:
         self.stats.new_tokens = len(self.tokens)
         self.stats.committed_per_call = dict(self.hist)
-        return Generation(tokens=self.tokens, text=self.text, stats=self.stats)
+        return Generation(tokens=list(self.tokens), text=self.text, stats=self.stats)
 
 
 def decode(

@@ -7,6 +7,7 @@ stays exact with respect to the *warped* target distribution.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -64,6 +65,21 @@ def sample(p: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     flat = p.reshape(-1, p.shape[-1])
     out = torch.multinomial(flat, 1, generator=generator).squeeze(-1)
     return out.reshape(p.shape[:-1])
+
+
+def sample_rows(p: torch.Tensor, generators: Sequence[torch.Generator | None],
+                counts: Sequence[int] | None = None) -> torch.Tensor:
+    """Tokens [B, K] (or [B] for p [B, V]) from p [B, K, V], row b drawn with ``generators[b]``,
+    so a row's draws never depend on the other rows of its batch (a seeded row gives the same
+    text alone or in any batch). With ``counts`` row b draws only its first ``counts[b]``
+    positions (for p [B, V]: 0 or 1), as many as it would alone; the rest are the argmax."""
+    rows = p if p.dim() == 3 else p[:, None]  # [B, K, V]
+    out = rows.argmax(-1)
+    for b, g in enumerate(generators):
+        n = rows.shape[1] if counts is None else counts[b]
+        if n:
+            out[b, :n] = sample(rows[b, :n], g)
+    return out if p.dim() == 3 else out[:, 0]
 
 
 def choose(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:

@@ -7,10 +7,12 @@ the bonus token); ``q`` the draft's probabilities for ``x``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 
-from paragen.sampling import SamplingParams, sample, warp
+from paragen.sampling import SamplingParams, sample, sample_rows, warp
 
 
 def greedy_accept(draft: list[int], target_argmax: list[int]) -> tuple[int, int]:
@@ -74,7 +76,7 @@ def verify_chain(
 
 def verify_chains(
     draft: torch.Tensor, lengths: torch.Tensor, logits: torch.Tensor, sampling: SamplingParams,
-    generator: torch.Generator | None, q: torch.Tensor | None = None,
+    generators: Sequence[torch.Generator | None], q: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``verify_chain`` for a batch of chains, on the logits' device: (accept_len [B], next token [B]).
 
@@ -83,13 +85,14 @@ def verify_chains(
     (None: a deterministic draft, q = one-hot). The same rules as ``greedy_accept`` and
     ``speculative_accept``, row by row: row b accepts a_b <= lengths[b] tokens, then takes the
     target's token after them, a bonus from p[a_b] when a_b == lengths[b], else a sample of
-    the residual norm(max(0, p - q)) there. Rows draw independent uniforms from one generator,
-    so each row is distributed exactly as its target.
+    the residual norm(max(0, p - q)) there. Row b draws with ``generators[b]`` exactly the
+    numbers it would alone (``lengths[b]`` uniforms, then one token), so each row is
+    distributed exactly as its target, and a seeded row gives the same text in any batch.
     """
     B, k = draft.shape
     if k == 0:  # no drafts anywhere (ar, or one token wanted): the target's own next token
         none = torch.zeros(B, dtype=torch.long, device=logits.device)
-        return none, logits[:, 0].argmax(-1) if sampling.greedy else sample(warp(logits[:, 0], sampling), generator)
+        return none, logits[:, 0].argmax(-1) if sampling.greedy else sample_rows(warp(logits[:, 0], sampling), generators)
     drafted = torch.arange(k, device=draft.device)[None, :] < lengths[:, None]  # [B, k]
     if sampling.greedy:
         best = logits.argmax(-1)  # [B, k + 1]
@@ -99,7 +102,9 @@ def verify_chains(
     p = warp(logits, sampling)  # [B, k + 1, V]
     if q is None:
         q = torch.nn.functional.one_hot(draft, p.shape[-1]).double()
-    u = torch.rand(B, k, generator=generator, dtype=torch.float64, device=p.device)
+    u = torch.ones(B, k, dtype=torch.float64, device=p.device)  # past a row's chain: never drawn, never accepted
+    for b, (g, n) in enumerate(zip(generators, lengths.tolist())):
+        u[b, :n] = torch.rand(n, generator=g, dtype=torch.float64, device=p.device)
     px = p[:, :k].gather(2, draft[..., None])[..., 0]
     qx = q.gather(2, draft[..., None])[..., 0]
     ok = (u * qx < px) & drafted  # u < p/q without dividing by a possibly tiny q
@@ -112,7 +117,7 @@ def verify_chains(
     # total == 0 only when p == q, where rejection has probability 0; guard rounding anyway.
     residual = torch.where(total > 0, residual / total.clamp_min(1e-300), pa)
     bonus = (a == lengths)[:, None]  # every drafted token accepted: the next one comes from p itself
-    return a, sample(torch.where(bonus, pa, residual), generator)
+    return a, sample_rows(torch.where(bonus, pa, residual), generators)
 
 
 def recursive_rejection(

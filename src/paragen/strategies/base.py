@@ -26,7 +26,7 @@ import torch
 
 from paragen.models import device_of
 from paragen.models.base import Model
-from paragen.sampling import SamplingParams, sample, warp
+from paragen.sampling import SamplingParams, sample_rows, warp
 from paragen.verify import verify_chains
 
 # The most tokens one model call may feed, whatever the context: the API refuses options
@@ -61,11 +61,12 @@ class DecodeContext:
 
     target: CountedModel
     sampling: SamplingParams
-    generator: torch.Generator
+    generator: torch.Generator  # the one generator of a strategy that decodes one prompt at a time
     cache_length: int  # slots to allocate: prompt + max_new_tokens + room for pending drafts
     draft: CountedModel | None = None
     heads: Any = None  # paragen.heads.Heads bound to the target, for strategies that ride on heads
     extra: dict[str, Any] = field(default_factory=dict)  # strategy-specific statistics (batch of one)
+    generators: list[torch.Generator] = field(default_factory=list)  # one per prompt, for batched strategies
 
 
 class Strategy(ABC):
@@ -209,14 +210,15 @@ def catch_up_rows(model: CountedModel, cache: Any, seqs: list[list[int]]) -> tor
     return logits[torch.arange(len(lacks), device=logits.device), last]
 
 
-def draw(logits: torch.Tensor, sampling: SamplingParams, generator: torch.Generator | None) -> tuple[
-        torch.Tensor, torch.Tensor | None]:
+def draw(logits: torch.Tensor, sampling: SamplingParams, generators: list[torch.Generator],
+         live: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One token per row from logits [B, V], on their device: (tokens [B], warped probabilities
-    [B, V] when sampling, else None)."""
+    [B, V] when sampling, else None). Row b samples with ``generators[b]``, only where ``live[b]``
+    (1) when given: a row draws what it would alone, the others take the argmax."""
     if sampling.greedy:
         return logits.argmax(-1), None
     p = warp(logits, sampling)
-    return sample(p, generator), p
+    return sample_rows(p, generators, live), p
 
 
 class BatchedStrategy(Strategy):
@@ -241,6 +243,9 @@ class BatchedStrategy(Strategy):
         (``prefill_rows``'s) for subclasses whose drafters read more than the last one."""
         self.seqs = [list(p) for p in prompts]
         self.extras = [self.new_extra() for _ in prompts]
+        self.generators = list(self.ctx.generators) or [self.ctx.generator] * len(prompts)
+        if len(self.generators) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts and {len(self.generators)} generators: give one per row")
         self.cache = self.ctx.target.new_cache(self.ctx.cache_length, batch=len(prompts))
         states = prefill_rows(self.ctx.target, self.cache, self.seqs, hidden=self.reads_hidden)
         self.hidden = None
@@ -260,6 +265,7 @@ class BatchedStrategy(Strategy):
     def select(self, rows: list[int]) -> None:
         self.seqs = [self.seqs[i] for i in rows]
         self.extras = [self.extras[i] for i in rows]
+        self.generators = [self.generators[i] for i in rows]
         self.ready = [self.ready[i] for i in rows]
         if self.hidden is not None:
             self.hidden = self.hidden[to_device(rows, self.hidden.device)]
@@ -285,7 +291,7 @@ class ChainStrategy(BatchedStrategy):
     def verify_rows(self, draft: torch.Tensor, lengths: torch.Tensor, logits: torch.Tensor,
                     q: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """(accept_len [B], next token [B]) on the device: ``verify_chains`` (lossless)."""
-        return verify_chains(draft, lengths, logits, self.ctx.sampling, self.ctx.generator, q)
+        return verify_chains(draft, lengths, logits, self.ctx.sampling, self.generators, q)
 
     def step_rows(self, budgets: list[int]) -> list[list[int]]:
         ctx, device = self.ctx, self.ctx.target.device

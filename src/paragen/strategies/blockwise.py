@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from paragen.errors import HeadsMismatchError, UnsupportedOptionError
-from paragen.sampling import sample, warp
+from paragen.sampling import sample_rows, warp
 from paragen.strategies.base import ChainStrategy
 
 MAX_HEADS = 16  # k = 0 ("every head") reserves cache room for this many
@@ -79,7 +79,7 @@ class Blockwise(ChainStrategy):
         if self.ctx.sampling.greedy:
             return logits.argmax(-1), lengths, None
         q = warp(logits, self.ctx.sampling)
-        return sample(q, self.ctx.generator), lengths, q
+        return sample_rows(q, self.generators, lengths), lengths, q
 
     def accepted(self, accept: list[int], lengths: list[int], before: list[int]) -> None:
         for extra, a, n in zip(self.extras, accept, lengths):

@@ -141,7 +141,7 @@ class TreeDraftStrategy(BatchedStrategy):
         logits, states = self.score(trees)
         paths, committed = [], []
         for b, tree in enumerate(trees):
-            path, nxt = self.verify(tree, logits[b, : len(tree)])
+            path, nxt = self.verify(b, tree, logits[b, : len(tree)])
             paths.append(path)
             committed.append([*(tree.tokens[i] for i in path), nxt])
             self.record(b, tree, logits[b, : len(tree)], path)
@@ -166,9 +166,9 @@ class TreeDraftStrategy(BatchedStrategy):
                               return_hidden=self.keeps_states)
         return out if self.keeps_states else (out, None)
 
-    def verify(self, tree: TokenTree, logits: torch.Tensor) -> tuple[list[int], int]:
-        """(accepted path, next token): ``verify_tree`` with this strategy's sampling rule."""
-        return verify_tree(tree, logits, self.ctx.sampling, self.ctx.generator, rule=self.rule)
+    def verify(self, row: int, tree: TokenTree, logits: torch.Tensor) -> tuple[list[int], int]:
+        """(accepted path, next token) of row ``row``: ``verify_tree`` with this strategy's sampling rule."""
+        return verify_tree(tree, logits, self.ctx.sampling, self.generators[row], rule=self.rule)
 
     def commit(self, paths: list[list[int]], depths: list[int], states: torch.Tensor | None) -> None:
         """After the target kept each row's path: a drafter that started a tree keeps its path too."""

@@ -100,7 +100,7 @@ class Medusa(TreeDraftStrategy):
             for node, q in zip(level, qs):
                 w = min(self.widths[d], int((q > 0).sum()))
                 if sampled:
-                    cands = torch.multinomial(q, w, replacement=False, generator=ctx.generator)
+                    cands = torch.multinomial(q, w, replacement=False, generator=self.generators[row])
                     tree.q[node] = q
                 else:
                     cands = q.topk(w).indices

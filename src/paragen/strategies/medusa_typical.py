@@ -47,5 +47,6 @@ class MedusaTypical(Medusa):
     def new_extra(self) -> dict[str, Any]:
         return {**super().new_extra(), "acceptance": f"typical epsilon={self.opts.epsilon} delta={self.opts.delta}"}
 
-    def verify(self, tree: TokenTree, logits: torch.Tensor) -> tuple[list[int], int]:
-        return typical_accept_tree(tree, logits, self.ctx.sampling, self.ctx.generator, self.opts.epsilon, self.opts.delta)
+    def verify(self, row: int, tree: TokenTree, logits: torch.Tensor) -> tuple[list[int], int]:
+        return typical_accept_tree(tree, logits, self.ctx.sampling, self.generators[row], self.opts.epsilon,
+                                   self.opts.delta)

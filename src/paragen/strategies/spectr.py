@@ -68,7 +68,7 @@ class SpecTr(TreeDraftStrategy):
 
     def grow(self, row: int, length: int) -> TokenTree:
         """k draft sequences of ``length`` tokens, as a tree with per-node candidates and q."""
-        o, ctx, drafter = self.opts, self.ctx, self.drafters[row]
+        o, drafter = self.opts, self.drafters[row]
         tree, logits = drafter.start(self.seqs[row])
         through = {0: o.k}  # node -> drafts passing through it
         level, logits = [0], logits[None]
@@ -76,7 +76,7 @@ class SpecTr(TreeDraftStrategy):
             for node, q in zip(level, self.draft_probs(logits)):
                 m = through[node] if o.replacement else min(through[node], int((q > 0).sum()))
                 tree.q[node] = q
-                for t in torch.multinomial(q, m, replacement=o.replacement, generator=ctx.generator).tolist():
+                for t in torch.multinomial(q, m, replacement=o.replacement, generator=self.generators[row]).tolist():
                     child = tree.add(node, t)
                     through[child] = through.get(child, 0) + 1
             level = tree.level(d + 1)

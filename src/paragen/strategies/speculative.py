@@ -69,7 +69,7 @@ class Speculative(ChainStrategy):
         logits = catch_up_rows(ctx.draft, self.draft_cache, self.seqs)  # [B, V]
         xs, qs = [], []
         for i in range(K):
-            x, q = draw(logits, ctx.sampling, ctx.generator)
+            x, q = draw(logits, ctx.sampling, self.generators, [int(i < n) for n in lengths])
             xs.append(x)
             qs.append(q)
             if i + 1 < K:  # the last draft token needs no draft forward

@@ -120,7 +120,7 @@ class Tree(TreeDraftStrategy):
                     draws = q.topk(min(w, support)).indices
                 else:
                     draws = torch.multinomial(q, w if o.draw == "with" else min(w, support),
-                                              replacement=o.draw == "with", generator=self.ctx.generator)
+                                              replacement=o.draw == "with", generator=self.generators[row])
                     tree.q[node] = q
                 for t in draws.tolist():
                     tree.add(node, t)
