@@ -208,10 +208,11 @@ def test_chat_with_a_template(model_dir, tmp_path):
     assert out.usage.prompt_tokens == len(chatty.tokenizer.encode(prompt))
 
 
-def test_max_batch_above_one_is_refused():
-    with pytest.raises(InvalidInputError, match="max-batch"):
-        ServeConfig(max_batch=2)
-    assert main(["serve", "--max-batch", "4"]) == 2
+def test_max_batch_out_of_range_is_refused():
+    for bad in (0, 65):
+        with pytest.raises(InvalidInputError, match="max-batch"):
+            ServeConfig(max_batch=bad)
+    assert main(["serve", "--max-batch", "0"]) == 2
 
 
 async def _stream_text(http: httpx.AsyncClient, url: str, payload: dict, refused: list[int]) -> str:
@@ -323,7 +324,7 @@ def test_serve_flags_and_defaults():
     from paragen.cli import build_parser
 
     args = build_parser().parse_args(["serve"])
-    assert (args.host, args.max_batch, args.strategy, args.api_key) == ("127.0.0.1", 1, "ar", None)
+    assert (args.host, args.max_batch, args.strategy, args.api_key) == ("127.0.0.1", 8, "ar", None)
     args = build_parser().parse_args(["serve", "--port", "0", "--max-queue", "2", "--timeout", "5", "--threads", "1"])
     assert (args.port, args.max_queue, args.timeout, args.threads) == (0, 2, 5.0, 1)
 

@@ -24,6 +24,7 @@ on the host, which the driver knows anyway from the committed tokens.
     keep_rows(offs)    row b accepts the pending slots at offsets offs[b] (its tree's path)
     truncate_rows(ns)  row b forgets everything from slot ns[b] on
     select(rows)       keep these rows only, in this order (finished rows leave the batch)
+    extend(other)      append another cache's rows (rows joining a running batch)
     tree_mask(trees)   the mask of N new tokens per row related by each row's token tree
 """
 
@@ -197,3 +198,16 @@ class KVCache:
         self.k = [buf.index_select(0, idx) for buf in self.k]
         self.v = [buf.index_select(0, idx) for buf in self.v]
         self._set_rows([self.rows[i] for i in rows])
+
+    def extend(self, other: KVCache) -> None:
+        """Append ``other``'s rows after these (rows joining a running batch), keeping their
+        lengths; both are widened to the larger ``max_length`` (new slots are empty)."""
+        S = max(self.max_length, other.max_length)
+
+        def widen(buf: torch.Tensor) -> torch.Tensor:
+            return buf if buf.shape[2] == S else torch.nn.functional.pad(buf, (0, 0, 0, S - buf.shape[2]))
+
+        self.k = [torch.cat([widen(a), widen(b)]) for a, b in zip(self.k, other.k)]
+        self.v = [torch.cat([widen(a), widen(b)]) for a, b in zip(self.v, other.v)]
+        self.max_length = S
+        self._set_rows(self.rows + other.rows)

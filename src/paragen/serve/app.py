@@ -1,10 +1,10 @@
 """The OpenAI-compatible HTTP app: completions, chat completions, models, health, metrics.
 
 ``create_app(model, draft, config)`` builds a FastAPI app around a loaded model. Handlers
-parse and check a request and hand it to ``Completions`` (``service.py``), which queues the
-decode on the scheduler (one at a time, ``scheduler.py``) and turns its events into a JSON
-response or server-sent events. Decoding itself is ``paragen.stream``: the server holds no
-decoding logic.
+parse and check a request and hand it to ``Completions`` (``service.py``), which queues it
+for the engine (continuous batching, ``engine.py``, run by the decoder thread of
+``scheduler.py``) and turns its events into a JSON response or server-sent events. The
+engine runs the API's own batched strategies: the server holds no decoding rule.
 """
 
 from __future__ import annotations
@@ -41,17 +41,23 @@ class ServeConfig:
     """Server settings; ``paragen serve`` flags map onto these fields one to one."""
 
     strategy: str = "ar"  # used when a request names none
-    max_batch: int = 1  # requests decoded together; 1 until batched decoding lands
-    max_queue: int = 64  # requests waiting behind the one being decoded; more are answered 429
+    max_batch: int = 8  # rows in the running batch at most (all groups together)
+    max_queue: int = 64  # requests waiting to join the running batch; more are answered 429
+    cache_tokens: int | None = None  # KV cache slots of all running rows together; None: max_batch x context
+    prefill_tokens: int = 2048  # prompt tokens admitted per step at most (at least one request)
+    speculation: bool = True  # greedy draft-and-verify groups draft only while drafting is measured faster
     max_tokens: int = 1024  # cap on a request's max_tokens
     timeout: float = 300.0  # seconds from arrival; the decode stops between steps after it
     api_key: str | None = None  # when set, /v1/* need "Authorization: Bearer <key>"
     chat_template: str | None = None  # Jinja chat template from the model's tokenizer_config.json
 
     def __post_init__(self) -> None:
-        if self.max_batch != 1:
-            raise InvalidInputError(f"--max-batch {self.max_batch}: only 1 is supported until batched decoding lands "
-                                    "(requests are decoded one at a time behind the queue); use --max-batch 1")
+        from paragen.request import MAX_BATCH
+
+        if not 1 <= self.max_batch <= MAX_BATCH:
+            raise InvalidInputError(f"--max-batch {self.max_batch}: give 1 to {MAX_BATCH} rows")
+        if self.cache_tokens is not None and self.cache_tokens < 1 or self.prefill_tokens < 1:
+            raise InvalidInputError("--cache-tokens and --prefill-tokens must be at least 1")
         if self.max_queue < 1 or self.max_tokens < 1 or self.timeout <= 0:
             raise InvalidInputError("--max-queue and --max-tokens must be at least 1 and --timeout positive")
 
@@ -61,7 +67,8 @@ def create_app(model: Model, draft: Model | None = None, config: ServeConfig | N
     config = config or ServeConfig()
     get_strategy(config.strategy)  # an unknown default strategy fails at start, not on the first request
     metrics = Metrics(lambda: scheduler.queue_depth, lambda: scheduler.in_flight)
-    scheduler = Scheduler(model, metrics, config.max_queue)
+    scheduler = Scheduler(model, metrics, config.max_queue, max_batch=config.max_batch, cache_tokens=config.cache_tokens,
+                          prefill_tokens=config.prefill_tokens, speculation=config.speculation)
     service = Completions(model, draft, config, scheduler)
     created = now()
 

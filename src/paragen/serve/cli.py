@@ -12,8 +12,16 @@ Serve a model over an OpenAI-compatible HTTP API: POST /v1/completions (and
 /v1/chat/completions for models with a chat template), GET /v1/models, /health, /metrics.
 Each request may pick its strategy and options in the extra body:
   {"paragen": {"strategy": "lookup", "options": {"max_ngram": 3}}}
-Requests are decoded one at a time, in arrival order, behind a queue of --max-queue
-(batched decoding is not built yet); a full queue is answered 429."""
+Requests are decoded by an engine with continuous batching: a request joins the running
+batch at the next decoding step and leaves it at the step it finishes. Rows batch with
+rows of the same strategy, options and sampling settings; such groups take turns, one step
+each. --max-batch bounds the running rows (more rows: more tokens per second in all, a
+slower step for each stream), --cache-tokens the KV cache they hold together (each row:
+prompt + max_tokens + drafts), --prefill-tokens the prompt tokens prefilled between two
+steps. Beyond that, requests wait (at most --max-queue; more are answered 429).
+Speculation under load: a greedy group of a draft-and-verify strategy drafts only while
+drafting is measured faster than plain decoding of the same rows (the output is the same
+either way); --no-speculation-policy drafts every step."""
 
 EPILOG = """\
 example:
@@ -35,10 +43,17 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--strategy", default="ar", help="strategy for requests that name none (default: ar)")
     p.add_argument("--backend", choices=["native", "hf"], default="native", help="model backend (default: native)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="weights' dtype (default: float32)")
-    p.add_argument("--max-batch", type=int, default=1,
-                   help="requests decoded together; must be 1 until batched decoding lands (default: 1)")
+    p.add_argument("--max-batch", type=int, default=8,
+                   help="rows in the running batch at most, all groups together (default: 8)")
+    p.add_argument("--cache-tokens", type=int, default=None,
+                   help="KV cache slots of all running rows together; a request needing more than all of them is "
+                        "refused, one needing more than are free waits (default: max-batch x the model context)")
+    p.add_argument("--prefill-tokens", type=int, default=2048,
+                   help="prompt tokens prefilled between two steps at most, at least one request (default: 2048)")
+    p.add_argument("--no-speculation-policy", dest="speculation", action="store_false",
+                   help="draft every step, even where plain decoding of the rows is measured faster")
     p.add_argument("--max-queue", type=int, default=64,
-                   help="requests that may wait behind the one being decoded; more are answered 429 (default: 64)")
+                   help="requests that may wait to join the running batch; more are answered 429 (default: 64)")
     p.add_argument("--max-tokens", type=int, default=1024, help="largest max_tokens a request may ask for (default: 1024)")
     p.add_argument("--timeout", type=float, default=300.0,
                    help="seconds a request may take from arrival, queueing included; then its decode stops between "
@@ -78,6 +93,7 @@ def run_serve(args: argparse.Namespace) -> int:
             raise InvalidInputError(f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     config = ServeConfig(strategy=args.strategy, max_batch=args.max_batch, max_queue=args.max_queue,
+                         cache_tokens=args.cache_tokens, prefill_tokens=args.prefill_tokens, speculation=args.speculation,
                          max_tokens=args.max_tokens, timeout=args.timeout, api_key=args.api_key,
                          chat_template=chat_template(args.model))
     dtype = DTYPES[args.dtype]

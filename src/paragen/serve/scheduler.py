@@ -1,12 +1,12 @@
-"""One decoder thread behind a bounded queue.
+"""The decoder thread: runs the engine's steps while there is work, and carries each
+request's events to the event loop.
 
-Batched decoding does not exist yet, so requests are decoded one at a time, in arrival
-order, by a single worker thread that runs ``paragen.stream``; requests beyond the one
-being decoded wait in a queue of at most ``max_queue``, and a request that finds it full is
-refused at once (the app answers 429). The decode is a generator, so stopping it is simply
-not pulling the next piece: between pieces the worker checks the request's cancel flag
-(set when the client disconnects) and its deadline, and closes the generator, which
-releases its cache. Pieces cross to the event loop through ``loop.call_soon_threadsafe``.
+Requests are checked (``paragen.request.check_request``) before they get here; ``submit``
+hands one to the engine (``engine.py``), which admits it into the running batch at a coming
+step, and refuses it at once when ``max_queue`` requests wait already (the app answers 429).
+Between steps the engine drops rows whose client has gone (``cancel``, set when the client
+disconnects) or whose deadline has passed. Pieces cross to the event loop through
+``loop.call_soon_threadsafe``.
 """
 
 from __future__ import annotations
@@ -15,17 +15,18 @@ import asyncio
 import logging
 import threading
 import time
-from collections import deque
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import paragen
-from paragen.errors import ParagenError
+from paragen.driver import Generation
 from paragen.models.base import Model
+from paragen.request import Request
+from paragen.serve.engine import CacheBudgetError, Engine, Entry, Group, QueueFull
 from paragen.serve.metrics import Metrics
 
 log = logging.getLogger("paragen.serve")
+
+__all__ = ["CacheBudgetError", "Job", "QueueFullError", "Scheduler"]
 
 
 class QueueFullError(Exception):
@@ -34,22 +35,16 @@ class QueueFullError(Exception):
 
 @dataclass
 class Job:
-    """One request's decode: the keyword arguments of ``paragen.stream`` and where its events go.
+    """One request's decode and where its events go: ``("piece", str)`` any number of times, then
+    one of ``("done", Generation)``, ``("timeout", None)``, ``("error", ParagenError)``, ``("failed", Exception)``."""
 
-    Events, in order: ``("piece", str)`` any number of times, then one of ``("done", Generation)``,
-    ``("error", ParagenError)``, ``("timeout", None)``, ``("failed", Exception)``.
-    """
-
-    kwargs: dict[str, Any]
+    request: Request
     loop: asyncio.AbstractEventLoop
     deadline: float  # time.monotonic() after which the decode stops between steps
     arrived: float = field(default_factory=time.monotonic)
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
-    cancelled: threading.Event = field(default_factory=threading.Event)
-
-    def ending(self) -> str:
-        """Why a job stopped early: its deadline passed (the handler may have seen it first), or its client left."""
-        return "timeout" if time.monotonic() > self.deadline else "cancelled"
+    entry: Entry | None = None
+    last_piece: float = 0.0
 
     def emit(self, kind: str, value: Any = None) -> None:
         try:
@@ -59,23 +54,25 @@ class Job:
 
 
 class Scheduler:
-    """Runs jobs one at a time on a daemon thread; ``submit`` refuses when ``max_queue`` wait already."""
+    """Runs the engine on a daemon thread; ``submit`` refuses when ``max_queue`` wait already."""
 
-    def __init__(self, model: Model, metrics: Metrics | None, max_queue: int) -> None:
-        self.model, self.metrics, self.max_queue = model, metrics, max_queue
-        self._waiting: deque[Job] = deque()
-        self._current: Job | None = None
+    def __init__(self, model: Model, metrics: Metrics | None, max_queue: int, max_batch: int = 8,
+                 cache_tokens: int | None = None, prefill_tokens: int = 2048, speculation: bool = True) -> None:
+        self.metrics = metrics
+        self.engine = Engine(model, max_batch=max_batch, cache_tokens=cache_tokens, prefill_tokens=prefill_tokens,
+                             max_waiting=max_queue, speculation=speculation)
+        self.engine.on_step = self._stepped
         self._cv = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="paragen-decoder", daemon=True)
 
     @property
     def queue_depth(self) -> int:
-        return len(self._waiting)
+        return self.engine.queued
 
     @property
     def in_flight(self) -> int:
-        return int(self._current is not None)
+        return self.engine.running
 
     @property
     def alive(self) -> bool:
@@ -85,83 +82,68 @@ class Scheduler:
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Cancel everything, let the worker finish its current step, and join it."""
+        """Stop after the current step and join the thread."""
         with self._cv:
             self._stopping = True
-            for job in (*self._waiting, *([self._current] if self._current else [])):
-                job.cancelled.set()
             self._cv.notify_all()
         if self._thread.is_alive():
             self._thread.join(timeout)
 
     def submit(self, job: Job) -> None:
+        """Hand a checked request to the engine. ``QueueFullError`` (429) or ``CacheBudgetError`` (400)."""
+        first: list[bool] = [True]
+
+        def emit(kind: str, value: Any) -> None:
+            self._observe(job, kind, value, first)
+            job.emit(kind, value)
+
+        job.entry = Entry(job.request, emit, deadline=job.deadline, arrived=job.arrived)
         with self._cv:
             if self._stopping:
                 raise QueueFullError("the server is shutting down")
-            if len(self._waiting) >= self.max_queue:
-                raise QueueFullError(f"{len(self._waiting)} requests are waiting already")
-            self._waiting.append(job)
+            try:
+                self.engine.add(job.entry)
+            except QueueFull as e:
+                raise QueueFullError(str(e)) from None
             self._cv.notify()
 
     def cancel(self, job: Job) -> None:
-        """Stop a job: dropped from the queue now if it waits, stopped between steps if it runs."""
-        job.cancelled.set()
-        with self._cv:
-            try:
-                self._waiting.remove(job)
-            except ValueError:
-                return  # running or finished: the worker sees the flag
-        self._record(job.ending())
+        """Stop a job: dropped from the queue now if it waits, from its batch at the next step if it runs."""
+        if job.entry is not None and not job.entry.cancelled and self.engine.cancel(job.entry):
+            self._record("cancelled" if time.monotonic() <= job.deadline else "timeout")
 
     def _run(self) -> None:
         while True:
             with self._cv:
-                while not self._waiting and not self._stopping:
+                while self.engine.idle and not self._stopping:
                     self._cv.wait()
                 if self._stopping:
                     return
-                job = self._current = self._waiting.popleft()
-            try:
-                self._decode(job)
-            finally:
-                with self._cv:
-                    self._current = None
+            self.engine.step()
 
-    def _decode(self, job: Job) -> None:
+    def _observe(self, job: Job, kind: str, value: Any, first: list[bool]) -> None:
+        """Metrics from a request's events, on the decoder thread."""
+        if self.metrics is None:
+            return
+        now = time.monotonic()
+        if kind == "piece":
+            if first[0]:
+                self.metrics.first(now - job.arrived)
+            else:
+                self.metrics.inter_token(now - job.last_piece)
+            first[0] = False
+            job.last_piece = now
+        elif kind == "done":
+            assert isinstance(value, Generation)
+            self.metrics.decoded(value.stats)
+            self._record("finished")
+        elif kind in ("cancelled", "timeout", "error", "failed"):
+            self._record(kind)
+
+    def _stepped(self, group: Group, rows: int, drafted: bool) -> None:
         if self.metrics:
-            self.metrics.waited(time.monotonic() - job.arrived)
-        pieces: Iterator[str] | None = None
-        try:
-            pieces = paragen.stream(self.model, **job.kwargs)
-            first = True
-            while True:
-                # checked before every step: the decode never starts or continues for nobody
-                if job.cancelled.is_set() or time.monotonic() > job.deadline:
-                    self._record(job.ending())
-                    job.emit("timeout")  # heard only if the client is still there, i.e. on a timeout
-                    return
-                try:
-                    piece = next(pieces)
-                except StopIteration as done:
-                    if self.metrics:
-                        self.metrics.decoded(done.value.stats)
-                    self._record("finished")
-                    job.emit("done", done.value)
-                    return
-                if first and self.metrics:
-                    self.metrics.first(time.monotonic() - job.arrived)
-                first = False
-                job.emit("piece", piece)
-        except ParagenError as e:  # bad input the API found (greedy-only strategy asked to sample, ...)
-            self._record("error")
-            job.emit("error", e)
-        except Exception as e:  # a bug: logged here with its traceback, never sent to the client
-            log.exception("decode failed")
-            self._record("failed")
-            job.emit("failed", e)
-        finally:
-            if pieces is not None:
-                pieces.close()  # GeneratorExit in the decode loop: its cache and tensors are dropped
+            self.metrics.step(group.request.strategy.name, rows, drafted if group.draftable else None,
+                              self.engine.running, self.engine.queued)
 
     def _record(self, outcome: str) -> None:
         if self.metrics:

@@ -188,9 +188,22 @@ def chunk_body(rid: str, model: str, created: int, text: str | None, reason: str
             "model": model, "choices": choices, "usage": usage}
 
 
-def usage_body(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+def usage_body(prompt_tokens: int, completion_tokens: int, stats: Any = None) -> dict[str, Any]:
+    """OpenAI's usage, and with the decode's ``Stats`` a ``paragen`` block: the strategy, its
+    target and draft calls, tokens per call, draft tokens proposed and accepted, and how many
+    of the request's steps drafted (the engine's speculation policy)."""
+    usage: dict[str, Any] = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                             "total_tokens": prompt_tokens + completion_tokens}
+    if stats is not None:
+        extra = stats.extra
+        usage["paragen"] = {
+            "strategy": stats.strategy, "target_calls": stats.target_calls, "draft_calls": stats.draft_calls,
+            "tokens_per_call": round(stats.tokens_per_call, 4),
+            "steps": sum(stats.committed_per_call.values()),
+            **{k: extra[k] for k in ("drafted_steps", "lossy", "weights") if k in extra},
+            **({"proposed": sum(extra["proposed"]), "accepted": sum(extra["accepted"])} if "proposed" in extra else {}),
+        }
+    return usage
 
 
 def now() -> int:

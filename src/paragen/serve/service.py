@@ -1,10 +1,9 @@
 """From a parsed request to its answer: the decode's arguments, the scheduler's events, and
 the JSON response or server-sent events they become.
 
-``Completions`` is the one place a request meets the decoder. Strategy and options are
-checked with the API's own functions before a request takes a place in the queue; the
-rest of the checking is ``paragen.stream``'s own, reported when its first event arrives,
-so a bad request is a 4xx even when streaming.
+``Completions`` is the one place a request meets the decoder. Every argument is checked
+with the API's own ``check_request`` before a request takes a place in the queue, so a bad
+request is a 4xx even when streaming; the engine then decodes it in the running batch.
 """
 
 from __future__ import annotations
@@ -18,10 +17,11 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from paragen.api import make_options
 from paragen.errors import ParagenError
 from paragen.models.base import Model
-from paragen.serve.scheduler import Job, QueueFullError, Scheduler
+from paragen.request import Request as DecodeRequest
+from paragen.request import check_request
+from paragen.serve.scheduler import CacheBudgetError, Job, QueueFullError, Scheduler
 from paragen.serve.schemas import (
     ChatRequest,
     SamplingFields,
@@ -33,7 +33,6 @@ from paragen.serve.schemas import (
     response_body,
     usage_body,
 )
-from paragen.strategies import get_strategy
 
 # OpenAI's defaults where paragen's differ: completions stop at 16 tokens, sampling at temperature 1.
 DEFAULT_COMPLETION_TOKENS = 16
@@ -49,7 +48,7 @@ class Completions:
         self.template = _compile_template(config.chat_template) if config.chat_template else None
 
     def prompt_length(self, prompt: str | list[int]) -> int:
-        """Prompt tokens for ``usage``: the same encoding paragen.stream applies."""
+        """Prompt tokens: the same encoding the API applies."""
         if isinstance(prompt, list):
             return len(prompt)
         if self.model.tokenizer is None:
@@ -70,8 +69,8 @@ class Completions:
         except Exception as e:  # a template error is about these messages, not a server fault
             raise ServeError(400, f"the chat template could not render these messages ({e})", param="messages") from None
 
-    def decode_kwargs(self, body: SamplingFields, prompt: str | list[int], max_tokens: int) -> dict[str, Any]:
-        """paragen.stream's arguments; a bad strategy or option is refused before the queue."""
+    def request(self, body: SamplingFields, prompt: str | list[int], max_tokens: int) -> DecodeRequest:
+        """The checked request; anything bad is refused here, before the queue."""
         config = self.config
         if max_tokens > config.max_tokens:
             raise ServeError(400, f"max_tokens={max_tokens} is over this server's cap of {config.max_tokens}: "
@@ -79,18 +78,17 @@ class Completions:
                              param="max_tokens", code="max_tokens_exceeded")
         name = body.paragen.strategy or config.strategy
         try:
-            cls = get_strategy(name)
-            options = make_options(cls, body.paragen.options)
+            from paragen.strategies import get_strategy
+
+            if get_strategy(name).needs_draft and self.draft is None:
+                raise ServeError(400, f"strategy '{name}' needs a draft model and this server has none: pick another "
+                                      "strategy, or restart the server with --draft", param="paragen.strategy")
+            temperature = DEFAULT_TEMPERATURE if body.temperature is None else body.temperature
+            return check_request(self.model, [prompt], name, max_tokens, temperature, body.top_k, body.top_p, body.seed,
+                                 body.stop, self.draft if get_strategy(name).needs_draft else None, None,
+                                 dict(body.paragen.options))
         except ParagenError as e:
             raise ServeError.from_paragen(e) from None
-        if cls.needs_draft and self.draft is None:
-            raise ServeError(400, f"strategy '{name}' needs a draft model and this server has none: pick another "
-                                  "strategy, or restart the server with --draft", param="paragen.strategy")
-        temperature = DEFAULT_TEMPERATURE if body.temperature is None else body.temperature
-        return dict(prompt=prompt, strategy=name, max_new_tokens=max_tokens, temperature=temperature,
-                    top_k=body.top_k, top_p=body.top_p, seed=body.seed, stop=body.stop,
-                    draft=self.draft if cls.needs_draft else None,
-                    **{k: getattr(options, k) for k in body.paragen.options})
 
     async def events(self, job: Job, request: Request) -> AsyncIterator[tuple[str, Any]]:
         """The job's events until the last; a gone client cancels the job, a passed deadline ends it.
@@ -133,14 +131,16 @@ class Completions:
     async def run(self, request: Request, body: SamplingFields, prompt: str | list[int], max_tokens: int,
                   chat: bool) -> Response:
         """Queue the decode and answer: one JSON body, or server-sent events when ``body.stream``."""
-        prompt_tokens = self.prompt_length(prompt)
-        job = Job(self.decode_kwargs(body, prompt, max_tokens), asyncio.get_running_loop(),
-                  deadline=time.monotonic() + self.config.timeout)
+        checked = self.request(body, prompt, max_tokens)
+        prompt_tokens = len(checked.prompts[0])
+        job = Job(checked, asyncio.get_running_loop(), deadline=time.monotonic() + self.config.timeout)
         try:
             self.scheduler.submit(job)
         except QueueFullError as e:
             raise ServeError(429, f"the server is busy ({e}; --max-queue {self.config.max_queue}): retry after a short "
                                   "wait", type="rate_limit_error", code="queue_full") from None
+        except CacheBudgetError as e:
+            raise ServeError(400, str(e), param="max_tokens", code="cache_budget_exceeded") from None
         stream = self.events(job, request)
         # the first event decides the status code: a bad request found by the API is a 400, not a 200 stream
         first = await anext(stream, ("gone", None))
@@ -154,7 +154,7 @@ class Completions:
                 if kind == "done":
                     return JSONResponse(response_body(rid, self.model.name, now(), value.text,
                                                       finish_reason(value.stats.finish_reason),
-                                                      usage_body(prompt_tokens, len(value.tokens)), chat))
+                                                      usage_body(prompt_tokens, len(value.tokens), value.stats), chat))
                 if kind != "piece":
                     raise self.failure(kind, value)
             return Response(status_code=499)  # the client left mid-decode
@@ -177,7 +177,8 @@ class Completions:
             if kind == "done":
                 yield _sse(chunk_body(rid, name, created, "", finish_reason(value.stats.finish_reason), chat))
                 if include_usage:
-                    yield _sse(chunk_body(rid, name, created, None, None, chat, usage_body(prompt_tokens, len(value.tokens))))
+                    yield _sse(chunk_body(rid, name, created, None, None, chat,
+                                          usage_body(prompt_tokens, len(value.tokens), value.stats)))
             else:  # headers are sent: the error travels as an event, which the openai client raises
                 yield _sse(self.failure(kind, value).body())
             yield "data: [DONE]\n\n"

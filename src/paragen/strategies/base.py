@@ -231,6 +231,11 @@ class BatchedStrategy(Strategy):
 
     batched = True
     reads_hidden: ClassVar[bool] = False
+    # Per-row state, one entry per row of the batch, that ``select`` filters and ``join``
+    # extends: lists of host values, and caches with per-row lengths. A subclass with more
+    # per-row state adds its names here (``hidden`` [B, H] is handled by this class).
+    row_lists: ClassVar[tuple[str, ...]] = ("seqs", "extras", "generators", "ready")
+    row_caches: ClassVar[tuple[str, ...]] = ("cache",)
 
     def prefill(self, prompt: list[int]) -> None:
         self.prefill_rows([prompt])
@@ -263,13 +268,29 @@ class BatchedStrategy(Strategy):
         return dict(self.extras[row])
 
     def select(self, rows: list[int]) -> None:
-        self.seqs = [self.seqs[i] for i in rows]
-        self.extras = [self.extras[i] for i in rows]
-        self.generators = [self.generators[i] for i in rows]
-        self.ready = [self.ready[i] for i in rows]
+        for name in self.row_lists:
+            values = getattr(self, name)
+            setattr(self, name, [values[i] for i in rows])
+        for name in self.row_caches:
+            getattr(self, name).select(rows)
         if self.hidden is not None:
             self.hidden = self.hidden[to_device(rows, self.hidden.device)]
-        self.cache.select(rows)
+
+    def join(self, other: BatchedStrategy) -> None:
+        """Append ``other``'s rows after this batch's: rows joining a running batch between
+        steps (the serving engine's continuous batching). ``other`` is a prefilled instance of
+        the same class and options, on the same models; afterwards it must not be used."""
+        if type(other) is not type(self) or other.opts != self.opts:
+            raise ValueError(f"only rows of the same strategy and options join a batch: {other.name} into {self.name}")
+        for name in self.row_lists:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for name in self.row_caches:
+            getattr(self, name).extend(getattr(other, name))
+        if self.hidden is not None or other.hidden is not None:  # a side of one-token prompts has none yet
+            like = self.hidden if self.hidden is not None else other.hidden
+            mine = self.hidden if self.hidden is not None else like.new_zeros(len(self.seqs) - len(other.seqs), like.shape[1])
+            theirs = other.hidden if other.hidden is not None else like.new_zeros(len(other.seqs), like.shape[1])
+            self.hidden = torch.cat([mine, theirs])
 
 
 class ChainStrategy(BatchedStrategy):

@@ -96,6 +96,7 @@ class TreeDraftStrategy(BatchedStrategy):
     needs_draft = True
     rule: ClassVar[str] = "rrs"  # verify_tree's sampling rule
     keeps_states: ClassVar[bool] = False  # the verifying forward also returns every node's hidden state
+    row_lists = (*BatchedStrategy.row_lists, "drafters")
 
     @abstractmethod
     def depth(self, row: int) -> int:
@@ -118,10 +119,6 @@ class TreeDraftStrategy(BatchedStrategy):
 
     def new_extra(self) -> dict[str, Any]:
         return {"proposed": [], "accepted": [], "nodes": 0}
-
-    def select(self, rows: list[int]) -> None:
-        super().select(rows)
-        self.drafters = [self.drafters[i] for i in rows]
 
     def draft_probs(self, logits: torch.Tensor) -> torch.Tensor:
         """The draft's probabilities [..., V]: warped like the target's when sampling, its own

@@ -38,6 +38,8 @@ class Speculative(ChainStrategy):
     Options = SpeculativeOptions
     needs_draft = True
     summary = "draft model proposes k tokens, target verifies them in one call"
+    row_lists = (*ChainStrategy.row_lists, "ks")
+    row_caches = (*ChainStrategy.row_caches, "draft_cache")
 
     @classmethod
     def slack(cls, o: SpeculativeOptions) -> int:
@@ -52,11 +54,6 @@ class Speculative(ChainStrategy):
 
     def new_extra(self) -> dict[str, Any]:
         return {"proposed": [0] * self.opts.k, "accepted": [0] * self.opts.k, "nodes": 0}
-
-    def select(self, rows: list[int]) -> None:
-        super().select(rows)
-        self.draft_cache.select(rows)
-        self.ks = [self.ks[i] for i in rows]
 
     def propose(self, budgets: list[int]) -> tuple[torch.Tensor, list[int], torch.Tensor | None]:
         """Each row's k draft tokens, and their warped draft probabilities q when sampling
