@@ -14,6 +14,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import httpx
 import openai
@@ -344,3 +345,91 @@ def test_an_internal_error_is_a_500_without_traceback(model):
             assert "secret" not in r.text and "Traceback" not in r.text
         assert httpx.get(f"{base}/health").json()["status"] == "ok"  # the decoder thread survived
         assert metric(base, 'paragen_decodes_total{outcome="failed"}') == 2
+
+
+@contextmanager
+def server_process(*args: str, seconds: float = 600) -> Iterator[str]:
+    """``paragen serve`` in a subprocess on 127.0.0.1 (a free port), stopped on exit; it also
+    stops itself after ``seconds`` (``timeout``), whatever happens to the test."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = ["timeout", str(int(seconds)), sys.executable, "-m", "paragen.cli", "serve", "--port", str(port), *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(f"the server exited: {proc.stderr.read()[-2000:]}")
+            try:
+                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "the server did not start in 120 s"
+            time.sleep(0.2)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.mark.slow
+def test_openai_client_32_concurrent_streams_in_one_running_batch():
+    """32 concurrent streaming requests through the official openai client, against a
+    subprocess server on the built-in models (float64, so batch rounding cannot flip an argmax):
+    mixed strategies, prompts, max_tokens and stop strings, greedy and seeded sampling. Every
+    greedy text equals ``paragen.generate`` alone; every seeded sampled text equals the same
+    request sent alone afterwards; usage counts are exact; no response carries another's text."""
+    target = paragen.load("code-target", dtype=torch.float64)
+    draft = paragen.load("code-draft", dtype=torch.float64)
+    heads = ["def add(a, b):", "class Stack:", "import os\n\ndef walk(path):", "def fib(n):", "for i in range(10):",
+             "def is_prime(n):", "x = [i * i for i in", "def parse(line):"]
+    strategies = ["ar", "speculative", "lookup", "eagle", "tree"]
+    requests = []
+    for i in range(32):
+        strategy = strategies[i % len(strategies)]
+        sampled = i % 4 == 3 and strategy != "lookup"
+        requests.append(dict(prompt=heads[i % len(heads)] + " " * (i // 8), max_tokens=8 + (i * 5) % 17,
+                             stop=["\n\n"] if i % 3 == 0 else None, temperature=0.8 if sampled else 0.0,
+                             seed=1000 + i if sampled else None, strategy=strategy))
+
+    async def one(c: openai.AsyncOpenAI, r: dict) -> tuple[str, Any]:
+        extra = {"paragen": {"strategy": r["strategy"]}}
+        chunks = [ch async for ch in await c.completions.create(
+            model="code-target", prompt=r["prompt"], max_tokens=r["max_tokens"], stop=r["stop"],
+            temperature=r["temperature"], seed=r["seed"], stream=True, stream_options={"include_usage": True},
+            extra_body=extra)]
+        return "".join(ch.choices[0].text for ch in chunks if ch.choices), chunks[-1].usage
+
+    async def crowd(base: str, rs: list[dict]) -> list:
+        c = openai.AsyncOpenAI(base_url=f"{base}/v1", api_key="-", max_retries=0, timeout=300)
+        return await asyncio.gather(*(one(c, r) for r in rs))
+
+    with server_process("--model", "code-target", "--draft", "code-draft", "--dtype", "float64", "--max-batch", "16",
+                        "--threads", "1") as base:
+        together = asyncio.run(crowd(base, requests))
+        alone = {i: asyncio.run(crowd(base, [r]))[0] for i, r in enumerate(requests) if r["seed"] is not None}
+        steps = httpx.get(f"{base}/metrics").text
+    for i, (r, (text, usage)) in enumerate(zip(requests, together)):
+        if r["seed"] is None:
+            gen = paragen.generate(target, r["prompt"], r["strategy"], max_new_tokens=r["max_tokens"], stop=r["stop"],
+                                   draft=draft if r["strategy"] in ("speculative", "tree") else None)
+            assert text == gen.text, (i, r)
+            assert usage.completion_tokens == len(gen.tokens)
+        else:
+            assert text == alone[i][0] and usage.completion_tokens == alone[i][1].completion_tokens, (i, r)
+        assert usage.prompt_tokens == len(target.tokenizer.encode(r["prompt"]))
+        assert usage.model_extra["paragen"]["strategy"] == r["strategy"]
+    assert re.search(r'^paragen_batch_rows_bucket\{le="16.0"\} (\S+)$', steps, re.M)
+    rows = re.search(r"^paragen_batch_rows_sum (\S+)$", steps, re.M)
+    count = re.search(r"^paragen_batch_rows_count (\S+)$", steps, re.M)
+    assert float(rows.group(1)) / float(count.group(1)) > 1.5, "the requests did not share steps"
