@@ -96,11 +96,26 @@ def read_stdin() -> str:
 
 
 def stats_line(gen: Any) -> str:
-    """One line of statistics for stderr."""
+    """One line of statistics for stderr: the counts, the drafts (accepted / proposed draft
+    positions, as /metrics counts them; drafted tokens verified per target call, as the
+    bench's drafted/call) and whether the output is lossy (``paragen.labels``)."""
+    from paragen.labels import draft_totals, label
+
     s = gen.stats
-    return (f"[{s.strategy}: {s.new_tokens} tokens, {s.target_calls} target calls, "
-            f"{s.tokens_per_call:.2f} tokens/call, {s.seconds:.2f} s, {s.tokens_per_second:.1f} tok/s, "
-            f"finish: {s.finish_reason}]")
+    parts = [f"{s.new_tokens} tokens", f"{s.target_calls} target calls"]
+    if s.draft_calls:
+        parts.append(f"{s.draft_calls} draft calls")
+    parts.append(f"{s.tokens_per_call:.2f} tokens/call")
+    drafts = draft_totals(s.extra)
+    if drafts is not None:
+        proposed, accepted, nodes = drafts
+        rate = f" ({accepted / proposed:.0%})" if proposed else ""
+        per_call = nodes / s.target_calls if s.target_calls else 0.0
+        parts.append(f"drafts {accepted}/{proposed} accepted{rate}, {per_call:.2f} drafted/call")
+    parts += [f"{s.seconds:.2f} s", f"{s.tokens_per_second:.1f} tok/s", f"finish: {s.finish_reason}"]
+    if label(s.extra):
+        parts.append(label(s.extra))
+    return f"[{s.strategy}: {', '.join(parts)}]"
 
 
 def run_generate(args: argparse.Namespace) -> int:

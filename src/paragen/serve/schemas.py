@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from paragen.errors import ContextLengthError, ParagenError, UnknownStrategyError, UnsupportedOptionError
+from paragen.labels import lossy
 
 
 class ServeError(Exception):
@@ -158,7 +159,7 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
 
 
-def response_body(rid: str, model: str, created: int, text: str, reason: str, usage: dict[str, int],
+def response_body(rid: str, model: str, created: int, text: str, reason: str, usage: dict[str, Any],
                   chat: bool) -> dict[str, Any]:
     """A whole (not streamed) completion: the text in ``choices[0].text``, or a chat ``message``."""
     choice: dict[str, Any] = {"index": 0, "logprobs": None, "finish_reason": reason}
@@ -171,7 +172,7 @@ def response_body(rid: str, model: str, created: int, text: str, reason: str, us
 
 
 def chunk_body(rid: str, model: str, created: int, text: str | None, reason: str | None, chat: bool,
-               usage: dict[str, int] | None = None) -> dict[str, Any]:
+               usage: dict[str, Any] | None = None) -> dict[str, Any]:
     """One streamed chunk: a piece of text, the closing finish_reason, or (text None) the usage alone.
 
     Chat chunks carry the text in ``delta``; the role rides on the first one (text "").
@@ -188,9 +189,15 @@ def chunk_body(rid: str, model: str, created: int, text: str | None, reason: str
             "model": model, "choices": choices, "usage": usage}
 
 
-def usage_body(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+def usage_body(prompt_tokens: int, completion_tokens: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """OpenAI's token counts; given the decode's ``Stats.extra``, also a ``paragen`` object saying
+    whether the text is lossy and, when not float32, the weights (``paragen.labels``), as
+    ``generate --stats`` and the bench say it."""
+    usage: dict[str, Any] = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                             "total_tokens": prompt_tokens + completion_tokens}
+    if extra is not None:
+        usage["paragen"] = {"lossy": lossy(extra), **({"weights": extra["weights"]} if extra.get("weights") else {})}
+    return usage
 
 
 def now() -> int:
