@@ -146,3 +146,47 @@ def test_bench_help_names_its_option_syntax(capsys):
         main(["bench", "--help"])
     out = capsys.readouterr().out
     assert "(--option STRATEGY:KEY=VALUE;" in out and "-o KEY=VALUE" not in out and "max_draft=10" in out
+
+
+def test_stats_line_bench_and_metrics_count_the_same_drafts():
+    """One lookup generation: --stats, the bench's draft statistics and /metrics show the same drafts."""
+    from paragen.bench.metrics import Record, draft_statistics
+    from paragen.cli import stats_line
+    from paragen.serve.metrics import Metrics
+    from tests.conftest import tiny_model
+
+    gen = paragen.generate(tiny_model(0), [1, 2, 3, 4] * 4, "lookup", max_new_tokens=30)
+    s = gen.stats
+    proposed, accepted = sum(s.extra["proposed"]), sum(s.extra["accepted"])
+    assert proposed > 0 and s.extra["nodes"] == proposed  # a chain: one token per position
+    record = Record("t", "lookup", 16, s.new_tokens, s.target_calls, s.draft_calls, s.seconds, tuple(gen.tokens), "",
+                    s.finish_reason, s.committed_per_call, s.extra)
+    per_call, rates = draft_statistics([record])
+    assert per_call == pytest.approx(proposed / s.target_calls) and len(rates) == len(s.extra["proposed"])
+    line = stats_line(gen)
+    assert f"drafts {accepted}/{proposed} accepted ({accepted / proposed:.0%}), {per_call:.2f} drafted/call" in line
+    metrics = Metrics(lambda: 0, lambda: 0)
+    metrics.decoded(s)
+    text = metrics.render()
+    assert f'paragen_draft_tokens_proposed_total{{strategy="lookup"}} {proposed}\n' in text
+    assert f'paragen_draft_tokens_accepted_total{{strategy="lookup"}} {accepted}\n' in text
+    assert f'paragen_acceptance_rate{{strategy="lookup"}} {round(accepted / proposed, 6)}\n' in text
+
+
+def test_lossy_results_say_so_in_stats_and_json(model_dir, capsys):
+    from paragen.cli import stats_line
+    from paragen.models.native import NativeConfig, NativeModel
+
+    args = ["generate", "def add(a, b):", "--model", str(model_dir), "--max-new-tokens", "4"]
+    assert main([*args, "--stats"]) == 0
+    assert "lossy" not in capsys.readouterr().err
+    assert main([*args, "--dtype", "int8-weights", "--stats"]) == 0
+    assert capsys.readouterr().err.rstrip().endswith(", lossy (weights: int8-weights)]")
+    for backend in ("native", "hf"):
+        assert main([*args, "--dtype", "bfloat16", "--backend", backend, "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["stats"]["extra"]["weights"] == "bfloat16 (lossy)"
+    cfg = NativeConfig(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                       num_key_value_heads=2, attention="bidirectional", mask_token_id=39)
+    diffusion = NativeModel(cfg).init_weights(0).eval()
+    gen = paragen.generate(diffusion, [1, 2, 3], "diffusion", max_new_tokens=4)
+    assert gen.stats.extra["lossy"] is True and stats_line(gen).endswith(", lossy]")

@@ -594,3 +594,16 @@ def test_bench_runs_heads_strategies_on_the_builtin_heads(model_dir):
     assert names == ["ar", "medusa", "eagle@small"]
     with pytest.raises(InvalidInputError, match="none are built in for --model"):
         build_contenders(BenchConfig(strategies=("medusa",), model=str(model_dir)))
+
+
+def test_heads_count_their_drafting_calls():
+    """Heads and the eagle drafter count their calls as a model counts its forwards (what a decode
+    reads as draft calls): medusa's heads once per drafting step, eagle's drafter at least once."""
+    for kind, name in (("medusa", "medusa"), ("hydra", "hydra"), ("eagle", "eagle")):
+        heads = random_heads(kind)
+        out = paragen.generate(TARGET, [3, 1, 4, 1, 5], name, max_new_tokens=12, heads=heads)
+        steps = out.stats.target_calls
+        if kind == "medusa":
+            assert 0 < heads.calls <= steps  # one call per step that drafted (a last one-token step drafts nothing)
+        else:
+            assert heads.calls >= steps - 1, (kind, heads.calls, steps)  # per level (hydra), per start and level (eagle)

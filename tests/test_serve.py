@@ -343,3 +343,13 @@ def test_an_internal_error_is_a_500_without_traceback(model):
             assert "secret" not in r.text and "Traceback" not in r.text
         assert httpx.get(f"{base}/health").json()["status"] == "ok"  # the decoder thread survived
         assert metric(base, 'paragen_decodes_total{outcome="failed"}') == 2
+
+
+def test_usage_says_whether_the_text_is_lossy():
+    from paragen.serve.schemas import usage_body
+
+    assert usage_body(3, 4) == {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
+    assert usage_body(3, 4, {})["paragen"] == {"lossy": False}
+    assert usage_body(3, 4, {"weights": "int8-weights (lossy)"})["paragen"] == {"lossy": True,
+                                                                              "weights": "int8-weights (lossy)"}
+    assert usage_body(3, 4, {"lossy": True, "blocks": 2})["paragen"] == {"lossy": True}

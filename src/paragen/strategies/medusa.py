@@ -23,6 +23,7 @@ recursive rejection renormalises after each rejected child. Both are lossless.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
 import torch
 
 from paragen.errors import UnsupportedOptionError
