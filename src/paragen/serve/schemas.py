@@ -41,6 +41,11 @@ class ServeError(Exception):
         err = e.errors()[0]
         param = ".".join(str(p) for p in err["loc"] if not isinstance(p, int)) or None
         if err["type"] == "extra_forbidden":
+            name = param.removeprefix("paragen.") if param else ""
+            if param and param.startswith("paragen.") and name in SamplingFields.model_fields:
+                return cls(400, f"unknown field '{param}': {name} goes at the top level of the body, beside "
+                                f"temperature (openai client: extra_body={{'{name}': ...}}); the paragen object holds "
+                                "strategy and options only", param=param, code="unknown_field")
             return cls(400, f"unknown field '{param}': remove it (see the OpenAI completions reference for the fields "
                             "this server reads)", param=param, code="unknown_field")
         return cls(400, f"{param}: {err['msg']}" if param else err["msg"], param=param, code="invalid_value")
