@@ -490,3 +490,9 @@ def test_a_lossy_weight_format_labels_every_row_lossy_and_flags_none():
     assert "| ar (lossy) |" in table and "| lookup (lossy) | 0.00 |" in table
     exact = [rec("p1", "ar", (1, 2, 3), 3, 1.0, extra={"weights": "fp16-weights"})]
     assert summarize(exact, {"ar": True}, set(), greedy=True, seed=0)["ar"].lossless
+
+
+def test_an_unknown_task_lists_every_task_the_bench_takes(tmp_path, capsys):
+    assert main(["bench", "--task", "nope", "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err == ("paragen: error: unknown task 'nope': choose one of humaneval, stdlib, repeat, "
+                                       "file:PATH, speech[:DIR]\n")

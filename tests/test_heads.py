@@ -187,7 +187,7 @@ def test_train_heads_command(tmp_path, model_dir, capsys):
     out = tmp_path / "h"
     rc = main(["train", "heads", "--kind", "medusa", "--target", str(model_dir), "--out", str(out), "--num-heads", "2",
                "--steps", "2", "--max-files", "10", "--seq-len", "32", "--batch-size", "2", "--eval-windows", "2",
-               "--precision", "fp32", "--quiet"])
+               "--precision", "fp32", "--quiet", "--threads", "1", "--device", "cpu"])
     assert rc == 0 and "top-1 agreement with the target per head" in capsys.readouterr().out
     record = json.loads((out / "training.json").read_text())
     assert record["command"].startswith("paragen ") and record["steps"] == 2  # (the process argv: pytest here)

@@ -451,7 +451,8 @@ def test_the_built_in_model_transcribes_a_synthesised_sentence():
     model = paragen.load("speech-en")
     sentence = "return the number of items in the list"
     wave = data.synthesise(sentence, "en-us+m3", 170, 50)
-    out = {s: paragen.transcribe(model, wave, strategy=s, sample_rate=SAMPLE_RATE) for s in ("ar", "ctc", "ctc_draft", "cass_nat")}
+    out = {s: paragen.transcribe(model, wave, strategy=s, sample_rate=SAMPLE_RATE)
+           for s in ("ar", "ctc", "ctc_draft", "cass_nat")}
     # the shipped model is weak (about 1 CPU hour of training): these bounds say it hears the sentence, no more
     for strategy, bound in (("ctc", 0.25), ("cass_nat", 0.25), ("ar", 0.35)):
         assert error_rate([out[strategy].text], [sentence], "char") < bound, (strategy, out[strategy].text)
@@ -653,3 +654,15 @@ def test_empty_audio_says_empty(tmp_path, capsys, monkeypatch):
     assert main(["transcribe", "-", "--model", str(model_dir)]) == 2
     assert capsys.readouterr().err == ("paragen: error: standard input is empty: pipe an audio file in, e.g. "
                                        "paragen transcribe - < clip.wav\n")
+
+
+def test_a_lossy_decoder_says_so_in_its_stats_line(tmp_path, capsys):
+    import soundfile as sf
+
+    from paragen.cli import main
+
+    save_speech_model(tiny(0).float(), tmp_path)
+    sf.write(tmp_path / "a.wav", syllables(), SAMPLE_RATE)
+    for strategy, lossy in (("ctc", True), ("ar", False)):
+        assert main(["transcribe", str(tmp_path / "a.wav"), "--model", str(tmp_path), "--strategy", strategy, "--stats"]) == 0
+        assert capsys.readouterr().err.rstrip().endswith(", lossy]") == lossy, strategy

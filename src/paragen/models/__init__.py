@@ -111,7 +111,7 @@ def load(
     model.tokenizer = tokenizer
     model.name = path.name
     if tokenizer is None:
-        warn_caller(f"{path} has no tokenizer files: give prompts as lists of token ids, and read a Generation's "
+        warn_caller(f"{path} has no tokenizer files: pass prompts as lists of token ids, and read a Generation's "
                     "tokens (its text is empty: nothing can decode them)", NoTokenizerWarning)
         return model
     if model.info.eos_ids == () and tokenizer.eos_id is not None:

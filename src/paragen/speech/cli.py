@@ -112,7 +112,8 @@ def run_transcribe(args: argparse.Namespace) -> int:
                 s = out.stats
                 per_call = "-" if s.tokens_per_call is None else f"{s.tokens_per_call:.1f}"
                 print(f"[{s.strategy}: {s.tokens} characters, {s.decoder_calls} decoder calls, {s.encoder_calls} encoder "
-                      f"call, {per_call} characters/call, {s.seconds * 1000:.0f} ms, RTF {s.rtf:.3f}]", file=sys.stderr)
+                      f"call, {per_call} characters/call, {s.seconds * 1000:.0f} ms, RTF {s.rtf:.3f}"
+                      f"{'' if s.lossless else ', lossy'}]", file=sys.stderr)
     return 0
 
 

@@ -257,11 +257,11 @@ def add_heads_parser(tsub: argparse._SubParsersAction) -> None:
 
 
 def run_train_heads(args: argparse.Namespace) -> int:
-    from paragen.api import torch_threads
+    from paragen.cli import command_threads
     from paragen.train.heads import HeadsTrainConfig, train_heads
 
     cfg = config_from_args(HeadsTrainConfig, args)
-    with torch_threads(args.threads):
+    with command_threads(args):
         rec = train_or_resume_hint(train_heads, cfg, args)
     if rec is None:
         return 130
