@@ -82,23 +82,40 @@ def load_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return dict(backend=args.backend, dtype=args.dtype, compile=args.compile, device=args.device)
 
 
-def check_strategy_flags(cls: type, args: argparse.Namespace, draft: str | None, heads: str | None) -> None:
-    """The strategy against the flags given, before anything loads, in the flags' own words
-    (the API says the same in its arguments' words)."""
+def check_generate_flags(cls: type, args: argparse.Namespace, prompt: str | list[int]) -> None:
+    """``generate``'s flags against each other and the strategy, before anything loads, in the
+    flags' own words (the API says the same in its arguments' words)."""
     from paragen.errors import HeadsMismatchError, InvalidInputError, UnsupportedOptionError
+    from paragen.models.io import resolve
+    from paragen.speech.model import is_speech_model
     from paragen.strategies import STRATEGIES
+    from paragen.tokenizer import has_tokenizer
 
     name = f"--strategy {cls.name}"
-    if getattr(args, "temperature", 0) and not cls.supports_sampling:
+    if args.temperature and not cls.supports_sampling:
         raise UnsupportedOptionError(f"{name} is greedy-only: use --temperature 0, or a strategy that samples")
-    if cls.needs_draft and draft is None:
+    if cls.needs_draft and args.draft is None:
         raise InvalidInputError(f"{name} needs a draft model: add --draft NAME_OR_DIR (e.g. --draft code-draft)")
-    if not cls.needs_draft and draft is not None:
+    if not cls.needs_draft and args.draft is not None:
         drafted = ", ".join(n for n, c in STRATEGIES.items() if c.needs_draft)
         raise UnsupportedOptionError(f"{name} uses no draft model: drop --draft, or pick one that does ({drafted})")
-    if not cls.head_kinds and heads is not None:
+    if not cls.head_kinds and args.heads is not None:
         headed = ", ".join(n for n, c in STRATEGIES.items() if c.head_kinds)
         raise HeadsMismatchError(f"{name} uses no prediction heads: drop --heads, or pick one that does ({headed})")
+    for flag, value, ok, need in (("--max-new-tokens", args.max_new_tokens, args.max_new_tokens >= 1, "an integer >= 1"),
+                                  ("--temperature", args.temperature, 0 <= args.temperature < math.inf,
+                                   "a finite number >= 0"),
+                                  ("--top-k", args.top_k, args.top_k is None or args.top_k >= 1, "an integer >= 1"),
+                                  ("--top-p", args.top_p, args.top_p is None or 0 < args.top_p <= 1, "in (0, 1]")):
+        if not ok:
+            raise InvalidInputError(f"{flag} must be {need}, got {value}")
+    path = resolve(args.model)
+    if is_speech_model(path):
+        raise InvalidInputError(f"--model {args.model} is a speech model: transcribe audio with "
+                                f"`paragen transcribe FILE.wav --model {args.model}`")
+    if isinstance(prompt, str) and not has_tokenizer(path):
+        raise InvalidInputError(f"--model {args.model} has no tokenizer files, so no text prompt: give the prompt as "
+                                "token ids with --prompt-ids 1,2,3")
 
 
 def check_heads_found(cls: type, model: Any, heads: Any) -> None:
@@ -213,10 +230,7 @@ def run_generate(args: argparse.Namespace) -> int:
     import paragen
     from paragen.errors import InvalidInputError
     from paragen.models import NoTokenizerWarning
-    from paragen.models.io import resolve
-    from paragen.speech.model import is_speech_model
     from paragen.strategies import get_strategy
-    from paragen.tokenizer import has_tokenizer
 
     prompt = generate_prompt(args)
     options = {}
@@ -226,20 +240,7 @@ def run_generate(args: argparse.Namespace) -> int:
             raise InvalidInputError(f"strategy option '{item}' must look like KEY=VALUE")
         options[key.replace("-", "_")] = value
     cls = get_strategy(args.strategy)
-    check_strategy_flags(cls, args, args.draft, args.heads)
-    for flag, value, ok, need in (("--max-new-tokens", args.max_new_tokens, args.max_new_tokens >= 1, "an integer >= 1"),
-                                  ("--temperature", args.temperature, 0 <= args.temperature < math.inf, "a finite number >= 0"),
-                                  ("--top-k", args.top_k, args.top_k is None or args.top_k >= 1, "an integer >= 1"),
-                                  ("--top-p", args.top_p, args.top_p is None or 0 < args.top_p <= 1, "in (0, 1]")):
-        if not ok:
-            raise InvalidInputError(f"{flag} must be {need}, got {value}")
-    path = resolve(args.model)
-    if is_speech_model(path):
-        raise InvalidInputError(f"--model {args.model} is a speech model: transcribe audio with "
-                                f"`paragen transcribe FILE.wav --model {args.model}`")
-    if isinstance(prompt, str) and not has_tokenizer(path):
-        raise InvalidInputError(f"--model {args.model} has no tokenizer files, so no text prompt: give the prompt as "
-                                "token ids with --prompt-ids 1,2,3")
+    check_generate_flags(cls, args, prompt)
     # Greedy: top-k/top-p change nothing, and neither does the seed for a lossless strategy
     # (its output is argmax decoding's); a lossy one may draw noise (diffusion's random ordering).
     ignored = [flag for flag, value in (("--top-k", args.top_k), ("--top-p", args.top_p),

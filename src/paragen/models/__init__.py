@@ -25,7 +25,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch
 DTYPE_CHOICES = (*DTYPES, *WEIGHT_FORMATS)
 DTYPE_HELP = ("float32 (default) and float64 are exact; fp16-weights (float16 weights, float32 compute) is exact "
               "for float16-stored models such as the built-ins, and faster; bfloat16 also rounds activations "
-              "(outputs differ); int8-weights is lossy (labelled in stats)")
+              "(outputs differ) and int8-weights is lossy: both labelled lossy in stats")
 
 
 class NoTokenizerWarning(UserWarning):

@@ -5,8 +5,10 @@ mono and resamples to 16 kHz (soxr, high quality), so a 22.05 or 44.1 kHz file i
 not refused. ``log_mel`` scales the waveform to one speech level (``normalise_level``: the same
 recording gives the same features whether it was recorded quietly or loudly, at x0.05 or x5),
 then takes a 25 ms Hann window every 10 ms, |STFT|^2 through librosa's Slaney mel filterbank
-(80 bands, 0-8 kHz), then log(x + 1e-6): the usual ASR front end. ``check_wave`` refuses
+(80 bands, 0-8 kHz), then log(x + 1e-6): the usual ASR front end. ``check_level`` refuses
 silence and warns about input whose level never varies (a steady noise or tone, not speech).
+Data directories built before the level was normalised hold features of unscaled audio: the
+espeak-ng audio they were made from sits near ``SPEECH_LEVEL`` already.
 """
 
 from __future__ import annotations
