@@ -90,8 +90,8 @@ def test_cli_strategy_options_and_stdin(model_dir, capsys, monkeypatch):
     (["--strategy", "nope"], "unknown strategy"),
     (["--strategy", "lookup", "-o", "bogus=1"], "has no option bogus"),
     (["--strategy", "lookup", "-o", "max_draft=x"], "needs an integer"),
-    (["--max-new-tokens", "0"], "max_new_tokens"),
-    (["--temperature", "-2"], "temperature"),
+    (["--max-new-tokens", "0"], "--max-new-tokens"),  # the flag typed, not the API's max_new_tokens
+    (["--temperature", "-2"], "--temperature"),
     (["--strategy", "speculative"], "needs a draft"),
 ])
 def test_cli_errors_are_one_line(model_dir, capsys, args, needle):

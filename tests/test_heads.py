@@ -187,7 +187,7 @@ def test_train_heads_command(tmp_path, model_dir, capsys):
     out = tmp_path / "h"
     rc = main(["train", "heads", "--kind", "medusa", "--target", str(model_dir), "--out", str(out), "--num-heads", "2",
                "--steps", "2", "--max-files", "10", "--seq-len", "32", "--batch-size", "2", "--eval-windows", "2",
-               "--precision", "fp32", "--quiet"])
+               "--precision", "fp32", "--quiet", "--threads", "1", "--device", "cpu"])
     assert rc == 0 and "top-1 agreement with the target per head" in capsys.readouterr().out
     record = json.loads((out / "training.json").read_text())
     assert record["command"].startswith("paragen ") and record["steps"] == 2  # (the process argv: pytest here)
@@ -594,3 +594,16 @@ def test_bench_runs_heads_strategies_on_the_builtin_heads(model_dir):
     assert names == ["ar", "medusa", "eagle@small"]
     with pytest.raises(InvalidInputError, match="none are built in for --model"):
         build_contenders(BenchConfig(strategies=("medusa",), model=str(model_dir)))
+
+
+def test_heads_count_their_drafting_calls():
+    """Heads and the eagle drafter count their calls as a model counts its forwards (what a decode
+    reads as draft calls): medusa's heads once per drafting step, eagle's drafter at least once."""
+    for kind, name in (("medusa", "medusa"), ("hydra", "hydra"), ("eagle", "eagle")):
+        heads = random_heads(kind)
+        out = paragen.generate(TARGET, [3, 1, 4, 1, 5], name, max_new_tokens=12, heads=heads)
+        steps = out.stats.target_calls
+        if kind == "medusa":
+            assert 0 < heads.calls <= steps  # one call per step that drafted (a last one-token step drafts nothing)
+        else:
+            assert heads.calls >= steps - 1, (kind, heads.calls, steps)  # per level (hydra), per start and level (eagle)

@@ -217,3 +217,14 @@ def test_native_keeps_every_eos_id_of_the_config(tmp_path, tokenizer):
     LlamaForCausalLM(cfg).save_pretrained(str(tmp_path))
     tokenizer.save(tmp_path)
     assert paragen.load(tmp_path).info.eos_ids == (0, 5) == paragen.load(tmp_path, backend="hf").info.eos_ids
+
+
+def test_hf_adapter_uses_the_current_cache_argument(model_dir):
+    """No FutureWarning (transformers renamed past_key_values to cache; the old name goes in 5.40)."""
+    import warnings
+
+    hf = paragen.load(model_dir, backend="hf")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        out = paragen.generate(hf, "def add(a, b):", "lookahead", max_new_tokens=8)
+    assert out.tokens == paragen.generate(paragen.load(model_dir), "def add(a, b):", max_new_tokens=8).tokens

@@ -433,3 +433,52 @@ def test_openai_client_32_concurrent_streams_in_one_running_batch():
     rows = re.search(r"^paragen_batch_rows_sum (\S+)$", steps, re.M)
     count = re.search(r"^paragen_batch_rows_count (\S+)$", steps, re.M)
     assert float(rows.group(1)) / float(count.group(1)) > 1.5, "the requests did not share steps"
+
+
+def test_usage_says_whether_the_text_is_lossy():
+    from paragen.driver import Stats
+    from paragen.serve.schemas import usage_body
+
+    def block(extra: dict) -> dict:
+        out = usage_body(3, 4, Stats(strategy="ar", extra=extra))["paragen"]
+        return {k: out[k] for k in ("lossy", "weights") if k in out}
+
+    assert usage_body(3, 4) == {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
+    assert block({}) == {"lossy": False}
+    assert block({"weights": "int8-weights (lossy)"}) == {"lossy": True, "weights": "int8-weights (lossy)"}
+    assert block({"lossy": True, "blocks": 2}) == {"lossy": True}
+
+
+def test_serve_refuses_a_default_strategy_without_its_draft_and_a_port_in_use_before_loading(model, model_dir, capsys,
+                                                                                             monkeypatch):
+    import socket
+
+    with pytest.raises(InvalidInputError, match="needs a draft model"):
+        create_app(model, None, ServeConfig(strategy="speculative"))
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded before the refusal")
+
+    monkeypatch.setattr(paragen, "load", no_loading)
+    assert main(["serve", "--model", str(model_dir), "--strategy", "speculative"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--strategy speculative needs a draft model" in err and "--draft" in err
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        port = taken.getsockname()[1]
+        assert main(["serve", "--model", str(model_dir), "--port", str(port)]) == 2
+        err = capsys.readouterr().err
+        assert err == f"paragen: error: port {port} is in use: pick another --port (0 picks a free one) or --host\n"
+    finally:
+        taken.close()
+
+
+def test_top_k_inside_the_paragen_object_is_refused_with_where_it_goes(url, model):
+    r = httpx.post(f"{url}/v1/completions", json={"model": model.name, "prompt": "x", "paragen": {"top_k": 5}})
+    assert r.status_code == 400
+    message = r.json()["error"]["message"]
+    assert "top_k goes at the top level of the body" in message and "extra_body={'top_k': ...}" in message
+    ok = httpx.post(f"{url}/v1/completions", json={"model": model.name, "prompt": "x", "top_k": 5, "max_tokens": 2})
+    assert ok.status_code == 200

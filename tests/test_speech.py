@@ -415,9 +415,9 @@ def test_bad_audio_is_one_clear_error(tmp_path):
             load_audio(path)
     model = tiny(0).float()
     with pytest.raises(AudioInputError, match="NaN"):
-        transcribe(model, np.full(8000, np.nan, dtype=np.float32))
+        transcribe(model, np.full(8000, np.nan, dtype=np.float32), sample_rate=SAMPLE_RATE)
     with pytest.raises(AudioInputError, match="too short"):
-        transcribe(model, np.zeros(100, dtype=np.float32))
+        transcribe(model, np.zeros(100, dtype=np.float32), sample_rate=SAMPLE_RATE)
 
 
 def test_transcribe_command_reports_bad_input_in_one_line(tmp_path, capsys):
@@ -451,7 +451,8 @@ def test_the_built_in_model_transcribes_a_synthesised_sentence():
     model = paragen.load("speech-en")
     sentence = "return the number of items in the list"
     wave = data.synthesise(sentence, "en-us+m3", 170, 50)
-    out = {s: paragen.transcribe(model, wave, strategy=s) for s in ("ar", "ctc", "ctc_draft", "cass_nat")}
+    out = {s: paragen.transcribe(model, wave, strategy=s, sample_rate=SAMPLE_RATE)
+           for s in ("ar", "ctc", "ctc_draft", "cass_nat")}
     # the shipped model is weak (about 1 CPU hour of training): these bounds say it hears the sentence, no more
     for strategy, bound in (("ctc", 0.25), ("cass_nat", 0.25), ("ar", 0.35)):
         assert error_rate([out[strategy].text], [sentence], "char") < bound, (strategy, out[strategy].text)
@@ -518,9 +519,9 @@ def test_load_generate_and_transcribe_for_a_speech_model(tmp_path):
     save_speech_model(tiny(0).float(), tmp_path, dtype=torch.float32)
     model = paragen.load(str(tmp_path))
     assert isinstance(model, SpeechModel)
-    wave = (0.2 * np.sin(np.arange(12000) / 7)).astype(np.float32)
-    a = paragen.generate(model, wave, strategy="ctc_draft")
-    b = paragen.transcribe(model, wave, strategy="ar")
+    wave = syllables(0.75)  # speech-like: a steady tone would (rightly) be warned about
+    a = paragen.generate(model, wave, strategy="ctc_draft", sample_rate=SAMPLE_RATE)
+    b = paragen.transcribe(model, wave, strategy="ar", sample_rate=SAMPLE_RATE)
     assert a.tokens == b.tokens and a.stats.encoder_calls == 1
     with pytest.raises(InvalidInputError, match="speech model"):
         paragen.stream(model, "def f():")
@@ -565,3 +566,103 @@ def test_train_speech_and_continue_with_init(tmp_path):
     assert b.config == a.config and second["model"] == first["model"]
     assert torch.equal(b.feat_mean, a.feat_mean) and torch.equal(b.feat_std, a.feat_std)
     assert not torch.equal(b.head.weight, a.head.weight)  # it trained
+
+
+# ---------------------------------------------------------------- input level, sample rate, empty input
+
+
+def syllables(seconds: float = 1.5, seed: int = 0) -> np.ndarray:
+    """Speech-like synthetic audio at 16 kHz: voiced bursts (a 120-180 Hz pulse train's harmonics
+    under a syllable envelope) separated by pauses, over faint noise; peak about 0.5."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+    f0 = 120 + 60 * np.sin(2 * np.pi * 0.7 * t)
+    phase = 2 * np.pi * np.cumsum(f0) / SAMPLE_RATE
+    voiced = sum(np.sin(k * phase) / k for k in range(1, 12))
+    envelope = np.clip(np.sin(2 * np.pi * 2.5 * t), 0, None) ** 2  # 2.5 syllables a second, a pause after each
+    wave = 0.25 * voiced * envelope + rng.normal(0, 1e-3, len(t))
+    return wave.astype(np.float32)
+
+
+def test_features_and_transcripts_do_not_depend_on_the_input_level(tmp_path):
+    """The same audio at x0.05 .. x5 (a float WAV keeps x5 unclipped) gives the same features, so
+    the same transcript; silence is refused; a steady tone is warned about."""
+    import soundfile as sf
+
+    from paragen.speech.features import AudioLevelWarning
+
+    wave = syllables()
+    model = tiny(0).float()
+    reference = log_mel(wave)
+    expected = transcribe(model, wave, sample_rate=SAMPLE_RATE).tokens
+    for level in (0.05, 0.3, 5.0):
+        sf.write(tmp_path / "x.wav", wave * level, SAMPLE_RATE, subtype="FLOAT")
+        scaled = load_audio(tmp_path / "x.wav")
+        torch.testing.assert_close(log_mel(scaled), reference, rtol=0, atol=1e-3)
+        assert transcribe(model, tmp_path / "x.wav").tokens == expected, level
+    with pytest.raises(AudioInputError, match="silent .all zeros"):
+        transcribe(model, np.zeros(2 * SAMPLE_RATE, dtype=np.float32), sample_rate=SAMPLE_RATE)
+    with pytest.raises(AudioInputError, match="silent"):
+        transcribe(model, wave * 1e-5, sample_rate=SAMPLE_RATE)  # -90 dBFS: below the -70 dBFS floor
+    tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(SAMPLE_RATE) / SAMPLE_RATE)).astype(np.float32)
+    with pytest.warns(AudioLevelWarning, match="steady noise or a tone") as caught:
+        transcribe(model, tone, sample_rate=SAMPLE_RATE)
+    assert caught[0].filename == __file__  # attributed to the caller's line, not paragen's
+
+
+def test_a_waveform_array_needs_its_sample_rate(tmp_path):
+    import soundfile as sf
+
+    model = tiny(0).float()
+    wave = syllables()
+    with pytest.raises(AudioInputError, match="does not say its sample rate: pass sample_rate="):
+        transcribe(model, wave)
+    with pytest.raises(AudioInputError, match="positive integer"):
+        transcribe(model, wave, sample_rate=16000.5)
+    sf.write(tmp_path / "a.wav", wave, SAMPLE_RATE)
+    with pytest.raises(AudioInputError, match="carries its own"):
+        transcribe(model, tmp_path / "a.wav", sample_rate=SAMPLE_RATE)
+    # the same audio at 22.05 kHz, said so, is resampled: the features of the 16 kHz original
+    import soxr
+
+    slow = soxr.resample(wave, SAMPLE_RATE, 22050).astype(np.float32)
+    from paragen.speech.api import waveform
+
+    back, wrong = waveform(slow, 22050), waveform(slow, SAMPLE_RATE)
+    assert abs(len(back) - len(wave)) <= 2
+    n = min(len(back), len(wave))
+    gap = (log_mel(back[:n]) - log_mel(wave[:n])).abs().mean()
+    assert gap < 0.05 and (log_mel(wrong[:n]) - log_mel(wave[:n])).abs().mean() > 20 * gap
+
+
+def test_empty_audio_says_empty(tmp_path, capsys, monkeypatch):
+    import io
+
+    from paragen.cli import main
+
+    (tmp_path / "zero.wav").write_bytes(b"")
+    for source in (b"", tmp_path / "zero.wav"):
+        with pytest.raises(AudioInputError, match=r"empty \(0 bytes\)"):
+            load_audio(source)
+    with pytest.raises(AudioInputError) as refused:
+        load_audio(b"not audio at all")
+    assert "BytesIO" not in str(refused.value) and str(refused.value).startswith("<bytes>: not an audio file")
+    model_dir = tmp_path / "m"
+    model_dir.mkdir()
+    save_speech_model(tiny(0).float(), model_dir)
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"")))
+    assert main(["transcribe", "-", "--model", str(model_dir)]) == 2
+    assert capsys.readouterr().err == ("paragen: error: standard input is empty: pipe an audio file in, e.g. "
+                                       "paragen transcribe - < clip.wav\n")
+
+
+def test_a_lossy_decoder_says_so_in_its_stats_line(tmp_path, capsys):
+    import soundfile as sf
+
+    from paragen.cli import main
+
+    save_speech_model(tiny(0).float(), tmp_path)
+    sf.write(tmp_path / "a.wav", syllables(), SAMPLE_RATE)
+    for strategy, lossy in (("ctc", True), ("ar", False)):
+        assert main(["transcribe", str(tmp_path / "a.wav"), "--model", str(tmp_path), "--strategy", strategy, "--stats"]) == 0
+        assert capsys.readouterr().err.rstrip().endswith(", lossy]") == lossy, strategy

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 import paragen
 from paragen.models.base import Model
 from paragen.reference import reference_greedy
+from paragen.strategies import STRATEGIES
 from tests.conftest import tiny_model
 
 MODELS = {seed: tiny_model(seed) for seed in range(3)}
@@ -146,3 +147,58 @@ def test_builtin_models_every_lossless_strategy_equals_oracle():
         for name, options in GREEDY_CASES + drafted:
             out = paragen.generate(target, ids, name, max_new_tokens=32, **options)
             assert out.tokens == expected, (task.id, name, options)
+
+
+# ---------------------------------------------------------------- statistics: every strategy, one invariant
+
+NO_DRAFTS = {"ar", "diffusion", "block_diffusion"}  # nothing guessed, nothing verified: no draft counts
+
+
+def stats_case(name: str, seed: int):
+    """(model, keyword arguments) that run strategy ``name`` on a tiny float64 model."""
+    from paragen.heads import new_heads
+    from paragen.models.native import NativeConfig, NativeModel
+
+    cls = STRATEGIES[name]
+    if cls.attention != "causal":
+        cfg = NativeConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                           num_key_value_heads=2, attention=cls.attention, mask_token_id=49,
+                           block_size=4 if cls.attention == "block_causal" else None)
+        return NativeModel(cfg).init_weights(seed, std=0.5).double().eval(), {}
+    model, kw = MODELS[0], {}
+    if cls.needs_draft:
+        kw["draft"] = MODELS[1 + seed % 2]
+    if cls.head_kinds:
+        kw["heads"] = new_heads(model, cls.head_kinds[0], 3, seed=seed, std=0.3, zero_out=seed % 2 == 0)
+    return model, kw
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(name=st.sampled_from(sorted(STRATEGIES)), prompt=prompts, n=st.integers(1, 30),
+       seed=st.integers(0, 3), sampled=st.booleans())
+@example(name="lookup", prompt=[1, 2, 3, 1, 2, 3, 1, 2], n=20, seed=0, sampled=False)
+@example(name="lookahead", prompt=[1, 2, 3, 1, 2, 3, 1, 2], n=3, seed=0, sampled=False)
+@example(name="jacobi", prompt=[5], n=12, seed=0, sampled=False)
+@example(name="diffusion", prompt=[5, 6], n=8, seed=0, sampled=False)
+def test_every_strategy_counts_its_drafts_and_commits(name, prompt, n, seed, sampled):
+    """proposed >= accepted >= 0 at every draft position, every accepted draft token committed,
+    new_tokens == the committed tokens of the histogram, and lossy exactly when the strategy is."""
+    from paragen import labels
+
+    cls = STRATEGIES[name]
+    model, kw = stats_case(name, seed)
+    temperature = 1.0 if sampled and cls.supports_sampling else 0.0
+    s = paragen.generate(model, prompt, name, max_new_tokens=n, temperature=temperature, seed=seed, **kw).stats
+    assert s.new_tokens == sum(k * v for k, v in s.committed_per_call.items())
+    assert labels.lossy(s.extra) == (not cls.lossless)
+    if name in NO_DRAFTS:
+        assert labels.draft_totals(s.extra) is None
+        return
+    proposed, accepted = s.extra["proposed"], s.extra["accepted"]
+    assert len(proposed) == len(accepted)
+    assert all(p >= a >= 0 for p, a in zip(proposed, accepted))
+    assert all(0 <= a / p <= 1 for p, a in zip(proposed, accepted) if p)
+    assert all(x >= y for x, y in zip(accepted, accepted[1:]))  # an accepted prefix: position d needs d - 1
+    steps = sum(s.committed_per_call.values())
+    assert sum(accepted) == s.new_tokens - steps  # each step commits its accepted drafts and one token of its own
+    assert s.extra["nodes"] >= sum(proposed)  # every proposed position holds at least one verified token

@@ -6,9 +6,11 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import math
 import signal
 import sys
 import threading
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -36,26 +38,118 @@ def strategy_help() -> str:
     return "strategies and their options (-o KEY=VALUE; booleans: true/false, 1/0, yes/no):\n" + "\n".join(lines)
 
 
+# ---------------------------------------------------------------- flags shared by the commands
+
+
+def add_threads_flag(p: argparse.ArgumentParser, default: int | None) -> None:
+    """``--threads``: torch CPU threads for the command's duration, the same flag everywhere.
+    Decoding commands default to ``DEFAULT_THREADS`` (see ``paragen.api``); training (None)
+    to torch's choice, since its large matmuls use every core."""
+    said = f"default: {default}" if default is not None else "default: torch's choice, every core"
+    p.add_argument("--threads", type=int, default=default,
+                   help=f"torch CPU threads for this command ({said}; for decoding, more rarely helps batch-1 "
+                   "decoding of small models, and hurts badly on a busy machine)")
+
+
+def command_threads(args: argparse.Namespace) -> contextlib.AbstractContextManager:
+    """The block runs on ``--threads`` torch threads (torch's choice when not given)."""
+    from paragen.api import torch_threads
+    from paragen.errors import InvalidInputError
+
+    if args.threads is None:
+        return contextlib.nullcontext()
+    if args.threads < 1:
+        raise InvalidInputError(f"--threads must be an integer >= 1, got {args.threads}")
+    return torch_threads(args.threads)
+
+
+def add_model_flags(p: argparse.ArgumentParser, dtype_note: str = "") -> None:
+    """``--backend``, ``--dtype``, ``--compile``, ``--device``: how the models load, the same in
+    generate, serve and bench (``paragen.load``'s arguments)."""
+    from paragen.models import DTYPE_CHOICES, DTYPE_HELP
+
+    p.add_argument("--backend", choices=["native", "hf"], default="native",
+                   help="native (paragen's own, fast) or hf (transformers) (default: native)")
+    p.add_argument("--dtype", choices=DTYPE_CHOICES, default="float32",
+                   help=f"weights' dtype or format{dtype_note}: {DTYPE_HELP}")
+    p.add_argument("--compile", action="store_true",
+                   help="compile the native decode step (torch.compile, static cache shapes; slow first calls)")
+    p.add_argument("--device", default="cpu", help="where the models run: cpu, cuda, cuda:N (default: cpu)")
+
+
+def load_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """``paragen.load``'s arguments from ``add_model_flags``' flags."""
+    return dict(backend=args.backend, dtype=args.dtype, compile=args.compile, device=args.device)
+
+
+def check_generate_flags(cls: type, args: argparse.Namespace, prompt: str | list[int]) -> None:
+    """``generate``'s flags against each other and the strategy, before anything loads, in the
+    flags' own words (the API says the same in its arguments' words)."""
+    from paragen.errors import HeadsMismatchError, InvalidInputError, UnsupportedOptionError
+    from paragen.models.io import resolve
+    from paragen.speech.model import is_speech_model
+    from paragen.strategies import STRATEGIES
+    from paragen.tokenizer import has_tokenizer
+
+    name = f"--strategy {cls.name}"
+    if args.temperature and not cls.supports_sampling:
+        raise UnsupportedOptionError(f"{name} is greedy-only: use --temperature 0, or a strategy that samples")
+    if cls.needs_draft and args.draft is None:
+        raise InvalidInputError(f"{name} needs a draft model: add --draft NAME_OR_DIR (e.g. --draft code-draft)")
+    if not cls.needs_draft and args.draft is not None:
+        drafted = ", ".join(n for n, c in STRATEGIES.items() if c.needs_draft)
+        raise UnsupportedOptionError(f"{name} uses no draft model: drop --draft, or pick one that does ({drafted})")
+    if not cls.head_kinds and args.heads is not None:
+        headed = ", ".join(n for n, c in STRATEGIES.items() if c.head_kinds)
+        raise HeadsMismatchError(f"{name} uses no prediction heads: drop --heads, or pick one that does ({headed})")
+    for flag, value, ok, need in (("--max-new-tokens", args.max_new_tokens, args.max_new_tokens >= 1, "an integer >= 1"),
+                                  ("--temperature", args.temperature, 0 <= args.temperature < math.inf,
+                                   "a finite number >= 0"),
+                                  ("--top-k", args.top_k, args.top_k is None or args.top_k >= 1, "an integer >= 1"),
+                                  ("--top-p", args.top_p, args.top_p is None or 0 < args.top_p <= 1, "in (0, 1]")):
+        if not ok:
+            raise InvalidInputError(f"{flag} must be {need}, got {value}")
+    path = resolve(args.model)
+    if is_speech_model(path):
+        raise InvalidInputError(f"--model {args.model} is a speech model: transcribe audio with "
+                                f"`paragen transcribe FILE.wav --model {args.model}`")
+    if isinstance(prompt, str) and not has_tokenizer(path):
+        raise InvalidInputError(f"--model {args.model} has no tokenizer files, so no text prompt: give the prompt as "
+                                "token ids with --prompt-ids 1,2,3")
+
+
+def check_heads_found(cls: type, model: Any, heads: Any) -> None:
+    """A heads strategy without --heads runs on the model's built-in heads: say so when there are none."""
+    from paragen.errors import HeadsMismatchError
+    from paragen.heads.io import default_heads
+
+    if cls.head_kinds and heads is None and default_heads(model, cls.head_kinds) is None:
+        raise HeadsMismatchError(f"--strategy {cls.name} needs prediction heads ({' or '.join(cls.head_kinds)}) and "
+                                 f"--model {model.name} has none built in: add --heads DIR (from `paragen train heads`)")
+
+
+# ---------------------------------------------------------------- generate
+
+
 def add_generate_parser(sub: argparse._SubParsersAction) -> None:
     from paragen.api import DEFAULT_THREADS
-    from paragen.models import DTYPE_CHOICES, DTYPE_HELP
 
     p = sub.add_parser(
         "generate", help="continue a prompt with a decoding strategy",
         description="Continue PROMPT with a model and a decoding strategy; print the text (or JSON with stats).",
         epilog=strategy_help(), formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("prompt", help="prompt text, or - to read it (UTF-8) from standard input")
+    p.add_argument("prompt", nargs="?", default=None,
+                   help="prompt text, or - to read it (UTF-8) from standard input; a prompt of only whitespace is "
+                   "continued as given (for code, indentation and newlines are content)")
+    p.add_argument("--prompt-ids", default=None, metavar="ID,ID,...",
+                   help="the prompt as comma-separated token ids instead of text (for a model directory without "
+                   "tokenizer files; the output is then token ids too)")
     p.add_argument("--model", default="code-target",
                    help="built-in model name or Hugging Face model directory (default: code-target)")
-    p.add_argument("--backend", choices=["native", "hf"], default="native",
-                   help="native (paragen's own, fast) or hf (transformers)")
-    p.add_argument("--dtype", choices=DTYPE_CHOICES, default="float32", help=f"weights' dtype or format: {DTYPE_HELP}")
-    p.add_argument("--compile", action="store_true",
-                   help="compile the native decode step (torch.compile, static cache shapes; slow first call)")
-    p.add_argument("--device", default="cpu", help="where the models run: cpu, cuda, cuda:N (default: cpu)")
+    add_model_flags(p)
     p.add_argument("--strategy", default="ar", help="decoding strategy (see below; default: ar)")
-    p.add_argument("--draft", default=None, help="draft model name or directory (for speculative)")
+    p.add_argument("--draft", default=None, help="draft model name or directory (for speculative, tree, spectr)")
     p.add_argument("--heads", default=None,
                    help="prediction heads: a directory from `paragen train heads` or a built-in heads name "
                         "(for blockwise, medusa, hydra, eagle; default: the built-in heads of a built-in model)")
@@ -69,9 +163,7 @@ def add_generate_parser(sub: argparse._SubParsersAction) -> None:
                    help="random seed for sampling (reproducible runs; no effect when greedy: a note says so)")
     p.add_argument("--stop", action="append", default=None, help="stop before this string (repeatable)")
     p.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE", help="strategy option (repeatable)")
-    p.add_argument("--threads", type=int, default=DEFAULT_THREADS,
-                   help=f"torch CPU threads for this command (default: {DEFAULT_THREADS}; more rarely helps "
-                   "batch-1 decoding of small models, and hurts badly on a busy machine)")
+    add_threads_flag(p, DEFAULT_THREADS)
     out = p.add_mutually_exclusive_group()
     out.add_argument("--stream", action="store_true",
                      help="print text as it is committed, then a statistics line on stderr")
@@ -96,48 +188,91 @@ def read_stdin() -> str:
 
 
 def stats_line(gen: Any) -> str:
-    """One line of statistics for stderr."""
+    """One line of statistics for stderr: the counts, the drafts (accepted / proposed draft
+    positions, as /metrics counts them; drafted tokens verified per target call, as the
+    bench's drafted/call) and whether the output is lossy (``paragen.labels``)."""
+    from paragen.labels import draft_totals, label
+
     s = gen.stats
-    return (f"[{s.strategy}: {s.new_tokens} tokens, {s.target_calls} target calls, "
-            f"{s.tokens_per_call:.2f} tokens/call, {s.seconds:.2f} s, {s.tokens_per_second:.1f} tok/s, "
-            f"finish: {s.finish_reason}]")
+    parts = [f"{s.new_tokens} tokens", f"{s.target_calls} target calls"]
+    if s.draft_calls:
+        parts.append(f"{s.draft_calls} draft calls")
+    parts.append(f"{s.tokens_per_call:.2f} tokens/call")
+    drafts = draft_totals(s.extra)
+    if drafts is not None:
+        proposed, accepted, nodes = drafts
+        rate = f" ({accepted / proposed:.0%})" if proposed else ""
+        per_call = nodes / s.target_calls if s.target_calls else 0.0
+        parts.append(f"drafts {accepted}/{proposed} accepted{rate}, {per_call:.2f} drafted/call")
+    parts += [f"{s.seconds:.2f} s", f"{s.tokens_per_second:.1f} tok/s", f"finish: {s.finish_reason}"]
+    if label(s.extra):
+        parts.append(label(s.extra))
+    return f"[{s.strategy}: {', '.join(parts)}]"
+
+
+def generate_prompt(args: argparse.Namespace) -> str | list[int]:
+    """The prompt: text (the argument, or standard input for -) or ``--prompt-ids``' token ids."""
+    from paragen.errors import InvalidInputError
+
+    if (args.prompt is None) == (args.prompt_ids is None):
+        raise InvalidInputError("give the prompt as text (PROMPT, or - for standard input) or as token ids "
+                                "(--prompt-ids 1,2,3), one of the two")
+    if args.prompt_ids is None:
+        return read_stdin() if args.prompt == "-" else args.prompt
+    try:
+        return [int(t) for t in args.prompt_ids.split(",")]
+    except ValueError:
+        raise InvalidInputError(f"--prompt-ids takes comma-separated token ids (integers), got '{args.prompt_ids}'") \
+            from None
 
 
 def run_generate(args: argparse.Namespace) -> int:
     import paragen
-    from paragen.api import torch_threads
     from paragen.errors import InvalidInputError
+    from paragen.models import NoTokenizerWarning
     from paragen.strategies import get_strategy
 
-    prompt = read_stdin() if args.prompt == "-" else args.prompt
+    prompt = generate_prompt(args)
     options = {}
     for item in args.option:
         key, sep, value = item.partition("=")
         if not sep:
             raise InvalidInputError(f"strategy option '{item}' must look like KEY=VALUE")
         options[key.replace("-", "_")] = value
+    cls = get_strategy(args.strategy)
+    check_generate_flags(cls, args, prompt)
     # Greedy: top-k/top-p change nothing, and neither does the seed for a lossless strategy
     # (its output is argmax decoding's); a lossy one may draw noise (diffusion's random ordering).
-    lossless = get_strategy(args.strategy).lossless
     ignored = [flag for flag, value in (("--top-k", args.top_k), ("--top-p", args.top_p),
-                                        ("--seed", args.seed if lossless else None)) if value is not None]
+                                        ("--seed", args.seed if cls.lossless else None)) if value is not None]
     if args.temperature == 0 and ignored:
         print(f"paragen: note: {', '.join(ignored)} {'has' if len(ignored) == 1 else 'have'} no effect with "
               "--temperature 0 (greedy decoding is deterministic)", file=sys.stderr)
-    with torch_threads(args.threads):
-        kw = dict(backend=args.backend, dtype=args.dtype, compile=args.compile, device=args.device)
-        model = paragen.load(args.model, **kw)
-        draft = paragen.load(args.draft, **kw) if args.draft else None
+    pieces: list[str] = []
+    with command_threads(args):
+        with warnings.catch_warnings():  # handled here: token ids in (--prompt-ids), token ids out
+            warnings.simplefilter("ignore", NoTokenizerWarning)
+            model = paragen.load(args.model, **load_kwargs(args))
+            draft = paragen.load(args.draft, **load_kwargs(args)) if args.draft else None
         heads = paragen.load_heads(args.heads, model) if args.heads else None
+        check_heads_found(cls, model, heads)
         it = paragen.stream(model, prompt, strategy=args.strategy, max_new_tokens=args.max_new_tokens,
                             temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                             stop=args.stop, draft=draft, heads=heads, **options)
-        for piece in it:
-            if args.stream:
-                print(piece, end="", flush=True)
+        try:
+            for piece in it:
+                pieces.append(piece)
+                if args.stream:
+                    print(piece, end="", flush=True)
+        except KeyboardInterrupt:
+            # what was committed is the user's: print it (streamed already, or not yet), then main's one line
+            print("" if args.stream else "".join(pieces), flush=True)
+            raise
     gen = it.generation
     if args.json:
         print(json.dumps(gen.to_dict()))
+    elif model.tokenizer is None:  # no text to show: the new token ids, as --prompt-ids takes them
+        print(",".join(map(str, gen.tokens)))
     else:
         print("" if args.stream else gen.text)
     if args.stream or args.stats:
@@ -237,14 +372,25 @@ def run(argv: list[str] | None) -> int:
     return run_bench(args)
 
 
+@contextlib.contextmanager
+def one_line_warnings() -> Iterator[None]:
+    """Within the block, a warning prints as one line, ``paragen: warning: MESSAGE``: a command's
+    user did not write the code a warning would otherwise point at. Restored on the way out."""
+    with warnings.catch_warnings():
+        warnings.showwarning = lambda message, *_, **__: print(f"paragen: warning: {message}", file=sys.stderr)
+        yield
+
+
 def main(argv: list[str] | None = None) -> int:
-    """The ``paragen`` command: 0 on success, 2 with one line on bad input, 130 on Ctrl-C.
+    """The ``paragen`` command: 0 on success, 2 with one line on bad input, 130 on Ctrl-C;
+    warnings one line each.
 
     Everything heavy (torch, transformers) is imported inside, so an interrupt while
     starting up is caught here too.
     """
     try:
-        return run(argv)
+        with one_line_warnings():
+            return run(argv)
     except (ParagenError, FileNotFoundError) as e:
         print(f"paragen: error: {e}", file=sys.stderr)
         return 2

@@ -142,7 +142,7 @@ class Row:
     def add(self, committed: list[int]) -> str:
         """Take one step's committed tokens; return the text now safe to stream ("" if none)."""
         stats, stop = self.stats, self.stop
-        self.hist[len(committed)] += 1
+        before = len(self.tokens)
         committed = committed[: self.budget]  # a step may overshoot the budget
         if any(t in self.eos_ids for t in committed):
             committed = committed[: next(i for i, t in enumerate(committed) if t in self.eos_ids)]
@@ -155,6 +155,7 @@ class Row:
         if cut is not None:
             stats.finish_reason = "stop"
             self._cut(cut)
+        self.hist[len(self.tokens) - before] += 1  # tokens kept (past EOS, a stop or the budget: dropped)
         self.done = stats.finish_reason != "length" or len(self.tokens) >= self.max_new_tokens
         text = self.text
         safe = len(text) if self.done else len(text) - _held_back(text, stop)
@@ -198,7 +199,7 @@ def decode(
     rows = [Row(strategy.name, max_new_tokens, tokenizer, eos_ids, stop) for _ in prompts]
     t0 = time.perf_counter()
     strategy.prefill_rows(prompts)
-    draft_calls = (lambda: ctx.draft.calls) if ctx.draft else (lambda: 0)
+    draft_calls = ctx.drafting_calls
     for row in rows:
         row.stats.prefill_calls = ctx.target.calls
     active = list(range(len(prompts)))  # original row of each row of the current batch

@@ -1,4 +1,9 @@
-"""Typed exceptions: every bad input raises one of these with a message that says what to do."""
+"""Typed exceptions: every bad input raises one of these with a message that says what to do;
+``warn_caller`` for input that is accepted but deserves a word."""
+
+import os
+import sys
+import warnings
 
 
 class ParagenError(Exception):
@@ -42,3 +47,14 @@ class DeviceError(ParagenError, ValueError):
 
 class AudioInputError(InvalidInputError):
     """An audio input is missing, unreadable, not audio, empty, or too long for a speech model."""
+
+
+def warn_caller(message: str, category: type[Warning] = UserWarning) -> None:
+    """``warnings.warn`` attributed to the first frame outside the paragen package: the line of
+    the user's code that called paragen, however deep inside paragen the warning arose (a fixed
+    ``stacklevel`` points at paragen itself as soon as a public function wraps another)."""
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    frame, level = sys._getframe(1), 2  # stacklevel 2: warn_caller's caller
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)

@@ -245,6 +245,9 @@ def repeat(
 
 
 TASKS: dict[str, Callable[[], list[Task]]] = {"humaneval": humaneval, "stdlib": stdlib, "repeat": repeat}
+# What `paragen bench --task` takes: these task sets, a file of prompts, and the speech decoders'
+# held-out sets (``paragen.speech.bench``; the bench command dispatches ``speech`` before reading tasks).
+TASK_CHOICES = ", ".join([*TASKS, "file:PATH", "speech[:DIR]"])
 
 
 def from_file(path: str | Path) -> list[Task]:
@@ -289,5 +292,5 @@ def get_task(name: str) -> list[Task]:
     if name.startswith("file:"):
         return from_file(name.removeprefix("file:"))
     if name not in TASKS:
-        raise InvalidInputError(f"unknown task '{name}': choose one of {', '.join(TASKS)}, or file:PATH")
+        raise InvalidInputError(f"unknown task '{name}': choose one of {TASK_CHOICES}")
     return TASKS[name]()

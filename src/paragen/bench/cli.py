@@ -10,8 +10,8 @@ import shlex
 import sys
 
 from paragen.bench.run import BenchConfig, parse_model_for, parse_option
-from paragen.models import DTYPE_CHOICES, DTYPE_HELP
-from paragen.tasks import TASKS
+from paragen.cli import add_model_flags, add_threads_flag
+from paragen.tasks import TASK_CHOICES, TASKS
 
 DEFAULTS = BenchConfig()
 # Everything that runs on a causal target (and a draft) today; "all" also picks up new strategies.
@@ -28,7 +28,7 @@ def _epilog() -> str:
         peers += options_help(cls)
     return (strategy_help().replace("(-o KEY=VALUE;", "(--option STRATEGY:KEY=VALUE;")
             + "\ntransformers peers (same weights):\n" + "\n".join(peers)
-            + f"\n\ntasks: {', '.join(TASKS)}, file:PATH. ar always runs: it is the reference.")
+            + f"\n\ntasks: {TASK_CHOICES}. ar always runs: it is the reference.")
 
 
 def add_bench_parser(sub: argparse._SubParsersAction) -> None:
@@ -55,14 +55,8 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
                    help=f"target model name or directory (default: {DEFAULTS.model})")
     p.add_argument("--draft", default=DEFAULTS.draft,
                    help=f"draft model for draft strategies and hf-assisted (default: {DEFAULTS.draft})")
-    p.add_argument("--backend", choices=["native", "hf"], default=DEFAULTS.backend,
-                   help="backend of the paragen strategies (peers always use transformers)")
-    p.add_argument("--dtype", choices=DTYPE_CHOICES, default=DEFAULTS.dtype,
-                   help=f"weights' dtype or format for every contender (gen_ppl is scored in float32; the transformers "
-                   f"peers run a weight format in float32): {DTYPE_HELP}")
-    p.add_argument("--compile", action="store_true",
-                   help="compile the paragen models' decode step (native backend; a call length first met in a timed run "
-                   "compiles there: for ar, the warm-up compiles it)")
+    add_model_flags(p, dtype_note=" for every contender (peers use transformers and run a weight format in float32; "
+                    "gen_ppl is scored in float32; the warm-up compiles ar's call lengths)")
     p.add_argument("--option", action="append", default=[], metavar="STRATEGY:KEY=VALUE",
                    help="strategy option, e.g. lookup:max_draft=8 (repeatable)")
     p.add_argument("--model-for", action="append", default=[], metavar="STRATEGY=MODEL",
@@ -70,9 +64,7 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
                    "ar, the peers and gen_ppl stay on --model")
     p.add_argument("--heads", action="append", default=[], metavar="STRATEGY=DIR",
                    help="prediction heads for a heads strategy, e.g. medusa=runs/heads-medusa (repeatable)")
-    p.add_argument("--threads", type=int, default=DEFAULTS.threads,
-                   help=f"torch CPU threads for this run, recorded in the report (default: {DEFAULTS.threads})")
-    p.add_argument("--device", default=DEFAULTS.device, help="where every model runs: cpu, cuda, cuda:N (default: cpu)")
+    add_threads_flag(p, DEFAULTS.threads)
     p.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size,
                    help="prompts each contender decodes together (above 1: ar, speculative, lookup; default: 1)")
     p.add_argument("--out", required=True, help="output directory (created if missing)")

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from paragen import labels
+
 REFERENCE = "ar"
 
 # A function header line: optional indentation, optional ``async``, ``def name(``.
@@ -79,7 +81,7 @@ class Summary:
     agree: float
     gen_ppl: float | None
     ast_ok: float
-    loops: float
+    loops: float | None  # None: no output was long enough to measure (``LOOP_WINDOW``)
     committed_per_call: dict[int, int] | None
     flagged: bool
     drafted_per_call: float | None = None
@@ -109,9 +111,11 @@ def token_agreement(tokens: tuple[int, ...] | list[int], reference: tuple[int, .
 
 
 STATEMENT_PERIOD = 32  # ``repeats``: a whole line or statement, such as "x = f(x)\n" written again and again
+PHRASE_PERIOD = 8  # ``loops``: a word or phrase stuck on repeat
+LOOP_WINDOW = 64  # ``loops`` and ``repeats`` look at an output's last 64 tokens: shorter outputs are not measured
 
 
-def loops(tokens: tuple[int, ...] | list[int], window: int = 64, max_period: int = 8) -> bool:
+def loops(tokens: tuple[int, ...] | list[int], window: int = LOOP_WINDOW, max_period: int = PHRASE_PERIOD) -> bool:
     """Whether the last ``window`` tokens repeat with a period of ``max_period`` or less.
 
     Such degenerate loops are easy to predict, so they inflate the tokens per call of
@@ -217,6 +221,14 @@ def pooled_perplexity(records: list[Record]) -> float | None:
     return math.exp(sum(n * math.log(p) for n, p in scored) / total)
 
 
+def loop_share(records: list[Record], max_period: int) -> float | None:
+    """Share of the outputs of at least ``LOOP_WINDOW`` tokens that ``loops`` with periods up to
+    ``max_period``; None when every output is shorter (the metric cannot be computed, which is
+    not the same as no loops: the report says so)."""
+    measured = [loops(r.tokens, max_period=max_period) for r in records if len(r.tokens) >= LOOP_WINDOW]
+    return sum(measured) / len(measured) if measured else None
+
+
 def _sum_or_none(values: list[int | None]) -> int | None:
     return None if any(v is None for v in values) else sum(values)  # type: ignore[arg-type]
 
@@ -260,9 +272,12 @@ def summarize_strategy(
     bootstrap 95% interval; tok_s = sum new tokens / sum seconds; exact, agree, ast_ok =
     means over prompts; gen_ppl = pooled perplexity; loops = share of outputs whose last
     64 tokens repeat with a period of 8 or less (``loops``); repeats = the same with periods up to
-    ``STATEMENT_PERIOD`` (whole statements repeated). ``flagged``: a lossless strategy that
-    did not reproduce ``ar`` on every prompt under greedy decoding (a bug to look at).
+    ``STATEMENT_PERIOD`` (whole statements repeated); both over the outputs of at least 64
+    tokens (``loop_share``). ``lossless``: the strategy's guarantee, and no record says its
+    output is lossy (a lossy weight format or dtype: ``paragen.labels``). ``flagged``: a lossless
+    strategy that did not reproduce ``ar`` on every prompt under greedy decoding (a bug to look at).
     """
+    lossless = lossless and not any(labels.lossy(r.extra) for r in records)
     ids = [r.task_id for r in records]
     ar_seconds = [reference[i].seconds for i in ids]
     seconds = [r.seconds for r in records]
@@ -289,8 +304,8 @@ def summarize_strategy(
         agree=sum(r.agree or 0.0 for r in records) / len(records),
         gen_ppl=pooled_perplexity(records),
         ast_ok=sum(bool(r.ast_ok) for r in records) / len(records),
-        loops=sum(loops(r.tokens) for r in records) / len(records),
-        repeats=sum(loops(r.tokens, max_period=STATEMENT_PERIOD) for r in records) / len(records),
+        loops=loop_share(records, max_period=PHRASE_PERIOD),
+        repeats=loop_share(records, max_period=STATEMENT_PERIOD),
         committed_per_call=_merge_histograms(records),
         flagged=lossless and greedy and bool(non_exact),
         drafted_per_call=drafted_per_call,

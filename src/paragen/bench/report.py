@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from paragen.bench.metrics import Summary
+from paragen.bench.metrics import LOOP_WINDOW, Summary
 
 COLUMNS = ("strategy", "exact", "tok/call", "speedup [95% CI]", "tok/s", "agree", "gen_ppl", "ast_ok", "loops",
            "repeats", "target calls", "draft calls", "drafted/call")
@@ -26,7 +26,7 @@ COLUMNS = ("strategy", "exact", "tok/call", "speedup [95% CI]", "tok/s", "agree"
 # What each column means (shown under the table in bench.md and report.html).
 METRICS = {
     "strategy": "the contender; (peer): transformers generate() on the same weights; (lossy): output may differ "
-                "from ar by design",
+                "from exact float32 decoding by design (a lossy strategy, or a lossy --dtype for every contender)",
     "exact": "share of prompts whose output is token for token ar's; (!) marks a lossless strategy that differed "
              "under greedy decoding (a bug)",
     "tok/call": "new tokens / target forward calls (the one prompt prefill call excluded): the parallelism",
@@ -37,7 +37,8 @@ METRICS = {
     "gen_ppl": "perplexity of the output under the target model in float32, pooled over prompts (lower is better; "
                "compare with ar's)",
     "ast_ok": "share of completions that parse as Python when cut at the end of the function",
-    "loops": "share of outputs whose last 64 tokens repeat with a period of 8 or less (degenerate repetition)",
+    "loops": "share of outputs whose last 64 tokens repeat with a period of 8 or less (degenerate repetition); "
+             "outputs shorter than 64 tokens are not measured, and - means none was long enough",
     "repeats": "the same with periods up to 32 tokens: whole statements written again and again (includes loops)",
     "target calls": "target forward calls over all prompts (prefill excluded)",
     "draft calls": "draft model forward calls over all prompts (its prefill included)",
@@ -97,6 +98,12 @@ def caveats(bench: dict[str, Any], summary: dict[str, Summary]) -> list[str]:
     if wide:
         out.append(f"Wide speedup intervals (more than {WIDE_CI:.0%} of the speedup): {', '.join(wide)}; "
                    "more prompts, or a quieter machine, narrow them.")
+    records = bench.get("records", ())
+    short = sum(len(r["tokens"]) < LOOP_WINDOW for r in records)
+    if short:
+        measured = "not measured (-)" if short == len(records) else f"measured over the other {len(records) - short}"
+        out.append(f"{short} of {len(records)} outputs are shorter than the {LOOP_WINDOW} tokens loops and repeats look "
+                   f"at: {measured}; a larger --max-new-tokens measures them.")
     return out
 
 

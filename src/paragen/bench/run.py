@@ -44,7 +44,7 @@ from paragen.errors import (
 )
 from paragen.heads.io import builtin_heads_for
 from paragen.models import DTYPE_CHOICES, device_of, parse_device, torch_dtype
-from paragen.models.base import Model
+from paragen.models.base import Model, dtype_label
 from paragen.strategies import STRATEGIES
 from paragen.tasks import Task, get_task
 
@@ -368,12 +368,16 @@ def make_runner(c: Contender, models: Models, config: BenchConfig) -> Callable[[
                         dict(g.stats.committed_per_call), g.stats.extra)
                 for g in (gens if isinstance(gens, list) else [gens])]
 
+    # A peer in a dtype below float32 is lossy as a paragen model is (labelled the same way).
+    peer_weights = dtype_label(models.hf_target.dtype) if models.hf_target is not None else None
+
     def run_hf(batch: list[list[int]], seed: int) -> list[Outcome]:
         (ids,) = batch  # peers run at batch size 1 (build_contenders)
         out = run_peer(c.cls, c.options, models.hf_target, models.hf_draft, ids, config.max_new_tokens,
                        config.temperature, seed, eos, config.top_p)
         # Per-call accepted counts are internal to transformers: no histogram for peers.
-        return [Outcome(out.tokens, out.target_calls, out.draft_calls, out.seconds, out.finish_reason, None)]
+        return [Outcome(out.tokens, out.target_calls, out.draft_calls, out.seconds, out.finish_reason, None,
+                        {"weights": peer_weights} if peer_weights else None)]
 
     def run_llama(ids: list[int], seed: int) -> Outcome:
         out = run_llamacpp(models.llamacpp[c.name], ids, config.max_new_tokens, eos)

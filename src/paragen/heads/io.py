@@ -68,7 +68,7 @@ def save_heads(heads: Heads, out: str | os.PathLike, dtype: torch.dtype = torch.
     from safetensors.torch import save_file
 
     with atomic_directory(out) as tmp:
-        state = {k: v.detach().to(dtype).contiguous() for k, v in heads.state_dict().items()}
+        state = {k: v.detach().to(device="cpu", dtype=dtype).contiguous() for k, v in heads.state_dict().items()}
         save_file(state, str(tmp / "heads.safetensors"), metadata={"format": "pt"})
         (tmp / "heads.json").write_text(json.dumps(heads.config.to_dict(), indent=2) + "\n")
         for name, text in (extra_files or {}).items():

@@ -75,13 +75,17 @@ class HeadsConfig:
 
 
 class Heads(nn.Module):
-    """Base: holds the target's embedding and projection as frozen, unsaved buffers."""
+    """Base: holds the target's embedding and projection as frozen, unsaved buffers.
+
+    ``calls`` counts drafting calls (``forward``; hydra's ``head``), as ``CountedModel``
+    counts a model's: a decode reads it before and after each step."""
 
     kind = ""
 
     def __init__(self, config: HeadsConfig, embed: torch.Tensor, proj: torch.Tensor) -> None:
         super().__init__()
         self.config = config
+        self.calls = 0
         self.register_buffer("embed", embed.detach(), persistent=False)  # [V, H]
         self.register_buffer("proj", proj.detach(), persistent=False)  # [V, H]
 
@@ -130,6 +134,7 @@ class OneStateHeads(Heads):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits of every head [..., K, V] from hidden states [..., H]."""
+        self.calls += 1
         return self.readout(self.features(hidden))
 
     def train_features(self, hidden: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -191,6 +196,7 @@ class Hydra(Heads):
 
     def head(self, j: int, hidden: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
         """Head j's logits [..., V] (``head_feature`` read out)."""
+        self.calls += 1
         return self.readout(self.head_feature(j, hidden, prev))
 
     def train_features(self, hidden: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -236,6 +242,7 @@ class Eagle(Heads):
         the tokens one position later [B, T]. ``mask`` as in the model contract ([B|1, T, S] or None)."""
         from paragen.models.base import expand_mask
 
+        self.calls += 1
         x = self.fc(torch.cat([features, self.embed[tokens]], dim=-1))
         freqs = positions.float()[..., None] * self.inv_freq.float()
         emb = torch.cat((freqs, freqs), dim=-1)[:, None]  # [B, 1, T, D], as the native backend's RoPE

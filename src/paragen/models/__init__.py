@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import os
-import warnings
 
 import torch
 
-from paragen.errors import DeviceError, InvalidInputError
+from paragen.errors import DeviceError, InvalidInputError, warn_caller
 from paragen.models.base import Model, ModelInfo
 from paragen.models.io import builtin_models, load_native, resolve, save_model
 from paragen.models.native import NativeConfig, NativeModel
 from paragen.models.quant import WEIGHT_FORMATS
 from paragen.tokenizer import Tokenizer, has_tokenizer
 
-__all__ = ["DTYPES", "DTYPE_CHOICES", "Model", "ModelInfo", "NativeConfig", "NativeModel", "builtin_models", "device_of",
-           "load", "parse_device", "save_model", "torch_dtype"]
+__all__ = ["DTYPES", "DTYPE_CHOICES", "Model", "ModelInfo", "NativeConfig", "NativeModel", "NoTokenizerWarning",
+           "builtin_models", "device_of", "load", "parse_device", "save_model", "torch_dtype"]
 
 BACKENDS = ("native", "hf")
 # Weight dtypes the CLIs offer by name. bfloat16 roughly halves the bytes a decode step
@@ -26,7 +25,11 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch
 DTYPE_CHOICES = (*DTYPES, *WEIGHT_FORMATS)
 DTYPE_HELP = ("float32 (default) and float64 are exact; fp16-weights (float16 weights, float32 compute) is exact "
               "for float16-stored models such as the built-ins, and faster; bfloat16 also rounds activations "
-              "(outputs differ); int8-weights is lossy (labelled in stats)")
+              "(outputs differ) and int8-weights is lossy: both labelled lossy in stats")
+
+
+class NoTokenizerWarning(UserWarning):
+    """A model loaded without tokenizer files: token-id prompts only, and no text out."""
 
 
 def parse_device(device: str | torch.device) -> torch.device:
@@ -78,8 +81,8 @@ def load(
     model runs its packed inference path (``NativeModel.pack``). ``compile=True`` (native
     only, opt-in) compiles its decode step with static cache shapes (``NativeModel.compile_decode``).
     ``device``: where the weights go (``"cpu"``, ``"cuda"``, ``"cuda:1"``...); every strategy
-    then decodes there. A directory without tokenizer files loads with a warning: its prompts
-    must be lists of token ids.
+    then decodes there. A directory without tokenizer files loads with a ``NoTokenizerWarning``:
+    its prompts must be lists of token ids, and its Generations' text is empty.
     """
     if backend not in BACKENDS:
         raise InvalidInputError(f"unknown backend '{backend}': choose one of {', '.join(BACKENDS)}")
@@ -108,7 +111,8 @@ def load(
     model.tokenizer = tokenizer
     model.name = path.name
     if tokenizer is None:
-        warnings.warn(f"{path} has no tokenizer files: pass prompts as lists of token ids", stacklevel=2)
+        warn_caller(f"{path} has no tokenizer files: pass prompts as lists of token ids, and read a Generation's "
+                    "tokens (its text is empty: nothing can decode them)", NoTokenizerWarning)
         return model
     if model.info.eos_ids == () and tokenizer.eos_id is not None:
         model.info = ModelInfo(**{**model.info.__dict__, "eos_ids": (tokenizer.eos_id,)})

@@ -42,6 +42,14 @@ class ModelInfo:
     shift: bool = False
 
 
+def dtype_label(dtype: torch.dtype) -> str | None:
+    """None for float32 and float64 (exact); else the dtype named lossy ('bfloat16 (lossy)'): a
+    dtype below float32 rounds every weight and activation, so the output may differ from float32's."""
+    if dtype in (torch.float32, torch.float64):
+        return None
+    return f"{str(dtype).removeprefix('torch.')} (lossy)"
+
+
 class Model(ABC):
     """Abstract model: the native backend and the transformers adapter both implement it."""
 
@@ -70,6 +78,12 @@ class Model(ABC):
     @property
     @abstractmethod
     def dtype(self) -> torch.dtype: ...
+
+    @property
+    def weight_format(self) -> str | None:
+        """How the weights compute, where that is not float32 or float64: ``dtype_label``.
+        Every Generation's stats carry it (``extra["weights"]``)."""
+        return dtype_label(self.dtype)
 
     def __call__(self, tokens, positions, cache=None, mask=None, return_hidden=False):
         if return_hidden:

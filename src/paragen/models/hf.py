@@ -143,7 +143,7 @@ class HFModel(Model):
             input_ids=tokens,
             position_ids=positions,
             attention_mask=attention,
-            past_key_values=cache.inner if cache is not None else None,
+            cache=cache.inner if cache is not None else None,  # transformers >= 5.24 (past_key_values before)
             use_cache=cache is not None,
             output_hidden_states=return_hidden,
         )

@@ -380,10 +380,10 @@ class NativeModel(nn.Module, Model):
     @property
     def weight_format(self) -> str | None:
         """The packed weight format ('fp16-weights', 'int8-weights'), with ' (lossy)' where it
-        changes what float32 computes; None for the model's own dtype."""
+        changes what float32 computes; else the dtype's label (``Model.weight_format``)."""
         p = self.packed
         if p is None or p.weights is None:
-            return None
+            return super().weight_format
         return p.weights if p.exact else f"{p.weights} (lossy)"
 
     def _apply(self, fn, recurse=True):

@@ -62,10 +62,20 @@ class ServeConfig:
             raise InvalidInputError("--max-queue and --max-tokens must be at least 1 and --timeout positive")
 
 
+def check_default_strategy(config: ServeConfig, has_draft: bool) -> None:
+    """The default strategy exists and has its draft model: else every request naming no strategy
+    would be refused, so the server refuses to start instead."""
+    cls = get_strategy(config.strategy)
+    if cls.needs_draft and not has_draft:
+        raise InvalidInputError(f"--strategy {cls.name} needs a draft model, and every request that names no strategy "
+                                "would be refused: add --draft NAME_OR_DIR (e.g. --draft code-draft) or pick another "
+                                "--strategy")
+
+
 def create_app(model: Model, draft: Model | None = None, config: ServeConfig | None = None) -> FastAPI:
     """An app serving ``model`` (and ``draft`` to strategies that need one); start it with uvicorn."""
     config = config or ServeConfig()
-    get_strategy(config.strategy)  # an unknown default strategy fails at start, not on the first request
+    check_default_strategy(config, draft is not None)  # fails at start, not on the first request
     metrics = Metrics(lambda: scheduler.queue_depth, lambda: scheduler.in_flight)
     scheduler = Scheduler(model, metrics, config.max_queue, max_batch=config.max_batch, cache_tokens=config.cache_tokens,
                           prefill_tokens=config.prefill_tokens, speculation=config.speculation)

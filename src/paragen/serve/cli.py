@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import socket
 
 from paragen.errors import InvalidInputError, ParagenError
 
@@ -32,7 +34,8 @@ example:
 
 
 def add_serve_parser(sub: argparse._SubParsersAction) -> None:
-    from paragen.models import DTYPES
+    from paragen.api import DEFAULT_THREADS
+    from paragen.cli import add_model_flags, add_threads_flag
 
     p = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API", description=DESCRIPTION,
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -41,8 +44,7 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="code-target", help="built-in model name or model directory (default: code-target)")
     p.add_argument("--draft", default=None, help="draft model for the strategies that need one (speculative, tree, spectr)")
     p.add_argument("--strategy", default="ar", help="strategy for requests that name none (default: ar)")
-    p.add_argument("--backend", choices=["native", "hf"], default="native", help="model backend (default: native)")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="weights' dtype (default: float32)")
+    add_model_flags(p)
     p.add_argument("--max-batch", type=int, default=8,
                    help="rows in the running batch at most, all groups together (default: 8)")
     p.add_argument("--cache-tokens", type=int, default=None,
@@ -59,7 +61,7 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
                    help="seconds a request may take from arrival, queueing included; then its decode stops between "
                         "steps and the client gets a 504 (or an error event if streaming) (default: 300)")
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1/* (default: no key)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    add_threads_flag(p, DEFAULT_THREADS)
 
 
 def chat_template(name_or_path: str) -> str | None:
@@ -76,29 +78,46 @@ def chat_template(name_or_path: str) -> str | None:
     return template
 
 
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to (host, port), for uvicorn to serve on; one clear error when the port is
+    taken or the address is not this machine's (checked before any model loads)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a closed server's TIME_WAIT does not count as taken
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        why = f"port {port} is in use" if e.errno == errno.EADDRINUSE else f"cannot listen on {host}:{port} ({e.strerror})"
+        raise InvalidInputError(f"{why}: pick another --port (0 picks a free one) or --host") from None
+    return sock
+
+
 def run_serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn
 
-        from paragen.serve.app import ServeConfig, create_app
+        from paragen.serve.app import ServeConfig, check_default_strategy, create_app
     except ImportError as e:
         raise ParagenError(f"serving needs FastAPI and uvicorn ({e}): pip install 'paragen[serve]'") from None
-    import torch
-
     import paragen
-    from paragen.models import DTYPES
+    from paragen.cli import check_heads_found, command_threads, load_kwargs
+    from paragen.strategies import get_strategy
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise InvalidInputError(f"--threads must be at least 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    # Everything that can be refused is, before the models load: settings, the default strategy, the port.
     config = ServeConfig(strategy=args.strategy, max_batch=args.max_batch, max_queue=args.max_queue,
                          cache_tokens=args.cache_tokens, prefill_tokens=args.prefill_tokens, speculation=args.speculation,
                          max_tokens=args.max_tokens, timeout=args.timeout, api_key=args.api_key,
                          chat_template=chat_template(args.model))
-    dtype = DTYPES[args.dtype]
-    model = paragen.load(args.model, backend=args.backend, dtype=dtype)
-    draft = paragen.load(args.draft, backend=args.backend, dtype=dtype) if args.draft else None
-    app = create_app(model, draft, config)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    check_default_strategy(config, args.draft is not None)
+    with command_threads(args):
+        sock = listening_socket(args.host, args.port)
+        try:
+            model = paragen.load(args.model, **load_kwargs(args))
+            draft = paragen.load(args.draft, **load_kwargs(args)) if args.draft else None
+            check_heads_found(get_strategy(args.strategy), model, None)
+            app = create_app(model, draft, config)
+            uvicorn.Server(uvicorn.Config(app, log_level="info")).run(sockets=[sock])
+        finally:
+            sock.close()
     return 0

@@ -211,12 +211,12 @@ class Engine:
         draft = group.policy.choose(len(entries)) if group.draftable else True
         # a step asked for one token per row drafts nothing: the target's own next token (lossless)
         budgets = [e.row.budget if draft else 1 for e in entries]
-        calls = ctx.target.calls, ctx.draft.calls if ctx.draft else 0
+        calls = ctx.target.calls, ctx.drafting_calls()
         t0 = time.perf_counter()
         committed = strategy.step_rows(budgets)
         seconds = time.perf_counter() - t0
         target_calls = ctx.target.calls - calls[0]
-        draft_calls = (ctx.draft.calls if ctx.draft else 0) - calls[1]
+        draft_calls = ctx.drafting_calls() - calls[1]
         if group.draftable:
             group.policy.record(len(entries), draft, seconds, sum(map(len, committed)))
         if self.on_step:

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from paragen.errors import ContextLengthError, ParagenError, UnknownStrategyError, UnsupportedOptionError
+from paragen.labels import lossy
 
 
 class ServeError(Exception):
@@ -40,6 +41,11 @@ class ServeError(Exception):
         err = e.errors()[0]
         param = ".".join(str(p) for p in err["loc"] if not isinstance(p, int)) or None
         if err["type"] == "extra_forbidden":
+            name = param.removeprefix("paragen.") if param else ""
+            if param and param.startswith("paragen.") and name in SamplingFields.model_fields:
+                return cls(400, f"unknown field '{param}': {name} goes at the top level of the body, beside "
+                                f"temperature (openai client: extra_body={{'{name}': ...}}); the paragen object holds "
+                                "strategy and options only", param=param, code="unknown_field")
             return cls(400, f"unknown field '{param}': remove it (see the OpenAI completions reference for the fields "
                             "this server reads)", param=param, code="unknown_field")
         return cls(400, f"{param}: {err['msg']}" if param else err["msg"], param=param, code="invalid_value")
@@ -158,7 +164,7 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
 
 
-def response_body(rid: str, model: str, created: int, text: str, reason: str, usage: dict[str, int],
+def response_body(rid: str, model: str, created: int, text: str, reason: str, usage: dict[str, Any],
                   chat: bool) -> dict[str, Any]:
     """A whole (not streamed) completion: the text in ``choices[0].text``, or a chat ``message``."""
     choice: dict[str, Any] = {"index": 0, "logprobs": None, "finish_reason": reason}
@@ -171,7 +177,7 @@ def response_body(rid: str, model: str, created: int, text: str, reason: str, us
 
 
 def chunk_body(rid: str, model: str, created: int, text: str | None, reason: str | None, chat: bool,
-               usage: dict[str, int] | None = None) -> dict[str, Any]:
+               usage: dict[str, Any] | None = None) -> dict[str, Any]:
     """One streamed chunk: a piece of text, the closing finish_reason, or (text None) the usage alone.
 
     Chat chunks carry the text in ``delta``; the role rides on the first one (text "").
@@ -189,18 +195,21 @@ def chunk_body(rid: str, model: str, created: int, text: str | None, reason: str
 
 
 def usage_body(prompt_tokens: int, completion_tokens: int, stats: Any = None) -> dict[str, Any]:
-    """OpenAI's usage, and with the decode's ``Stats`` a ``paragen`` block: the strategy, its
-    target and draft calls, tokens per call, draft tokens proposed and accepted, and how many
-    of the request's steps drafted (the engine's speculation policy)."""
+    """OpenAI's usage, and with the decode's ``Stats`` a ``paragen`` block: the strategy, whether
+    the text is lossy (and the weights, when not float32; ``paragen.labels``, as ``generate
+    --stats`` and the bench say it), target and draft calls, tokens per call, draft tokens
+    proposed and accepted, and how many of the request's steps drafted (the engine's
+    speculation policy)."""
     usage: dict[str, Any] = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                              "total_tokens": prompt_tokens + completion_tokens}
     if stats is not None:
         extra = stats.extra
         usage["paragen"] = {
-            "strategy": stats.strategy, "target_calls": stats.target_calls, "draft_calls": stats.draft_calls,
-            "tokens_per_call": round(stats.tokens_per_call, 4),
-            "steps": sum(stats.committed_per_call.values()),
-            **{k: extra[k] for k in ("drafted_steps", "lossy", "weights") if k in extra},
+            "strategy": stats.strategy, "lossy": lossy(extra),
+            **({"weights": extra["weights"]} if extra.get("weights") else {}),
+            "target_calls": stats.target_calls, "draft_calls": stats.draft_calls,
+            "tokens_per_call": round(stats.tokens_per_call, 4), "steps": sum(stats.committed_per_call.values()),
+            **({"drafted_steps": extra["drafted_steps"]} if "drafted_steps" in extra else {}),
             **({"proposed": sum(extra["proposed"]), "accepted": sum(extra["accepted"])} if "proposed" in extra else {}),
         }
     return usage

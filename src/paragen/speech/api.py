@@ -1,12 +1,16 @@
 """The speech surface: ``transcribe(model, audio, strategy, **options) -> Transcript``.
 
-``audio`` is a file path, the bytes of an audio file, or a 1-D waveform (numpy or torch) at
-``sample_rate`` (default 16 kHz; other rates are resampled). The features are computed by
+``audio`` is a file path, the bytes of an audio file (both carry their sample rate), or a 1-D
+waveform (numpy or torch) with its ``sample_rate`` given (required: an array does not say its
+rate, and a wrong one silently changes every pitch and duration); other rates than 16 kHz are
+resampled. Any level is accepted (``features.normalise_level``); silence is refused and a
+steady noise or tone is warned about (``features.check_level``). The features are computed by
 ``features.log_mel``, the code that made the training features.
 """
 
 from __future__ import annotations
 
+import numbers
 import os
 import time
 from types import SimpleNamespace
@@ -15,22 +19,33 @@ from typing import Any
 import numpy as np
 import torch
 
+from paragen.errors import AudioInputError
 from paragen.speech import vocab
 from paragen.speech.decode import get_decoder
 from paragen.speech.decode.base import CountedSpeechModel, SpeechStats, Transcript
-from paragen.speech.features import SAMPLE_RATE, check_wave, load_audio, log_mel
+from paragen.speech.features import SAMPLE_RATE, check_level, check_wave, load_audio, log_mel, source_name
 from paragen.speech.model import SpeechModel
 
 Audio = str | os.PathLike | bytes | np.ndarray | torch.Tensor
 
 
-def waveform(audio: Audio, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """A checked mono 16 kHz float32 waveform from any accepted ``audio`` (AudioInputError otherwise)."""
+def waveform(audio: Audio, sample_rate: int | None = None) -> np.ndarray:
+    """A checked mono 16 kHz float32 waveform from any accepted ``audio`` (AudioInputError otherwise):
+    a file or its bytes (``sample_rate`` None: the file says its rate), or an array at ``sample_rate`` Hz."""
     if isinstance(audio, (str, os.PathLike, bytes)):
+        if sample_rate is not None:
+            raise AudioInputError(f"sample_rate={sample_rate!r} is for waveform arrays: an audio file carries its own "
+                                  "rate (drop sample_rate)")
         return load_audio(audio)
+    if sample_rate is None:
+        raise AudioInputError("a waveform array does not say its sample rate: pass sample_rate= (e.g. "
+                              f"transcribe(model, wave, sample_rate={SAMPLE_RATE}) for 16 kHz audio; other rates "
+                              "are resampled)")
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, numbers.Integral) or sample_rate <= 0:
+        raise AudioInputError(f"sample_rate must be a positive integer (Hz), got {sample_rate!r}")
     if isinstance(audio, torch.Tensor):
         audio = audio.detach().cpu().numpy()
-    return check_wave(np.asarray(audio), sample_rate)
+    return check_wave(np.asarray(audio), int(sample_rate))
 
 
 def options_for(name: str, options: dict[str, Any]) -> Any:
@@ -66,13 +81,16 @@ def decode_features(model: SpeechModel, features: torch.Tensor, strategy: str = 
     return Transcript(vocab.decode(tokens), tokens, stats)
 
 
-def transcribe(model: SpeechModel, audio: Audio, strategy: str = "ar", sample_rate: int = SAMPLE_RATE,
+def transcribe(model: SpeechModel, audio: Audio, strategy: str = "ar", sample_rate: int | None = None,
                **options: Any) -> Transcript:
     """Transcribe one utterance with a decoder (``ar``, ``beam``, ``ctc``, ``ctc_draft``, ``mask_predict``, ``cass_nat``).
 
-    Options are the decoder's keyword options (``beam=4``, ``iterations=10``, ``samples=5``...).
-    Returns ``Transcript(text, tokens, stats)``; ``stats`` has encoder and decoder calls, tokens
-    per decoder call, seconds and the real-time factor.
+    ``audio``: a file path or an audio file's bytes, or a 1-D waveform array (numpy or torch)
+    with its ``sample_rate`` in Hz (required for arrays; refused for files, which carry theirs).
+    Silent audio is refused (``AudioInputError``); audio whose level never varies gets an
+    ``AudioLevelWarning``. Options are the decoder's keyword options (``beam=4``,
+    ``iterations=10``, ``samples=5``...). Returns ``Transcript(text, tokens, stats)``; ``stats``
+    has encoder and decoder calls, tokens per decoder call, seconds and the real-time factor.
     """
     if not isinstance(model, SpeechModel):
         from paragen.errors import InvalidInputError
@@ -80,4 +98,5 @@ def transcribe(model: SpeechModel, audio: Audio, strategy: str = "ar", sample_ra
         raise InvalidInputError("transcribe needs a speech model, e.g. paragen.load(\"speech-en\")")
     opts = options_for(strategy, options)
     wave = waveform(audio, sample_rate)
+    check_level(wave, source_name(audio))
     return decode_features(model, log_mel(wave), strategy, opts, audio_seconds=len(wave) / SAMPLE_RATE)

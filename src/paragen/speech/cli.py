@@ -57,6 +57,7 @@ def decoder_help() -> str:
 def add_transcribe_parser(sub: argparse._SubParsersAction) -> None:
     """``paragen transcribe``."""
     from paragen.api import DEFAULT_THREADS
+    from paragen.cli import add_threads_flag
 
     p = sub.add_parser(
         "transcribe", help="transcribe speech (WAV, FLAC, OGG...) with an AR or NAR decoder",
@@ -69,7 +70,7 @@ def add_transcribe_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="speech-en", help="built-in speech model or directory (default: speech-en)")
     p.add_argument("--strategy", default="ar", help="decoder (see below; default: ar)")
     p.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE", help="decoder option (repeatable)")
-    p.add_argument("--threads", type=int, default=DEFAULT_THREADS, help=f"torch CPU threads (default: {DEFAULT_THREADS})")
+    add_threads_flag(p, DEFAULT_THREADS)
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="one JSON object per file: file, text, stats")
     out.add_argument("--stats", action="store_true", help="a statistics line per file on stderr")
@@ -80,9 +81,11 @@ def run_transcribe(args: argparse.Namespace) -> int:
     import json
 
     import paragen
-    from paragen.api import torch_threads
-    from paragen.errors import InvalidInputError
+    from paragen.cli import command_threads
+    from paragen.errors import AudioInputError, InvalidInputError
+    from paragen.models.io import resolve
     from paragen.speech.api import transcribe
+    from paragen.speech.model import is_speech_model
 
     options = {}
     for item in args.option:
@@ -90,10 +93,16 @@ def run_transcribe(args: argparse.Namespace) -> int:
         if not sep:
             raise InvalidInputError(f"decoder option '{item}' must look like KEY=VALUE")
         options[key.replace("-", "_")] = value
-    with torch_threads(args.threads):
+    if not is_speech_model(resolve(args.model)):
+        raise InvalidInputError(f"--model {args.model} is not a speech model: use --model speech-en (or a directory "
+                                "from `paragen train speech`)")
+    with command_threads(args):
         model = paragen.load(args.model)
         for name in args.files:
             audio = sys.stdin.buffer.read() if name == "-" else name
+            if name == "-" and not audio:
+                raise AudioInputError("standard input is empty: pipe an audio file in, e.g. "
+                                      "paragen transcribe - < clip.wav")
             out = transcribe(model, audio, strategy=args.strategy, **options)
             if args.json:
                 print(json.dumps({"file": name, "text": out.text, "stats": out.stats.to_dict()}))
@@ -103,7 +112,8 @@ def run_transcribe(args: argparse.Namespace) -> int:
                 s = out.stats
                 per_call = "-" if s.tokens_per_call is None else f"{s.tokens_per_call:.1f}"
                 print(f"[{s.strategy}: {s.tokens} characters, {s.decoder_calls} decoder calls, {s.encoder_calls} encoder "
-                      f"call, {per_call} characters/call, {s.seconds * 1000:.0f} ms, RTF {s.rtf:.3f}]", file=sys.stderr)
+                      f"call, {per_call} characters/call, {s.seconds * 1000:.0f} ms, RTF {s.rtf:.3f}"
+                      f"{'' if s.lossless else ', lossy'}]", file=sys.stderr)
     return 0
 
 

@@ -68,6 +68,10 @@ class DecodeContext:
     extra: dict[str, Any] = field(default_factory=dict)  # strategy-specific statistics (batch of one)
     generators: list[torch.Generator] = field(default_factory=list)  # one per prompt, for batched strategies
 
+    def drafting_calls(self) -> int:
+        """Calls of whatever drafts: the draft model and the prediction heads (or EAGLE drafter)."""
+        return (self.draft.calls if self.draft else 0) + getattr(self.heads, "calls", 0)
+
 
 class Strategy(ABC):
     """One decoding strategy. Subclasses set ``name``, ``Options`` and the capability flags."""

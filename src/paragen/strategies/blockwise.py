@@ -30,6 +30,7 @@ import torch
 from paragen.errors import HeadsMismatchError, UnsupportedOptionError
 from paragen.sampling import sample_rows, warp
 from paragen.strategies.base import ChainStrategy
+from paragen.strategies.counts import count_step, new_counts
 
 MAX_HEADS = 16  # k = 0 ("every head") reserves cache room for this many
 
@@ -66,7 +67,7 @@ class Blockwise(ChainStrategy):
         super().prefill_rows(prompts)
 
     def new_extra(self) -> dict[str, Any]:
-        return {"proposed": [0] * self.k, "accepted": [0] * self.k, "nodes": 0, "lossy": not self.lossless}
+        return new_counts()
 
     def propose(self, budgets: list[int]) -> tuple[torch.Tensor, list[int], torch.Tensor | None]:
         """Each ready row's first k head proposals from its ``hidden`` state (fewer near its
@@ -83,7 +84,4 @@ class Blockwise(ChainStrategy):
 
     def accepted(self, accept: list[int], lengths: list[int], before: list[int]) -> None:
         for extra, a, n in zip(self.extras, accept, lengths):
-            extra["nodes"] += n
-            for i in range(n):
-                extra["proposed"][i] += 1
-                extra["accepted"][i] += int(i < a)
+            count_step(extra, n, a, n)

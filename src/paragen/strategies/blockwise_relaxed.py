@@ -52,7 +52,8 @@ class BlockwiseRelaxed(Blockwise):
 
     def new_extra(self) -> dict[str, Any]:
         o = self.opts
-        return {**super().new_extra(), "acceptance": f"top_m={o.m}" if o.accept == "top_m" else f"distance={o.eps}"}
+        rule = f"top_m={o.m}" if o.accept == "top_m" else f"distance={o.eps}"
+        return {**super().new_extra(), "lossy": True, "acceptance": rule}
 
     def verify_rows(self, draft: torch.Tensor, lengths: torch.Tensor, logits: torch.Tensor,
                     q: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:

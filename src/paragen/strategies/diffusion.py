@@ -46,7 +46,8 @@ calls are counted: use ``audit`` to measure quality, not speed).
 
 Stats (``extra``): ``unmasked_per_call`` is the histogram of tokens unmasked per call (the
 parallelism; the driver's ``committed_per_call`` counts tokens released in order),
-``blocks``, and with a cache ``cache_refreshes`` and, when auditing, ``cache_audit``.
+``blocks``, and with a cache ``cache_refreshes`` and, when auditing, ``cache_audit``;
+``lossy`` is always True.
 """
 
 from __future__ import annotations
@@ -222,7 +223,7 @@ class Diffusion(Strategy):
         self.block_length, self.grow = block_length, grow
         self.end: int | None = None  # prompt + max_new_tokens, known at the first step
         self.unmasked: Counter[int] = Counter()
-        self.ctx.extra.update(blocks=0, unmasked_per_call={})
+        self.ctx.extra.update(blocks=0, unmasked_per_call={}, lossy=True)
 
     def step(self, budget: int) -> list[int]:
         if self.end is None:

@@ -23,6 +23,7 @@ import torch
 
 from paragen.sampling import SamplingParams, warp
 from paragen.strategies.base import BatchedStrategy, CountedModel, catch_up, feed, pad, prefill_cache
+from paragen.strategies.counts import count_step, new_counts
 from paragen.tree import TokenTree
 from paragen.verify import verify_tree
 
@@ -118,7 +119,7 @@ class TreeDraftStrategy(BatchedStrategy):
         return drafter
 
     def new_extra(self) -> dict[str, Any]:
-        return {"proposed": [], "accepted": [], "nodes": 0}
+        return new_counts()
 
     def draft_probs(self, logits: torch.Tensor) -> torch.Tensor:
         """The draft's probabilities [..., V]: warped like the target's when sampling, its own
@@ -175,10 +176,4 @@ class TreeDraftStrategy(BatchedStrategy):
 
     def record(self, row: int, tree: TokenTree, logits: torch.Tensor, path: list[int]) -> None:
         """Count one verified tree into its row's stats: depths reached and accepted, nodes drafted."""
-        extra = self.extras[row]
-        for key in ("proposed", "accepted"):
-            extra[key] += [0] * (tree.depth - len(extra[key]))
-        for d in range(tree.depth):
-            extra["proposed"][d] += 1
-            extra["accepted"][d] += int(d < len(path))
-        extra["nodes"] += len(tree) - 1
+        count_step(self.extras[row], tree.depth, len(path), len(tree) - 1)

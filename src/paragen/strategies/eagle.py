@@ -18,8 +18,6 @@ drafter cache (``TreeDraftStrategy``), prefilled with its prompt's true features
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from paragen.strategies.tree import Tree
@@ -99,9 +97,6 @@ class Eagle(Tree):
         heads = self.ctx.heads
         pending = states[row, :n] if n else heads.proj.new_zeros(0, heads.proj.shape[1])
         return EagleDrafter(heads, self.ctx.cache_length, pending)
-
-    def new_extra(self) -> dict[str, Any]:
-        return {**super().new_extra(), "lossy": False}
 
     def depth(self, row: int) -> int:
         return super().depth(row) if self.drafters[row].ready else 0  # a one-token prompt has no feature yet

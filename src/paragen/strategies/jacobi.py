@@ -5,14 +5,18 @@ gives the argmax y_i at every position given the guesses before it. y_0 is exact
 guess equal to its own update (g_i == y_{i-1}) is a fixed point, so every y up to the
 first changed guess is exact too: commit them (at least one per call) and carry the
 remaining y as the next iteration's guesses. Exactly greedy decoding.
+Stats: the guesses as drafts, ``proposed`` / ``accepted`` per window position and ``nodes``
+(``paragen.strategies.counts``): a guess is accepted when it was already its own update.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from paragen.errors import UnsupportedOptionError
 from paragen.strategies.base import Strategy, feed
+from paragen.strategies.counts import count_step, new_counts
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,10 @@ class Jacobi(Strategy):
     def prefill(self, prompt: list[int]) -> None:
         super().prefill(prompt)
         self.guesses = [self.seq[-1]] * self.opts.window  # initial guess: repeat the last token
+        self.counts = new_counts()
+
+    def row_extra(self, row: int) -> dict[str, Any]:
+        return {**super().row_extra(row), **self.counts}
 
     def step(self, budget: int) -> list[int]:
         n = len(self.seq)
@@ -48,6 +56,7 @@ class Jacobi(Strategy):
         accept_len = 0
         while accept_len < len(guesses) and guesses[accept_len] == y[accept_len]:
             accept_len += 1
+        count_step(self.counts, len(guesses), accept_len, len(guesses))
         # 3. commit y_0..y_a; the cache keeps the newest token and the converged guesses
         self.cache.commit(accept_len + 1)
         committed = y[: accept_len + 1]

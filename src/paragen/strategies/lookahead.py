@@ -10,7 +10,11 @@ One forward carries three parts, separated by an explicit attention mask:
   - the verification branch: up to ``guesses`` pool n-grams that start with the newest
     token, each seeing only itself. The longest prefix matching the target's argmax is
     committed with one bonus token, so the output is exactly greedy decoding.
-The accepted candidate's cache slots are compacted with ``cache.keep``.
+The accepted candidate's cache slots are compacted with ``cache.keep``. Candidates are cut
+to the tokens still wanted (the budget), as ``jacobi`` cuts its window. Stats: the pool
+candidates are the drafts, ``proposed`` / ``accepted`` per position (the longest candidate's
+depth; the accepted prefix) and ``nodes`` (every candidate token verified), as for a tree
+(``paragen.strategies.counts``); the window's guesses are not verified, so not counted.
 """
 
 from __future__ import annotations
@@ -18,11 +22,13 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any
 
 import torch
 
 from paragen.errors import UnsupportedOptionError
 from paragen.strategies.base import Strategy, feed
+from paragen.strategies.counts import count_step, new_counts
 
 
 @dataclass(frozen=True)
@@ -77,6 +83,10 @@ class Lookahead(Strategy):
         if o.pool_from_prompt:
             for i in range(len(prompt) - o.ngram + 1):
                 self.remember(tuple(prompt[i : i + o.ngram]))
+        self.counts = new_counts()
+
+    def row_extra(self, row: int) -> dict[str, Any]:
+        return {**super().row_extra(row), **self.counts}
 
     def remember(self, gram: tuple[int, ...]) -> None:
         """Most recent first, no duplicates, at most ``guesses`` per first token."""
@@ -88,9 +98,10 @@ class Lookahead(Strategy):
 
     def step(self, budget: int) -> list[int]:
         o, n = self.opts, len(self.seq)
-        W, L, m = o.window, o.ngram - 1, o.ngram - 1
+        # m: candidate length, cut so that a step never commits more than the budget
+        W, L, m = o.window, o.ngram - 1, min(o.ngram - 1, budget - 1)
         # 1. propose: pool candidates for the newest token, plus the lookahead window
-        cands = self.pool.get(self.seq[-1], [])[: o.guesses]
+        cands = [c[:m] for c in self.pool.get(self.seq[-1], [])[: o.guesses]] if m else []
         G = len(cands)
         tokens = [self.seq[-1]] + [t for row in self.rows for t in row] + [t for c in cands for t in c]
         offsets = [0] + [r + j + 1 for r in range(L) for j in range(W)] + [i + 1 for _ in range(G) for i in range(m)]
@@ -107,6 +118,7 @@ class Lookahead(Strategy):
                 a += 1
             if a > accept_len:
                 best_g, accept_len = g, a
+        count_step(self.counts, m if G else 0, accept_len, G * m)
         if best_g >= 0:
             nxt = y[base + best_g * m + accept_len - 1]
             committed = [*cands[best_g][:accept_len], nxt]

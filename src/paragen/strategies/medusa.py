@@ -23,7 +23,6 @@ recursive rejection renormalises after each rejected child. Both are lossless.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
@@ -74,9 +73,6 @@ class Medusa(TreeDraftStrategy):
 
     def new_drafter(self, row: int, states: torch.Tensor | None) -> None:
         return None  # the heads, read from ``hidden``
-
-    def new_extra(self) -> dict[str, Any]:
-        return {**super().new_extra(), "lossy": not self.lossless}
 
     def depth(self, row: int) -> int:
         return len(self.widths) if self.ready[row] else 0  # a one-token prompt has no state yet

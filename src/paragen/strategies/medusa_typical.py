@@ -45,7 +45,8 @@ class MedusaTypical(Medusa):
     summary = "LOSSY medusa: drafted tokens kept when the target finds them typical (entropy-scaled threshold)"
 
     def new_extra(self) -> dict[str, Any]:
-        return {**super().new_extra(), "acceptance": f"typical epsilon={self.opts.epsilon} delta={self.opts.delta}"}
+        rule = f"typical epsilon={self.opts.epsilon} delta={self.opts.delta}"
+        return {**super().new_extra(), "lossy": True, "acceptance": rule}
 
     def verify(self, row: int, tree: TokenTree, logits: torch.Tensor) -> tuple[list[int], int]:
         return typical_accept_tree(tree, logits, self.ctx.sampling, self.generators[row], self.opts.epsilon,

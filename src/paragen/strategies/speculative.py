@@ -18,6 +18,7 @@ import torch
 
 from paragen.errors import UnsupportedOptionError
 from paragen.strategies.base import ChainStrategy, catch_up_rows, draw, feed_rows, prefill_rows
+from paragen.strategies.counts import count_step, new_counts
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ class Speculative(ChainStrategy):
         self.ks = [self.opts.k] * len(prompts)  # each row's k (adaptive moves it)
 
     def new_extra(self) -> dict[str, Any]:
-        return {"proposed": [0] * self.opts.k, "accepted": [0] * self.opts.k, "nodes": 0}
+        return new_counts()
 
     def propose(self, budgets: list[int]) -> tuple[torch.Tensor, list[int], torch.Tensor | None]:
         """Each row's k draft tokens, and their warped draft probabilities q when sampling
@@ -78,10 +79,6 @@ class Speculative(ChainStrategy):
         # The draft cache drops what it wrote past each row's accepted prefix.
         self.draft_cache.truncate_rows([min(d, n + a) for d, n, a in zip(self.draft_cache.rows, before, accept)])
         for b, (k, a) in enumerate(zip(lengths, accept)):
-            extra = self.extras[b]
-            extra["nodes"] += k
-            for i in range(k):
-                extra["proposed"][i] += 1
-                extra["accepted"][i] += int(i < a)
+            count_step(self.extras[b], k, a, k)
             if self.opts.adaptive and k > 0:
                 self.ks[b] = min(self.opts.k, self.ks[b] + 2) if a == k else max(1, self.ks[b] - 1)

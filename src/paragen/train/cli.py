@@ -236,6 +236,7 @@ def run_train_diffusion(args: argparse.Namespace) -> int:
 
 
 def add_heads_parser(tsub: argparse._SubParsersAction) -> None:
+    from paragen.cli import add_threads_flag
     from paragen.heads import KINDS
     from paragen.train.heads import HeadsTrainConfig
 
@@ -251,15 +252,17 @@ def add_heads_parser(tsub: argparse._SubParsersAction) -> None:
     h.add_argument("--resume", action="store_true", help="continue from the checkpoint beside --out")
     add_stop_at(h)
     h.add_argument("--quiet", action="store_true", help="no progress bar")
-    add_config_flags(h, HeadsTrainConfig, skip={"kind", "target", "out", "size", "tokenizer", "vocab_size", "attention",
-                                                 "device"})
+    add_config_flags(h, HeadsTrainConfig, skip={"kind", "target", "out", "size", "tokenizer", "vocab_size", "attention"})
+    add_threads_flag(h, default=None)
 
 
 def run_train_heads(args: argparse.Namespace) -> int:
+    from paragen.cli import command_threads
     from paragen.train.heads import HeadsTrainConfig, train_heads
 
     cfg = config_from_args(HeadsTrainConfig, args)
-    rec = train_or_resume_hint(train_heads, cfg, args)
+    with command_threads(args):
+        rec = train_or_resume_hint(train_heads, cfg, args)
     if rec is None:
         return 130
     accs = " ".join(f"{a:.3f}" for a in rec["per_head_accuracy"])

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from paragen.errors import InvalidInputError
 from paragen.heads import KINDS, Heads, fingerprint, new_heads, save_heads
 from paragen.heads.io import bind_heads, heads_dir, read_heads
-from paragen.models import load
+from paragen.models import device_of, load
 from paragen.models.base import Model
 from paragen.models.io import resolve
 from paragen.train.lm import TrainConfig, prepare, train_field
@@ -89,16 +89,17 @@ def head_loss(heads: Heads, target: Model, batch: torch.Tensor, cfg: HeadsTrainC
     ``generator``: training draws eagle's feature noise and the positions read out
     (``readout_fraction``) from it (checkpointed, so resume stays exact); evaluation passes
     None: no noise, every position."""
-    x = batch[:, :-1]
+    x = batch[:, :-1].to(device_of(target))  # the device the target and the heads train on (--device)
     B, L = x.shape
     losses, correct, count = [], [], []
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
         with torch.no_grad():  # the frozen target: labels and features
-            logits, hidden = target(x, torch.arange(L).expand(B, -1), return_hidden=True)
+            logits, hidden = target(x, torch.arange(L, device=x.device).expand(B, -1), return_hidden=True)
         hidden = hidden.float()
         noisy = hidden
         if heads.kind == "eagle" and generator is not None and cfg.eagle_noise > 0:
-            noise = torch.rand(hidden.shape, generator=generator, dtype=hidden.dtype)
+            # drawn on the CPU, as the batches are: a seed gives the same run on any device
+            noise = torch.rand(hidden.shape, generator=generator, dtype=hidden.dtype).to(hidden.device)
             noisy = hidden + (2 * noise - 1) * cfg.eagle_noise
         feats = heads.train_features(noisy, x)  # [B, L, K, H]; eagle: K = 1, the predicted features of t + 1
         for j in range(feats.shape[2]):
@@ -106,6 +107,7 @@ def head_loss(heads: Heads, target: Model, batch: torch.Tensor, cfg: HeadsTrainC
             pick = torch.arange(n)
             if generator is not None and cfg.readout_fraction < 1:
                 pick = torch.randperm(n, generator=generator)[: max(1, round(n * cfg.readout_fraction))]
+            pick = pick.to(x.device)
             pred = heads.readout(feats[:, pick, j]).float().flatten(0, 1)
             want = logits[:, pick + j + 1].float().flatten(0, 1)
             top = want.argmax(-1)
@@ -160,7 +162,8 @@ def train_heads(cfg: HeadsTrainConfig, resume: bool = False, progress: bool = Tr
     work = out.parent / f".{out.name}.work"
     work.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    target = load(cfg.target, dtype=torch.float32).eval().requires_grad_(False)  # native backend: an nn.Module
+    # native backend: an nn.Module, on the device the heads train on
+    target = load(cfg.target, dtype=torch.float32, device=cfg.device).eval().requires_grad_(False)
     _, train, heldout, split = prepare(replace(cfg, tokenizer=str(resolve(cfg.target))))  # the target's tokenizer
     heads = start_heads(cfg, target)
     state = fit(heads, cfg, train, lambda h, batch, g: head_loss(h, target, batch, cfg, g)[0],
