@@ -172,7 +172,8 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=64, help="requests per level (default: 64)")
     p.add_argument("--max-tokens", type=int, default=128, help="max_tokens per request (default: 128)")
     p.add_argument("--max-batch", type=int, default=16, help="the server's --max-batch (default: 16)")
-    p.add_argument("--server-args", default="", help="more flags for `paragen serve`, e.g. '--no-speculation-policy'")
+    p.add_argument("--server-args", default="",
+                   help="more flags for `paragen serve`, e.g. --server-args=--no-speculation-policy (with '=')")
     p.add_argument("--max-prompt-chars", type=int, default=1200, help="skip longer HumanEval prompts (default: 1200)")
     p.add_argument("--threads", type=int, default=2, help="torch threads of the server and the direct run (default: 2)")
     p.add_argument("--no-direct", action="store_true", help="skip the direct paragen.generate reference")

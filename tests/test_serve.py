@@ -325,7 +325,7 @@ def test_serve_flags_and_defaults():
     from paragen.cli import build_parser
 
     args = build_parser().parse_args(["serve"])
-    assert (args.host, args.max_batch, args.strategy, args.api_key) == ("127.0.0.1", 8, "ar", None)
+    assert (args.host, args.max_batch, args.strategy, args.api_key) == ("127.0.0.1", 16, "ar", None)
     args = build_parser().parse_args(["serve", "--port", "0", "--max-queue", "2", "--timeout", "5", "--threads", "1"])
     assert (args.port, args.max_queue, args.timeout, args.threads) == (0, 2, 5.0, 1)
 

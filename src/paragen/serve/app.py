@@ -41,7 +41,7 @@ class ServeConfig:
     """Server settings; ``paragen serve`` flags map onto these fields one to one."""
 
     strategy: str = "ar"  # used when a request names none
-    max_batch: int = 8  # rows in the running batch at most (all groups together)
+    max_batch: int = 16  # rows in the running batch at most (all groups together)
     max_queue: int = 64  # requests waiting to join the running batch; more are answered 429
     cache_tokens: int | None = None  # KV cache slots of all running rows together; None: max_batch x context
     prefill_tokens: int = 2048  # prompt tokens admitted per step at most (at least one request)

@@ -45,8 +45,9 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--draft", default=None, help="draft model for the strategies that need one (speculative, tree, spectr)")
     p.add_argument("--strategy", default="ar", help="strategy for requests that name none (default: ar)")
     add_model_flags(p)
-    p.add_argument("--max-batch", type=int, default=8,
-                   help="rows in the running batch at most, all groups together (default: 8)")
+    p.add_argument("--max-batch", type=int, default=16,
+                   help="rows in the running batch at most, all groups together; on a 2-core CPU 16 rows of ar make "
+                        "~2.8x the tokens/s of one (BENCHMARKS.md, Serving) (default: 16)")
     p.add_argument("--cache-tokens", type=int, default=None,
                    help="KV cache slots of all running rows together; a request needing more than all of them is "
                         "refused, one needing more than are free waits (default: max-batch x the model context)")

@@ -54,11 +54,16 @@ from paragen.strategies.drafter import TreeDraftStrategy
 
 log = logging.getLogger("paragen.serve")
 
-# Re-measure the choice not taken every this many steps of a group (one step in 16 costs at
-# most 1/16 of the difference when the other choice is the slower one).
-EXPLORE_EVERY = 16
-# Weight of the newest measurement in the running mean of seconds per token.
-SMOOTHING = 0.2
+# Re-measure the choice not taken every this many steps of a group. A drafting step after many
+# plain ones also feeds the draft model the tokens it missed and drafts k levels: at batch 16
+# it costs ~3 plain steps, so exploring one step in 16 lost ~12% of batched speed (measured
+# with scripts/serve_load.py); one in 64 loses ~3% and still follows a change of load in
+# seconds.
+EXPLORE_EVERY = 64
+# ... and every this many steps while the two costs are within a factor CLOSE of each other.
+EXPLORE_CLOSE, CLOSE = 8, 1.25
+# Steps per choice and batch-size bucket that its cost is measured over.
+WINDOW = 8
 
 
 class CacheBudgetError(ParagenError):
@@ -92,30 +97,46 @@ class Entry:
 
 
 class SpeculationPolicy:
-    """Draft or not, per step of one group: measured seconds per committed token of both
-    choices per batch-size bucket, the faster one taken, the other re-tried now and then."""
+    """Draft or not, per step of a group: the measured seconds per committed token of both
+    choices per batch-size bucket, the faster one taken, the other re-tried now and then.
+
+    One policy per (strategy, options, draft, heads, sampling), kept by the engine across the
+    groups that come and go (a group of one lives for one request), so what it learned serves
+    the next request. A choice's cost is the seconds over the tokens of its last ``WINDOW``
+    steps, the slowest one left out: a ratio of sums weighs a step by the tokens it committed,
+    and leaving out one step keeps a single outlier (the first call of a shape, a stall while
+    the event loop held a core) from deciding hundreds of steps.
+    """
 
     def __init__(self) -> None:
-        self.cost: dict[tuple[int, bool], float] = {}  # (bucket, drafted) -> seconds per token
+        self.samples: dict[tuple[int, bool], deque[tuple[float, int]]] = {}  # (bucket, drafted) -> (seconds, tokens)
         self.steps = 0
 
     @staticmethod
     def bucket(rows: int) -> int:
         return 1 << (rows - 1).bit_length()
 
+    def cost(self, rows: int, drafted: bool) -> float | None:
+        """Seconds per committed token of this choice at this batch size, if measured."""
+        steps = sorted(self.samples.get((self.bucket(rows), drafted), ()), key=lambda s: s[0] / max(s[1], 1))
+        if not steps:
+            return None
+        kept = steps[:-1] if len(steps) >= 3 else steps
+        return sum(s for s, _ in kept) / max(sum(t for _, t in kept), 1)
+
     def choose(self, rows: int) -> bool:
         self.steps += 1
-        b = self.bucket(rows)
-        for drafted in (True, False):  # measure each choice once first
-            if (b, drafted) not in self.cost:
-                return drafted
-        best = self.cost[b, True] <= self.cost[b, False]
-        return (not best) if self.steps % EXPLORE_EVERY == 0 else best
+        draft, plain = self.cost(rows, True), self.cost(rows, False)
+        if draft is None or plain is None:  # measure each choice once first
+            return draft is None
+        best = draft <= plain
+        # close costs are uncertain ones (a window of a few steps of a bimodal cost, as lookup's
+        # match / no match): re-measure the other choice more often there
+        every = EXPLORE_CLOSE if max(draft, plain) < CLOSE * min(draft, plain) else EXPLORE_EVERY
+        return (not best) if self.steps % every == 0 else best
 
     def record(self, rows: int, drafted: bool, seconds: float, tokens: int) -> None:
-        key, per_token = (self.bucket(rows), drafted), seconds / max(tokens, 1)
-        old = self.cost.get(key)
-        self.cost[key] = per_token if old is None else (1 - SMOOTHING) * old + SMOOTHING * per_token
+        self.samples.setdefault((self.bucket(rows), drafted), deque(maxlen=WINDOW)).append((seconds, tokens))
 
 
 @dataclass
@@ -149,6 +170,7 @@ class Engine:
         self.waiting: deque[Entry] = deque()
         self._lock = threading.Lock()
         self._turn = 0
+        self.policies: dict[Any, SpeculationPolicy] = {}  # per (strategy, options, draft, heads, sampling)
         self.on_step: Callable[[Group, int, bool], None] | None = None  # (group, rows, drafted): metrics
 
     # ------------------------------------------------------------ from any thread
@@ -299,9 +321,12 @@ class Engine:
                     entry.emit("failed", e)
 
     def _key(self, entry: Entry) -> Any:
-        r = entry.request
-        if not r.strategy.batched or self.one_row:
+        if not entry.request.strategy.batched or self.one_row:
             return ("alone", entry.id)
+        return self._policy_key(entry.request)
+
+    @staticmethod
+    def _policy_key(r: Request) -> Any:
         return (r.strategy.name, r.options, id(r.draft), id(r.heads), r.sampling)
 
     def _join(self, key: Any, entries: list[Entry]) -> None:
@@ -330,7 +355,8 @@ class Engine:
         if group is None:
             draftable = (self.speculation and first.sampling.greedy
                          and issubclass(first.strategy, (ChainStrategy, TreeDraftStrategy)) and first.strategy.name != "ar")
-            self.groups.append(Group(key, first, ctx, strategy, list(entries), SpeculationPolicy() if draftable else None))
+            policy = self.policies.setdefault(self._policy_key(first), SpeculationPolicy()) if draftable else None
+            self.groups.append(Group(key, first, ctx, strategy, list(entries), policy))
             return
         assert isinstance(group.strategy, BatchedStrategy)
         group.strategy.join(strategy)
