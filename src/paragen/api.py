@@ -105,8 +105,8 @@ def stream(
     One prompt only; ``generate`` takes a batch. A stream is one continuation's text, as its
     consumers (the CLI's terminal, a server's SSE response) read it: a batch's pieces would
     interleave rows and need another item type, (row, text), that only a batching server
-    could use, and such a server admits new requests into a running batch (continuous
-    batching), which a fixed list of prompts does not give.
+    could use, and the server's engine (``paragen.serve.engine``) admits new requests into a
+    running batch (continuous batching), which a fixed list of prompts does not give.
     """
     from paragen.speech.model import SpeechModel
 

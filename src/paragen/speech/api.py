@@ -50,7 +50,7 @@ def waveform(audio: Audio, sample_rate: int | None = None) -> np.ndarray:
 
 def options_for(name: str, options: dict[str, Any]) -> Any:
     """The decoder's Options from keyword options (strict: unknown or ill-typed ones are an error)."""
-    from paragen.api import make_options
+    from paragen.options import make_options
     from paragen.errors import UnsupportedOptionError
 
     module = get_decoder(name)
