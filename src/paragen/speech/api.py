@@ -50,8 +50,8 @@ def waveform(audio: Audio, sample_rate: int | None = None) -> np.ndarray:
 
 def options_for(name: str, options: dict[str, Any]) -> Any:
     """The decoder's Options from keyword options (strict: unknown or ill-typed ones are an error)."""
-    from paragen.options import make_options
     from paragen.errors import UnsupportedOptionError
+    from paragen.options import make_options
 
     module = get_decoder(name)
     try:
