@@ -199,6 +199,7 @@ def test_a_batch_of_one_is_a_list_for_every_strategy():
     assert len(rows) == 1 and rows[0].tokens == reference_greedy(MODEL, [1, 2, 3], 8)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy,params", [
     ("ar", SamplingParams(1.0)),
     ("speculative", SamplingParams(0.8, top_p=0.9)),

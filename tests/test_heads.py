@@ -321,6 +321,7 @@ def test_perfect_heads_give_a_block_per_call():
         assert out.stats.target_calls == calls  # 5 tokens per call (4 heads + the target's own)
 
 
+@pytest.mark.slow
 def test_builtin_target_with_heads_equals_oracle():
     """code-target (float64), a HumanEval prompt, untrained heads (Medusa's initialisation),
     partly right ones and the shipped trained heads (loaded by default): the oracle holds on a
@@ -400,6 +401,7 @@ def test_eagle_feeds_the_drafter_the_targets_true_features(options):
 # ---------------------------------------------------------------- strategies: sampling
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,kind,options", [
     ("blockwise", "blockwise", {}),
     ("medusa", "medusa", {"widths": "2,2"}),

@@ -86,6 +86,7 @@ DRAFT = tiny_model(12, vocab=V, std=0.6)  # a different model: rejections do hap
 PROMPT = [0, 1, 2, 0, 1]  # repeats, so lookup finds drafts
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy,params", [
     ("ar", SamplingParams(1.0)),
     ("speculative", SamplingParams(1.0)),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -133,6 +134,7 @@ def test_hf_backend_strategies_equal_native(model_dir):
     assert b.tokens == paragen.generate(native, "def add(a, b):", "ar", max_new_tokens=24).tokens
 
 
+@pytest.mark.slow
 def test_builtin_models_every_lossless_strategy_equals_oracle():
     """The shipped models (float64), two HumanEval prompts: the oracle holds on a real model too."""
     from paragen.tasks import humaneval

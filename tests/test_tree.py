@@ -237,6 +237,7 @@ def test_bad_tree_options_raise(name, options):
         paragen.generate(TARGET, [1, 2], name, max_new_tokens=4, draft=OTHER, **options)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,options", [
     ("tree", {}),
     ("tree", {"shape": "static", "widths": "3,2"}),
