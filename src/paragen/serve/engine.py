@@ -158,7 +158,7 @@ class Group:
 class Engine:
     """A running batch over ``model``: ``add`` requests, ``step`` until idle, ``cancel`` any time."""
 
-    def __init__(self, model: Model, max_batch: int = 8, cache_tokens: int | None = None, prefill_tokens: int = 2048,
+    def __init__(self, model: Model, max_batch: int = 16, cache_tokens: int | None = None, prefill_tokens: int = 2048,
                  max_waiting: int = 64, speculation: bool = True) -> None:
         if max_batch < 1 or prefill_tokens < 1 or max_waiting < 0:
             raise ValueError("max_batch and prefill_tokens must be >= 1 and max_waiting >= 0")
