@@ -334,14 +334,15 @@ class Engine:
         group = next((g for g in self.groups if g.key == key), None)
         first = entries[0].request
         need = max(e.need for e in entries)
-        # caches come in power-of-two lengths, so that most joins need no widening of the running cache
-        length = max(need, group.ctx.cache_length if group else 0)
-        length = min(1 << (length - 1).bit_length(), max(length, self.model.info.max_length + first.strategy.slack(
-            first.options)))
+        # caches come in power-of-two lengths (never past what a row can need), so that most joins
+        # need no widening of the running cache (``KVCache.extend`` widens the shorter side)
+        length = max(need, group.strategy.cache.max_length if group else 0)
+        cap = self.model.info.max_length + first.strategy.slack(first.options)
+        length = max(length, min(1 << (length - 1).bit_length(), cap))
         generators = [row_generator(self.model, e.request.seeds[0]) for e in entries]
         ctx = context(self.model, first, generators, length)
         if group is not None:  # share the group's counted models, so its call counts stay one count
-            ctx = dataclasses.replace(ctx, target=group.ctx.target, draft=group.ctx.draft, cache_length=length)
+            ctx = dataclasses.replace(ctx, target=group.ctx.target, draft=group.ctx.draft)
         strategy = first.strategy(ctx, first.options)
         now = time.perf_counter()
         for e in entries:
@@ -360,8 +361,6 @@ class Engine:
             return
         assert isinstance(group.strategy, BatchedStrategy)
         group.strategy.join(strategy)
-        group.ctx = dataclasses.replace(group.ctx, cache_length=length)
-        group.strategy.ctx = group.ctx
         group.entries += entries
 
 

@@ -72,7 +72,7 @@ class Metrics:
     def inter_token(self, seconds: float) -> None:
         self.between.observe(seconds)
 
-    def step(self, strategy: str, rows: int, drafted: bool | None, running: int, queued: int) -> None:
+    def step(self, strategy: str, rows: int, drafted: bool | None) -> None:
         """One engine step of a group of ``rows`` (``drafted``: the policy's choice, None when it had none)."""
         self.batch.observe(rows)
         self.steps.labels(strategy, "always" if drafted is None else str(drafted).lower()).inc()

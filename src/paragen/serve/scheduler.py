@@ -44,7 +44,7 @@ class Job:
     arrived: float = field(default_factory=time.monotonic)
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     entry: Entry | None = None
-    last_piece: float = 0.0
+    last_piece: float | None = None  # when the latest piece was emitted (None: none yet)
 
     def emit(self, kind: str, value: Any = None) -> None:
         try:
@@ -91,10 +91,8 @@ class Scheduler:
 
     def submit(self, job: Job) -> None:
         """Hand a checked request to the engine. ``QueueFullError`` (429) or ``CacheBudgetError`` (400)."""
-        first: list[bool] = [True]
-
         def emit(kind: str, value: Any) -> None:
-            self._observe(job, kind, value, first)
+            self._observe(job, kind, value)
             job.emit(kind, value)
 
         job.entry = Entry(job.request, emit, deadline=job.deadline, arrived=job.arrived)
@@ -121,17 +119,16 @@ class Scheduler:
                     return
             self.engine.step()
 
-    def _observe(self, job: Job, kind: str, value: Any, first: list[bool]) -> None:
+    def _observe(self, job: Job, kind: str, value: Any) -> None:
         """Metrics from a request's events, on the decoder thread."""
         if self.metrics is None:
             return
         now = time.monotonic()
         if kind == "piece":
-            if first[0]:
+            if job.last_piece is None:
                 self.metrics.first(now - job.arrived)
             else:
                 self.metrics.inter_token(now - job.last_piece)
-            first[0] = False
             job.last_piece = now
         elif kind == "done":
             assert isinstance(value, Generation)
@@ -142,8 +139,7 @@ class Scheduler:
 
     def _stepped(self, group: Group, rows: int, drafted: bool) -> None:
         if self.metrics:
-            self.metrics.step(group.request.strategy.name, rows, drafted if group.draftable else None,
-                              self.engine.running, self.engine.queued)
+            self.metrics.step(group.request.strategy.name, rows, drafted if group.draftable else None)
 
     def _record(self, outcome: str) -> None:
         if self.metrics:
