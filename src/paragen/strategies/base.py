@@ -231,15 +231,27 @@ class BatchedStrategy(Strategy):
     and a target cache with per-row lengths. With ``reads_hidden`` (drafts from the target's
     own states, as prediction heads do), ``hidden`` [B, H] holds each row's final-norm state
     at its last accepted position (the one that predicted its newest token), and ``ready[b]``
-    is False until row b has one (a one-token prompt before its first step)."""
+    is False until row b has one (a one-token prompt before its first step).
+
+    The state splits in two. The *shared* state (``seqs``, ``generators``, ``ready``, the
+    target ``cache`` and ``hidden``) is what any strategy continuing these rows needs; the
+    *own* state (``extras``, draft caches, drafters: ``row_lists`` / ``row_caches``) is this
+    strategy's. ``prefill_rows`` is ``prefill_shared`` then ``prepare_rows``; a strategy that
+    switches between others (``auto``) prefills the shared state once, prepares each
+    candidate's own, and hands the shared state to whichever steps (``share``). With
+    ``reads_hidden`` set on an instance, any subclass keeps ``hidden`` current, and each step
+    leaves the states of the positions it committed in ``kept_states`` (for drafters that
+    are fed every true feature, as EAGLE's is, while another strategy runs).
+    """
 
     batched = True
     reads_hidden: ClassVar[bool] = False
-    # Per-row state, one entry per row of the batch, that ``select`` filters and ``join``
+    shared: ClassVar[tuple[str, ...]] = ("seqs", "generators", "ready", "cache", "hidden")
+    # Own per-row state, one entry per row of the batch, that ``select`` filters and ``join``
     # extends: lists of host values, and caches with per-row lengths. A subclass with more
-    # per-row state adds its names here (``hidden`` [B, H] is handled by this class).
-    row_lists: ClassVar[tuple[str, ...]] = ("seqs", "extras", "generators", "ready")
-    row_caches: ClassVar[tuple[str, ...]] = ("cache",)
+    # per-row state adds its names here.
+    row_lists: ClassVar[tuple[str, ...]] = ("extras",)
+    row_caches: ClassVar[tuple[str, ...]] = ()
 
     def prefill(self, prompt: list[int]) -> None:
         self.prefill_rows([prompt])
@@ -247,11 +259,13 @@ class BatchedStrategy(Strategy):
     def step(self, budget: int) -> list[int]:
         return self.step_rows([budget])[0]
 
-    def prefill_rows(self, prompts: list[list[int]]) -> torch.Tensor | None:
+    def prefill_rows(self, prompts: list[list[int]]) -> None:
+        self.prepare_rows(self.prefill_shared(prompts))
+
+    def prefill_shared(self, prompts: list[list[int]]) -> torch.Tensor | None:
         """Fill the target cache; with ``reads_hidden``, return the prompts' hidden states
-        (``prefill_rows``'s) for subclasses whose drafters read more than the last one."""
+        (``prefill_rows``'s) for drafters that read more than the last one."""
         self.seqs = [list(p) for p in prompts]
-        self.extras = [self.new_extra() for _ in prompts]
         self.generators = list(self.ctx.generators) or [self.ctx.generator] * len(prompts)
         if len(self.generators) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts and {len(self.generators)} generators: give one per row")
@@ -262,7 +276,18 @@ class BatchedStrategy(Strategy):
             last = to_device([max(len(s) - 2, 0) for s in self.seqs], states.device)
             self.hidden = states[torch.arange(len(self.seqs), device=states.device), last]
         self.ready = [len(p) > 1 for p in prompts]
+        self.kept_states = None
         return states
+
+    def prepare_rows(self, states: torch.Tensor | None) -> None:
+        """This strategy's own state for the rows of ``seqs`` (draft caches, drafters, statistics);
+        ``states``: the prompts' hidden states from ``prefill_shared``, when read."""
+        self.extras = [self.new_extra() for _ in self.seqs]
+
+    def share(self, other: BatchedStrategy) -> None:
+        """Take ``other``'s shared state (the same objects): this strategy continues its rows."""
+        for name in self.shared:
+            setattr(self, name, getattr(other, name))
 
     def new_extra(self) -> dict[str, Any]:
         """A row's statistics before its first step."""
@@ -272,13 +297,23 @@ class BatchedStrategy(Strategy):
         return dict(self.extras[row])
 
     def select(self, rows: list[int]) -> None:
+        self.select_shared(rows)
+        self.select_own(rows)
+
+    def select_shared(self, rows: list[int]) -> None:
+        for name in ("seqs", "generators", "ready"):
+            values = getattr(self, name)
+            setattr(self, name, [values[i] for i in rows])
+        self.cache.select(rows)
+        if self.hidden is not None:
+            self.hidden = self.hidden[to_device(rows, self.hidden.device)]
+
+    def select_own(self, rows: list[int]) -> None:
         for name in self.row_lists:
             values = getattr(self, name)
             setattr(self, name, [values[i] for i in rows])
         for name in self.row_caches:
             getattr(self, name).select(rows)
-        if self.hidden is not None:
-            self.hidden = self.hidden[to_device(rows, self.hidden.device)]
 
     def join(self, other: BatchedStrategy) -> None:
         """Append ``other``'s rows after this batch's: rows joining a running batch between
@@ -286,15 +321,22 @@ class BatchedStrategy(Strategy):
         the same class and options, on the same models; afterwards it must not be used."""
         if type(other) is not type(self) or other.opts != self.opts:
             raise ValueError(f"only rows of the same strategy and options join a batch: {other.name} into {self.name}")
+        mine = len(self.seqs)
+        for name in ("seqs", "generators", "ready"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.cache.extend(other.cache)
+        if self.hidden is not None or other.hidden is not None:  # a side of one-token prompts has none yet
+            like = self.hidden if self.hidden is not None else other.hidden
+            ours = self.hidden if self.hidden is not None else like.new_zeros(mine, like.shape[1])
+            theirs = other.hidden if other.hidden is not None else like.new_zeros(len(other.seqs), like.shape[1])
+            self.hidden = torch.cat([ours, theirs])
+        self.join_own(other)
+
+    def join_own(self, other: BatchedStrategy) -> None:
         for name in self.row_lists:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         for name in self.row_caches:
             getattr(self, name).extend(getattr(other, name))
-        if self.hidden is not None or other.hidden is not None:  # a side of one-token prompts has none yet
-            like = self.hidden if self.hidden is not None else other.hidden
-            mine = self.hidden if self.hidden is not None else like.new_zeros(len(self.seqs) - len(other.seqs), like.shape[1])
-            theirs = other.hidden if other.hidden is not None else like.new_zeros(len(other.seqs), like.shape[1])
-            self.hidden = torch.cat([mine, theirs])
 
 
 class ChainStrategy(BatchedStrategy):
@@ -332,6 +374,8 @@ class ChainStrategy(BatchedStrategy):
             self.ready = [True] * len(self.seqs)
         # 3. commit: the step's one device-to-host copy, [accept_len, draft..., next] per row
         host = torch.cat([accept[:, None], draft, nxt[:, None]], 1).tolist()
+        if self.reads_hidden:  # row b committed the states of its newest token and accepted drafts
+            self.kept_states = (out[1], [list(range(row[0] + 1)) for row in host])
         committed = [[*row[1 : 1 + row[0]], row[-1]] for row in host]
         self.cache.commit_rows([len(c) for c in committed])
         before = [len(s) for s in self.seqs]

@@ -29,7 +29,7 @@ import torch
 
 from paragen.errors import HeadsMismatchError, UnsupportedOptionError
 from paragen.sampling import sample_rows, warp
-from paragen.strategies.base import ChainStrategy
+from paragen.strategies.base import ChainStrategy, DecodeContext
 from paragen.strategies.counts import count_step, new_counts
 
 MAX_HEADS = 16  # k = 0 ("every head") reserves cache room for this many
@@ -59,12 +59,12 @@ class Blockwise(ChainStrategy):
     def slack(cls, o: BlockwiseOptions) -> int:
         return 1 + (o.k or MAX_HEADS)
 
-    def prefill_rows(self, prompts: list[list[int]]) -> None:
-        heads = self.ctx.heads
-        self.k = self.opts.k or heads.num_heads
+    def __init__(self, ctx: DecodeContext, options: BlockwiseOptions) -> None:
+        super().__init__(ctx, options)
+        heads = ctx.heads
+        self.k = options.k or heads.num_heads
         if self.k > heads.num_heads or self.k > MAX_HEADS:
             raise HeadsMismatchError(f"{self.name}: k={self.k} but the heads have {heads.num_heads} (at most {MAX_HEADS} used)")
-        super().prefill_rows(prompts)
 
     def new_extra(self) -> dict[str, Any]:
         return new_counts()

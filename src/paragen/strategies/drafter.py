@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import torch
 
 from paragen.sampling import SamplingParams, warp
-from paragen.strategies.base import BatchedStrategy, CountedModel, catch_up, feed, pad, prefill_cache
+from paragen.strategies.base import BatchedStrategy, CountedModel, catch_up, feed, pad, prefill_cache, to_device
 from paragen.strategies.counts import count_step, new_counts
 from paragen.tree import TokenTree
 from paragen.verify import verify_tree
@@ -87,8 +87,8 @@ class TreeDraftStrategy(BatchedStrategy):
     tree; each row keeps its own path (``KVCache.keep_rows``) and its drafter follows
     (``commit``). A batch of one is the same loop. Subclasses say how deep a row drafts
     (``depth``) and how its tree grows (``grow``); drafters other than a draft model
-    (prediction heads) also say what they read from the verifying forward (``keeps_states``,
-    ``commit``).
+    (prediction heads) read the verifying forward's states (``reads_hidden``: ``hidden`` at
+    each row's last accepted node, ``kept_states`` along its path) and follow in ``commit``.
 
     Stats (``extras[row]``): ``proposed[d]`` / ``accepted[d]``: steps whose tree reached depth
     d + 1, and whose accepted path did; ``nodes``: drafted nodes verified in all.
@@ -96,7 +96,6 @@ class TreeDraftStrategy(BatchedStrategy):
 
     needs_draft = True
     rule: ClassVar[str] = "rrs"  # verify_tree's sampling rule
-    keeps_states: ClassVar[bool] = False  # the verifying forward also returns every node's hidden state
     row_lists = (*BatchedStrategy.row_lists, "drafters")
 
     @abstractmethod
@@ -107,10 +106,9 @@ class TreeDraftStrategy(BatchedStrategy):
     def grow(self, row: int, depth: int) -> TokenTree:
         """Row ``row``'s tree of at most ``depth`` levels from ``drafters[row]`` (started on ``seqs[row]``)."""
 
-    def prefill_rows(self, prompts: list[list[int]]) -> torch.Tensor | None:
-        states = super().prefill_rows(prompts)
-        self.drafters = [self.new_drafter(row, states) for row in range(len(prompts))]
-        return states
+    def prepare_rows(self, states: torch.Tensor | None) -> None:
+        super().prepare_rows(states)
+        self.drafters = [self.new_drafter(row, states) for row in range(len(self.seqs))]
 
     def new_drafter(self, row: int, states: torch.Tensor | None):
         """Row ``row``'s drafter, prefilled with its prompt (``states``: the prompts' hidden states, if read)."""
@@ -144,7 +142,12 @@ class TreeDraftStrategy(BatchedStrategy):
             committed.append([*(tree.tokens[i] for i in path), nxt])
             self.record(b, tree, logits[b, : len(tree)], path)
         # 3. commit: the target's cache keeps each row's accepted path, the drafters follow
-        self.cache.keep_rows([[0, *p] for p in paths])
+        kept = [[0, *p] for p in paths]
+        self.cache.keep_rows(kept)
+        if self.reads_hidden:  # the state at each row's last accepted node predicted its next token
+            self.hidden = states[torch.arange(len(kept), device=states.device), to_device([k[-1] for k in kept], states.device)]
+            self.ready = [True] * len(kept)
+            self.kept_states = (states, kept)
         self.commit(paths, depths, states)
         for seq, c in zip(self.seqs, committed):
             seq.extend(c)
@@ -152,7 +155,7 @@ class TreeDraftStrategy(BatchedStrategy):
 
     def score(self, trees: list[TokenTree]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The target's logits at every node of every row's tree [B, N, V] (N: the largest
-        tree) in one forward, and with ``keeps_states`` the hidden states there [B, N, H]."""
+        tree) in one forward, and with ``reads_hidden`` the hidden states there [B, N, H]."""
         B, N, device = len(trees), max(map(len, trees)), self.ctx.target.device
         shapes = torch.eye(N, dtype=torch.bool).repeat(B, 1, 1)  # a pad node sees only itself
         for b, tree in enumerate(trees):
@@ -161,8 +164,8 @@ class TreeDraftStrategy(BatchedStrategy):
         tokens = pad([t.tokens for t in trees], device)
         positions = pad([t.positions(n) + [n] * (N - len(t)) for t, n in zip(trees, starts)], device)
         out = self.ctx.target(tokens, positions, cache=self.cache, mask=self.cache.tree_mask(shapes),
-                              return_hidden=self.keeps_states)
-        return out if self.keeps_states else (out, None)
+                              return_hidden=self.reads_hidden)
+        return out if self.reads_hidden else (out, None)
 
     def verify(self, row: int, tree: TokenTree, logits: torch.Tensor) -> tuple[list[int], int]:
         """(accepted path, next token) of row ``row``: ``verify_tree`` with this strategy's sampling rule."""

@@ -89,8 +89,7 @@ class Eagle(Tree):
     needs_draft = False
     head_kinds = ("eagle",)
     summary = "EAGLE drafter on the target's hidden states grows a token tree, target verifies it in one call"
-    reads_hidden = True  # each row's drafter is prefilled with its prompt's true features
-    keeps_states = True  # ... and then fed those of each accepted path
+    reads_hidden = True  # each row's drafter is prefilled with its prompt's true features, then fed each path's
 
     def new_drafter(self, row: int, states: torch.Tensor | None) -> EagleDrafter:
         n = len(self.seqs[row]) - 1  # features of seq[:-1]; none for a one-token prompt

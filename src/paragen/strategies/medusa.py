@@ -28,7 +28,7 @@ import torch
 
 from paragen.errors import UnsupportedOptionError
 from paragen.sampling import SamplingParams, warp
-from paragen.strategies.base import to_device
+from paragen.strategies.base import DecodeContext
 from paragen.strategies.drafter import TreeDraftStrategy
 from paragen.strategies.tree import parse_widths, static_nodes
 from paragen.tree import TokenTree
@@ -60,16 +60,15 @@ class Medusa(TreeDraftStrategy):
     head_kinds = ("medusa", "blockwise")
     summary = "prediction heads' top candidates form a token tree, target verifies it in one call"
     reads_hidden = True  # each row's next tree is drafted from its state
-    keeps_states = True  # ... at its last accepted node, which the verifying forward returns
 
     @classmethod
     def slack(cls, o: MedusaOptions) -> int:
         return 1 + o.nodes()
 
-    def prefill_rows(self, prompts: list[list[int]]) -> torch.Tensor | None:
+    def __init__(self, ctx: DecodeContext, options: MedusaOptions) -> None:
+        super().__init__(ctx, options)
         # one depth per head: depths beyond the heads' count are dropped (as blockwise's k=0 uses every head)
-        self.widths = parse_widths(self.opts.widths)[: self.ctx.heads.num_heads]
-        return super().prefill_rows(prompts)
+        self.widths = parse_widths(options.widths)[: ctx.heads.num_heads]
 
     def new_drafter(self, row: int, states: torch.Tensor | None) -> None:
         return None  # the heads, read from ``hidden``
@@ -107,8 +106,4 @@ class Medusa(TreeDraftStrategy):
         return tree
 
     def commit(self, paths: list[list[int]], depths: list[int], states: torch.Tensor | None) -> None:
-        # the state at each row's last accepted node predicted its next token: the next tree's
-        device = states.device
-        last = to_device([p[-1] if p else 0 for p in paths], device)
-        self.hidden = states[torch.arange(len(paths), device=device), last]
-        self.ready = [True] * len(paths)
+        """Nothing to follow: the heads read ``hidden``, which the step keeps current."""

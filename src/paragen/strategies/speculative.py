@@ -46,12 +46,12 @@ class Speculative(ChainStrategy):
     def slack(cls, o: SpeculativeOptions) -> int:
         return o.k + 1
 
-    def prefill_rows(self, prompts: list[list[int]]) -> None:
+    def prepare_rows(self, states: torch.Tensor | None) -> None:
         ctx = self.ctx
-        super().prefill_rows(prompts)
-        self.draft_cache = ctx.draft.new_cache(ctx.cache_length, batch=len(prompts))
+        super().prepare_rows(states)
+        self.draft_cache = ctx.draft.new_cache(ctx.cache_length, batch=len(self.seqs))
         prefill_rows(ctx.draft, self.draft_cache, self.seqs)
-        self.ks = [self.opts.k] * len(prompts)  # each row's k (adaptive moves it)
+        self.ks = [self.opts.k] * len(self.seqs)  # each row's k (adaptive moves it)
 
     def new_extra(self) -> dict[str, Any]:
         return new_counts()
