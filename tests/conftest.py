@@ -19,6 +19,15 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def own_cost_cache(tmp_path_factory):
+    """``auto``'s measured call costs go to a directory of this run, not the user's cache."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("PARAGEN_CACHE", str(tmp_path_factory.mktemp("paragen-cache")))
+    yield
+    mp.undo()
+
+
 TEXTS = [
     "def add(a, b):\n    return a + b\n",
     "def sub(a, b):\n    return a - b\n",

@@ -96,10 +96,10 @@ def check_generate_flags(cls: type, args: argparse.Namespace, prompt: str | list
         raise UnsupportedOptionError(f"{name} is greedy-only: use --temperature 0, or a strategy that samples")
     if cls.needs_draft and args.draft is None:
         raise InvalidInputError(f"{name} needs a draft model: add --draft NAME_OR_DIR (e.g. --draft code-draft)")
-    if not cls.needs_draft and args.draft is not None:
+    if not cls.needs_draft and not cls.takes_draft and args.draft is not None:
         drafted = ", ".join(n for n, c in STRATEGIES.items() if c.needs_draft)
         raise UnsupportedOptionError(f"{name} uses no draft model: drop --draft, or pick one that does ({drafted})")
-    if not cls.head_kinds and args.heads is not None:
+    if not (cls.head_kinds or cls.takes_heads) and args.heads is not None:
         headed = ", ".join(n for n, c in STRATEGIES.items() if c.head_kinds)
         raise HeadsMismatchError(f"{name} uses no prediction heads: drop --heads, or pick one that does ({headed})")
     for flag, value, ok, need in (("--max-new-tokens", args.max_new_tokens, args.max_new_tokens >= 1, "an integer >= 1"),
@@ -207,7 +207,21 @@ def stats_line(gen: Any) -> str:
     parts += [f"{s.seconds:.2f} s", f"{s.tokens_per_second:.1f} tok/s", f"finish: {s.finish_reason}"]
     if label(s.extra):
         parts.append(label(s.extra))
-    return f"[{s.strategy}: {', '.join(parts)}]"
+    return f"[{s.strategy}: {', '.join(parts)}]" + "".join(f"\n{line}" for line in auto_lines(s.extra))
+
+
+def auto_lines(extra: dict[str, Any]) -> list[str]:
+    """``auto``'s segments, one line per switch: which strategy ran, for how long, what it gave."""
+    info = extra.get("auto")
+    if not info:
+        return []
+    lines = [f"  auto: {s['strategy']:<11} {s['steps']:>4} steps {s['tokens']:>5} tokens "
+             f"{s['tokens_per_call']:.2f} tokens/call {s['seconds']:.3f} s" for s in info["segments"]]
+    costs = info["costs"]
+    lines.append(f"  auto: candidates {', '.join(info['candidates'])}; call costs at batch {costs['batch']} "
+                 f"measured in {costs['measured_seconds']:.2f} s (target 1 token {costs['target'][1] * 1e3:.2f} ms, "
+                 f"{max(costs['target'])} tokens {costs['target'][max(costs['target'])] * 1e3:.2f} ms)")
+    return lines
 
 
 def generate_prompt(args: argparse.Namespace) -> str | list[int]:

@@ -90,8 +90,8 @@ def check_request(
     _check_model(cls, model)
     _check_draft(cls, model, draft)
     _check_call_size(cls, opts, model)
-    if heads is None and cls.head_kinds:  # the built-in heads for a built-in target, when shipped
-        heads = default_heads(model, cls.head_kinds)
+    if heads is None and (cls.head_kinds or cls.takes_heads):  # the built-in heads for a built-in target, when shipped
+        heads = default_heads(model, cls.head_kinds or cls.takes_heads)
     _check_heads(cls, model, heads)
     if len(prompts) > 1:
         _check_batched(cls, model, draft)
@@ -226,7 +226,7 @@ def _check_model(cls: type[Strategy], model: Model) -> None:
 def _check_draft(cls: type[Strategy], target: Model, draft: Model | None) -> None:
     if cls.needs_draft and draft is None:
         raise InvalidInputError(f"strategy '{cls.name}' needs a draft model: pass draft=... (CLI: --draft NAME_OR_DIR)")
-    if not cls.needs_draft and draft is not None:
+    if not cls.needs_draft and not cls.takes_draft and draft is not None:
         raise UnsupportedOptionError(f"strategy '{cls.name}' uses no draft model; drop the draft or pick 'speculative'")
     if draft is None:
         return
@@ -260,12 +260,13 @@ def _check_heads(cls: type[Strategy], target: Model, heads: Any) -> None:
     if cls.head_kinds and heads is None:
         raise HeadsMismatchError(f"strategy '{cls.name}' needs prediction heads and none are built in for this model: pass "
                                  "heads=paragen.load_heads(DIR, model) (CLI: --heads DIR); train them with `paragen train heads`")
-    if not cls.head_kinds and heads is not None:
+    kinds = cls.head_kinds or cls.takes_heads
+    if not kinds and heads is not None:
         raise UnsupportedOptionError(f"strategy '{cls.name}' uses no prediction heads; drop heads= or pick 'medusa'")
     if heads is None:
         return
-    if heads.kind not in cls.head_kinds:
-        raise HeadsMismatchError(f"strategy '{cls.name}' runs on {' or '.join(cls.head_kinds)} heads, "
+    if heads.kind not in kinds:
+        raise HeadsMismatchError(f"strategy '{cls.name}' runs on {' or '.join(kinds)} heads, "
                                  f"not {heads.kind} heads")
     embed, proj = target.head_weights()
     same = heads.proj.data_ptr() == proj.data_ptr() or (heads.proj.shape == proj.shape and torch.equal(heads.proj, proj))

@@ -100,7 +100,8 @@ class Contender:
 
     @property
     def needs_draft(self) -> bool:
-        return bool(self.cls.needs_draft)
+        """It runs with the draft model: it needs one, or takes one (``auto``'s candidates)."""
+        return bool(self.cls.needs_draft or getattr(self.cls, "takes_draft", False))
 
 
 @dataclass(frozen=True)
@@ -196,7 +197,8 @@ def contender_class(name: str) -> type:
 
 def bench_heads(config: BenchConfig, name: str, cls: type) -> str | None:
     """The heads contender ``name`` runs on: its --heads, else the built-in heads of --model, else None."""
-    return dict(config.heads).get(name) or builtin_heads_for(Path(config.model).name, cls.head_kinds)
+    kinds = cls.head_kinds or getattr(cls, "takes_heads", ())
+    return dict(config.heads).get(name) or builtin_heads_for(Path(config.model).name, kinds)
 
 
 def build_contenders(config: BenchConfig) -> list[Contender]:
@@ -313,8 +315,9 @@ def load_models(config: BenchConfig, contenders: list[Contender]) -> Models:
         if model.tokenizer.fingerprint() != target.tokenizer.fingerprint():
             raise VocabularyMismatchError(f"the model for '{name}' has another tokenizer than --model: "
                                           "contenders must read the same prompt tokens")
-    heads = {c.name: paragen.load_heads(bench_heads(config, c.name, c.cls), own.get(c.name, target))
-             for c in contenders if getattr(c.cls, "head_kinds", ())}
+    heads = {c.name: paragen.load_heads(path, own.get(c.name, target)) for c in contenders
+             if (getattr(c.cls, "head_kinds", ()) or getattr(c.cls, "takes_heads", ()))
+             and (path := bench_heads(config, c.name, c.cls))}
     hf = [c for c in peers if not issubclass(c.cls, LlamaCpp)]
     hf_dtype = torch_dtype(dtype)
     hf_target = HFModel.from_dir(resolve(config.model), hf_dtype).module.to(device) if hf else None

@@ -79,13 +79,15 @@ class Completions:
                              param="max_tokens", code="max_tokens_exceeded")
         name = body.paragen.strategy or config.strategy
         try:
-            needs_draft = get_strategy(name).needs_draft
+            cls = get_strategy(name)
+            needs_draft = cls.needs_draft
             if needs_draft and self.draft is None:
                 raise ServeError(400, f"strategy '{name}' needs a draft model and this server has none: pick another "
                                       "strategy, or restart the server with --draft", param="paragen.strategy")
             temperature = DEFAULT_TEMPERATURE if body.temperature is None else body.temperature
             return check_request(self.model, [prompt], name, max_tokens, temperature, body.top_k, body.top_p, body.seed,
-                                 body.stop, self.draft if needs_draft else None, None, dict(body.paragen.options))
+                                 body.stop, self.draft if needs_draft or cls.takes_draft else None, None,
+                                 dict(body.paragen.options))
         except ParagenError as e:
             raise ServeError.from_paragen(e) from None
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from paragen.errors import UnknownStrategyError
 from paragen.strategies.ar import AR
+from paragen.strategies.auto import Auto
 from paragen.strategies.base import DecodeContext, Strategy
 from paragen.strategies.block_diffusion import BlockDiffusion
 from paragen.strategies.blockwise import Blockwise
@@ -22,7 +23,7 @@ from paragen.strategies.tree import Tree
 
 STRATEGIES: dict[str, type[Strategy]] = {
     s.name: s for s in (AR, Speculative, Tree, SpecTr, Lookup, Jacobi, Lookahead, Blockwise, BlockwiseRelaxed,
-                        Medusa, MedusaTypical, Hydra, Eagle, Diffusion, BlockDiffusion)
+                        Medusa, MedusaTypical, Hydra, Eagle, Diffusion, BlockDiffusion, Auto)
 }
 
 

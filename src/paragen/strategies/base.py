@@ -44,9 +44,11 @@ class CountedModel:
         self.info = model.info
         self.device = device_of(model)
         self.calls = 0
+        self.fed = 0  # tokens per row the last call fed (what a call's cost depends on)
 
     def __call__(self, tokens, positions, cache=None, mask=None, return_hidden=False):
         self.calls += 1
+        self.fed = tokens.shape[-1]
         if return_hidden:
             return self.model(tokens, positions, cache=cache, mask=mask, return_hidden=True)
         return self.model(tokens, positions, cache=cache, mask=mask)
@@ -80,6 +82,9 @@ class Strategy(ABC):
     Options: ClassVar[type]
     needs_draft: ClassVar[bool] = False
     head_kinds: ClassVar[tuple[str, ...]] = ()  # the kinds of prediction heads it runs on (none: needs no heads)
+    # Models it uses when given but runs without (``auto``: they add candidates).
+    takes_draft: ClassVar[bool] = False
+    takes_heads: ClassVar[tuple[str, ...]] = ()  # heads kinds, the built-in heads' preferred first
     supports_sampling: ClassVar[bool] = True
     lossless: ClassVar[bool] = True
     attention: ClassVar[str] = "causal"  # the kind of model it runs (ModelInfo.attention)
@@ -252,6 +257,7 @@ class BatchedStrategy(Strategy):
     # per-row state adds its names here.
     row_lists: ClassVar[tuple[str, ...]] = ("extras",)
     row_caches: ClassVar[tuple[str, ...]] = ()
+    kept_states: tuple[torch.Tensor, list[list[int]]] | None = None  # (states [B, T, H], each row's kept indices)
 
     def prefill(self, prompt: list[int]) -> None:
         self.prefill_rows([prompt])

@@ -26,6 +26,17 @@ def new_counts() -> dict[str, Any]:
     return {"proposed": [], "accepted": [], "nodes": 0}
 
 
+def add_counts(total: dict[str, Any], extra: dict[str, Any]) -> None:
+    """Add another record's counts into ``total`` (a strategy made of others sums theirs);
+    a record without counts (``ar``'s) adds nothing."""
+    if "proposed" not in extra:
+        return
+    for key in ("proposed", "accepted"):
+        n = max(len(total[key]), len(extra[key]))
+        total[key] = [a + b for a, b in zip(total[key] + [0] * n, extra[key] + [0] * n)][:n]
+    total["nodes"] += extra["nodes"]
+
+
 def count_step(extra: dict[str, Any], depth: int, accepted: int, nodes: int) -> None:
     """Add one verified step: guesses reached ``depth`` positions, the first ``accepted`` of
     them were accepted (``accepted <= depth``), ``nodes`` guessed tokens were verified."""
