@@ -214,3 +214,32 @@ def test_corrupt_cost_cache_is_ignored_with_a_warning(tmp_path, monkeypatch):
         c = call_costs(TARGETS[1], 1, path=path)
     assert any("ignoring the call-cost cache" in str(w.message) for w in caught)
     assert json.loads(path.read_text())["costs"][c.key]["batch"] == 1  # rewritten whole
+
+
+@pytest.mark.parametrize("schedule", ["", "eagle:1,speculative:2,lookup:1,tree:1,ar:1"])
+def test_auto_rows_joining_a_running_batch_in_the_engine_equal_the_oracle(schedule):
+    """The serving engine runs ``auto`` as one group: rows join (``Auto.join``: every candidate's
+    own state too) and leave while it switches; each row is the oracle's."""
+    from paragen.request import check_request
+    from paragen.serve.engine import Engine, Entry
+
+    model, heads = TARGETS[0], HEADS[(0, "eagle")]
+    prompts = [[0, 1, 2, 0, 1], [3, 2], [1, 1, 1, 1, 1, 1, 1], [2, 3, 1], [0]]
+    budgets = [12, 5, 9, 14, 7]
+    runs = []
+    for p, n in zip(prompts, budgets):
+        events: list = []
+        request = check_request(model, [p], "auto", n, 0.0, None, None, None, None, DRAFT_MODEL, heads,
+                                {"schedule": schedule} if schedule else {})
+        runs.append((Entry(request, lambda kind, value, ev=events: ev.append((kind, value))), events))
+    engine = Engine(model, max_batch=4)
+    arrivals = {0: [runs[0][0], runs[1][0]], 1: [runs[2][0]], 3: [runs[3][0]], 4: [runs[4][0]]}
+    for step in range(500):
+        for entry in arrivals.get(step, []):
+            engine.add(entry)
+        if engine.idle and step > 4:
+            break
+        engine.step()
+    for (_, events), p, n in zip(runs, prompts, budgets):
+        kind, gen = events[-1]
+        assert kind == "done" and gen.tokens == reference_greedy(model, p, n), (p, n)

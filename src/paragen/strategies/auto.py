@@ -291,7 +291,6 @@ class Auto(BatchedStrategy):
             c.reads_hidden = self.reads_hidden
 
     def prefill_rows(self, prompts: list[list[int]]) -> None:
-        ctx = self.ctx
         self.calibration = 0.0
         self.costs = self._call_costs(len(prompts), refresh=self.opts.recalibrate)
         states = self.prefill_shared(prompts)
