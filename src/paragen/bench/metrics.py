@@ -86,6 +86,7 @@ class Summary:
     flagged: bool
     drafted_per_call: float | None = None
     acceptance: tuple[float, ...] | None = None
+    auto_segments: dict[str, tuple[int, int]] | None = None  # ``auto``: strategy -> (steps, tokens) it ran
     repeats: float | None = None  # None in bench.json files written before it was measured
 
     def to_dict(self) -> dict[str, Any]:
@@ -310,7 +311,21 @@ def summarize_strategy(
         flagged=lossless and greedy and bool(non_exact),
         drafted_per_call=drafted_per_call,
         acceptance=acceptance,
+        auto_segments=auto_segments(records),
     )
+
+
+def auto_segments(records: list[Record]) -> dict[str, tuple[int, int]] | None:
+    """What ``auto`` ran over all prompts: each chosen strategy's steps and committed tokens
+    (None for the other strategies)."""
+    segments = [s for r in records if r.extra and "auto" in r.extra for s in r.extra["auto"]["segments"]]
+    if not segments:
+        return None
+    total: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for s in segments:
+        total[s["strategy"]][0] += s["steps"]
+        total[s["strategy"]][1] += s["tokens"]
+    return {name: (steps, tokens) for name, (steps, tokens) in sorted(total.items(), key=lambda kv: -kv[1][0])}
 
 
 def summarize(

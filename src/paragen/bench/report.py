@@ -107,6 +107,13 @@ def caveats(bench: dict[str, Any], summary: dict[str, Summary]) -> list[str]:
     return out
 
 
+def auto_line(name: str, segments: dict[str, tuple[int, int]]) -> str:
+    """What ``auto`` chose, as shares of its steps and of the tokens they committed."""
+    steps, tokens = sum(s for s, _ in segments.values()), sum(t for _, t in segments.values())
+    parts = [f"{n} {s / steps:.0%} of steps ({t / tokens:.0%} of tokens)" for n, (s, t) in segments.items()]
+    return f"{name} ran: {', '.join(parts)}."
+
+
 def plain(key: str, value: Any) -> str:
     """A setting as a person writes it: no JSON quotes; options as STRATEGY:KEY=VALUE."""
     if value is None:
@@ -141,6 +148,7 @@ def bench_markdown(bench: dict[str, Any], summary: dict[str, Summary]) -> str:
         lines += [f"Command: `{plain('command', env['command'])}`", ""]
     lines += [markdown_table(summary)]
     lines += [f"> {c}" for c in caveats(bench, summary)] + [""] if caveats(bench, summary) else []
+    lines += [auto_line(name, s.auto_segments) + "\n" for name, s in summary.items() if s.auto_segments]
     lines += ["Settings: " + "; ".join(f"{k} {plain(k, v)}" for k, v in cfg.items()), "", "Metrics:", ""]
     lines += [f"- **{name}**: {text}" for name, text in METRICS.items()]
     return "\n".join(lines) + "\n"
