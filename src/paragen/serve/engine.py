@@ -23,8 +23,10 @@ driver's ``Row``. What it adds is when rows join and leave:
   measures seconds per committed token with drafting and without (a step asked for one
   token per row drafts nothing: the target's own next token, an ``ar`` step of the same
   rows, lossless either way) at each batch-size bucket, and drafts only while drafting is
-  faster, re-trying the other choice every ``EXPLORE_EVERY`` steps. Sampled groups always
-  draft: a seeded request must draw the same numbers alone or in a crowd.
+  faster, re-trying the other choice every ``EXPLORE_EVERY`` steps: ``auto``'s controller
+  over those two choices (``SpeculationPolicy``). Sampled groups always draft: a seeded
+  request must draw the same numbers alone or in a crowd. An ``auto`` group chooses among
+  all its candidates itself, with the same controller.
 
 ``step()`` is called by one thread (the server's decoder thread); ``add`` and ``cancel``
 from any thread.
@@ -45,10 +47,12 @@ from typing import Any
 import torch
 
 from paragen.cache import OneRowCache
+from paragen.costs import batch_bucket, call_costs
 from paragen.driver import Generation, Row
 from paragen.errors import ParagenError
 from paragen.models.base import Model
 from paragen.request import Request, context, row_generator
+from paragen.strategies.auto import AutoOptions, Controller
 from paragen.strategies.base import BatchedStrategy, ChainStrategy, DecodeContext, Strategy
 from paragen.strategies.drafter import TreeDraftStrategy
 
@@ -60,9 +64,9 @@ log = logging.getLogger("paragen.serve")
 # with scripts/serve_load.py); one in 64 loses ~3% and still follows a change of load in
 # seconds.
 EXPLORE_EVERY = 64
-# ... and every this many steps while the two costs are within a factor CLOSE of each other.
-EXPLORE_CLOSE, CLOSE = 8, 1.25
-# Steps per choice and batch-size bucket that its cost is measured over.
+# ... and every this many steps while the two rates are within a factor CLOSE (auto's) of each other.
+EXPLORE_CLOSE = 8
+# Steps per choice and batch-size bucket that its rate is measured over.
 WINDOW = 8
 
 
@@ -97,46 +101,36 @@ class Entry:
 
 
 class SpeculationPolicy:
-    """Draft or not, per step of a group: the measured seconds per committed token of both
-    choices per batch-size bucket, the faster one taken, the other re-tried now and then.
+    """Draft or not, per step of a group: ``auto``'s controller (``paragen.strategies.auto``)
+    over two candidates, the strategy's drafted step and its plain step (``"ar"``: budgets of
+    one, the target's own next token), one controller per batch-size bucket. Its rates are the
+    tokens of the recent steps over their median seconds, its priors the call costs measured
+    here (``paragen.costs``): so ``auto`` and the engine choose by one mechanism.
 
     One policy per (strategy, options, draft, heads, sampling), kept by the engine across the
     groups that come and go (a group of one lives for one request), so what it learned serves
-    the next request. A choice's cost is the seconds over the tokens of its last ``WINDOW``
-    steps, the slowest one left out: a ratio of sums weighs a step by the tokens it committed,
-    and leaving out one step keeps a single outlier (the first call of a shape, a stall while
-    the event loop held a core) from deciding hundreds of steps.
+    the next request.
     """
 
-    def __init__(self) -> None:
-        self.samples: dict[tuple[int, bool], deque[tuple[float, int]]] = {}  # (bucket, drafted) -> (seconds, tokens)
-        self.steps = 0
+    def __init__(self, request: Request, model: Model) -> None:
+        self.name, self.model, self.request = request.strategy.name, model, request
+        self.controllers: dict[int, Controller] = {}
 
-    @staticmethod
-    def bucket(rows: int) -> int:
-        return 1 << (rows - 1).bit_length()
-
-    def cost(self, rows: int, drafted: bool) -> float | None:
-        """Seconds per committed token of this choice at this batch size, if measured."""
-        steps = sorted(self.samples.get((self.bucket(rows), drafted), ()), key=lambda s: s[0] / max(s[1], 1))
-        if not steps:
-            return None
-        kept = steps[:-1] if len(steps) >= 3 else steps
-        return sum(s for s, _ in kept) / max(sum(t for _, t in kept), 1)
+    def controller(self, rows: int) -> Controller:
+        bucket = batch_bucket(rows)
+        if bucket not in self.controllers:
+            costs = call_costs(self.model, bucket, self.request.draft, self.request.heads)
+            self.controllers[bucket] = Controller(["ar", self.name], costs, AutoOptions(window=WINDOW, explore=EXPLORE_EVERY),
+                                                  tune_k=False, explore_close=EXPLORE_CLOSE)
+        return self.controllers[bucket]
 
     def choose(self, rows: int) -> bool:
-        self.steps += 1
-        draft, plain = self.cost(rows, True), self.cost(rows, False)
-        if draft is None or plain is None:  # measure each choice once first
-            return draft is None
-        best = draft <= plain
-        # close costs are uncertain ones (a window of a few steps of a bimodal cost, as lookup's
-        # match / no match): re-measure the other choice more often there
-        every = EXPLORE_CLOSE if max(draft, plain) < CLOSE * min(draft, plain) else EXPLORE_EVERY
-        return (not best) if self.steps % every == 0 else best
+        """Whether this step drafts."""
+        return self.controller(rows).choose() != "ar"
 
-    def record(self, rows: int, drafted: bool, seconds: float, tokens: int) -> None:
-        self.samples.setdefault((self.bucket(rows), drafted), deque(maxlen=WINDOW)).append((seconds, tokens))
+    def record(self, rows: int, drafted: bool, seconds: float, tokens: int, fed: int, drafting_calls: int) -> None:
+        """A step's outcome: ``tokens`` committed over all rows, ``fed`` tokens per row in its target call."""
+        self.controller(rows).observe(self.name if drafted else "ar", tokens / rows, seconds, fed, drafting_calls)
 
 
 @dataclass
@@ -240,7 +234,7 @@ class Engine:
         target_calls = ctx.target.calls - calls[0]
         draft_calls = ctx.drafting_calls() - calls[1]
         if group.draftable:
-            group.policy.record(len(entries), draft, seconds, sum(map(len, committed)))
+            group.policy.record(len(entries), draft, seconds, sum(map(len, committed)), ctx.target.fed, draft_calls)
         if self.on_step:
             self.on_step(group, len(entries), draft)
         staying = []
@@ -356,7 +350,8 @@ class Engine:
         if group is None:
             draftable = (self.speculation and first.sampling.greedy
                          and issubclass(first.strategy, (ChainStrategy, TreeDraftStrategy)) and first.strategy.name != "ar")
-            policy = self.policies.setdefault(self._policy_key(first), SpeculationPolicy()) if draftable else None
+            policy = (self.policies.setdefault(self._policy_key(first), SpeculationPolicy(first, self.model))
+                      if draftable else None)
             self.groups.append(Group(key, first, ctx, strategy, list(entries), policy))
             return
         assert isinstance(group.strategy, BatchedStrategy)

@@ -61,6 +61,7 @@ MAX_K = 8  # the longest chain ``speculative`` drafts under ``auto``
 # threads, batch bucket): a fact of this machine, not of the text, so a later generation in
 # this process starts from it instead of learning it again.
 RATIOS: dict[str, dict[str, float]] = {}
+CLOSE = 1.25  # rates within this factor are close (see ``Controller``'s explore_close)
 
 
 def parse_schedule(text: str) -> list[tuple[str, int]]:
@@ -156,10 +157,18 @@ class Estimate:
 
 
 class Controller:
-    """Chooses the candidate of each step (see the module docstring); ``observe`` learns from it."""
+    """Chooses the candidate of each step (see the module docstring); ``observe`` learns from it.
 
-    def __init__(self, names: list[str], costs: CallCosts, opts: AutoOptions) -> None:
+    The serving engine's speculation policy is this controller too, over two candidates (a
+    strategy's drafted step and its plain one): ``tune_k`` False (the strategy keeps its own
+    options), and ``explore_close``: explore every this many steps instead while the runner-up
+    is within ``CLOSE`` of the best (close costs are uncertain ones, e.g. lookup's bimodal
+    match / no match)."""
+
+    def __init__(self, names: list[str], costs: CallCosts, opts: AutoOptions, tune_k: bool = True,
+                 explore_close: int | None = None) -> None:
         self.names, self.costs, self.opts = names, costs, opts
+        self.tune_k, self.explore_close = tune_k, explore_close
         self.est = {n: Estimate() for n in names}
         for n, ratio in RATIOS.get(costs.key, {}).items():  # what earlier generations here learnt
             if n in self.est:
@@ -193,7 +202,7 @@ class Controller:
         return best, (1 + a[:best].sum()) / (ratio * self.predicted("speculative", best + 1, best))
 
     def rate(self, name: str) -> float | None:
-        if name == "speculative" and self.est[name].steps:
+        if name == "speculative" and self.tune_k and self.est[name].steps:
             return self.speculative_k()[1]
         return self.est[name].rate()
 
@@ -208,7 +217,10 @@ class Controller:
         rates = {n: r for n in self.names if (r := self.rate(n)) is not None}
         best = max(rates, key=rates.get)
         self.since_explore += 1
-        if self.since_explore >= self.opts.explore:
+        every = self.opts.explore
+        if self.explore_close and any(n != best and r * CLOSE >= rates[best] for n, r in rates.items()):
+            every = self.explore_close
+        if self.since_explore >= every:
             # the candidate tried longest ago among those within 2x of the best (lookup is
             # scored every step without running: it needs no trial)
             near = [n for n in self.names if n not in (best, "lookup") and rates.get(n, 0) >= rates[best] / 2]
