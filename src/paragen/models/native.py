@@ -10,6 +10,7 @@ dict saves to and loads from ``model.safetensors`` unchanged.
 from __future__ import annotations
 
 import math
+import types
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from functools import partial
@@ -236,16 +237,37 @@ def _pack_layer(block: Block, c: NativeConfig, weights: str | None) -> PackedLay
 
 
 class _SlotWriter:
-    """The cache write of the compiled step: new keys/values into slot indices (a tensor, so the
-    compiled graph does not depend on the cache length); attention then reads every slot."""
+    """The cache write of the compiled step: new keys/values into each row's slot indices
+    [B, T] (a tensor, so the compiled graph does not depend on the rows' lengths); attention
+    then reads every slot, under the step's mask."""
 
     def __init__(self, k: list[torch.Tensor], v: list[torch.Tensor], slots: torch.Tensor) -> None:
         self.k, self.v, self.slots = k, v, slots
 
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        self.k[layer].index_copy_(2, self.slots, k)
-        self.v[layer].index_copy_(2, self.slots, v)
+        idx = self.slots[:, None, :, None].expand_as(k)
+        self.k[layer].scatter_(2, idx, k)
+        self.v[layer].scatter_(2, idx, v)
         return self.k[layer], self.v[layer]
+
+
+# The compiled step's call sizes: a call of T tokens per row runs the graph of the next bucket
+# up, padded (see ``NativeModel.compile_decode``).
+TOKEN_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+
+
+def token_bucket(t: int) -> int | None:
+    """The compiled call size a call of ``t`` tokens per row runs as, or None above the largest."""
+    return next((b for b in TOKEN_BUCKETS if b >= t), None)
+
+
+def _own_code(fn: Callable, name: str) -> Callable:
+    """``fn`` (a bound method) as a function of its own code object named ``name``: torch.compile
+    keeps its graphs per code object, at most ``recompile_limit`` (8) each, so one code object
+    per call-size bucket gives each bucket its own graphs without changing the process-wide limit."""
+    f = fn.__func__
+    code = f.__code__.replace(co_name=name, co_qualname=name)
+    return types.MethodType(types.FunctionType(code, f.__globals__, name, f.__defaults__, f.__closure__), fn.__self__)
 
 
 class NativeModel(nn.Module, Model):
@@ -278,7 +300,7 @@ class NativeModel(nn.Module, Model):
         )
         self.tokenizer = None
         self.packed: Packed | None = None  # see pack()
-        self.compiled: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None  # see compile_decode()
+        self.compiled: dict[int, Callable[..., tuple[torch.Tensor, torch.Tensor]]] | None = None  # compile_decode()
 
     def init_weights(self, seed: int = 0, std: float = 0.02) -> NativeModel:
         """GPT-2 style initialisation; residual projections scaled by 1/sqrt(2 * layers)."""
@@ -302,8 +324,9 @@ class NativeModel(nn.Module, Model):
         length = max_length or c.max_position_embeddings
         if self.compiled is not None:
             # The compiled step's shapes include the cache's: a few sizes (powers of two from 256)
-            # compile once each, where every generation's own length would recompile.
-            length = min(max(256, 1 << (length - 1).bit_length()), max(length, c.max_position_embeddings))
+            # compile once each, where every generation's own length would recompile; 64 more
+            # slots hold a padded call's pads (``compiled_forward``).
+            length = max(256, 1 << (length - 1).bit_length()) + TOKEN_BUCKETS[-1]
         return KVCache(
             c.num_hidden_layers, batch, c.num_key_value_heads, c.head_dim, length, self.dtype, self.lm_head.weight.device,
         )
@@ -337,7 +360,7 @@ class NativeModel(nn.Module, Model):
         """Final-norm hidden states [B, T, H] (for prediction heads)."""
         masks, causal = self.attention_masks(tokens, positions, cache, mask)
         if self.packed is not None and not self.training:
-            return self.packed_hidden_states(tokens, positions, cache, masks, causal)
+            return self.packed_hidden_states(tokens, self.rope(positions), cache, masks, causal)
         cos, sin = self.rope(positions)
         x = self.model.embed_tokens(tokens)
         for i, layer in enumerate(self.model.layers):
@@ -399,21 +422,25 @@ class NativeModel(nn.Module, Model):
 
     # ------------------------------------------------------------ the compiled decode step
 
-    # Calls of at most this many tokens after a filled cache (decoding and verification) run
-    # compiled; prefill and longer calls stay eager. Every distinct length compiles once.
-    COMPILED_MAX_TOKENS = 16
-
     def compile_decode(self) -> NativeModel:
-        """Opt in to a compiled decode step (gpt-fast's approach): ``torch.compile`` of the packed
-        forward with static shapes, attending over the whole preallocated cache under a mask, so
-        that a call's shapes depend on its token count only, never on the cache length.
+        """Opt in to a compiled decode step (gpt-fast's approach, with vLLM's padding to a few
+        sizes): ``torch.compile`` of the packed forward with static shapes, attending over the
+        whole preallocated cache under a mask, so that a call's graph depends on a few sizes only.
 
-        Applies to causal models without sliding windows, for calls of up to
-        ``COMPILED_MAX_TOKENS`` tokens on a cache that holds tokens already; everything else
-        runs the eager path. The first call of each length compiles (seconds to minutes).
-        torch keeps 8 graphs per compiled function (its ``recompile_limit``, left as it is: the
-        setting is process-wide), shared by every compiled model: beyond that (many call lengths,
-        cache sizes or compiled models) a call runs uncompiled, and torch warns.
+        - **Tokens per row** are padded up to the next of ``TOKEN_BUCKETS`` (1, 2, 4, ... 64): a
+          call of 5 tokens runs the 8-token graph. A pad token sits after the row's real ones,
+          writes its key/value into a slot past them (uncommitted: the next write overwrites it),
+          sees only itself, is seen by no real token (the contract's masks hide every slot past a
+          row's own tokens) and its logits are dropped: pads are inert.
+        - **Rows** (the batch) are a dynamic size: one graph serves every batch of two rows or
+          more (and one the single row, which torch specialises).
+        - **Cache sizes** come in powers of two from 256 slots (``new_cache``), with 64 slots of
+          room for pads.
+        So a whole bench run compiles a bounded number of graphs: per bucket used, one or two
+        per cache size; each bucket is its own compiled function (``_own_code``), holding at
+        most torch's 8 graphs. Calls after an empty cache (prefill) and longer calls stay eager;
+        so do bidirectional and sliding-window models. Rows of different lengths write at their
+        own slots (a scatter), in the same graph.
         """
         if self.packed is None:
             self.pack()
@@ -421,44 +448,58 @@ class NativeModel(nn.Module, Model):
             # fbgemm's packed fp16 operand is opaque to the compiler: the graph breaks at every
             # matmul, and measured slower than the eager fp16-weights path.
             raise ValueError(f"compile=True runs the model's own dtype, not the weight format '{self.packed.weights}'")
-        self.compiled = torch.compile(self._static_forward, dynamic=False)
+        # On CUDA each graph is also captured as a CUDA graph (vLLM's and gpt-fast's way to skip
+        # the per-kernel launch cost); torch replays it where its inputs allow, else runs it as is.
+        mode = "reduce-overhead" if self.lm_head.weight.device.type == "cuda" else None
+        self.compiled = {t: torch.compile(_own_code(self._static_forward, f"paragen_step_{t}"), dynamic=False, mode=mode)
+                         for t in TOKEN_BUCKETS}
         return self
 
     def static_call(self, tokens: torch.Tensor, cache: KVCache) -> bool:
         """Whether this call runs the compiled step (see ``compile_decode``)."""
-        # A batch whose rows differ in length writes each row at its own slots (KVCache.write's
-        # scatter): that stays eager.
-        return (self.config.attention == "causal" and not self.sliding and cache.length > 0 and cache.uniform
-                and tokens.shape[1] <= self.COMPILED_MAX_TOKENS)
+        return (self.config.attention == "causal" and not self.sliding and cache.length > 0
+                and token_bucket(tokens.shape[1]) is not None
+                and cache.length + token_bucket(tokens.shape[1]) <= cache.max_length)
 
     def compiled_forward(self, tokens, positions, cache: KVCache, mask) -> tuple[torch.Tensor, torch.Tensor]:
-        """The compiled step: writes slots ``[length, length + T)`` like ``KVCache.write``; (logits, hidden)."""
-        past, T = cache.length, tokens.shape[1]
-        if past + T > cache.max_length:
-            raise IndexError(f"cache overflow: {past + T} slots needed, {cache.max_length} allocated")
-        slots = torch.arange(past, past + T, device=tokens.device)
-        if mask is not None:  # the contract mask over [past + T] keys, widened to every slot of the cache
-            visible = expand_mask(mask, past, T, True, tokens.device)
-            mask = torch.zeros(*visible.shape[:-1], cache.max_length, dtype=torch.bool, device=tokens.device)
-            mask[..., : past + T] = visible
-        return self.compiled(tokens, positions, slots, mask, cache.k, cache.v)
+        """The compiled step of a call of T tokens per row, padded to its bucket: writes each
+        row's slots ``[rows[b], rows[b] + T)`` like ``KVCache.write``; (logits, hidden) [B, T, ...]."""
+        B, T = tokens.shape
+        n, dev = token_bucket(T), tokens.device
+        slots = cache.slots(T)
+        if n > T:  # pads after each row's tokens: positions and slots continue past them
+            more = torch.arange(1, n - T + 1, device=dev)
+            tokens = F.pad(tokens, (0, n - T))
+            positions = torch.cat([positions, positions[:, -1:] + more], 1)
+            slots = torch.cat([slots, slots[:, -1:] + more], 1)
+        keys = torch.arange(cache.max_length, device=dev)
+        if mask is None:  # causal: a query sees its row's slots up to its own (pads: past real ones too)
+            full = keys[None, None, :] <= slots[:, :, None]
+        else:  # the contract mask over [length + T] keys, widened to every slot; a pad sees itself only
+            past = cache.length
+            visible = expand_mask(mask, past, T, True, dev)[:, 0]  # [B|1, T, past + T]
+            full = keys[None, None, :] == slots[:, :, None]
+            full[:, :T, : past + T] = visible
+        # The rotary tables are computed here, eagerly, in float32 as Hugging Face does: compiled,
+        # their cos/sin round differently and every logit would move by ~1e-6.
+        cos, sin = self.rope(positions)
+        logits, hidden = self.compiled[n](tokens, cos, sin, slots, full[:, None], cache.k, cache.v)
+        return logits[:, :T], hidden[:, :T]
 
-    def _static_forward(self, tokens, positions, slots, mask, ks, vs) -> tuple[torch.Tensor, torch.Tensor]:
-        if mask is None:  # causal: query t sees slots up to its own
-            keys = torch.arange(ks[0].shape[2], device=tokens.device)
-            mask = (keys[None, :] <= slots[:, None])[None, None]
+    def _static_forward(self, tokens, cos, sin, slots, mask, ks, vs) -> tuple[torch.Tensor, torch.Tensor]:
         n = len(self.packed.layers)
-        hidden = self.packed_hidden_states(tokens, positions, _SlotWriter(ks, vs, slots), [mask] * n, [False] * n)
+        hidden = self.packed_hidden_states(tokens, (cos, sin), _SlotWriter(ks, vs, slots), [mask] * n, [False] * n)
         return self.packed.lm_head(hidden), hidden
 
-    def packed_hidden_states(self, tokens, positions, cache, masks, causal) -> torch.Tensor:
-        """``hidden_states`` on the packed weights: the same computation in fewer ops."""
+    def packed_hidden_states(self, tokens, rope, cache, masks, causal) -> torch.Tensor:
+        """``hidden_states`` on the packed weights: the same computation in fewer ops (``rope``:
+        the positions' ``self.rope``)."""
         p, c = self.packed, self.config
         if p.dtype != self.dtype:
             raise RuntimeError(f"the packed weights are {p.dtype} but the model is now {self.dtype}: call pack() again")
         B, T = tokens.shape
         h, kv, d, eps = c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.rms_norm_eps
-        cos, sin = self.rope(positions)
+        cos, sin = rope
         # rotate_half(x) * sin == x.roll(d/2) * [-sin_lo, sin_hi] bit for bit (a negation is exact).
         sin = torch.cat((-sin[..., : d // 2], sin[..., d // 2 :]), dim=-1)
         act = ACTIVATIONS[c.hidden_act]

@@ -1,0 +1,105 @@
+"""The compiled decode step (``NativeModel.compile_decode``): calls padded to a few sizes, pads
+inert, every strategy's tokens equal to the eager step's (float64), a bounded number of graphs.
+
+Compiling is slow (seconds per graph), so these tests share one compiled float64 model and a
+compiled draft, and are marked slow; the GPU test captures CUDA graphs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+import paragen
+from paragen.heads import new_heads
+from paragen.models.native import TOKEN_BUCKETS, token_bucket
+from paragen.reference import reference_greedy
+from tests.conftest import tiny_model
+
+pytestmark = pytest.mark.slow
+
+PROMPTS = [[1, 2, 3, 4, 5, 1, 2, 3], [7, 8], [9, 9, 9, 9, 1, 2]]
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    """(eager target, compiled target, compiled draft, eagle heads on the compiled target)."""
+    eager = tiny_model(0)
+    target = tiny_model(0).pack().compile_decode()
+    draft = tiny_model(5).pack().compile_decode()
+    return eager, target, draft, new_heads(target, "eagle", 3, seed=0, std=0.3)
+
+
+def test_buckets():
+    assert [token_bucket(t) for t in (1, 2, 3, 5, 8, 9, 33, 64)] == [1, 2, 4, 8, 8, 16, 64, 64]
+    assert token_bucket(65) is None
+
+
+def test_a_padded_call_equals_the_unpadded_eager_call(compiled):
+    """5 tokens per row run the 8-token graph: the real logits and the cache's real slots equal
+    the eager call's, on ragged rows (each row writes at its own slots), and so does the next
+    call, which reuses the slots the pads wrote. Equal within 1e-5, not bit for bit: a float64
+    model normalises in float32 (as Hugging Face's RMSNorm does), which compiled code rounds
+    differently (~1e-6); a pad that leaked into a real token would move its logits by ~0.1."""
+    eager, target, _, _ = compiled
+    outs = []
+    for model in (eager, target):
+        cache = model.new_cache(batch=3, max_length=64)
+        seqs = [p[:-1] for p in PROMPTS]
+        width = max(map(len, seqs))
+        tokens = torch.tensor([s + [0] * (width - len(s)) for s in seqs])
+        model(tokens, cache.slots(width), cache=cache, mask=cache.mask(width))
+        cache.commit_rows([len(s) for s in seqs])
+        g = torch.Generator().manual_seed(1)
+        new = torch.randint(0, 50, (3, 5), generator=g)
+        logits = model(new, cache.slots(5), cache=cache, mask=cache.mask(5))
+        rows = cache.rows
+        cache.commit_rows([3, 5, 1])  # the rows keep different shares: later calls see the pads' slots
+        after = model(torch.randint(0, 50, (3, 2), generator=g), cache.slots(2), cache=cache, mask=cache.mask(2))
+        outs.append((logits, after, [cache.k[0][b, :, : r + 1] for b, r in enumerate(rows)]))
+    (a, a2, ka), (b, b2, kb) = outs
+    torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(b2, a2, rtol=1e-5, atol=1e-5)
+    for x, y in zip(ka, kb):
+        torch.testing.assert_close(y, x, rtol=1e-5, atol=1e-5)
+
+
+CASES = ["ar", "lookup", "speculative", "tree", "eagle", "auto"]
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_every_strategy_compiled_equals_the_oracle(compiled, name):
+    """Batch 1 and a ragged batch of 3, crossing bucket boundaries (lookup's and tree's calls
+    vary in size): the oracle's tokens."""
+    eager, target, draft, heads = compiled
+    kw = {"speculative": {"draft": draft}, "tree": {"draft": draft}, "eagle": {"heads": heads},
+          "auto": {"draft": draft, "heads": heads, "schedule": "ar:1,lookup:1,speculative:1,tree:1,eagle:1"}}
+    rows = paragen.generate(target, PROMPTS, name, max_new_tokens=20, **kw.get(name, {}))
+    for prompt, row in zip(PROMPTS, rows):
+        assert row.tokens == reference_greedy(eager, prompt, 20), (name, prompt)
+    assert paragen.generate(target, PROMPTS[0], name, max_new_tokens=12, **kw.get(name, {})).tokens == \
+        reference_greedy(eager, PROMPTS[0], 12)
+
+
+def test_the_graphs_compiled_stay_within_the_buckets(compiled):
+    """After every strategy above: per model at most two graphs (one row, several rows) per
+    bucket and cache size, and no bucket reached torch's recompile limit (its calls would run
+    eagerly)."""
+    for name in CASES:
+        test_every_strategy_compiled_equals_the_oracle(compiled, name)
+    graphs = counters["stats"]["unique_graphs"]
+    assert 0 < graphs <= 2 * 2 * len(TOKEN_BUCKETS) * 2  # two models, two row kinds, one or two cache sizes
+    assert not any("recompile_limit" in str(k) or "cache_size_limit" in str(k) for k in counters["recompiles"])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_graphs_step_equals_the_cpu_oracle():
+    """On CUDA the compiled buckets run as CUDA graphs (mode reduce-overhead): the oracle's tokens."""
+    cpu = tiny_model(0)
+    target = tiny_model(0).to("cuda").pack().compile_decode()
+    draft = tiny_model(5).to("cuda").pack().compile_decode()
+    for name, kw in (("ar", {}), ("speculative", {"draft": draft}), ("tree", {"draft": draft})):
+        rows = paragen.generate(target, PROMPTS, name, max_new_tokens=16, **kw)
+        for prompt, row in zip(PROMPTS, rows):
+            assert row.tokens == reference_greedy(cpu, prompt, 16), (name, prompt)
