@@ -187,10 +187,12 @@ def test_replicas_answer_as_generate(served, model, settings):
     assert whole.choices[0].text == streamed == want
 
 
-def stream_once(url: str, model_name: str, prompt: str, max_tokens: int) -> tuple[str, str]:
-    """One streamed completion: (replica, text); raises on any error or an unfinished stream."""
+def complete_once(url: str, model_name: str, prompt: str, max_tokens: int, stream: bool = True) -> tuple[str, str]:
+    """One completion, streamed or whole: (replica, text); raises on any error or an unfinished stream."""
     raw = client(url).completions.with_raw_response.create(model=model_name, prompt=prompt, max_tokens=max_tokens,
-                                                           stream=True, temperature=0)
+                                                           stream=stream, temperature=0)
+    if not stream:
+        return raw.headers["x-paragen-replica"], raw.parse().choices[0].text
     chunks = list(raw.parse())
     if not chunks or chunks[-1].choices[0].finish_reason is None:
         raise RuntimeError("the stream ended before its last chunk")
@@ -201,7 +203,7 @@ def test_sixteen_streams_spread_over_both_replicas(served, model):
     url, _ = served
     prompts = [PROMPTS[i % 5] for i in range(16)]
     with ThreadPoolExecutor(16) as pool:
-        results = list(pool.map(lambda p: stream_once(url, model.name, p, 64), prompts))
+        results = list(pool.map(lambda p: complete_once(url, model.name, p, 64), prompts))
     for p, (_, text) in zip(prompts, results):
         assert text == paragen.generate(model, p, max_new_tokens=64).text
     replicas = {r for r, _ in results}
@@ -223,7 +225,7 @@ def test_a_second_app_with_other_settings_is_refused(served):
 
 
 def test_killed_replica_fails_its_requests_cleanly_and_comes_back(served, model):
-    """16 clients stream back to back; one replica's process is SIGKILLed mid-load. Every
+    """16 clients (8 streaming, 8 not) ask back to back; one replica's process is SIGKILLed mid-load. Every
     request completes with its own text or fails with an error, none hangs past the client's
     30 s, none gets other text; Ray restarts the replica and it serves again."""
     url, _ = served
@@ -239,11 +241,11 @@ def test_killed_replica_fails_its_requests_cleanly_and_comes_back(served, model)
             prompt = PROMPTS[i % 5]
             t0 = time.monotonic()
             try:
-                replica, text = stream_once(url, model.name, prompt, 96)
+                replica, text = complete_once(url, model.name, prompt, 96, stream=i % 2 == 0)
                 kind = "ok" if text == expected[prompt] else "wrong"
             except Exception as e:  # noqa: BLE001 - every failure is counted, by kind
                 replica, kind = None, "error"
-                why = f"{type(e).__name__}: {str(e)[:60]}"
+                why = f"{'stream' if i % 2 == 0 else 'whole'} {type(e).__name__}: {str(e)[:60]}"
                 with lock:
                     errors[why] = errors.get(why, 0) + 1
             assert time.monotonic() - t0 < 31

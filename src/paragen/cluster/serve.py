@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import socket
-import time
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -169,8 +170,7 @@ def run_replicas(spec: ReplicaSpec, scaling: Scaling, address: str, host: str, p
             url = deploy(spec, scaling, host, port)
             print(f"paragen: serving {spec.model} at {url}/v1 on Ray Serve ({_replicas_text(scaling)}); Ctrl-C stops it",
                   flush=True)
-            while True:
-                time.sleep(3600)
+            _wait_for_stop()
         finally:
             # the app is this command's: it goes when the command ends (a local Ray instance goes too)
             if serve.status().applications.get(APP_NAME) is not None:
@@ -178,6 +178,19 @@ def run_replicas(spec: ReplicaSpec, scaling: Scaling, address: str, host: str, p
             if address == "local":
                 serve.shutdown()
     return 0
+
+
+def _wait_for_stop() -> None:
+    """Return on SIGTERM (what a service manager sends to stop a server); Ctrl-C raises
+    KeyboardInterrupt as ever. Either way the caller's cleanup runs: Python's default for
+    SIGTERM would end the process on the spot and leave the app running on a cluster."""
+    stopped = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: stopped.set())
+    try:
+        while not stopped.wait(1.0):  # a timed wait, so that Ctrl-C gets through
+            pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _replicas_text(scaling: Scaling) -> str:
