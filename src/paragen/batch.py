@@ -108,14 +108,16 @@ class Summary:
     failed: int = 0
     tokens: int = 0
     target_calls: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0  # the whole job: checks, decoding, merge
+    first_rows: float = 0.0  # decoding's start to its first rows: model loads, and on Ray the instance and actors
 
     def lines(self) -> list[str]:
         per_call = self.tokens / self.target_calls if self.target_calls else 0.0
         rate = self.tokens / self.seconds if self.seconds else 0.0
         return [f"rows: {self.rows} ({self.done_before} done before, {self.decoded} decoded now, "
                 f"{self.failed} bad lines skipped, {self.duplicates} duplicate results dropped)",
-                f"tokens: {self.tokens} in {self.seconds:.1f} s: {rate:.1f} tokens/s, {per_call:.2f} tokens per call"]
+                f"tokens: {self.tokens} in {self.seconds:.1f} s: {rate:.1f} tokens/s, {per_call:.2f} tokens per call "
+                f"(first rows {self.first_rows:.1f} s after decoding began)"]
 
 
 # ---------------------------------------------------------------- 1. reading and checking
@@ -410,6 +412,7 @@ def _decode_into(store: ShardStore, todo: list[Row], results: Callable[[list[Row
     t0 = time.monotonic()
     try:
         for records in results(todo):
+            summary.first_rows = summary.first_rows or time.monotonic() - t0
             fresh = [r for r in records if r["id"] not in seen]
             summary.duplicates += len(records) - len(fresh)
             seen.update(r["id"] for r in fresh)
