@@ -78,16 +78,18 @@ def test_seeded_sampled_rows_equal_generate_with_their_seed(model, model_dir, tm
 def test_bad_lines_are_reported_with_line_numbers_and_nothing_is_written(model_dir, tmp_path):
     rows = [{"id": 1, "prompt": "def f():"}, "{not json", {"id": 2}, {"id": 1, "prompt": "again"},
             {"id": 3, "prompt": "x = 1\n" * 300}, {"id": 4, "prompt": "ok", "max_tokens": "8"}, "[1, 2]",
-            {"id": 5, "prompt": ""}, {"id": 6, "prompt": "def g():", "colour": "red"}, {"id": 7, "prompt": "fine"}]
+            {"id": 5, "prompt": ""}, {"id": 6, "prompt": "def g():", "colour": "red"}, {"id": 7, "prompt": "fine"},
+            {"id": 8, "prompt": "x", "max_tokens": 0}, {"id": 9, "prompt": "x", "temperature": -1}]
     plan, settings = job(model_dir, tmp_path, rows)
     with pytest.raises(InvalidInputError) as e:
         run_job(settings, plan)
     message = str(e.value)
     for line, words in ((2, "not valid JSON"), (3, '"prompt"'), (4, "duplicate id 1 (first on line 1)"),
                         (5, "exceeds the model context"), (6, '"max_tokens" must be'), (7, "JSON object"),
-                        (8, "empty"), (9, "unknown field(s) colour")):
+                        (8, "empty"), (9, "unknown field(s) colour"), (11, "max_new_tokens must be a positive"),
+                        (12, "temperature")):
         assert f"line {line}: " in message and words in message.split(f"line {line}: ")[1].split("\n")[0], (line, message)
-    assert "8 bad line(s)" in message and "line 1:" not in message and "line 10:" not in message
+    assert "10 bad line(s)" in message and "line 1:" not in message and "line 10:" not in message
     assert not Path(plan.output).exists() and not Path(plan.output + ".parts").exists()
 
 

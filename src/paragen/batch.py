@@ -178,18 +178,23 @@ def _parse(text: str, line: int, settings: JobSettings) -> Row:
     for name, kinds in (("max_tokens", int), ("temperature", int | float), ("seed", int)):
         if d.get(name) is not None and (isinstance(d[name], bool) or not isinstance(d[name], kinds)):
             raise InvalidInputError(f'"{name}" must be a number{" (an integer)" if kinds is int else ""}, got {d[name]!r}')
-    return Row(d["id"], line, d["prompt"], d.get("max_tokens") or settings.max_tokens,
+    return Row(d["id"], line, d["prompt"], settings.max_tokens if d.get("max_tokens") is None else d["max_tokens"],
                float(d.get("temperature", settings.temperature)), d.get("seed"), tuple(stop))
 
 
 def request_checker(model: Any, draft: Any, settings: JobSettings) -> Callable[[Row], None]:
     """A row's checks: the API's ``check_request`` on the row alone (the batch adds nothing a
     row alone does not have: rows of a call share their settings by construction)."""
+    from paragen.heads.io import default_heads
     from paragen.request import check_request
+    from paragen.strategies import get_strategy
+
+    kinds = get_strategy(settings.strategy).head_kinds
+    heads = default_heads(model, kinds) if kinds else None  # once, not once a row
 
     def check(row: Row) -> None:
         check_request(model, [row.prompt], settings.strategy, row.max_tokens, row.temperature, None, None, row.seed,
-                      row.stop, draft, None, dict(settings.options))
+                      row.stop, draft, heads, dict(settings.options))
 
     return check
 
@@ -299,12 +304,15 @@ class Decoder:
 
     def __init__(self, settings: JobSettings, model: Any = None, draft: Any = None) -> None:
         import paragen
+        from paragen.cache import OneRowCache
         from paragen.strategies import get_strategy
 
         self.settings = settings
         self.model = model if model is not None else paragen.load(settings.model, **settings.load)
         self.draft = draft if draft is not None or not settings.draft else paragen.load(settings.draft, **settings.load)
-        self.batch = settings.batch_size if get_strategy(settings.strategy).batched else 1
+        # a strategy that decodes one prompt at a time, or a backend whose cache has one length (hf), gets rows one by one
+        one_row = isinstance(self.model.new_cache(batch=1, max_length=1), OneRowCache)
+        self.batch = settings.batch_size if get_strategy(settings.strategy).batched and not one_row else 1
 
     def decode(self, rows: list[Row]) -> list[dict[str, Any]]:
         """One output record per row, grouped into ``generate`` calls of up to ``batch_size`` rows."""
