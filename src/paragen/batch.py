@@ -445,6 +445,16 @@ def _decode_into(store: ShardStore, todo: list[Row], results: Callable[[list[Row
 # ---------------------------------------------------------------- the command line
 
 
+DESCRIPTION = """\
+Generate for every row of a JSON Lines file, one object a line:
+  {"id": ..., "prompt": "...", optional "max_tokens", "temperature", "seed", "stop"}
+and write one line per row, {"id", "text", "tokens", "stats"}, in input order, to --output.
+The whole file is checked first (bad lines reported with their numbers). Finished rows are
+kept in shards beside the output (OUTPUT.parts/) as the job runs: after a crash or Ctrl-C,
+the same command again decodes only the rows not written yet, each row once. Rows decode in
+this process, or with --ray on Ray Data actors that each load the model once."""
+
+
 def add_batch_parser(sub: Any) -> None:
     import argparse
 
@@ -452,7 +462,7 @@ def add_batch_parser(sub: Any) -> None:
     from paragen.cli import add_model_flags, add_threads_flag
 
     p = sub.add_parser("batch", help="generate for every prompt of a JSON Lines file (resumable, exactly once)",
-                       description=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input", required=True, help='JSON Lines file: {"id": ..., "prompt": "...", optional max_tokens, '
                    "temperature, seed, stop} a line")
     p.add_argument("--output", required=True,
@@ -490,7 +500,12 @@ def run_batch(args: Any) -> int:
                            batch_size=args.batch_size, threads=args.threads)
     plan = JobPlan(input=args.input, output=args.output, on_error=args.on_error, shard_rows=args.shard_rows, ray=args.ray,
                    workers=args.workers or 1, progress=args.progress)
-    summary = run_job(settings, plan)
+    try:
+        summary = run_job(settings, plan)
+    except KeyboardInterrupt:
+        print(f"paragen: the rows written so far are kept in {args.output}.parts/: run the same command again to "
+              "finish the job", file=sys.stderr)
+        raise
     for line in summary.lines():
         print(f"paragen: {line}", file=sys.stderr)
     print(f"paragen: wrote {args.output}", file=sys.stderr)
