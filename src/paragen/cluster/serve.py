@@ -40,6 +40,7 @@ from paragen.serve.app import ServeConfig
 
 APP_NAME = "paragen"
 REPLICA_HEADER = "x-paragen-replica"
+HEALTH_CHECK_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -135,8 +136,11 @@ def deploy(spec: ReplicaSpec, scaling: Scaling, host: str, port: int) -> str:
     refuse_running(spec)
     serve.start(http_options={"host": host, "port": port})
     gpus = 1 if str(spec.load.get("device", "cpu")).startswith("cuda") else 0
+    # Serve notices a replica whose process died at its next health check (every 10 s by default, and a
+    # replacement then starts: ~15 s measured); a check every 2 s costs a replica one cheap call and
+    # brings a replacement up sooner.
     deployment = serve.deployment(Replica, name="Replica", ray_actor_options={"num_cpus": spec.threads, "num_gpus": gpus},
-                                  **scaling.options(spec.config))
+                                  health_check_period_s=HEALTH_CHECK_SECONDS, **scaling.options(spec.config))
     serve.run(deployment.bind(spec), name=APP_NAME, route_prefix="/")
     return f"http://{host}:{port}"
 
