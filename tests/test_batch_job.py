@@ -135,6 +135,19 @@ def test_crash_then_rerun_resumes_exactly_once_and_redoes_a_damaged_shard(model,
     assert run_job(settings, plan).decoded == 0 and read_output(Path(plan.output)) == out
 
 
+def test_a_stop_between_merge_and_shard_removal_is_resumed(model_dir, tmp_path):
+    plan, settings = job(model_dir, tmp_path, rows_of(12), shard_rows=4)
+    run_job(settings, plan)
+    out = Path(plan.output).read_text()
+    parts = Path(plan.output + ".parts")
+    parts.mkdir()  # the shards, as they were just before the merge removed them
+    lines = out.splitlines(keepends=True)
+    for i in range(3):
+        (parts / f"part-{i:05d}.jsonl").write_text("".join(lines[4 * i:4 * i + 4]))
+    assert run_job(settings, plan).decoded == 0
+    assert Path(plan.output).read_text() == out and not parts.exists()
+
+
 def test_output_of_another_input_is_refused(model_dir, tmp_path):
     plan, settings = job(model_dir, tmp_path, rows_of(4))
     run_job(settings, plan)

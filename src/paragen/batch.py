@@ -229,6 +229,7 @@ class ShardStore:
         for tmp in self.parts.glob(".*.tmp"):  # a shard that was being written when the job died
             tmp.unlink()
         sources = ([self.output] if self.output.exists() else []) + sorted(self.parts.glob("part-*.jsonl"))
+        merged: set[Any] = set()  # the ids of a previous output
         for path in sources:
             records = _read_records(path)
             if records is None:
@@ -236,6 +237,11 @@ class ShardStore:
                 path.unlink()
                 continue
             ids = [r["id"] for r in records]
+            if path == self.output:
+                merged = set(ids)
+            elif merged.issuperset(ids):  # the job stopped between writing the output and removing its shards
+                path.unlink()
+                continue
             stray = [i for i in ids if i not in wanted]
             if stray:
                 raise InvalidInputError(f"{path} holds ids that --input does not have (e.g. {stray[0]!r}): is it "
