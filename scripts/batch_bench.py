@@ -1,7 +1,7 @@
 """Benchmark of ``paragen batch``: in this process, on 1 Ray actor, on 2 Ray actors.
 
-Writes a prompts file (HumanEval's 164 prompts, then stdlib prompts, ``--rows`` in all,
-each ``--max-tokens`` greedy), then runs ``paragen batch`` as a subprocess once per setting
+Writes a prompts file (HumanEval's 164 prompts, then the stdlib prompts, about 300 in all,
+repeated to ``--rows``, each ``--max-tokens`` greedy), then runs ``paragen batch`` as a subprocess once per setting
 into a fresh output, each on ``--threads`` torch threads per decoder (the in-process run has
 one decoder, each actor is one). Per setting: the command's wall time (model loads and, on
 Ray, starting the local instance included) and the job's own rows/s and tokens/s from its
@@ -30,10 +30,11 @@ from pathlib import Path
 def write_prompts(path: Path, rows: int, max_chars: int) -> None:
     from paragen.tasks import humaneval, stdlib
 
-    tasks = [t for t in humaneval() + stdlib() if len(t.prompt) <= max_chars][:rows]
-    if len(tasks) < rows:
-        raise SystemExit(f"only {len(tasks)} prompts of at most {max_chars} characters")
-    path.write_text("".join(json.dumps({"id": t.id, "prompt": t.prompt}) + "\n" for t in tasks))
+    tasks = [t for t in humaneval() + stdlib() if len(t.prompt) <= max_chars]
+    # about 300 prompts in all: the list repeats (ids made unique) to make up --rows
+    rows_out = [{"id": f"{tasks[i % len(tasks)].id}#{i // len(tasks)}", "prompt": tasks[i % len(tasks)].prompt}
+                for i in range(rows)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows_out))
 
 
 def run(setting: str, prompts: Path, out: Path, args) -> dict:
