@@ -14,9 +14,9 @@ running replicas with others (or, during Ray's rolling update, mixing the two).
 
 A replica that dies (its process killed, its node lost) is restarted by Ray, and new
 requests go to the replicas alive meanwhile. A request that was running on it is not
-retried by the server: the proxy answers it with an error status (a 5xx: 500 or 503 as Ray
-names the failure), or, for a stream already under way, the stream ends without its final
-``[DONE]``. Retrying on the server would be wrong for a stream (the client holds text
+retried by the server: Ray's proxy answers it with a 500 (its own message, not OpenAI's
+shape) when its answer had not begun, and a stream already under way ends without its
+final ``[DONE]`` (the client sees a connection error). Retrying on the server would be wrong for a stream (the client holds text
 that a second decode would repeat, or with sampling contradict) and would hide the loss
 from the client, who alone knows whether the request is still wanted; the OpenAI clients
 retry a 5xx by themselves (``max_retries``). No client ever gets another request's text:
