@@ -240,19 +240,26 @@ def generate_prompt(args: argparse.Namespace) -> str | list[int]:
             from None
 
 
-def run_generate(args: argparse.Namespace) -> int:
-    import paragen
+def parse_options(items: list[str]) -> dict[str, str]:
+    """``-o KEY=VALUE`` flags as a dict (values stay strings; ``make_options`` coerces them)."""
     from paragen.errors import InvalidInputError
-    from paragen.models import NoTokenizerWarning
-    from paragen.strategies import get_strategy
 
-    prompt = generate_prompt(args)
     options = {}
-    for item in args.option:
+    for item in items:
         key, sep, value = item.partition("=")
         if not sep:
             raise InvalidInputError(f"strategy option '{item}' must look like KEY=VALUE")
         options[key.replace("-", "_")] = value
+    return options
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    import paragen
+    from paragen.models import NoTokenizerWarning
+    from paragen.strategies import get_strategy
+
+    prompt = generate_prompt(args)
+    options = parse_options(args.option)
     cls = get_strategy(args.strategy)
     check_generate_flags(cls, args, prompt)
     # Greedy: top-k/top-p change nothing, and neither does the seed for a lossless strategy
@@ -319,6 +326,7 @@ def run_models(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from paragen import __version__
+    from paragen.batch import add_batch_parser
     from paragen.bench.cli import add_bench_parser
     from paragen.serve.cli import add_serve_parser
     from paragen.train.cli import add_train_parser
@@ -331,6 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_parser(sub)
     add_bench_parser(sub)
     add_serve_parser(sub)
+    add_batch_parser(sub)
     from paragen.speech.cli import add_data_parser, add_transcribe_parser
 
     add_data_parser(sub)
@@ -377,6 +386,10 @@ def run(argv: list[str] | None) -> int:
         from paragen.speech import cli as speech_cli
 
         return speech_cli.run_data(args) if args.command == "data" else speech_cli.run_transcribe(args)
+    if args.command == "batch":
+        from paragen.batch import run_batch
+
+        return run_batch(args)
     if args.command == "serve":
         from paragen.serve.cli import run_serve
 

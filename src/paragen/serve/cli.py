@@ -6,8 +6,12 @@ import argparse
 import errno
 import json
 import socket
+from typing import TYPE_CHECKING
 
 from paragen.errors import InvalidInputError, ParagenError
+
+if TYPE_CHECKING:
+    from paragen.serve.app import ServeConfig
 
 DESCRIPTION = """\
 Serve a model over an OpenAI-compatible HTTP API: POST /v1/completions (and
@@ -63,6 +67,22 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
                         "steps and the client gets a 504 (or an error event if streaming) (default: 300)")
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1/* (default: no key)")
     add_threads_flag(p, DEFAULT_THREADS)
+    ray = p.add_argument_group("replicas on Ray Serve (pip install 'paragen[ray]')", REPLICAS_HELP)
+    ray.add_argument("--replicas", type=int, default=None, help="a fixed number of replicas")
+    ray.add_argument("--min-replicas", type=int, default=None, help="autoscaling: replicas at least (0: none when idle)")
+    ray.add_argument("--max-replicas", type=int, default=None, help="autoscaling: replicas at most")
+    ray.add_argument("--target-requests", type=float, default=None,
+                     help="autoscaling: requests per replica (running and waiting) Ray scales to (default: --max-batch)")
+    ray.add_argument("--ray", default=None, metavar="local|auto|ADDRESS",
+                     help="where: local (a Ray instance on this machine, the default with --replicas), auto (the cluster "
+                          "`ray start --head` made here), or a cluster address")
+
+
+REPLICAS_HELP = """Without these flags the server is this one process. With them, Ray Serve runs the same app
+in N processes (replicas), each loading the model once and decoding its own batches, behind
+Ray's HTTP proxy on --host/--port; answers carry x-paragen-replica. A replica that dies is
+restarted by Ray; its requests in flight get a 5xx (or a stream ends early), which clients
+retry: nothing is retried by the server (see paragen.cluster.serve)."""
 
 
 def chat_template(name_or_path: str) -> str | None:
@@ -106,11 +126,14 @@ def run_serve(args: argparse.Namespace) -> int:
     from paragen.strategies import get_strategy
 
     # Everything that can be refused is, before the models load: settings, the default strategy, the port.
+    replicated = (args.replicas, args.min_replicas, args.max_replicas, args.target_requests, args.ray) != (None,) * 5
     config = ServeConfig(strategy=args.strategy, max_batch=args.max_batch, max_queue=args.max_queue,
                          cache_tokens=args.cache_tokens, prefill_tokens=args.prefill_tokens, speculation=args.speculation,
                          max_tokens=args.max_tokens, timeout=args.timeout, api_key=args.api_key,
                          chat_template=chat_template(args.model))
     check_default_strategy(config, args.draft is not None)
+    if replicated:
+        return _run_replicas(args, config)
     with command_threads(args):
         sock = listening_socket(args.host, args.port)
         try:
@@ -122,3 +145,21 @@ def run_serve(args: argparse.Namespace) -> int:
         finally:
             sock.close()
     return 0
+
+
+def _run_replicas(args: argparse.Namespace, config: ServeConfig) -> int:
+    """``--replicas`` / ``--min-replicas``: the app on Ray Serve (``paragen.cluster.serve``)."""
+    from paragen.cli import load_kwargs
+    from paragen.cluster import import_ray
+
+    if args.replicas is None and args.min_replicas is None and args.max_replicas is None:
+        raise InvalidInputError("--ray and --target-requests are for replicas: add --replicas N (or --min-replicas and "
+                                "--max-replicas)")
+    if args.port == 0:
+        raise InvalidInputError("Ray Serve's proxy needs a fixed --port (0 picks none with --replicas)")
+    import_ray()
+    from paragen.cluster.serve import ReplicaSpec, Scaling, run_replicas
+
+    scaling = Scaling(args.replicas, args.min_replicas, args.max_replicas, args.target_requests)
+    spec = ReplicaSpec(model=args.model, draft=args.draft, load=load_kwargs(args), config=config, threads=args.threads)
+    return run_replicas(spec, scaling, args.ray or "local", args.host, args.port)
