@@ -382,9 +382,10 @@ def make_runner(c: Contender, models: Models, config: BenchConfig) -> Callable[[
         return [Outcome(out.tokens, out.target_calls, out.draft_calls, out.seconds, out.finish_reason, None,
                         {"weights": peer_weights} if peer_weights else None)]
 
-    def run_llama(ids: list[int], seed: int) -> Outcome:
+    def run_llama(batch: list[list[int]], seed: int) -> list[Outcome]:
+        (ids,) = batch  # peers run at batch size 1 (build_contenders), and greedy only: no seed
         out = run_llamacpp(models.llamacpp[c.name], ids, config.max_new_tokens, eos)
-        return Outcome(out.tokens, out.target_calls, out.draft_calls, out.seconds, out.finish_reason, None)
+        return [Outcome(out.tokens, out.target_calls, out.draft_calls, out.seconds, out.finish_reason, None)]
 
     if c.peer and issubclass(c.cls, LlamaCpp):
         return run_llama
