@@ -164,13 +164,15 @@ def _run(pieces: Generator[Any, None, Any]) -> Any:
 
 
 def load(name_or_path: str | Any, backend: str = "native", dtype: torch.dtype | str | None = None,
-         compile: bool = False, device: str | torch.device = "cpu") -> Any:
+         compile: bool = False, device: str | torch.device = "cpu", threads: int | None = None) -> Any:
     """A built-in model by name or a model directory (see ``paragen.models.load`` for the
     arguments); a speech model (``speech-en``, or a directory from ``paragen train speech``)
     loads as a ``SpeechModel``, on the CPU, in float32 or float64."""
     from paragen.models.io import resolve
     from paragen.speech.model import is_speech_model, load_speech_model
 
+    if backend == "llamacpp":  # a GGUF file or a model directory; threads: llama.cpp's own
+        return load_lm(name_or_path, backend=backend, dtype=dtype, compile=compile, device=device, threads=threads)
     path = resolve(name_or_path)
     if is_speech_model(path):
         if compile or str(device) != "cpu" or isinstance(dtype, str):

@@ -16,7 +16,7 @@ from paragen.tokenizer import Tokenizer, has_tokenizer
 __all__ = ["DTYPES", "DTYPE_CHOICES", "Model", "ModelInfo", "NativeConfig", "NativeModel", "NoTokenizerWarning",
            "builtin_models", "device_of", "load", "parse_device", "save_model", "torch_dtype"]
 
-BACKENDS = ("native", "hf")
+BACKENDS = ("native", "hf", "llamacpp")
 # Weight dtypes the CLIs offer by name. bfloat16 roughly halves the bytes a decode step
 # reads, which bounds a small model's step on CPU; float16 matmuls are slow on most CPUs.
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
@@ -71,7 +71,7 @@ def torch_dtype(name: str) -> torch.dtype:
 
 def load(
     name_or_path: str | os.PathLike, backend: str = "native", dtype: torch.dtype | str | None = None,
-    compile: bool = False, device: str | torch.device = "cpu",
+    compile: bool = False, device: str | torch.device = "cpu", threads: int | None = None,
 ) -> Model:
     """Load a built-in model by name or a Hugging Face model directory, with its tokenizer.
 
@@ -81,11 +81,20 @@ def load(
     model runs its packed inference path (``NativeModel.pack``). ``compile=True`` (native
     only, opt-in) compiles its decode step with static cache shapes (``NativeModel.compile_decode``).
     ``device``: where the weights go (``"cpu"``, ``"cuda"``, ``"cuda:1"``...); every strategy
-    then decodes there. A directory without tokenizer files loads with a ``NoTokenizerWarning``:
+    then decodes there. ``backend="llamacpp"``: llama.cpp on the CPU, from a GGUF file or a
+    model converted on the fly (``paragen.models.llamacpp.load_llamacpp``; ``dtype`` float32,
+    fp16-weights or int8-weights pick the GGUF type f32, f16 or q8_0), on ``threads`` threads
+    (default: torch's). A directory without tokenizer files loads with a ``NoTokenizerWarning``:
     its prompts must be lists of token ids, and its Generations' text is empty.
     """
     if backend not in BACKENDS:
         raise InvalidInputError(f"unknown backend '{backend}': choose one of {', '.join(BACKENDS)}")
+    if backend == "llamacpp":
+        if compile or parse_device(device).type != "cpu":
+            raise InvalidInputError("the llamacpp backend runs on the CPU, uncompiled: drop compile and device")
+        from paragen.models.llamacpp import load_llamacpp
+
+        return load_llamacpp(name_or_path, dtype, threads)
     dev = parse_device(device)
     weights = dtype if isinstance(dtype, str) and dtype in WEIGHT_FORMATS else None
     if isinstance(dtype, str):
