@@ -66,10 +66,11 @@ def command_threads(args: argparse.Namespace) -> contextlib.AbstractContextManag
 def add_model_flags(p: argparse.ArgumentParser, dtype_note: str = "") -> None:
     """``--backend``, ``--dtype``, ``--compile``, ``--device``: how the models load, the same in
     generate, serve and bench (``paragen.load``'s arguments)."""
-    from paragen.models import DTYPE_CHOICES, DTYPE_HELP
+    from paragen.models import BACKENDS, DTYPE_CHOICES, DTYPE_HELP
 
-    p.add_argument("--backend", choices=["native", "hf"], default="native",
-                   help="native (paragen's own, fast) or hf (transformers) (default: native)")
+    p.add_argument("--backend", choices=BACKENDS, default="native",
+                   help="native (paragen's own, fast), hf (transformers) or llamacpp (llama.cpp on a GGUF of the "
+                        "model; --dtype fp16-weights / int8-weights: f16 / q8_0 GGUF) (default: native)")
     p.add_argument("--dtype", choices=DTYPE_CHOICES, default="float32",
                    help=f"weights' dtype or format{dtype_note}: {DTYPE_HELP}")
     p.add_argument("--compile", action="store_true",
@@ -109,6 +110,8 @@ def check_generate_flags(cls: type, args: argparse.Namespace, prompt: str | list
                                   ("--top-p", args.top_p, args.top_p is None or 0 < args.top_p <= 1, "in (0, 1]")):
         if not ok:
             raise InvalidInputError(f"{flag} must be {need}, got {value}")
+    if args.backend == "llamacpp" and str(args.model).endswith(".gguf"):
+        return  # a GGUF file: the llamacpp backend checks it (and reads a tokenizer beside it)
     path = resolve(args.model)
     if is_speech_model(path):
         raise InvalidInputError(f"--model {args.model} is a speech model: transcribe audio with "

@@ -197,6 +197,9 @@ class LlamaCpp(Peer):
     Options = LlamaCppOptions
     supports_sampling = False
     weights: ClassVar[str] = "f32"
+    # float32 keys and values (GGML_TYPE_F32) beside f32 weights, as the llamacpp backend keeps
+    # them: llama.cpp's default f16 cache would round every key and value. None: llama.cpp's default.
+    kv_type: ClassVar[int | None] = 0
     summary = "llama.cpp greedy, f32 GGUF of the same weights"
 
     @staticmethod
@@ -209,12 +212,14 @@ class LlamaCpp(Peer):
 class LlamaCppF16(LlamaCpp):
     name = "llamacpp-f16"
     weights = "f16"
+    kv_type = None
     summary = "llama.cpp greedy, f16 GGUF (exact for float16-stored weights such as the built-ins)"
 
 
 class LlamaCppQ8(LlamaCpp):
     name = "llamacpp-q8_0"
     weights = "q8_0"
+    kv_type = None
     lossless = False
     summary = "llama.cpp greedy, q8_0 GGUF (lossy: 8-bit weights and activations)"
 
@@ -241,7 +246,7 @@ def load_llamacpp(peer: type[LlamaCpp], model: Any, threads: int, n_ctx: int) ->
     with tempfile.TemporaryDirectory(prefix="paragen-gguf-") as tmp:
         path = write_gguf(model, Path(tmp) / f"model-{peer.weights}.gguf", peer.weights)
         return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
-                               n_batch=n_ctx, verbose=False)
+                               n_batch=n_ctx, type_k=peer.kv_type, type_v=peer.kv_type, verbose=False)
 
 
 def run_llamacpp(llm: Any, prompt: list[int], max_new_tokens: int, eos_ids: tuple[int, ...]) -> PeerOutput:

@@ -105,11 +105,8 @@ class _Context:
 
     def __del__(self) -> None:
         if getattr(self, "ctx", None) is not None:
-            from llama_cpp._utils import suppress_stdout_stderr
-
-            with suppress_stdout_stderr(disable=False):  # llama.cpp logs its buffers as it frees them
-                self.lib.llama_free(self.ctx)
-                self.lib.llama_model_free(self.model)
+            self.lib.llama_free(self.ctx)
+            self.lib.llama_model_free(self.model)
             self.ctx = None
 
 
@@ -637,10 +634,18 @@ def load_llamacpp(name_or_path: str | Path, dtype: Any = None, threads: int | No
         tokenizer, name = source.tokenizer, source.name
     lib.llama_backend_init()
     threads = threads or torch.get_num_threads()
-    from llama_cpp._utils import suppress_stdout_stderr
+    from llama_cpp._logger import set_verbose
 
-    with suppress_stdout_stderr(disable=False):  # llama.cpp logs every tensor it loads
-        model = lib.llama_model_load_from_file(str(path).encode(), lib.llama_model_default_params())
+    # llama.cpp logs every tensor it loads through llama-cpp-python's logger, which prints all
+    # until told otherwise: errors only, the switch its own Llama(verbose=False) turns.
+    set_verbose(False)
+
+    mp = lib.llama_model_default_params()
+    if weights != "f32" and weights != "f16":
+        # No AMX / repacked weight buffers for quantized types: llama-cpp-python 0.3.36's AMX
+        # q8_0 kernel segfaults (ggml_backend_amx_mul_mat) on CPUs with AMX, such as this project's.
+        mp.use_extra_bufts = False
+    model = lib.llama_model_load_from_file(str(path).encode(), mp)
     if not model:
         raise ModelLoadError(f"llama.cpp could not load {path}")
     length = min(max_length or lib.llama_model_n_ctx_train(model), lib.llama_model_n_ctx_train(model))
@@ -653,8 +658,7 @@ def load_llamacpp(name_or_path: str | Path, dtype: Any = None, threads: int | No
     if weights == "f32":  # exact: float32 keys/values (llama.cpp's default is f16) and no flash attention
         p.type_k = p.type_v = 0  # GGML_TYPE_F32
         p.flash_attn_type = 0  # LLAMA_FLASH_ATTN_TYPE_DISABLED
-    with suppress_stdout_stderr(disable=False):
-        ctx = lib.llama_init_from_model(model, p)
+    ctx = lib.llama_init_from_model(model, p)
     if not ctx:
         lib.llama_model_free(model)
         raise ModelLoadError(f"llama.cpp could not create a context for {path} (n_ctx {p.n_ctx}, n_seq_max {p.n_seq_max})")
