@@ -570,6 +570,25 @@ class LlamaCppModel(Model):
 # ---------------------------------------------------------------- loading
 
 
+_SINK: list = []  # the C callback llama.cpp's logger calls: kept alive here as long as the process
+
+
+def _errors_only(lib) -> None:
+    """llama.cpp's log sink is one per process: llama-cpp-python's prints warnings and info
+    (its level table predates ggml's current order), so loading a model would print every
+    tensor. Errors only (GGML_LOG_LEVEL_ERROR = 4): a refused batch still says why."""
+    if _SINK:
+        return
+    import sys
+
+    def sink(level: int, text: bytes, user_data) -> None:
+        if level == 4:
+            print(text.decode("utf-8", "replace"), end="", file=sys.stderr, flush=True)
+
+    _SINK.append(lib.llama_log_callback(sink))
+    lib.llama_log_set(_SINK[0], ctypes.c_void_p(0))
+
+
 def _gguf_facts(path: Path) -> tuple[str, str]:
     """(architecture, weight type) of a GGUF file, read from its header; clear errors for a bad file."""
     import gguf
@@ -634,11 +653,7 @@ def load_llamacpp(name_or_path: str | Path, dtype: Any = None, threads: int | No
         tokenizer, name = source.tokenizer, source.name
     lib.llama_backend_init()
     threads = threads or torch.get_num_threads()
-    from llama_cpp._logger import set_verbose
-
-    # llama.cpp logs every tensor it loads through llama-cpp-python's logger, which prints all
-    # until told otherwise: errors only, the switch its own Llama(verbose=False) turns.
-    set_verbose(False)
+    _errors_only(lib)
 
     mp = lib.llama_model_default_params()
     if weights != "f32" and weights != "f16":
