@@ -240,7 +240,7 @@ def load_llamacpp(peer: type[LlamaCpp], model: Any, threads: int, n_ctx: int) ->
 
     if not peer.available():
         raise InvalidInputError(f"peer '{peer.name}' needs llama-cpp-python: pip install 'paragen[llamacpp]' "
-                                "(it compiles llama.cpp, ~15 minutes)")
+                                "(it compiles llama.cpp, about 5 minutes on 2 cores)")
     import llama_cpp
 
     with tempfile.TemporaryDirectory(prefix="paragen-gguf-") as tmp:
