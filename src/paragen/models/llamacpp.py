@@ -670,9 +670,9 @@ def load_llamacpp(name_or_path: str | Path, dtype: Any = None, threads: int | No
     p.n_seq_max, p.kv_unified = rows * seqs_per_row, True  # one KV pool: a tree's cells carry many ids
     p.n_threads = p.n_threads_batch = threads
     p.embeddings, p.pooling_type = True, 0  # per-token final-norm states (LLAMA_POOLING_TYPE_NONE)
-    if weights == "f32":  # exact: float32 keys/values (llama.cpp's default is f16) and no flash attention
+    p.flash_attn_type = 0  # LLAMA_FLASH_ATTN_TYPE_DISABLED, as llama-cpp-python's Llama (the bench's peers) runs
+    if weights == "f32":  # exact: float32 keys/values (llama.cpp's default is f16, as for the f16 and q8_0 peers)
         p.type_k = p.type_v = 0  # GGML_TYPE_F32
-        p.flash_attn_type = 0  # LLAMA_FLASH_ATTN_TYPE_DISABLED
     ctx = lib.llama_init_from_model(model, p)
     if not ctx:
         lib.llama_model_free(model)
