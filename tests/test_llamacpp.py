@@ -193,11 +193,11 @@ def near_draft(dirs, tokenizer, tmp_path_factory):
     ("tree", SamplingParams(0.8, top_k=3)),
 ])
 def test_sampled_rows_follow_the_backends_ar_distribution(dirs, near_draft, strategy, params):
-    """Copies of a prompt in batches (16 rows, 16 sequence ids each); top-k keeps the exact
+    """Copies of a prompt in batches of 16 rows; top-k keeps the exact
     distribution (from the backend's own no-cache calls) to a few sequences. See
     tests/test_sampling.py for the bound."""
-    lc = load_llamacpp(dirs[0], threads=1, rows=16, seqs_per_row=16)
-    draft = load_llamacpp(near_draft, threads=1, rows=16, seqs_per_row=16)
+    lc = load_llamacpp(dirs[0], threads=1)
+    draft = load_llamacpp(near_draft, threads=1)
     prompt = lc.tokenizer.encode("def add(a, b):\n")
     length, copies, calls = 2, 16, 120
     n = copies * calls
@@ -292,7 +292,9 @@ def test_rows_leaving_and_joining_a_batch_equal_recomputation(models, ids):
     padded = torch.tensor([p + [0] * (width - len(p)) for p in prompts])
     lc(padded, cache.slots(width), cache=cache, mask=cache.mask(width))
     cache.commit_rows([len(p) for p in prompts])
-    cache.select([2, 0])  # the middle row finished
+    free = len(lc.llama.free)
+    cache.select([2, 0])  # the middle row finished: its sequence id is free again at once
+    assert len(lc.llama.free) == free + 1
     joining = lc.new_cache(batch=1)
     lc(torch.tensor([ids[:5]]), torch.arange(5)[None], cache=joining)
     joining.commit(5)
@@ -301,17 +303,18 @@ def test_rows_leaving_and_joining_a_batch_equal_recomputation(models, ids):
     got = lc(torch.tensor([[50], [51], [52]]), cache.slots(1), cache=cache)[:, 0]
     for b, (row, t) in enumerate(zip(rows, (50, 51, 52))):
         torch.testing.assert_close(got[b], full(lc, row + [t])[-1], atol=1e-5, rtol=1e-5)
-    assert lc.llama.free_rows and cache.rows == [10, 7, 5]
+    assert cache.rows == [10, 7, 5]
 
 
 def test_caches_give_their_rows_back(dirs):
-    lc = load_llamacpp(dirs[0], threads=1, rows=2, seqs_per_row=4)
-    for _ in range(5):  # more caches than rows, one after another
+    lc = load_llamacpp(dirs[0], threads=1, n_seq_max=2)
+    for _ in range(5):  # more caches than sequence ids, one after another
         paragen.generate(lc, [1, 2, 3], "ar", max_new_tokens=3)
     cache = lc.new_cache(batch=2)
-    with pytest.raises(InvalidInputError, match="rows"):
+    with pytest.raises(InvalidInputError) as e:
         lc.new_cache(batch=1)
-    del cache
+    assert "n_seq_max" in one_line(e)
+    del cache, e
     lc.new_cache(batch=2)
 
 
@@ -345,11 +348,11 @@ def test_a_gguf_of_an_unsupported_architecture_is_refused(tmp_path):
 
 
 def test_a_tree_over_the_rows_sequence_ids_is_refused(dirs, ids):
-    lc = load_llamacpp(dirs[0], threads=1, rows=2, seqs_per_row=2)  # rows=2: the refused call's cache lives on in e
-    draft = load_llamacpp(dirs[1], threads=1, rows=2, seqs_per_row=8)
+    lc = load_llamacpp(dirs[0], threads=1, n_seq_max=3)  # the refused call's cache (one id) lives on in e
+    draft = load_llamacpp(dirs[1], threads=1)
     with pytest.raises(TreeTooLargeError) as e:
-        paragen.generate(lc, ids, "tree", max_new_tokens=8, draft=draft, shape="static", widths="3,1")
-    assert "seqs_per_row" in one_line(e) and "n_seq_max" in str(e.value)
+        paragen.generate(lc, ids, "tree", max_new_tokens=8, draft=draft, shape="static", widths="4,1")
+    assert "n_seq_max 3" in one_line(e)
     # two leaves fit: the same call shape runs
     out = paragen.generate(lc, ids, "tree", max_new_tokens=8, draft=draft, shape="static", widths="2,1")
     assert out.tokens == paragen.generate(lc, ids, "ar", max_new_tokens=8).tokens

@@ -24,12 +24,16 @@ operations into llama.cpp's sequence operations:
     truncate / drop pending     seq_rm(s, pos, -1) on each id past the committed slots
     keep(path)                  the path's id is copied into the row's main id, every other
                                 id of the row removed (cells left with no id are freed)
-    rows                        a row owns ``seqs_per_row`` ids; n_seq_max = rows x seqs_per_row
+    rows                        a row takes one id (its main one) from the context's pool, and
+                                more while a call's tree has more leaves; they return on keep,
+                                truncate and when the row leaves
 
-The size limit that follows: one row's call may have at most ``seqs_per_row`` leaves (chains)
-alive at once, and llama.cpp allows n_seq_max <= 256 in all (``LLAMA_MAX_SEQ``); a larger tree
-is refused with a clear error. Hidden states for heads are llama.cpp's per-token embeddings
-(``embeddings=True``, no pooling: the final norm's output, the output projection's input);
+The size limit that follows: the leaves of every row's tree in one call, plus the rows, at most
+``n_seq_max`` ids, which llama.cpp caps at 256 (``LLAMA_MAX_SEQ``); a larger tree is refused
+with a clear error. The KV memory (``n_ctx`` cells) is shared by every row and tree node.
+
+Hidden states for heads are llama.cpp's per-token embeddings (``embeddings=True``, no
+pooling: the final norm's output, the output projection's input);
 the first call that asks for them checks ``hidden @ output.T == logits`` on its own tokens
 and refuses heads where that fails (tests/test_llamacpp.py compares them with the native
 backend's as well).
@@ -95,7 +99,8 @@ class _Context:
     def __init__(self, lib, model, ctx) -> None:
         self.lib, self.model, self.ctx = lib, model, ctx
         self.mem = lib.llama_get_memory(ctx)
-        self.free_rows: list[int] = []
+        self.n_seq_max = lib.llama_n_seq_max(ctx)
+        self.free: list[int] = list(range(self.n_seq_max - 1, -1, -1))  # unused sequence ids (pop: the lowest)
 
     def seq_rm(self, seq: int, p0: int, p1: int = -1) -> None:
         self.lib.llama_memory_seq_rm(self.mem, seq, p0, p1)
@@ -119,12 +124,11 @@ class _Row:
     cheap: a causal step never walks it."""
 
     main: int  # the row's first sequence id: the committed tokens are its cells
-    spare: list[int]  # the row's other ids, unused
     length: int = 0
     trunk: int = 0
     pos: list[int] = field(default_factory=list)
     parent: list[int] = field(default_factory=list)
-    tips: dict[int, int] = field(default_factory=dict)
+    tips: dict[int, int] = field(default_factory=dict)  # every id the row holds (mutated in place: see release)
     release: Any = None  # weakref.finalize: frees the row's ids once (explicitly on select, else when collected)
 
     def descends(self, t: int, a: int) -> bool:
@@ -153,33 +157,28 @@ class _Row:
 class _Rows:
     """Sequence-id bookkeeping of one context: allocates rows and applies the row operations."""
 
-    def __init__(self, llama: _Context, rows: int, seqs_per_row: int) -> None:
-        self.llama, self.seqs_per_row = llama, seqs_per_row
-        llama.free_rows = list(range(rows))
+    def __init__(self, llama: _Context) -> None:
+        self.llama = llama
 
     def new(self) -> _Row:
-        if not self.llama.free_rows:
+        if not self.llama.free:
             import gc
 
-            gc.collect()  # caches dropped in a reference cycle still hold their rows
-        if not self.llama.free_rows:
-            raise InvalidInputError(f"the llamacpp backend was loaded with {self.n_rows} rows (sequence-id ranges) and "
-                                    "all are in use: load it with more rows (paragen.models.llamacpp.load_llamacpp, "
-                                    f"rows x seqs_per_row <= {MAX_SEQ})")
-        k = self.llama.free_rows.pop(0)
-        base = k * self.seqs_per_row
-        row = _Row(main=base, spare=list(range(base + 1, base + self.seqs_per_row)), tips={base: -1})
-        row.release = weakref.finalize(row, _release, self.llama, k, base, self.seqs_per_row)
+            gc.collect()  # caches dropped in a reference cycle still hold their ids
+        if not self.llama.free:
+            raise InvalidInputError(f"all {self.llama.n_seq_max} llama.cpp sequence ids of this model are in use (one "
+                                    "per row, one per tree leaf): fewer rows at once, or load with a larger n_seq_max "
+                                    f"(paragen.models.llamacpp.load_llamacpp, <= {MAX_SEQ})")
+        main = self.llama.free.pop()
+        row = _Row(main=main, tips={main: -1})
+        # The finalizer holds the row's id table, not the row: it frees whatever ids the row holds then.
+        row.release = weakref.finalize(row, _release, self.llama, row.tips)
         return row
-
-    @property
-    def n_rows(self) -> int:
-        return self.llama.lib.llama_n_seq_max(self.llama.ctx) // self.seqs_per_row
 
     def drop(self, row: _Row, s: int) -> None:
         self.llama.seq_rm(s, -1, -1)
         del row.tips[s]
-        row.spare.append(s)
+        self.llama.free.append(s)
 
     def prune(self, row: _Row) -> None:
         """Remove the cells of slots past the committed ones (rejected or stale), and the ids
@@ -229,13 +228,14 @@ class _Rows:
         row.length = row.trunk = end
 
 
-def _release(llama: _Context, k: int, base: int, seqs: int) -> None:
-    """A row nobody refers to: its cells go, its id range returns to the pool."""
+def _release(llama: _Context, tips: dict[int, int]) -> None:
+    """A row that left or that nobody refers to: its cells go, its ids return to the pool."""
     if llama.ctx is None:
         return
-    for s in range(base, base + seqs):
+    for s in tips:
         llama.seq_rm(s, -1, -1)
-    llama.free_rows.append(k)
+        llama.free.append(s)
+    tips.clear()
 
 
 class LlamaCppCache:
@@ -371,13 +371,17 @@ def _parents(row: _Row, new: torch.Tensor | None, seen: torch.Tensor | None, pos
 @dataclass
 class _Plan:
     """One row's share of a call: each new token's parent slot, and for each leaf the sequence
-    id it continues (reused: its chain ends at the leaf's anchor) or None (a spare id joins)."""
+    id it continues (reused: its chain ends at the leaf's anchor) or None (a free id joins)."""
 
     parents: list[int]
     leaves: list[tuple[int, int, int | None]]  # (new token, anchor slot, reused id or None)
 
+    @property
+    def fresh(self) -> int:
+        return sum(s is None for _, _, s in self.leaves)
 
-def _plan(row: _Row, parents: list[int], seqs_per_row: int) -> _Plan:
+
+def _plan(row: _Row, parents: list[int]) -> _Plan:
     L, T = row.length, len(parents)
     inner = {p - L for p in parents if p >= L}
     claimed: set[int] = set()
@@ -390,24 +394,18 @@ def _plan(row: _Row, parents: list[int], seqs_per_row: int) -> _Plan:
         if s is not None:
             claimed.add(s)
         leaves.append((leaf, a, s))
-    fresh = sum(s is None for _, _, s in leaves)
-    if fresh > len(row.spare):
-        raise TreeTooLargeError(
-            f"this call's tree has {len(leaves)} leaves, and a row of the llamacpp backend holds at most {seqs_per_row} "
-            f"(one llama.cpp sequence id each; {len(row.tips)} in use): a smaller tree, or load with a larger "
-            f"seqs_per_row (rows x seqs_per_row = n_seq_max <= {MAX_SEQ})")
     return _Plan(parents, leaves)
 
 
 def _apply(llama: _Context, row: _Row, plan: _Plan) -> list[list[int]]:
-    """Give every leaf its sequence id (a spare one joins its anchor's chain: seq_cp); each new
+    """Give every leaf its sequence id (a free one joins its anchor's chain: seq_cp); each new
     token's ids [T][k]: the leaves' below it, the first its query id."""
     L = row.length
     seqs: list[list[int]] = [[] for _ in plan.parents]
     tips = {}
     for leaf, a, s in plan.leaves:
         if s is None:
-            s = row.spare.pop()
+            s = llama.free.pop()
             if a >= 0:
                 llama.seq_cp(row.holder(a), s, -1, row.pos[a] + 1)
         tips[s] = L + leaf
@@ -433,14 +431,14 @@ class LlamaCppModel(Model):
     """A GGUF model on llama.cpp behind the model contract (see the module docstring).
 
     Every cache of one model shares its context's KV memory (``n_ctx`` cells) and its
-    ``rows`` sequence-id ranges; a cache's rows return to the pool when it drops them."""
+    ``n_seq_max`` sequence ids; a cache's rows return theirs when it drops them."""
 
     device = torch.device("cpu")
 
-    def __init__(self, llama: _Context, info: ModelInfo, weights: str, path: Path, rows: int, seqs_per_row: int,
-                 threads: int, keep_alive: Any = None) -> None:
+    def __init__(self, llama: _Context, info: ModelInfo, weights: str, path: Path, threads: int,
+                 keep_alive: Any = None) -> None:
         self.llama, self.info, self.weights, self.path, self.threads = llama, info, weights, path, threads
-        self._rows = _Rows(llama, rows, seqs_per_row)
+        self._rows = _Rows(llama)
         self._keep_alive = keep_alive  # the temporary directory of a converted model's GGUF
         lib = llama.lib
         self.n_ctx = lib.llama_n_ctx(llama.ctx)
@@ -448,11 +446,11 @@ class LlamaCppModel(Model):
         cap = self.n_ctx
         # One batch, filled in place through numpy views of its arrays (a Python loop over
         # ctypes fields would cost more than a small model's step).
-        self._batch = lib.llama_batch_init(cap, 0, seqs_per_row)
+        self._batch = lib.llama_batch_init(cap, 0, llama.n_seq_max)
         b = self._batch
         self._tok, self._pos, self._nseq, self._out = (np.ctypeslib.as_array(a, shape=(cap,))
                                                         for a in (b.token, b.pos, b.n_seq_id, b.logits))
-        self._seq = [np.ctypeslib.as_array(b.seq_id[i], shape=(seqs_per_row,)) for i in range(cap)]
+        self._seq = [np.ctypeslib.as_array(b.seq_id[i], shape=(llama.n_seq_max,)) for i in range(cap)]
         self._hidden_checked = False
         self._heads: tuple[torch.Tensor, torch.Tensor] | None = None
         weakref.finalize(self, lib.llama_batch_free, b)
@@ -481,7 +479,15 @@ class LlamaCppModel(Model):
         plans = []
         for b, row in enumerate(cache._rows):  # validate every row before any sequence operation
             self._rows.prune(row)
-            plans.append(_plan(row, _parents(row, new[b], seen[b], pos[b]), self._rows.seqs_per_row))
+            plans.append(_plan(row, _parents(row, new[b], seen[b], pos[b])))
+        fresh = sum(p.fresh for p in plans)
+        if fresh > len(self.llama.free):
+            leaves = sum(len(p.leaves) for p in plans)
+            raise TreeTooLargeError(
+                f"this call's trees have {leaves} leaves in {B} row(s), and llama.cpp holds one sequence id per leaf: "
+                f"{fresh} more needed, {len(self.llama.free)} free of n_seq_max {self.llama.n_seq_max} (at most "
+                f"{MAX_SEQ}): a smaller tree, fewer rows, or load with a larger n_seq_max")
+        before = [dict(row.tips) for row in cache._rows]
         n = B * T
         self._tok[:n] = tokens.reshape(-1).numpy()
         self._pos[:n] = positions.reshape(-1).numpy()
@@ -493,7 +499,16 @@ class LlamaCppModel(Model):
                 self._seq[i][: len(ids)] = ids
                 i += 1
         self._batch.n_tokens = n
-        self._decode()
+        try:
+            self._decode()
+        except Exception:  # the call never happened: the ids it took go back, the mirror as it was
+            for row, tips in zip(cache._rows, before):
+                for s in set(row.tips) - set(tips):
+                    self.llama.seq_rm(s, -1, -1)
+                    self.llama.free.append(s)
+                row.tips.clear()
+                row.tips.update(tips)
+            raise
         for b, (row, plan) in enumerate(zip(cache._rows, plans)):
             _append(row, pos[b], plan.parents)
         lib, ctx = self.llama.lib, self.llama.ctx
@@ -617,20 +632,19 @@ def _weights(dtype: Any) -> str:
                             f"fp16-weights (f16) or int8-weights (q8_0, lossy), not {dtype}")
 
 
-def load_llamacpp(name_or_path: str | Path, dtype: Any = None, threads: int | None = None, rows: int = 4,
-                  seqs_per_row: int = 64, max_length: int | None = None) -> LlamaCppModel:
+def load_llamacpp(name_or_path: str | Path, dtype: Any = None, threads: int | None = None, n_seq_max: int = MAX_SEQ,
+                  n_ctx: int | None = None, max_length: int | None = None) -> LlamaCppModel:
     """A GGUF file, or a built-in model / model directory converted on the fly with
     ``paragen.models.gguf.write_gguf`` (``dtype``: f32 by default, f16 or q8_0; see ``WEIGHTS``),
-    on llama.cpp with ``threads`` CPU threads (default: torch's). ``rows`` x ``seqs_per_row``
-    sequence ids (<= 256): rows a batch may hold at once, leaves a row's tree may have.
-    ``max_length``: tokens per row (default: the model's context); the KV memory holds
-    ``rows x max_length`` cells plus room for the trees."""
+    on llama.cpp with ``threads`` CPU threads (default: torch's). ``n_seq_max`` sequence ids
+    (<= 256) for every row and tree leaf alive at once; ``n_ctx`` KV cells for all of them
+    (default: four rows of ``max_length`` plus 512); ``max_length``: tokens per row (default and
+    at most: the model's context)."""
     lib = _llama()
     from paragen.tokenizer import Tokenizer, has_tokenizer
 
-    if rows < 1 or seqs_per_row < 1 or rows * seqs_per_row > MAX_SEQ:
-        raise InvalidInputError(f"rows x seqs_per_row must be between 1 and {MAX_SEQ} (llama.cpp's n_seq_max), "
-                                f"got {rows} x {seqs_per_row}")
+    if not 1 <= n_seq_max <= MAX_SEQ:
+        raise InvalidInputError(f"n_seq_max must be between 1 and {MAX_SEQ} (llama.cpp's LLAMA_MAX_SEQ), got {n_seq_max}")
     path, keep_alive = Path(name_or_path), None
     if path.is_file():
         if dtype is not None and _weights(dtype) != "f32":
@@ -665,9 +679,9 @@ def load_llamacpp(name_or_path: str | Path, dtype: Any = None, threads: int | No
         raise ModelLoadError(f"llama.cpp could not load {path}")
     length = min(max_length or lib.llama_model_n_ctx_train(model), lib.llama_model_n_ctx_train(model))
     p = lib.llama_context_default_params()
-    p.n_ctx = rows * length + 512  # the committed tokens of every row, plus the pending trees
+    p.n_ctx = n_ctx or 4 * length + 512  # by default: four full rows, plus room for their pending trees
     p.n_batch, p.n_ubatch = p.n_ctx, min(512, p.n_ctx)
-    p.n_seq_max, p.kv_unified = rows * seqs_per_row, True  # one KV pool: a tree's cells carry many ids
+    p.n_seq_max, p.kv_unified = n_seq_max, True  # one KV pool: a tree's cells carry many ids
     p.n_threads = p.n_threads_batch = threads
     p.embeddings, p.pooling_type = True, 0  # per-token final-norm states (LLAMA_POOLING_TYPE_NONE)
     p.flash_attn_type = 0  # LLAMA_FLASH_ATTN_TYPE_DISABLED, as llama-cpp-python's Llama (the bench's peers) runs
@@ -681,6 +695,6 @@ def load_llamacpp(name_or_path: str | Path, dtype: Any = None, threads: int | No
     eos = lib.llama_vocab_eos(vocab)
     info = ModelInfo(vocab_size=lib.llama_vocab_n_tokens(vocab), max_length=length,
                      eos_ids=(eos,) if eos >= 0 else (), mask_id=None, attention="causal")
-    out = LlamaCppModel(_Context(lib, model, ctx), info, weights, path, rows, seqs_per_row, threads, keep_alive)
+    out = LlamaCppModel(_Context(lib, model, ctx), info, weights, path, threads, keep_alive)
     out.tokenizer, out.name = tokenizer, name
     return out
