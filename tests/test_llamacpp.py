@@ -426,3 +426,27 @@ def test_cli_generates_on_the_backend(dirs, capsys):
 
 def test_the_backend_is_a_model(models):
     assert isinstance(models["target"], LlamaCppModel) and isinstance(models["target"], paragen.models.Model)
+
+
+@pytest.mark.parametrize("strategy", ["ar", "speculative", "tree", "eagle"])
+def test_the_serving_engine_runs_on_the_backend(models, ids, strategy):
+    """Requests joining and leaving the engine's running batch (cache.extend / select) equal each
+    prompt alone on the backend."""
+    from paragen.request import check_request
+    from paragen.serve.engine import Engine, Entry
+    from tests.test_engine import drive, result
+
+    lc = models["target"]
+    prompts, budgets = [ids, ids[:3], ids[:8], ids[:5]], [10, 4, 7, 9]
+    extra = options(models, {"speculative": {"draft": True}, "tree": {"draft": True},
+                             "eagle": {"heads": "eagle"}}.get(strategy, {}))
+    draft, heads = extra.pop("draft", None), extra.pop("heads", None)
+    entries = []
+    for p, n in zip(prompts, budgets):
+        events: list = []
+        request = check_request(lc, [p], strategy, n, 0.0, None, None, None, None, draft, heads, {})
+        entries.append((Entry(request, lambda kind, value, ev=events: ev.append((kind, value))), events))
+    drive(Engine(lc, max_batch=3), {0: [entries[0][0], entries[1][0]], 2: [entries[2][0]], 3: [entries[3][0]]})
+    for (_, events), p, n in zip(entries, prompts, budgets):
+        alone = paragen.generate(lc, p, "ar", max_new_tokens=n).tokens
+        assert result(events).tokens == alone
