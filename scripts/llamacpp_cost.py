@@ -106,9 +106,9 @@ def main() -> None:
                                   n_threads_batch=args.threads, n_batch=target.info.max_length,
                                   type_k=0 if gguf == "f32" else None, type_v=0 if gguf == "f32" else None, verbose=False)
             eos = target.info.eos_ids
-            ours = tokens_per_second(lambda p, k: paragen.generate(target, p, "ar", max_new_tokens=k).tokens,
+            ours = tokens_per_second(lambda p, k, m=target: paragen.generate(m, p, "ar", max_new_tokens=k).tokens,
                                      prompts, args.tokens)
-            theirs = tokens_per_second(lambda p, k: run_llamacpp(llm, p, k, eos).tokens, prompts, args.tokens)
+            theirs = tokens_per_second(lambda p, k, m=llm, e=eos: run_llamacpp(m, p, k, e).tokens, prompts, args.tokens)
             print(f"\n## {gguf} GGUF, {args.threads} threads\n")
             print(f"ar on the backend: {ours:.1f} tok/s; llama.cpp's own generate: {theirs:.1f} tok/s "
                   f"(backend / llama.cpp = {ours / theirs:.3f})\n")
