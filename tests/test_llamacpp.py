@@ -385,6 +385,12 @@ def test_bidirectional_calls_and_diffusion_models_are_refused_naming_the_backend
     one_line(e)
 
 
+def test_token_ids_outside_the_vocabulary_are_refused(models):
+    with pytest.raises(InvalidInputError) as e:
+        models["target"](torch.tensor([[1, 10_000]]), torch.arange(2)[None])
+    assert "vocabulary" in one_line(e)
+
+
 @pytest.mark.parametrize("kwargs,message", [
     ({"dtype": "bfloat16"}, "GGUF weight types"), ({"compile": True}, "CPU, uncompiled"),
 ])

@@ -242,9 +242,7 @@ class LlamaCppCache:
     """The caller-owned cache of the contract (``paragen.cache`` semantics, per-row lengths)
     on a llama.cpp context: ``commit``/``truncate`` move lengths only, the cells follow at the
     next forward or ``keep``, so a rejected speculation is forgotten as cheaply as natively.
-    Rows are independent sequence-id ranges, so a ragged batch needs no mask at all."""
-
-    uniform_masks = False
+    Rows hold sequence ids of their own, so a ragged batch needs no mask at all."""
 
     def __init__(self, rows: _Rows, batch: int, max_length: int) -> None:
         self._ops = rows
@@ -474,6 +472,8 @@ class LlamaCppModel(Model):
             raise InvalidInputError(f"a batch of {B} rows on a cache of {len(cache._rows)}")
         if B * T > self.n_ctx:
             raise InvalidInputError(f"one call of {B * T} tokens exceeds the llamacpp context of {self.n_ctx} cells")
+        if B * T and not 0 <= int(tokens.min()) <= int(tokens.max()) < self.info.vocab_size:
+            raise InvalidInputError(f"token ids must lie in [0, {self.info.vocab_size}), the model's vocabulary")
         new, seen = self._split_mask(mask, B, T, cache)
         pos = positions.tolist()
         plans = []
