@@ -94,6 +94,13 @@ def test_a_gguf_file_loads_with_the_tokenizer_beside_it(models, dirs, tmp_path):
     assert lc.tokenizer is not None
     a = paragen.generate(lc, PROMPT, "ar", max_new_tokens=12)
     assert a.tokens == paragen.generate(models["target"], PROMPT, "ar", max_new_tokens=12).tokens
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    (tmp_path / "tiny.gguf").rename(alone / "tiny.gguf")
+    with pytest.warns(paragen.models.NoTokenizerWarning):
+        bare = paragen.load(alone / "tiny.gguf", backend="llamacpp", threads=1)
+    ids = models["native"].tokenizer.encode(PROMPT)
+    assert paragen.generate(bare, ids, "ar", max_new_tokens=12).tokens == a.tokens
 
 
 # ---------------------------------------------------------------- every lossless strategy, greedy

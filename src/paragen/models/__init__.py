@@ -94,7 +94,11 @@ def load(
             raise InvalidInputError("the llamacpp backend runs on the CPU, uncompiled: drop compile and device")
         from paragen.models.llamacpp import load_llamacpp
 
-        return load_llamacpp(name_or_path, dtype, threads)
+        model = load_llamacpp(name_or_path, dtype, threads)
+        if model.tokenizer is None:  # a GGUF file with no tokenizer files beside it
+            warn_caller(f"{name_or_path} has no tokenizer files beside it: pass prompts as lists of token ids, and "
+                        "read a Generation's tokens (its text is empty)", NoTokenizerWarning)
+        return model
     dev = parse_device(device)
     weights = dtype if isinstance(dtype, str) and dtype in WEIGHT_FORMATS else None
     if isinstance(dtype, str):

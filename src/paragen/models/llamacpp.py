@@ -544,7 +544,7 @@ class LlamaCppModel(Model):
         rc = self.llama.lib.llama_decode(self.llama.ctx, self._batch)
         if rc == 1:
             raise InvalidInputError(f"llama.cpp's KV memory is full ({self.n_ctx} cells shared by every cache of this "
-                                    "model): fewer rows or shorter sequences, or load with a larger max_length")
+                                    "model): fewer rows or shorter sequences, or load with a larger n_ctx (load_llamacpp)")
         if rc != 0:
             raise RuntimeError(f"llama_decode failed with code {rc} (see llama.cpp's message above)")
 
