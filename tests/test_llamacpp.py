@@ -429,12 +429,22 @@ def test_bench_llamacpp_peers_and_backend_rows_are_exact(dirs, tmp_path, capsys)
     capsys.readouterr()
 
 
-def test_cli_generates_on_the_backend(dirs, capsys):
-    from paragen.cli import main
+def test_cli_generates_on_the_backend_from_a_directory_or_a_gguf_file(dirs, models, tmp_path, capsys):
+    import shutil
 
-    assert main(["generate", "--model", str(dirs[0]), "--backend", "llamacpp", "--strategy", "lookup",
-                 "--max-new-tokens", "6", "--threads", "1", PROMPT]) == 0
-    assert capsys.readouterr().out
+    from paragen.cli import main
+    from paragen.models.gguf import write_gguf
+
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        if (dirs[0] / name).exists():
+            shutil.copy(dirs[0] / name, tmp_path / name)
+    gguf = write_gguf(models["native"], tmp_path / "tiny.gguf", "f32")
+    texts = []
+    for model in (dirs[0], gguf):
+        assert main(["generate", "--model", str(model), "--backend", "llamacpp", "--strategy", "lookup",
+                     "--max-new-tokens", "6", "--threads", "1", PROMPT]) == 0
+        texts.append(capsys.readouterr().out)
+    assert texts[0] and texts[0] == texts[1]
 
 
 def test_the_backend_is_a_model(models):
