@@ -67,7 +67,9 @@ WEIGHTS = {"float32": "f32", "f32": "f32", "fp16-weights": "f16", "float16": "f1
 # weights' dot-product type (f16, or 8-bit blocks for q8_0), so only f32 is exact.
 LABELS = {"f32": None, "f16": "f16 GGUF (lossy: llama.cpp rounds activations to f16)",
           "q8_0": "q8_0 GGUF (lossy: 8-bit weights and activations)"}
-HIDDEN_TOLERANCE = 1e-3  # relative: hidden @ output.T against the logits of the same call
+# Tokens per row unless asked: the KV memory is allocated up front (a GGUF's own context may
+# be 32k tokens or more, gigabytes of cells for a large model).
+DEFAULT_LENGTH = 4096
 
 
 def available() -> bool:
@@ -638,8 +640,9 @@ def load_llamacpp(name_or_path: str | Path, dtype: Any = None, threads: int | No
     ``paragen.models.gguf.write_gguf`` (``dtype``: f32 by default, f16 or q8_0; see ``WEIGHTS``),
     on llama.cpp with ``threads`` CPU threads (default: torch's). ``n_seq_max`` sequence ids
     (<= 256) for every row and tree leaf alive at once; ``n_ctx`` KV cells for all of them
-    (default: four rows of ``max_length`` plus 512); ``max_length``: tokens per row (default and
-    at most: the model's context)."""
+    (default: two rows of ``max_length`` plus 512: cells are taken as tokens come, so many short
+    rows fit too); ``max_length``: tokens per row (default: the model's context, at most 4096;
+    at most the model's context)."""
     lib = _llama()
     from paragen.tokenizer import Tokenizer, has_tokenizer
 
@@ -677,9 +680,10 @@ def load_llamacpp(name_or_path: str | Path, dtype: Any = None, threads: int | No
     model = lib.llama_model_load_from_file(str(path).encode(), mp)
     if not model:
         raise ModelLoadError(f"llama.cpp could not load {path}")
-    length = min(max_length or lib.llama_model_n_ctx_train(model), lib.llama_model_n_ctx_train(model))
+    trained = lib.llama_model_n_ctx_train(model)
+    length = min(max_length or min(trained, DEFAULT_LENGTH), trained)
     p = lib.llama_context_default_params()
-    p.n_ctx = n_ctx or 4 * length + 512  # by default: four full rows, plus room for their pending trees
+    p.n_ctx = n_ctx or 2 * length + 512  # by default: two full rows, plus room for their pending trees
     p.n_batch, p.n_ubatch = p.n_ctx, min(512, p.n_ctx)
     p.n_seq_max, p.kv_unified = n_seq_max, True  # one KV pool: a tree's cells carry many ids
     p.n_threads = p.n_threads_batch = threads
