@@ -227,6 +227,20 @@ class Recorder:
         self.traces[self.active[row]].calls.append(call)
 
 
+    # One-row decoders (speech) that record a step at once, and those that release their output
+    # only at the end (non-autoregressive, beam search).
+    def step(self, call: Call, committed: list[int], target_calls: int = 1) -> None:
+        """Record a one-row step begun with ``begin([0])``: ``call`` committed ``committed``."""
+        self.call(0, call)
+        self.end(0, committed, len(committed), target_calls, 0)
+
+    def settle(self, tokens: list[int]) -> None:
+        """The last call commits the whole output (a decoder that releases it only at the end)."""
+        calls = self.traces[0].calls
+        if calls:
+            calls[-1].committed, calls[-1].kept = list(tokens), len(tokens)
+
+
 def probs_of(probs: torch.Tensor, tokens: list[int]) -> list[float]:
     """probs [N, V] (one row per token) -> each token's probability, on the host."""
     if not tokens:
