@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Generator, Iterator, Sequence
 from typing import Any
 
@@ -65,7 +66,9 @@ def _decode(model: Model, request: Request, trace: bool = False) -> Generator[tu
     generators = [row_generator(model, seed) for seed in request.seeds]
     ctx = context(model, request, generators, request.cache_length)
     if trace:
-        ctx.trace = Recorder(request.strategy.name, request.prompts, ctx.target.device)
+        meta = {"model": getattr(model, "name", None), "options": dataclasses.asdict(request.options),
+                "temperature": request.sampling.temperature, "max_new_tokens": request.max_new_tokens}
+        ctx.trace = Recorder(request.strategy.name, request.prompts, ctx.target.device, meta)
     with torch.inference_mode():
         return (yield from decode(request.strategy(ctx, request.options), ctx, request.prompts, request.max_new_tokens,
                                   model.tokenizer, model.info.eos_ids, request.stop))

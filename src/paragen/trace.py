@@ -190,8 +190,9 @@ class Recorder:
     On a GPU a lap waits for the device, so the split is real (tracing on only).
     """
 
-    def __init__(self, strategy: str, prompts: list[list[int]], device: torch.device | None = None) -> None:
-        self.traces = [Trace(strategy, list(p)) for p in prompts]
+    def __init__(self, strategy: str, prompts: list[list[int]], device: torch.device | None = None,
+                 meta: dict[str, Any] | None = None) -> None:
+        self.traces = [Trace(strategy, list(p), meta=dict(meta or {})) for p in prompts]
         self.sync = device is not None and device.type == "cuda"
         self.active: list[int] = list(range(len(prompts)))
         self.pending: dict[int, Call] = {}

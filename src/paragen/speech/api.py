@@ -10,6 +10,7 @@ steady noise or tone is warned about (``features.check_level``). The features ar
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
 import os
 import time
@@ -71,7 +72,8 @@ def decode_features(model: SpeechModel, features: torch.Tensor, strategy: str = 
     options = options if options is not None else module.Options()
     counted = CountedSpeechModel(model)
     dev = counted.device
-    recorder = Recorder(strategy, [[]], dev) if trace else None
+    meta = {"model": getattr(model, "name", None), "options": dataclasses.asdict(options)}
+    recorder = Recorder(strategy, [[]], dev, meta) if trace else None
     with torch.no_grad():
         t0 = time.perf_counter()
         enc = counted.encode(features[None].to(dev), torch.tensor([features.shape[0]], device=dev))

@@ -130,11 +130,13 @@ def mask_ctc(model: CountedSpeechModel, enc: Encoded, tokens: list[int], conf: l
 
 def trace_fill(trace: Recorder, masked: torch.Tensor, y: torch.Tensor, p: torch.Tensor, unmasked: torch.Tensor) -> None:
     """Record one iteration (tracing only): every position it predicted (``masked`` [L] before
-    the call) with its candidate and confidence; accepted: those left unmasked after it."""
+    the call) with its candidate and confidence; accepted: those left unmasked after it;
+    ``remasked``: positions it did not predict but masked again (CMLM re-masks any)."""
     where = masked.nonzero()[:, 0]
     trace.lap("verify")
     trace.step(Call("diffusion", "model", y[where].tolist(), positions=where.tolist(), scores=p[where].tolist(),
-                    accepted=unmasked[where].nonzero()[:, 0].tolist(), block=[0, len(masked)]), [])
+                    accepted=unmasked[where].nonzero()[:, 0].tolist(), block=[0, len(masked)],
+                    detail={"remasked": (~unmasked & ~masked).nonzero()[:, 0].tolist()}), [])
 
 
 def decode(model: CountedSpeechModel, enc: Encoded, options: Options,
