@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from paragen.strategies.base import DecodeContext, Strategy
-from paragen.trace import Trace
+from paragen.trace import Trace, plain
 
 
 @dataclass
@@ -239,6 +239,6 @@ def decode(
     if trace:
         for gen, t in zip(generations, trace.traces):
             gen.trace = t
-            t.tokens, t.text, t.stats = list(gen.tokens), gen.text, gen.stats.to_dict()
+            t.tokens, t.text, t.stats = list(gen.tokens), gen.text, plain(gen.stats.to_dict())
             t.describe(tokenizer.decode if tokenizer is not None else None)
     return generations

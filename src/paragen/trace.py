@@ -33,6 +33,7 @@ SCHEMA = "paragen.trace/1"  # bump the number on any change a reader must know a
 # non-autoregressive call filling every position (CASS-NAT), "rescore": a call that scores
 # finished candidates, "beam": one beam-search step.
 KINDS = ("none", "chain", "tree", "ngram", "jacobi", "diffusion", "nar", "rescore", "beam")
+TREE_KINDS = KINDS[:5]  # proposals stored as trees (``parents``), decided by a walk from the root
 
 
 class TraceError(InvalidInputError):
@@ -80,7 +81,7 @@ class Call:
         accepted, it was not); "unreached" (an ancestor was rejected). Diffusion: accepted or
         "remasked" (left masked for a later call)."""
         ok = set(self.accepted)
-        if self.kind in ("diffusion", "nar", "rescore", "beam"):
+        if self.kind not in TREE_KINDS:
             return ["accepted" if i in ok else "remasked" for i in range(len(self.tokens))]
         return ["accepted" if i in ok else "rejected" if par == -1 or par in ok else "unreached"
                 for i, par in enumerate(self.parents)]
@@ -89,7 +90,7 @@ class Call:
     def own(self) -> str:
         """What the target's own final token was: "corrected" (it replaced a rejected proposal),
         "bonus" (every proposal it could follow was accepted), or "own" (nothing was proposed)."""
-        if not self.tokens or self.kind in ("diffusion", "nar", "rescore", "beam"):
+        if not self.tokens or self.kind not in TREE_KINDS:
             return "own"
         last = self.accepted[-1] if self.accepted else -1
         return "corrected" if any(par == last for par in self.parents) else "bonus"
@@ -157,7 +158,7 @@ class Trace:
             for i, c in enumerate(calls):
                 if c.kind not in KINDS:
                     raise TraceError(f"{source}: call {i} has unknown kind {c.kind!r}")
-                if len(c.parents) != len(c.tokens) and c.positions is None:
+                if c.kind in TREE_KINDS and len(c.parents) != len(c.tokens):
                     raise TraceError(f"{source}: call {i} has {len(c.tokens)} tokens but {len(c.parents)} parents")
             return cls(strategy=str(d["strategy"]), prompt=list(d["prompt"]), calls=calls, tokens=list(d["tokens"]),
                        text=str(d.get("text", "")), prompt_text=str(d.get("prompt_text", "")),
@@ -240,6 +241,11 @@ class Recorder:
         calls = self.traces[0].calls
         if calls:
             calls[-1].committed, calls[-1].kept = list(tokens), len(tokens)
+
+
+def plain(d: dict[str, Any]) -> dict[str, Any]:
+    """A dict as JSON gives it back (integer keys become strings), so a trace equals its round trip."""
+    return json.loads(json.dumps(d, default=str))
 
 
 def probs_of(probs: torch.Tensor, tokens: list[int]) -> list[float]:

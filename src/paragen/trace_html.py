@@ -33,7 +33,8 @@ header h1 { font-size: 17px; margin: 0 0 2px; }
 header .sum { color: #555; }
 #controls { position: sticky; top: 0; z-index: 2; display: flex; gap: 8px; align-items: center; padding: 8px 16px;
   background: #fff; border-bottom: 1px solid #e3e6ea; }
-#controls button { font: inherit; padding: 3px 10px; border: 1px solid #c9ced4; border-radius: 5px; background: #f4f6f8; cursor: pointer; }
+#controls button { font: inherit; padding: 3px 10px; border: 1px solid #c9ced4; border-radius: 5px;
+  background: #f4f6f8; cursor: pointer; }
 #controls input[type=range] { flex: 1; }
 #step { min-width: 120px; text-align: right; font-variant-numeric: tabular-nums; }
 main { display: grid; grid-template-columns: minmax(0, 1.2fr) minmax(0, 1fr); gap: 12px; padding: 12px 16px; }
@@ -94,7 +95,8 @@ table.grid td { font: 11px ui-monospace, Menlo, monospace; border: 1px solid #e3
       <span class="tok nar">filled in parallel</span></div>
     <div id="text"></div></section>
   <section class="panel"><h2>This call</h2><div id="info"></div><div id="treebox"></div><div id="detail"></div></section>
-  <section class="panel" id="canvaspanel"><h2 id="canvastitle">Canvas</h2><div id="canvasbox"><canvas id="canvas" width="10" height="10"></canvas></div>
+  <section class="panel" id="canvaspanel"><h2 id="canvastitle">Canvas</h2>
+    <div id="canvasbox"><canvas id="canvas" width="10" height="10"></canvas></div>
     <div id="framesbox"><canvas id="frames" width="10" height="10"></canvas></div></section>
   <section class="panel"><h2>Acceptance per draft position</h2><div id="accept"></div></section>
   <section class="panel"><h2>Tokens per call, and where the time went</h2><div id="percall"></div><div id="time"></div></section>
@@ -257,7 +259,8 @@ function drawDetail(c) {
     ["#", "token", "decision", "p target", "q draft"].forEach(x => el("th", "", x, h));
     c.tokens.slice(0, 64).forEach((x, k) => {
       const tr = el("tr", "", undefined, t);
-      [k + 1, vis(piece(x)), c.decisions[k], c.p ? c.p[k] : "", c.q && c.q[k] !== null ? c.q[k] : ""].forEach(v => el("td", "", String(v), tr));
+      const q = c.q && c.q[k] !== null ? c.q[k] : "";
+      [k + 1, vis(piece(x)), c.decisions[k], c.p ? c.p[k] : "", q].forEach(v => el("td", "", String(v), tr));
     });
   }
 }
@@ -273,7 +276,11 @@ for (const i of fillCalls) {
 const CW = 34, CH = 22;
 function drawCanvas(cur) {
   const cv = $("canvas");
-  if (!fillCalls.length) { $("canvasbox").style.display = "none"; if (!meta.frames) $("canvaspanel").style.display = "none"; return; }
+  if (!fillCalls.length) {
+    $("canvasbox").style.display = "none";
+    if (!meta.frames) $("canvaspanel").style.display = "none";
+    return;
+  }
   // as many columns as the panel fits (at least 8), so the canvas never scrolls sideways
   const COLS = Math.max(8, Math.floor(($("canvasbox").clientWidth - 4) / CW));
   const span = hi - lo + 1, rows = Math.ceil(span / COLS);
@@ -293,7 +300,7 @@ function drawCanvas(cur) {
   }
   const c = calls[cur], now = FILL.includes(c.kind);
   const proposed = new Map();
-  if (now) c.positions.forEach((p, j) => { if (c.decisions[j] !== "accepted") proposed.set(p, [c.tokens[j], c.scores ? c.scores[j] : null]); });
+  if (now) c.positions.forEach((p, j) => { if (c.decisions[j] !== "accepted") proposed.set(p, [c.tokens[j]]); });
   x.fillStyle = "#fff"; x.fillRect(0, 0, cv.width, cv.height);
   x.font = "11px ui-monospace, Menlo, monospace"; x.textBaseline = "middle";
   for (let p = lo; p <= hi; p++) {
@@ -355,7 +362,9 @@ function bars(box, title, labels, series, colors) {
     const h = v / max * H;
     svg("rect", {x: 36 + i * bw, y: 16 + H - h, width: bw - 2, height: h, style: "fill:" + colors[si]}, s);
   }));
-  labels.forEach((l, i) => { if (n < 24 || i % Math.ceil(n / 16) === 0) svg("text", {x: 36 + i * bw, y: H + 28, class: "axis"}, s, l); });
+  labels.forEach((l, i) => {
+    if (n < 24 || i % Math.ceil(n / 16) === 0) svg("text", {x: 36 + i * bw, y: H + 28, class: "axis"}, s, l);
+  });
   svg("text", {x: 0, y: 24, class: "axis"}, s, String(max));
   return s;
 }
@@ -366,13 +375,17 @@ function summaries() {
     const depth = [];
     c.parents.forEach((p, k) => depth.push(p < 0 ? 1 : depth[p] + 1));
     const D = Math.max(...depth);
-    for (let d = 0; d < D; d++) { proposed[d] = (proposed[d] || 0) + 1; accepted[d] = (accepted[d] || 0) + (d < c.accepted.length ? 1 : 0); }
+    for (let d = 0; d < D; d++) {
+      proposed[d] = (proposed[d] || 0) + 1;
+      accepted[d] = (accepted[d] || 0) + (d < c.accepted.length ? 1 : 0);
+    }
   }
   const box = $("accept");
   if (proposed.length) {
     bars(box, "steps that proposed (grey) / accepted (green) a token at draft position d", proposed.map((_, d) => String(d + 1)),
       [proposed, accepted.map(v => v || 0)], ["#c7d0d9", "#2e9d4f"]);
-    el("div", "muted", "acceptance: " + proposed.map((p, d) => (d + 1) + ": " + Math.round(100 * (accepted[d] || 0) / p) + "%").join(", "), box);
+    const rates = proposed.map((p, d) => (d + 1) + ": " + Math.round(100 * (accepted[d] || 0) / p) + "%");
+    el("div", "muted", "acceptance: " + rates.join(", "), box);
   } else if (fillCalls.length) {
     const un = {};
     fillCalls.forEach(i => { const k = calls[i].accepted.length; un[k] = (un[k] || 0) + 1; });

@@ -26,7 +26,7 @@ from paragen.speech.decode import get_decoder
 from paragen.speech.decode.base import CountedSpeechModel, SpeechStats, Transcript, ctc_best_path
 from paragen.speech.features import SAMPLE_RATE, check_level, check_wave, load_audio, log_mel, source_name
 from paragen.speech.model import SpeechModel
-from paragen.trace import Recorder, Trace
+from paragen.trace import Recorder, Trace, plain
 
 Audio = str | os.PathLike | bytes | np.ndarray | torch.Tensor
 
@@ -94,7 +94,7 @@ def speech_trace(recorder: Recorder, enc: Any, transcript: Transcript) -> Trace:
     (label and probability: the alignment every CTC-based decoder starts from)."""
     labels, conf = ctc_best_path(enc)
     t = recorder.traces[0]
-    t.tokens, t.text, t.stats = list(transcript.tokens), transcript.text, transcript.stats.to_dict()
+    t.tokens, t.text, t.stats = list(transcript.tokens), transcript.text, plain(transcript.stats.to_dict())
     t.meta["frames"] = {"labels": labels.tolist(), "probs": [round(c, 3) for c in conf.tolist()]}
     t.describe(vocab.decode)
     t.pieces.update({i: vocab.decode([i]) or f"<{i}>" for i in set(t.meta["frames"]["labels"])})
@@ -110,7 +110,8 @@ def transcribe(model: SpeechModel, audio: Audio, strategy: str = "ar", sample_ra
     with its ``sample_rate`` in Hz (required for arrays; refused for files, which carry theirs).
     Silent audio is refused (``AudioInputError``); audio whose level never varies gets an
     ``AudioLevelWarning``. Options are the decoder's keyword options (``beam=4``,
-    ``iterations=10``, ``samples=5``...); ``trace=True`` records every decoder call (``Transcript.trace``). Returns ``Transcript(text, tokens, stats)``; ``stats``
+    ``iterations=10``, ``samples=5``...); ``trace=True`` records every decoder call
+    (``Transcript.trace``). Returns ``Transcript(text, tokens, stats)``; ``stats``
     has encoder and decoder calls, tokens per decoder call, seconds and the real-time factor.
     """
     if not isinstance(model, SpeechModel):
