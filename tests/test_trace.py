@@ -320,3 +320,19 @@ def test_a_2048_token_page_opens_and_steps_quickly(browser, tmp_path):
     assert shown_call(browser) == len(t.calls) - 1
     assert steps < 10, f"200 steps took {steps:.1f} s"
     assert errors(browser) == []
+
+
+def test_bench_links_a_trace_page_per_prompt(model_dir, tmp_path, capsys):
+    from paragen.cli import main
+
+    out = tmp_path / "o"
+    rc = main(["bench", "--strategies", "lookup", "--task", "humaneval", "--limit", "2", "--max-new-tokens", "6",
+               "--model", str(model_dir), "--threads", "1", "--no-progress", "--trace", "lookup", "--out", str(out)])
+    assert rc == 0
+    bench = json.loads((out / "bench.json").read_text())
+    pages = [t["trace"] for t in bench["tasks"]]
+    report = (out / "report.html").read_text()
+    assert len(pages) == 2 and all((out / p).exists() and f"href='{p}'" in report for p in pages)
+    assert main(["bench", "--strategies", "lookup", "--task", "humaneval", "--limit", "1", "--max-new-tokens", "2",
+                 "--model", str(model_dir), "--no-progress", "--trace", "jacobi", "--out", str(out)]) == 2
+    assert "--trace jacobi" in capsys.readouterr().err
