@@ -8,8 +8,8 @@ an untraced decode does no extra work (``scripts/trace_overhead.py`` measures bo
 The schema (``SCHEMA``, documented in docs/trace.md) is plain JSON: a ``Trace`` per row,
 holding one ``Call`` per decoding step (one target call, or one decoder call for speech).
 Every proposal is stored as a token tree rooted at the newest committed token: a chain is a
-tree whose node i has parent i - 1, lookahead's n-gram candidates are branches from the
-root, so one rule colours every draft-and-verify strategy's decisions. Diffusion-style calls
+tree whose node i has parent i - 1, lookahead's n-gram candidates merge into one tree where
+their prefixes coincide, so one rule colours every draft-and-verify strategy's decisions. Diffusion-style calls
 (masked positions filled by confidence) carry ``positions`` and ``scores`` instead of parents.
 """
 
@@ -28,7 +28,7 @@ from paragen.errors import InvalidInputError
 SCHEMA = "paragen.trace/1"  # bump the number on any change a reader must know about
 
 # Proposal kinds: what shape ``tokens`` has. "none": the target alone (``ar``); "chain",
-# "tree", "ngram" (candidate branches from the root), "jacobi" (a window of guesses as a
+# "tree", "ngram" (pool n-grams merged where their prefixes coincide), "jacobi" (a window of guesses as a
 # chain): trees by ``parents``; "diffusion": masked ``positions`` with ``scores``; "nar": one
 # non-autoregressive call filling every position (CASS-NAT), "rescore": a call that scores
 # finished candidates, "beam": one beam-search step.

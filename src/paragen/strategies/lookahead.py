@@ -140,16 +140,24 @@ class Lookahead(Strategy):
 
     def trace_call(self, logits: torch.Tensor, cands: list[list[int]], best: int, accept_len: int, nxt: int,
                    new_row: list[int]) -> None:
-        """Record the step (tracing only): each pool candidate as a branch from the root, token i
-        scored by the target's logits at the root (i = 0) or at its own token i - 1; the window
-        rows and the new row in ``detail``."""
+        """Record the step (tracing only): the pool candidates merged into a tree where their
+        prefixes coincide (equal prefixes get equal logits), token i of a candidate scored by
+        the target's logits at the root (i = 0) or at its own token i - 1; the window rows and
+        the new row in ``detail``."""
         m, base = len(cands[0]) if cands else 0, 1 + len(self.rows) * self.opts.window
-        tokens = [t for c in cands for t in c]
-        parents = [-1 if i == 0 else g * m + i - 1 for g in range(len(cands)) for i in range(m)]
-        rows = [0 if i == 0 else base + g * m + i - 1 for g in range(len(cands)) for i in range(m)]
+        node: dict[tuple[int, int], int] = {}  # (parent node, token) -> node
+        tokens, parents, rows, path = [], [], [], []
+        for g, cand in enumerate(cands):
+            parent = -1
+            for i, t in enumerate(cand):
+                if (parent, t) not in node:
+                    node[parent, t] = len(tokens)
+                    tokens.append(t), parents.append(parent), rows.append(0 if i == 0 else base + g * m + i - 1)
+                parent = node[parent, t]
+                if g == best and i < accept_len:
+                    path.append(parent)
         p = logits.float().softmax(-1)
         self.ctx.trace.lap("verify")
-        self.ctx.trace.call(0, Call("ngram", self.trace_source, tokens, parents,
-                                    [best * m + i for i in range(accept_len)], probs_of(p[rows], tokens),
+        self.ctx.trace.call(0, Call("ngram", self.trace_source, tokens, parents, path, probs_of(p[rows], tokens),
                                     next_p=float(p[base + best * m + accept_len - 1 if best >= 0 else 0, nxt]),
                                     detail={"window": [list(r) for r in self.rows], "new_row": new_row}))
