@@ -36,8 +36,13 @@ def main() -> None:
     for name in args.strategies.split(","):
         model_name = "code-block-diffusion" if name == "block_diffusion" else "code-diffusion" if name == "diffusion" \
             else "code-target"
-        model = models.setdefault(model_name, paragen.load(model_name))
-        run = lambda trace: paragen.generate(model, PROMPT, name, max_new_tokens=args.tokens, trace=trace)  # noqa: E731
+        if model_name not in models:
+            models[model_name] = paragen.load(model_name)
+        model = models[model_name]
+
+        def run(trace: bool, model=model, name=name):
+            return paragen.generate(model, PROMPT, name, max_new_tokens=args.tokens, trace=trace)
+
         run(False), run(True)  # warm-up
         times = {False: [], True: []}
         for _ in range(args.reps):

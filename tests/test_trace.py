@@ -336,3 +336,17 @@ def test_bench_links_a_trace_page_per_prompt(model_dir, tmp_path, capsys):
     assert main(["bench", "--strategies", "lookup", "--task", "humaneval", "--limit", "1", "--max-new-tokens", "2",
                  "--model", str(model_dir), "--no-progress", "--trace", "jacobi", "--out", str(out)]) == 2
     assert "--trace jacobi" in capsys.readouterr().err
+
+
+def test_transcribe_writes_a_trace_page(tmp_path, capsys):
+    from paragen.cli import main
+
+    wav = Path(paragen.__file__).parent / "builtin" / "speech-en" / "sample-1.wav"
+    if not wav.exists():
+        pytest.skip("the built-in speech model is not installed")
+    args = ["transcribe", str(wav), "--strategy", "ctc_draft"]
+    assert main([*args, "--trace-json", str(tmp_path / "t.json"), "--show-html", str(tmp_path / "t.html")]) == 0
+    trace = Trace.load(tmp_path / "t.json")
+    assert trace.text == capsys.readouterr().out.strip() and (tmp_path / "t.html").stat().st_size > 10_000
+    assert main(["transcribe", str(wav), str(wav), "--trace-json", str(tmp_path / "u.json")]) == 2
+    assert "one audio file" in capsys.readouterr().err
