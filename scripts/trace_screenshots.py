@@ -11,7 +11,9 @@ about a third of the way in (block_diffusion), the one call (cass_nat).
 from __future__ import annotations
 
 import argparse
+import html
 import io
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -33,6 +35,26 @@ def traces() -> dict[str, Trace]:
                                               max_new_tokens=96, trace=True).trace
     out["cass_nat"] = paragen.transcribe(paragen.load("speech-en"), SPEECH, "cass_nat", trace=True).trace
     return out
+
+
+ANSI = {"42;30": "background:#3a9d4f;color:#000", "44;97": "background:#2f6fd0;color:#fff",
+        "43;30": "background:#d9a42b;color:#000", "45;97": "background:#9b4fc9;color:#fff", "2": "color:#8a939c"}
+
+
+def terminal_page(text: str) -> str:
+    """The ANSI-coloured terminal view as a dark <pre>, for a screenshot of what a terminal shows."""
+    out, open_span = [], False
+    for i, part in enumerate(re.split(r"\x1b\[([0-9;]*)m", text)):
+        if i % 2 == 0:
+            out.append(html.escape(part))
+            continue
+        if open_span:
+            out.append("</span>")
+        open_span = part in ANSI
+        if open_span:
+            out.append(f"<span style='{ANSI[part]}'>")
+    return ("<html><body style='margin:0;background:#1e1e1e'><pre id='term' style='margin:0;padding:12px;color:#ddd;"
+            f"font:13px/1.35 monospace;white-space:pre-wrap;width:1000px'>{''.join(out)}</pre></body></html>")
 
 
 def best_call(trace: Trace) -> int:
@@ -71,9 +93,16 @@ def main() -> None:
             if name == "eagle":
                 buf = io.StringIO()
                 show(trace, buf, calls=True, color=False)
-                (out / "terminal-eagle.txt").write_text(f"$ paragen generate {PROMPT!r} --strategy eagle "
-                                                        f"--max-new-tokens 96 --show --show-calls   # NO_COLOR\n"
-                                                        + buf.getvalue())
+                command = f"$ paragen generate {PROMPT!r} --strategy eagle --max-new-tokens 96 --show"
+                (out / "terminal-eagle.txt").write_text(f"{command} --show-calls   # NO_COLOR\n" + buf.getvalue())
+                buf = io.StringIO()
+                show(trace, buf, color=True)
+                term = Path(profile) / "terminal.html"
+                term.write_text(terminal_page(command + "\n" + buf.getvalue()), encoding="utf-8")
+                driver.get(term.as_uri())
+                shot = driver.find_element("id", "term").screenshot_as_png
+                Image.open(io.BytesIO(shot)).convert("RGB").quantize(32).save(out / "terminal-eagle.png", optimize=True)
+                print(f"wrote {out / 'terminal-eagle.png'}")
     finally:
         driver.quit()
         shutil.rmtree(profile, ignore_errors=True)
