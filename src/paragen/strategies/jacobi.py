@@ -61,8 +61,8 @@ class Jacobi(Strategy):
             accept_len += 1
         count_step(self.counts, len(guesses), accept_len, len(guesses))
         if self.ctx.trace:  # the window as a chain of guesses; its update y is the next window
-            p = logits.float().softmax(-1)
             self.ctx.trace.lap("verify")
+            p = logits.float().softmax(-1)
             self.ctx.trace.call(0, Call("jacobi", self.trace_source, guesses, chain_parents(len(guesses)),
                                         list(range(accept_len)), probs_of(p[: len(guesses)], guesses),
                                         next_p=float(p[accept_len, y[accept_len]]), detail={"update": y}))
