@@ -350,3 +350,11 @@ def test_transcribe_writes_a_trace_page(tmp_path, capsys):
     assert trace.text == capsys.readouterr().out.strip() and (tmp_path / "t.html").stat().st_size > 10_000
     assert main(["transcribe", str(wav), str(wav), "--trace-json", str(tmp_path / "u.json")]) == 2
     assert "one audio file" in capsys.readouterr().err
+
+
+def test_a_trace_without_calls_still_opens(browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    open_page(browser, Trace("mask_predict", [], tokens=[]), tmp_path, "empty")
+    assert browser.find_element(By.ID, "step").text == "no calls"
+    assert errors(browser) == []
