@@ -1,6 +1,7 @@
 """What tracing costs: seconds per generation with ``trace=False`` and ``trace=True``, interleaved.
 
     python scripts/trace_overhead.py [--strategies ar,lookahead,eagle,block_diffusion] [--reps 7] [--tokens 128]
+    PYTHONPATH=OLD/src python scripts/trace_overhead.py --off-only   # a checkout without tracing, to compare "off"
 
 Tracing off is the default path: each step tests ``ctx.trace`` (a few attribute tests per
 step, tens of nanoseconds against a step of milliseconds), so "off" is the untraced speed;
@@ -29,6 +30,8 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=7)
     p.add_argument("--tokens", type=int, default=128)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--off-only", action="store_true",
+                   help="never pass trace= (runs on a paragen without tracing: its times are the 'off' baseline)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     models = {}
@@ -41,6 +44,8 @@ def main() -> None:
         model = models[model_name]
 
         def run(trace: bool, model=model, name=name):
+            if args.off_only:
+                return paragen.generate(model, PROMPT, name, max_new_tokens=args.tokens)
             return paragen.generate(model, PROMPT, name, max_new_tokens=args.tokens, trace=trace)
 
         run(False), run(True)  # warm-up
