@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Generator, Iterator, Sequence
 from typing import Any
 
@@ -14,6 +15,7 @@ from paragen.models import load as load_lm
 from paragen.models.base import Model
 from paragen.options import make_options
 from paragen.request import MAX_BATCH, Request, batch_prompts, check_request, context, row_generator
+from paragen.trace import Recorder
 
 __all__ = ["DEFAULT_THREADS", "MAX_BATCH", "Generation", "Stream", "generate", "load", "make_options", "stream",
            "torch_threads"]
@@ -57,12 +59,16 @@ class Stream:
         self._pieces.close()
 
 
-def _decode(model: Model, request: Request) -> Generator[tuple[int, str], None, list[Generation]]:
+def _decode(model: Model, request: Request, trace: bool = False) -> Generator[tuple[int, str], None, list[Generation]]:
     """The (not yet started) driver generator of a checked request: each row draws from a
     generator of its own, seeded with its seed (a seeded row of a batch gives what the same
-    prompt and seed give alone)."""
+    prompt and seed give alone). With ``trace`` each Generation gets its ``Trace``."""
     generators = [row_generator(model, seed) for seed in request.seeds]
     ctx = context(model, request, generators, request.cache_length)
+    if trace:
+        meta = {"model": getattr(model, "name", None), "options": dataclasses.asdict(request.options),
+                "temperature": request.sampling.temperature, "max_new_tokens": request.max_new_tokens}
+        ctx.trace = Recorder(request.strategy.name, request.prompts, ctx.target.device, meta)
     with torch.inference_mode():
         return (yield from decode(request.strategy(ctx, request.options), ctx, request.prompts, request.max_new_tokens,
                                   model.tokenizer, model.info.eos_ids, request.stop))
@@ -93,6 +99,7 @@ def stream(
     stop: str | Sequence[str] | None = None,
     draft: Model | None = None,
     heads: Any = None,
+    trace: bool = False,
     **options: Any,
 ) -> Stream:
     """Decode lazily: returns a ``Stream`` yielding committed text pieces as they are decoded,
@@ -100,7 +107,8 @@ def stream(
 
     ``heads``: prediction heads for the strategies that run on them (``paragen.load_heads``);
     by default the built-in heads of a built-in target (``paragen models`` lists them).
-    Every argument is checked here, before the first token.
+    Every argument is checked here, before the first token. ``trace=True`` records every
+    call (``paragen.trace``): the Generation's ``trace`` holds it.
 
     One prompt only; ``generate`` takes a batch. A stream is one continuation's text, as its
     consumers (the CLI's terminal, a server's SSE response) read it: a batch's pieces would
@@ -117,7 +125,7 @@ def stream(
         raise InvalidInputError("stream() decodes one prompt: pass a list of prompts to generate() instead")
     request = check_request(model, [prompt], strategy, max_new_tokens, temperature, top_k, top_p, seed, stop, draft,
                             heads, options)
-    return Stream(_text(_decode(model, request)))
+    return Stream(_text(_decode(model, request, trace=bool(trace))))
 
 
 def generate(
@@ -136,7 +144,8 @@ def generate(
     random generator of its own, seeded with ``seed[i]`` when ``seed`` is a list (one per
     prompt) or ``seed + i`` when it is one integer: a sampled row is the same text as that
     prompt alone with the same seed (OpenAI's per-request seed), and equal prompts in one
-    batch still draw independent samples. The strategies
+    batch still draw independent samples. ``trace=True``: each Generation's ``trace`` records
+    every call (one Trace per row; ``paragen.trace``, docs/trace.md). The strategies
     with ``batched = True`` decode batches; the other strategies take a batch of one. Given a speech model, ``prompt`` is the
     audio (path, bytes or waveform) and this is ``paragen.transcribe``.
     """
@@ -149,8 +158,9 @@ def generate(
     known = {"max_new_tokens": 128, "temperature": 0.0, "top_k": None, "top_p": None, "seed": None, "stop": None,
              "draft": None, "heads": None}
     args = {name: kwargs.pop(name, default) for name, default in known.items()}
+    trace = bool(kwargs.pop("trace", False))
     batch = batch_prompts(prompt)
-    pieces = _decode(model, check_request(model, batch or [prompt], strategy, options=kwargs, **args))
+    pieces = _decode(model, check_request(model, batch or [prompt], strategy, options=kwargs, **args), trace)
     return _run(pieces) if batch is not None else _run(_text(pieces))
 
 

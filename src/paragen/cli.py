@@ -1,4 +1,4 @@
-"""The ``paragen`` command line: generate, models, train, bench, serve."""
+"""The ``paragen`` command line: generate, models, train, bench, serve, trace."""
 
 from __future__ import annotations
 
@@ -173,6 +173,13 @@ def add_generate_parser(sub: argparse._SubParsersAction) -> None:
     out.add_argument("--json", action="store_true",
                      help="print one JSON object at the end: text, tokens (new only), stats (not with --stream)")
     p.add_argument("--stats", action="store_true", help="print a statistics line on stderr after the text")
+    out.add_argument("--show", action="store_true",
+                     help="print the text with each call's committed span coloured (accepted proposal vs the target's "
+                     "own token; NO_COLOR: bracketed)")
+    p.add_argument("--show-calls", action="store_true", help="with --show: one line per call (proposed, accepted, time)")
+    p.add_argument("--show-html", default=None, metavar="FILE.html",
+                   help="write the trace as a self-contained page to step through (see `paragen trace`)")
+    p.add_argument("--trace-json", default=None, metavar="FILE.json", help="write the trace (docs/trace.md) as JSON")
 
 
 def read_stdin() -> str:
@@ -282,7 +289,8 @@ def run_generate(args: argparse.Namespace) -> int:
         check_heads_found(cls, model, heads)
         it = paragen.stream(model, prompt, strategy=args.strategy, max_new_tokens=args.max_new_tokens,
                             temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                            stop=args.stop, draft=draft, heads=heads, **options)
+                            stop=args.stop, draft=draft, heads=heads, **options,
+                            trace=bool(args.show or args.show_calls or args.show_html or args.trace_json))
         try:
             for piece in it:
                 pieces.append(piece)
@@ -293,7 +301,16 @@ def run_generate(args: argparse.Namespace) -> int:
             print("" if args.stream else "".join(pieces), flush=True)
             raise
     gen = it.generation
-    if args.json:
+    if gen.trace is not None:
+        from paragen import trace_html, trace_view
+
+        if args.trace_json:
+            gen.trace.save(args.trace_json)
+        if args.show_html:
+            trace_html.write(gen.trace, args.show_html)
+    if args.show or args.show_calls:
+        trace_view.show(gen.trace, sys.stdout, calls=args.show_calls)
+    elif args.json:
         print(json.dumps(gen.to_dict()))
     elif model.tokenizer is None:  # no text to show: the new token ids, as --prompt-ids takes them
         print(",".join(map(str, gen.tokens)))
@@ -343,6 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_parser(sub)
     add_serve_parser(sub)
     add_batch_parser(sub)
+    from paragen.trace_view import add_trace_parser
+
+    add_trace_parser(sub)
     from paragen.speech.cli import add_data_parser, add_transcribe_parser
 
     add_data_parser(sub)
@@ -393,6 +413,10 @@ def run(argv: list[str] | None) -> int:
         from paragen.batch import run_batch
 
         return run_batch(args)
+    if args.command == "trace":
+        from paragen.trace_view import run_trace
+
+        return run_trace(args, sys.stdout)
     if args.command == "serve":
         from paragen.serve.cli import run_serve
 

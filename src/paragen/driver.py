@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from paragen.strategies.base import DecodeContext, Strategy
+from paragen.trace import Trace, plain
 
 
 @dataclass
@@ -55,9 +56,13 @@ class Generation:
     tokens: list[int]
     text: str
     stats: Stats
+    trace: Trace | None = None  # with generate(..., trace=True): every call's proposal and decisions
 
     def to_dict(self) -> dict[str, Any]:
-        return {"text": self.text, "tokens": self.tokens, "stats": self.stats.to_dict()}
+        d = {"text": self.text, "tokens": self.tokens, "stats": self.stats.to_dict()}
+        if self.trace is not None:
+            d["trace"] = self.trace.to_dict()
+        return d
 
 
 def _stop_at(text: str, stops: tuple[str, ...], start: int = 0) -> int | None:
@@ -203,7 +208,10 @@ def decode(
     for row in rows:
         row.stats.prefill_calls = ctx.target.calls
     active = list(range(len(prompts)))  # original row of each row of the current batch
+    trace = ctx.trace  # a Recorder when tracing, else None
     while active:
+        if trace:
+            trace.begin(active)
         calls = ctx.target.calls, draft_calls()
         committed = strategy.step_rows([rows[r].budget for r in active])
         calls = ctx.target.calls - calls[0], draft_calls() - calls[1]
@@ -212,7 +220,10 @@ def decode(
             row = rows[r]
             row.stats.target_calls += calls[0]
             row.stats.draft_calls += calls[1]
+            before = len(row.tokens)
             piece = row.add(tokens)
+            if trace:
+                trace.end(i, tokens, len(row.tokens) - before, *calls)
             if piece:
                 yield r, piece
             if row.done:
@@ -224,4 +235,10 @@ def decode(
             if staying:
                 strategy.select(staying)
             active = [active[i] for i in staying]
-    return [row.generation() for row in rows]
+    generations = [row.generation() for row in rows]
+    if trace:
+        for gen, t in zip(generations, trace.traces):
+            gen.trace = t
+            t.tokens, t.text, t.stats = list(gen.tokens), gen.text, plain(gen.stats.to_dict())
+            t.describe(tokenizer.decode if tokenizer is not None else None)
+    return generations

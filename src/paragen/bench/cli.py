@@ -69,6 +69,8 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
                    help="prompts each contender decodes together (above 1: ar, speculative, lookup; default: 1)")
     p.add_argument("--out", required=True, help="output directory (created if missing)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--trace", default=None, metavar="STRATEGY",
+                   help="after the timed runs, trace STRATEGY on every prompt: OUT/traces/*.html, linked from the report")
 
 
 def config_from_args(args: argparse.Namespace) -> BenchConfig:
@@ -96,9 +98,19 @@ def run_bench(args: argparse.Namespace) -> int:
 
         return run_speech_bench_args(args, DEFAULT_STRATEGIES, DEFAULTS.model)
     config = config_from_args(args)
+    if args.trace and args.trace not in ("ar", *config.strategies):  # before the timed runs, not after
+        from paragen.errors import InvalidInputError
+
+        raise InvalidInputError(f"--trace {args.trace}: not among --strategies ({args.strategies})")
     result = run(config, progress=not args.no_progress, argv=["paragen", *sys.argv[1:]])
     out = Path(args.out)
     bench = result.to_dict()
+    if args.trace:
+        from paragen.bench.traces import write_traces
+
+        pages = write_traces(result, args.trace, out)
+        for task in bench["tasks"]:
+            task["trace"] = pages.get(task["id"])
     write_atomic(out / "bench.json", bench_json(bench))
     write_atomic(out / "bench.md", bench_markdown(bench, result.summary))
     write_atomic(out / "report.html", html_report(bench, result.summary))

@@ -291,6 +291,9 @@ def html_outputs(bench: dict[str, Any]) -> str:
             rows.append(f"<h4>{html.escape(r['strategy'])} <small>({html.escape(meta)})</small></h4>"
                         f"<pre>{html.escape(r['text'])}</pre>")
         summary = f"{t['id']} ({t['prompt_tokens']} prompt tokens{', truncated' if t.get('truncated') else ''})"
+        if t.get("trace"):  # bench --trace STRATEGY: the prompt's trace page
+            summary += f" - trace: {t['trace']}"
+            rows.insert(0, f"<p><a href='{html.escape(t['trace'])}'>trace page</a></p>")
         parts.append(f"<details><summary>{html.escape(summary)}</summary><h4>prompt</h4>"
                      f"<pre class='prompt'>{html.escape(t['prompt'])}</pre>{''.join(rows)}</details>")
     return "".join(parts)

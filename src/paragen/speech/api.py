@@ -10,6 +10,7 @@ steady noise or tone is warned about (``features.check_level``). The features ar
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
 import os
 import time
@@ -22,9 +23,10 @@ import torch
 from paragen.errors import AudioInputError
 from paragen.speech import vocab
 from paragen.speech.decode import get_decoder
-from paragen.speech.decode.base import CountedSpeechModel, SpeechStats, Transcript
+from paragen.speech.decode.base import CountedSpeechModel, SpeechStats, Transcript, ctc_best_path
 from paragen.speech.features import SAMPLE_RATE, check_level, check_wave, load_audio, log_mel, source_name
 from paragen.speech.model import SpeechModel
+from paragen.trace import Recorder, Trace, plain
 
 Audio = str | os.PathLike | bytes | np.ndarray | torch.Tensor
 
@@ -63,33 +65,53 @@ def options_for(name: str, options: dict[str, Any]) -> Any:
 
 
 def decode_features(model: SpeechModel, features: torch.Tensor, strategy: str = "ar", options: Any = None,
-                    audio_seconds: float | None = None) -> Transcript:
-    """Transcribe one utterance's features [T, 80] with a decoder; ``options`` is its Options (default: its defaults)."""
+                    audio_seconds: float | None = None, trace: bool = False) -> Transcript:
+    """Transcribe one utterance's features [T, 80] with a decoder; ``options`` is its Options (default: its defaults).
+    ``trace``: the Transcript's ``trace`` records every decoder call and the CTC best path per frame."""
     module = get_decoder(strategy)
     options = options if options is not None else module.Options()
     counted = CountedSpeechModel(model)
     dev = counted.device
+    meta = {"model": getattr(model, "name", None), "options": dataclasses.asdict(options)}
+    recorder = Recorder(strategy, [[]], dev, meta) if trace else None
     with torch.no_grad():
         t0 = time.perf_counter()
         enc = counted.encode(features[None].to(dev), torch.tensor([features.shape[0]], device=dev))
         t1 = time.perf_counter()
-        result = module.decode(counted, enc, options)
+        result = module.decode(counted, enc, options, trace=recorder)
         t2 = time.perf_counter()
     tokens, extra = result if isinstance(result, tuple) else (result, {})
     stats = SpeechStats(strategy, counted.encoder_calls, counted.decoder_calls, len(tokens), t2 - t0, t2 - t1,
                         audio_seconds if audio_seconds is not None else features.shape[0] / 100, module.LOSSLESS, extra)
-    return Transcript(vocab.decode(tokens), tokens, stats)
+    out = Transcript(vocab.decode(tokens), tokens, stats)
+    if recorder:
+        out.trace = speech_trace(recorder, enc, out)
+    return out
+
+
+def speech_trace(recorder: Recorder, enc: Any, transcript: Transcript) -> Trace:
+    """The finished trace of one transcription: its calls, and the CTC best path per frame
+    (label and probability: the alignment every CTC-based decoder starts from)."""
+    labels, conf = ctc_best_path(enc)
+    t = recorder.traces[0]
+    t.tokens, t.text, t.stats = list(transcript.tokens), transcript.text, plain(transcript.stats.to_dict())
+    t.meta["frames"] = {"labels": labels.tolist(), "probs": [round(c, 3) for c in conf.tolist()]}
+    t.describe(vocab.decode)
+    t.pieces.update({i: vocab.decode([i]) or f"<{i}>" for i in set(t.meta["frames"]["labels"])})
+    t.prompt_text = ""
+    return t
 
 
 def transcribe(model: SpeechModel, audio: Audio, strategy: str = "ar", sample_rate: int | None = None,
-               **options: Any) -> Transcript:
+               trace: bool = False, **options: Any) -> Transcript:
     """Transcribe one utterance with a decoder (``ar``, ``beam``, ``ctc``, ``ctc_draft``, ``mask_predict``, ``cass_nat``).
 
     ``audio``: a file path or an audio file's bytes, or a 1-D waveform array (numpy or torch)
     with its ``sample_rate`` in Hz (required for arrays; refused for files, which carry theirs).
     Silent audio is refused (``AudioInputError``); audio whose level never varies gets an
     ``AudioLevelWarning``. Options are the decoder's keyword options (``beam=4``,
-    ``iterations=10``, ``samples=5``...). Returns ``Transcript(text, tokens, stats)``; ``stats``
+    ``iterations=10``, ``samples=5``...); ``trace=True`` records every decoder call
+    (``Transcript.trace``). Returns ``Transcript(text, tokens, stats)``; ``stats``
     has encoder and decoder calls, tokens per decoder call, seconds and the real-time factor.
     """
     if not isinstance(model, SpeechModel):
@@ -99,4 +121,4 @@ def transcribe(model: SpeechModel, audio: Audio, strategy: str = "ar", sample_ra
     opts = options_for(strategy, options)
     wave = waveform(audio, sample_rate)
     check_level(wave, source_name(audio))
-    return decode_features(model, log_mel(wave), strategy, opts, audio_seconds=len(wave) / SAMPLE_RATE)
+    return decode_features(model, log_mel(wave), strategy, opts, audio_seconds=len(wave) / SAMPLE_RATE, trace=trace)

@@ -74,6 +74,9 @@ def add_transcribe_parser(sub: argparse._SubParsersAction) -> None:
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="one JSON object per file: file, text, stats")
     out.add_argument("--stats", action="store_true", help="a statistics line per file on stderr")
+    p.add_argument("--show-html", default=None, metavar="FILE.html",
+                   help="one audio file: write its decoding trace as a self-contained page (docs/trace.md)")
+    p.add_argument("--trace-json", default=None, metavar="FILE.json", help="one audio file: write its trace as JSON")
 
 
 def run_transcribe(args: argparse.Namespace) -> int:
@@ -96,6 +99,9 @@ def run_transcribe(args: argparse.Namespace) -> int:
     if not is_speech_model(resolve(args.model)):
         raise InvalidInputError(f"--model {args.model} is not a speech model: use --model speech-en (or a directory "
                                 "from `paragen train speech`)")
+    tracing = bool(args.show_html or args.trace_json)
+    if tracing and len(args.files) != 1:
+        raise InvalidInputError("--show-html and --trace-json trace one audio file: give one FILE")
     with command_threads(args):
         model = paragen.load(args.model)
         for name in args.files:
@@ -103,7 +109,14 @@ def run_transcribe(args: argparse.Namespace) -> int:
             if name == "-" and not audio:
                 raise AudioInputError("standard input is empty: pipe an audio file in, e.g. "
                                       "paragen transcribe - < clip.wav")
-            out = transcribe(model, audio, strategy=args.strategy, **options)
+            out = transcribe(model, audio, strategy=args.strategy, trace=tracing, **options)
+            if tracing:
+                from paragen.trace_html import write
+
+                if args.trace_json:
+                    out.trace.save(args.trace_json)
+                if args.show_html:
+                    write(out.trace, args.show_html)
             if args.json:
                 print(json.dumps({"file": name, "text": out.text, "stats": out.stats.to_dict()}))
                 continue

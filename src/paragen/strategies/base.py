@@ -27,6 +27,7 @@ import torch
 from paragen.models import device_of
 from paragen.models.base import Model
 from paragen.sampling import SamplingParams, sample_rows, warp
+from paragen.trace import Call, Recorder, chain_parents, probs_of
 from paragen.verify import verify_chains
 
 # The most tokens one model call may feed, whatever the context: the API refuses options
@@ -69,6 +70,7 @@ class DecodeContext:
     heads: Any = None  # paragen.heads.Heads bound to the target, for strategies that ride on heads
     extra: dict[str, Any] = field(default_factory=dict)  # strategy-specific statistics (batch of one)
     generators: list[torch.Generator] = field(default_factory=list)  # one per prompt, for batched strategies
+    trace: Recorder | None = None  # set by generate(..., trace=True): strategies record each call into it
 
     def drafting_calls(self) -> int:
         """Calls of whatever drafts: the draft model and the prediction heads (or EAGLE drafter)."""
@@ -90,6 +92,7 @@ class Strategy(ABC):
     attention: ClassVar[str] = "causal"  # the kind of model it runs (ModelInfo.attention)
     summary: ClassVar[str] = ""
     batched: ClassVar[bool] = False  # decodes a batch of prompts at once (else one prompt per call)
+    trace_source: ClassVar[str] = "target"  # what proposes, as a trace names it (paragen.trace.Call.source)
 
     @classmethod
     def slack(cls, options: Any) -> int:
@@ -370,6 +373,8 @@ class ChainStrategy(BatchedStrategy):
         ctx, device = self.ctx, self.ctx.target.device
         # 1. propose: a chain per row (possibly empty)
         draft, lengths, q = self.propose(budgets)
+        if ctx.trace:
+            ctx.trace.lap("draft")
         # 2. verify: one target forward over each row's newest token and its chain
         newest = to_device([[s[-1]] for s in self.seqs], device)
         out = feed_rows(ctx.target, self.cache, torch.cat([newest, draft], 1), hidden=self.reads_hidden)
@@ -382,6 +387,9 @@ class ChainStrategy(BatchedStrategy):
         host = torch.cat([accept[:, None], draft, nxt[:, None]], 1).tolist()
         if self.reads_hidden:  # row b committed the states of its newest token and accepted drafts
             self.kept_states = (out[1], [list(range(row[0] + 1)) for row in host])
+        if ctx.trace:
+            ctx.trace.lap("verify")
+            self.trace_chains(host, lengths, logits, q)
         committed = [[*row[1 : 1 + row[0]], row[-1]] for row in host]
         self.cache.commit_rows([len(c) for c in committed])
         before = [len(s) for s in self.seqs]
@@ -389,3 +397,15 @@ class ChainStrategy(BatchedStrategy):
         for s, c in zip(self.seqs, committed):
             s.extend(c)
         return committed
+
+    def trace_chains(self, host: list[list[int]], lengths: list[int], logits: torch.Tensor,
+                     q: torch.Tensor | None) -> None:
+        """Record each row's chain (tracing only): the target's probability p of draft token i
+        (logits row i) and of its own next token (row accept_len); q when the draft had one."""
+        ctx = self.ctx
+        p = logits.float().softmax(-1) if ctx.sampling.greedy else warp(logits, ctx.sampling)
+        for b, (row, k) in enumerate(zip(host, lengths)):
+            a, chain = row[0], row[1 : 1 + k]
+            ctx.trace.call(b, Call("chain" if k else "none", self.trace_source, chain, chain_parents(k),
+                                   list(range(a)), probs_of(p[b, :k], chain),
+                                   probs_of(q[b, :k], chain) if q is not None else None, float(p[b, a, row[-1]])))

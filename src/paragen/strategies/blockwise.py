@@ -51,6 +51,7 @@ class BlockwiseOptions:
 class Blockwise(ChainStrategy):
     name = "blockwise"
     Options = BlockwiseOptions
+    trace_source = "heads"
     head_kinds = ("blockwise", "medusa")
     summary = "prediction heads propose k tokens, target verifies them and scores the next proposals in one call"
     reads_hidden = True

@@ -63,6 +63,7 @@ from paragen.errors import UnsupportedOptionError
 from paragen.models.base import ModelInfo
 from paragen.sampling import SamplingParams, warp
 from paragen.strategies.base import DecodeContext, Strategy, feed
+from paragen.trace import Call
 
 ORDERINGS = ("low_confidence", "random", "margin", "entropy")
 RULES = ("fixed", "threshold", "factor")
@@ -194,6 +195,7 @@ def select(s: torch.Tensor, opts: DenoiseOptions, n_fixed: int) -> torch.Tensor:
 class Diffusion(Strategy):
     name = "diffusion"
     Options = DiffusionOptions
+    trace_source = "model"
     lossless = False
     supports_sampling = True
     summary = "masked-diffusion denoising, semi-AR blocks, threshold/factor/fixed commits; lossy"
@@ -217,6 +219,7 @@ class Diffusion(Strategy):
     def start(self, prompt: list[int], first_block: int, block_length: int, grow: bool) -> None:
         """State shared with ``block_diffusion``: canvas, masked flags, frontier, block."""
         self.canvas = list(prompt)  # prompt, then committed tokens and masks
+        self.origin = len(prompt)  # the first new token's position (traces count positions from it)
         self.masked = [False] * len(prompt)  # flags, not token values: a prompt may hold the mask id
         self.frontier = len(prompt)  # first position not yet returned to the driver
         self.block = (first_block, first_block)  # [start, end) of the block being denoised
@@ -240,6 +243,11 @@ class Diffusion(Strategy):
         # 2. select: the commit rule decides how many of the best-scored to keep
         keep = select(s, self.opts, self.schedule[min(self.calls, len(self.schedule) - 1)])
         self.calls += 1
+        if self.ctx.trace:  # every masked position's candidate and score; the kept ones are unmasked
+            o = self.origin
+            self.ctx.trace.lap("verify")
+            self.ctx.trace.call(0, Call("diffusion", self.trace_source, x.tolist(), positions=(where - o).tolist(),
+                                        scores=s.float().tolist(), accepted=keep.tolist(), block=[bs - o, be - o]))
         # 3. commit: write them and hand the driver the completed left part of the block
         return self.commit(where[keep].tolist(), x[keep].tolist())
 

@@ -24,6 +24,7 @@ import torch
 from paragen.sampling import SamplingParams, warp
 from paragen.strategies.base import BatchedStrategy, CountedModel, catch_up, feed, pad, prefill_cache, to_device
 from paragen.strategies.counts import count_step, new_counts
+from paragen.trace import Call, probs_of
 from paragen.tree import TokenTree
 from paragen.verify import verify_tree
 
@@ -95,6 +96,7 @@ class TreeDraftStrategy(BatchedStrategy):
     """
 
     needs_draft = True
+    trace_source = "draft"
     rule: ClassVar[str] = "rrs"  # verify_tree's sampling rule
     row_lists = (*BatchedStrategy.row_lists, "drafters")
 
@@ -133,6 +135,8 @@ class TreeDraftStrategy(BatchedStrategy):
         if max(depths):
             self.before_grow()
         trees = [self.grow(b, d) if d else TokenTree(self.seqs[b][-1]) for b, d in enumerate(depths)]
+        if self.ctx.trace:
+            self.ctx.trace.lap("draft")
         # 2. verify: one target forward over every row's newest token and tree
         logits, states = self.score(trees)
         paths, committed = [], []
@@ -141,6 +145,10 @@ class TreeDraftStrategy(BatchedStrategy):
             paths.append(path)
             committed.append([*(tree.tokens[i] for i in path), nxt])
             self.record(b, tree, logits[b, : len(tree)], path)
+        if self.ctx.trace:
+            self.ctx.trace.lap("verify")
+            for b, tree in enumerate(trees):
+                self.trace_tree(b, tree, logits[b, : len(tree)], paths[b], committed[b][-1])
         # 3. commit: the target's cache keeps each row's accepted path, the drafters follow
         kept = [[0, *p] for p in paths]
         self.cache.keep_rows(kept)
@@ -180,3 +188,18 @@ class TreeDraftStrategy(BatchedStrategy):
     def record(self, row: int, tree: TokenTree, logits: torch.Tensor, path: list[int]) -> None:
         """Count one verified tree into its row's stats: depths reached and accepted, nodes drafted."""
         count_step(self.extras[row], tree.depth, len(path), len(tree) - 1)
+
+    def trace_tree(self, row: int, tree: TokenTree, logits: torch.Tensor, path: list[int], nxt: int) -> None:
+        """Record row ``row``'s tree (tracing only), root excluded (node i is the trace's i - 1):
+        each node's probability under its parent's target logits [N, V], and under the draft
+        distribution its parent's children were drawn from, where there was one."""
+        sampling = self.ctx.sampling
+        p = logits.float().softmax(-1) if sampling.greedy else warp(logits, sampling)
+        nodes = range(1, len(tree))
+        parents = [tree.parents[i] for i in nodes]
+        tokens = tree.tokens[1:]
+        q = [float(tree.q[par][t]) if tree.q[par] is not None else None for par, t in zip(parents, tokens)]
+        self.ctx.trace.call(row, Call(
+            "tree", self.trace_source, tokens, [par - 1 for par in parents], [i - 1 for i in path],
+            probs_of(p[parents], tokens), q if any(x is not None for x in q) else None,
+            float(p[path[-1] if path else 0, nxt])))

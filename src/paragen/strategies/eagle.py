@@ -86,6 +86,7 @@ class EagleDrafter:
 
 class Eagle(Tree):
     name = "eagle"
+    trace_source = "eagle"
     needs_draft = False
     head_kinds = ("eagle",)
     summary = "EAGLE drafter on the target's hidden states grows a token tree, target verifies it in one call"

@@ -17,6 +17,7 @@ from typing import Any
 from paragen.errors import UnsupportedOptionError
 from paragen.strategies.base import Strategy, feed
 from paragen.strategies.counts import count_step, new_counts
+from paragen.trace import Call, chain_parents, probs_of
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class JacobiOptions:
 class Jacobi(Strategy):
     name = "jacobi"
     Options = JacobiOptions
+    trace_source = "window"
     supports_sampling = False
     summary = "refines a window of guesses to a fixed point; greedy only"
 
@@ -52,11 +54,18 @@ class Jacobi(Strategy):
         n = len(self.seq)
         guesses = self.guesses[: max(0, budget - 1)]
         # 1. propose: the current guesses; 2. verify: one Jacobi update of all of them
-        y = feed(self.ctx.target, self.cache, [self.seq[-1], *guesses], n - 1).argmax(-1).tolist()
+        logits = feed(self.ctx.target, self.cache, [self.seq[-1], *guesses], n - 1)
+        y = logits.argmax(-1).tolist()
         accept_len = 0
         while accept_len < len(guesses) and guesses[accept_len] == y[accept_len]:
             accept_len += 1
         count_step(self.counts, len(guesses), accept_len, len(guesses))
+        if self.ctx.trace:  # the window as a chain of guesses; its update y is the next window
+            self.ctx.trace.lap("verify")
+            p = logits.float().softmax(-1)
+            self.ctx.trace.call(0, Call("jacobi", self.trace_source, guesses, chain_parents(len(guesses)),
+                                        list(range(accept_len)), probs_of(p[: len(guesses)], guesses),
+                                        next_p=float(p[accept_len, y[accept_len]]), detail={"update": y}))
         # 3. commit y_0..y_a; the cache keeps the newest token and the converged guesses
         self.cache.commit(accept_len + 1)
         committed = y[: accept_len + 1]

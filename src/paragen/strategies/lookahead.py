@@ -29,6 +29,7 @@ import torch
 from paragen.errors import UnsupportedOptionError
 from paragen.strategies.base import Strategy, feed
 from paragen.strategies.counts import count_step, new_counts
+from paragen.trace import Call, probs_of
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,7 @@ def lookahead_mask(W: int, L: int, G: int, m: int) -> torch.Tensor:
 class Lookahead(Strategy):
     name = "lookahead"
     Options = LookaheadOptions
+    trace_source = "pool"
     supports_sampling = False
     summary = "Jacobi window harvests n-grams, verified in the same call; greedy only"
 
@@ -106,8 +108,8 @@ class Lookahead(Strategy):
         tokens = [self.seq[-1]] + [t for row in self.rows for t in row] + [t for c in cands for t in c]
         offsets = [0] + [r + j + 1 for r in range(L) for j in range(W)] + [i + 1 for _ in range(G) for i in range(m)]
         mask = lookahead_mask(W, L, G, m)
-        y = feed(self.ctx.target, self.cache, tokens, n - 1, mask=mask, positions=[n - 1 + d for d in offsets])
-        y = y.argmax(-1).tolist()
+        logits = feed(self.ctx.target, self.cache, tokens, n - 1, mask=mask, positions=[n - 1 + d for d in offsets])
+        y = logits.argmax(-1).tolist()
         # 2. verify: the candidate whose tokens match the target's argmax the longest
         base = 1 + L * W
         best_g, accept_len = -1, 0
@@ -128,8 +130,34 @@ class Lookahead(Strategy):
             self.cache.commit(1)
         # 3. update the window: the top row's outputs form a new row; harvest n-grams
         new_row = [y[1 + (L - 1) * W + j] for j in range(W)]
+        if self.ctx.trace:
+            self.trace_call(logits, cands, best_g, accept_len, committed[-1], new_row)
         for j in range(W):
             self.remember(tuple(self.rows[r][j] for r in range(L)) + (new_row[j],))
         self.rows = self.rows[1:] + [new_row]
         self.seq.extend(committed)
         return committed
+
+    def trace_call(self, logits: torch.Tensor, cands: list[list[int]], best: int, accept_len: int, nxt: int,
+                   new_row: list[int]) -> None:
+        """Record the step (tracing only): the pool candidates merged into a tree where their
+        prefixes coincide (equal prefixes get equal logits), token i of a candidate scored by
+        the target's logits at the root (i = 0) or at its own token i - 1; the window rows and
+        the new row in ``detail``."""
+        m, base = len(cands[0]) if cands else 0, 1 + len(self.rows) * self.opts.window
+        node: dict[tuple[int, int], int] = {}  # (parent node, token) -> node
+        tokens, parents, rows, path = [], [], [], []
+        for g, cand in enumerate(cands):
+            parent = -1
+            for i, t in enumerate(cand):
+                if (parent, t) not in node:
+                    node[parent, t] = len(tokens)
+                    tokens.append(t), parents.append(parent), rows.append(0 if i == 0 else base + g * m + i - 1)
+                parent = node[parent, t]
+                if g == best and i < accept_len:
+                    path.append(parent)
+        p = logits.float().softmax(-1)
+        self.ctx.trace.lap("verify")
+        self.ctx.trace.call(0, Call("ngram", self.trace_source, tokens, parents, path, probs_of(p[rows], tokens),
+                                    next_p=float(p[base + best * m + accept_len - 1 if best >= 0 else 0, nxt]),
+                                    detail={"window": [list(r) for r in self.rows], "new_row": new_row}))

@@ -54,6 +54,7 @@ def find_draft(seq: np.ndarray, max_ngram: int, min_ngram: int, k: int) -> list[
 class Lookup(ChainStrategy):
     name = "lookup"
     Options = LookupOptions
+    trace_source = "context"
     summary = "copies n-gram continuations from the context as the draft"
 
     @classmethod

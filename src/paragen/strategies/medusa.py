@@ -56,6 +56,7 @@ class MedusaOptions:
 class Medusa(TreeDraftStrategy):
     name = "medusa"
     Options = MedusaOptions
+    trace_source = "heads"
     needs_draft = False
     head_kinds = ("medusa", "blockwise")
     summary = "prediction heads' top candidates form a token tree, target verifies it in one call"

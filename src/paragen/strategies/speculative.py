@@ -37,6 +37,7 @@ class SpeculativeOptions:
 class Speculative(ChainStrategy):
     name = "speculative"
     Options = SpeculativeOptions
+    trace_source = "draft"
     needs_draft = True
     summary = "draft model proposes k tokens, target verifies them in one call"
     row_lists = (*ChainStrategy.row_lists, "ks")

@@ -89,6 +89,7 @@ class TreeOptions:
 class Tree(TreeDraftStrategy):
     name = "tree"
     Options = TreeOptions
+    trace_source = "draft"
     summary = "draft model proposes a token tree (static or dynamic), target verifies it in one call"
 
     @classmethod

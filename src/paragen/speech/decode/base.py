@@ -2,7 +2,7 @@
 
 A decoder is a module with ``NAME``, ``SUMMARY``, ``LOSSLESS`` (identical to ``ar`` greedy
 token for token), a frozen ``Options`` dataclass (the only place its defaults live; fields
-carry ``help`` metadata for the CLI), and ``decode(model, enc, options) -> list[int]`` that
+carry ``help`` metadata for the CLI), and ``decode(model, enc, options, trace=None) -> list[int]`` that
 turns one encoded utterance into characters. It calls the model only through
 ``CountedSpeechModel``, so decoder calls are counted the same way for every decoder.
 """
@@ -16,6 +16,7 @@ import torch
 from paragen.cache import KVCache
 from paragen.speech import align, vocab
 from paragen.speech.model import Encoded, SpeechModel
+from paragen.trace import Trace
 from paragen.verify import greedy_accept
 
 
@@ -88,6 +89,7 @@ class Transcript:
     text: str
     tokens: list[int]
     stats: SpeechStats
+    trace: Trace | None = None  # with transcribe(..., trace=True): every decoder call
 
 
 def max_length(enc: Encoded) -> int:

@@ -23,6 +23,7 @@ import torch
 from paragen.speech import align, vocab
 from paragen.speech.decode.base import CountedSpeechModel, max_length
 from paragen.speech.model import Encoded
+from paragen.trace import Call, Recorder
 
 NAME = "beam"
 SUMMARY = "attention decoder beam search (sum of log-probabilities), one decoder call per step for all beams"
@@ -43,8 +44,8 @@ class Options:
 
 
 @torch.no_grad()
-def decode(model: CountedSpeechModel, enc: Encoded, options: Options) -> list[int]:
-    """Best hypothesis of a beam search on one encoded utterance."""
+def decode(model: CountedSpeechModel, enc: Encoded, options: Options, trace: Recorder | None = None) -> list[int]:
+    """Best hypothesis of a beam search on one encoded utterance; ``trace``: each step's survivors."""
     K, limit, dev, lam = options.beam, max_length(enc), model.device, options.ctc_weight
     rows = Encoded(enc.memory.expand(K, -1, -1), enc.pad.expand(K, -1), enc.ctc_logits.expand(K, -1, -1))
     cache = model.new_cache(K, limit + 1)
@@ -60,6 +61,8 @@ def decode(model: CountedSpeechModel, enc: Encoded, options: Options) -> list[in
         ends = torch.full((K,), -1, dtype=torch.long, device=dev)  # each hypothesis's last character (-1: none)
     best, best_score = [], float("-inf")
     for t in range(limit + 1):
+        if trace:
+            trace.begin([0])
         # 1. one decoder call scores the next character of every live hypothesis
         logp = model.decode(last, torch.full((K, 1), t, device=dev), rows, cache)[:, -1].double().log_softmax(-1)
         cache.commit(1)
@@ -79,6 +82,10 @@ def decode(model: CountedSpeechModel, enc: Encoded, options: Options) -> list[in
                     best, best_score = hyps[parent], s
             elif len(parents) < K:
                 parents.append(parent), tokens.append(tok), new_scores.append(s)
+        if trace:  # the step's surviving hypotheses (their last characters, as a beam's proposal)
+            trace.lap("verify")
+            trace.step(Call("beam", "target", list(tokens), accepted=list(range(len(tokens))), scores=list(new_scores),
+                            detail={"hypotheses": [hyps[p] + [tok] for p, tok in zip(parents, tokens)]}), [])
         if not parents or max(new_scores) <= best_score:
             break
         # 3. gather the survivors' cache rows from their parents (rows beyond the survivors stay dead)
@@ -95,4 +102,6 @@ def decode(model: CountedSpeechModel, enc: Encoded, options: Options) -> list[in
             r = r_next[src, :, :, tok_t]  # [K, T, 2]: each survivor's forward variables
             psi_prev = psi[src, tok_t]
             ends = tok_t
+    if trace:
+        trace.settle(best)
     return best

@@ -25,6 +25,7 @@ import torch
 from paragen.speech import align, vocab
 from paragen.speech.decode.base import CountedSpeechModel, ctc_best_path
 from paragen.speech.model import Encoded
+from paragen.trace import Call, Recorder
 
 NAME = "cass_nat"
 SUMMARY = "CASS-NAT: token acoustic embeddings from the CTC alignment, all characters in one NAR call"
@@ -86,8 +87,11 @@ def ar_scores(model: CountedSpeechModel, enc: Encoded, candidates: list[list[int
 
 
 @torch.no_grad()
-def decode(model: CountedSpeechModel, enc: Encoded, options: Options) -> tuple[list[int], dict]:
+def decode(model: CountedSpeechModel, enc: Encoded, options: Options,
+           trace: Recorder | None = None) -> tuple[list[int], dict]:
     """CASS-NAT transcription of one encoded utterance, and how many alignments it decoded."""
+    if trace:
+        trace.begin([0])
     alignments = sample_alignments(enc, options)  # [N, S]
     N, S = alignments.shape
     _, seg = align.segments(alignments, torch.ones(N, S, dtype=torch.bool, device=alignments.device))
@@ -99,10 +103,25 @@ def decode(model: CountedSpeechModel, enc: Encoded, options: Options) -> tuple[l
     logits[..., : vocab.MASK + 1] = float("-inf")
     p, y = logits.log_softmax(-1).max(-1)  # [N, L]
     candidates = [y[i, : int(n_tok[i])].tolist() for i in range(N)]
+    if trace:  # the best path's tokens, each with its frame span and the NAR decoder's confidence
+        trace.lap("verify")
+        n = int(n_tok[0])
+        spans = [[int(f[0]), int(f[-1]) + 1] for f in (seg[0, j].nonzero()[:, 0] for j in range(n))]
+        trace.step(Call("nar", "ctc", candidates[0], positions=list(range(n)), scores=p[0, :n].exp().tolist(),
+                        accepted=list(range(n)), detail={"spans": spans, "candidates": candidates}),
+                   candidates[0] if N == 1 else [])
     if N == 1:
         return candidates[0], {"alignments": 1}
     if options.rescore == "ar":
+        if trace:
+            trace.begin([0])
         score = ar_scores(model, enc, candidates)
+        if trace:
+            trace.lap("verify")
+            trace.step(Call("rescore", "target", detail={"scores": score.tolist()}), [])
     else:
         score = torch.stack([p[i, : int(n_tok[i])].sum() for i in range(N)])
-    return candidates[int(score.argmax())], {"alignments": N}
+    best = candidates[int(score.argmax())]
+    if trace:
+        trace.settle(best)
+    return best, {"alignments": N}

@@ -19,6 +19,7 @@ import torch
 from paragen.speech import align, vocab
 from paragen.speech.decode.base import CountedSpeechModel, ctc_best_path
 from paragen.speech.model import Encoded
+from paragen.trace import Call, Recorder
 
 NAME = "ctc"
 SUMMARY = "CTC head only (no decoder call): greedy best path, or prefix beam search with beam > 1"
@@ -71,10 +72,19 @@ def prefix_beam_search(log_probs: torch.Tensor, beam: int) -> list[int]:
 
 
 @torch.no_grad()
-def decode(model: CountedSpeechModel, enc: Encoded, options: Options) -> list[int]:
-    """CTC transcription of one encoded utterance (no decoder call)."""
+def decode(model: CountedSpeechModel, enc: Encoded, options: Options, trace: Recorder | None = None) -> list[int]:
+    """CTC transcription of one encoded utterance (no decoder call: a trace gets one step with
+    ``target_calls`` 0, the encoder's CTC head read out; its frames are in the trace's meta)."""
+    if trace:
+        trace.begin([0])
     if options.beam == 1:
         labels, _ = ctc_best_path(enc)
-        return align.collapse(labels.tolist())
-    S = int(enc.lengths[0])
-    return prefix_beam_search(enc.ctc_logits[0, :S].float().log_softmax(-1), options.beam)
+        out = align.collapse(labels.tolist())
+    else:
+        S = int(enc.lengths[0])
+        out = prefix_beam_search(enc.ctc_logits[0, :S].float().log_softmax(-1), options.beam)
+    if trace:
+        trace.lap("verify")
+        trace.step(Call("nar", "ctc", out, positions=list(range(len(out))), accepted=list(range(len(out)))), out,
+                   target_calls=0)
+    return out

@@ -28,6 +28,7 @@ import torch
 from paragen.speech import align, vocab
 from paragen.speech.decode.base import CountedSpeechModel, GreedyChooser, GreedyOptions, ctc_best_path, max_length
 from paragen.speech.model import Encoded
+from paragen.trace import Call, Recorder, chain_parents, probs_of
 
 NAME = "ctc_draft"
 SUMMARY = "CTC greedy hypothesis drafted, verified by the attention decoder in one call (lossless: ar with its ctc_weight)"
@@ -41,7 +42,7 @@ class Options(GreedyOptions):
 
 @torch.no_grad()
 def verify_drafts(model: CountedSpeechModel, enc: Encoded, drafter: Callable[[list[int], list[int] | None], list[int]],
-                  limit: int, ctc_weight: float = 0.0) -> list[int]:
+                  limit: int, ctc_weight: float = 0.0, trace: Recorder | None = None) -> list[int]:
     """AR greedy output of one utterance (joint CTC/attention greedy with ``ctc_weight``), verified chain by chain.
 
     ``drafter(committed, rejected)`` proposes the characters after ``committed`` (``rejected``:
@@ -52,18 +53,28 @@ def verify_drafts(model: CountedSpeechModel, enc: Encoded, drafter: Callable[[li
     out: list[int] = []
     last, rejected = vocab.EOS, None
     while len(out) < limit:
+        if trace:
+            trace.begin([0])
         # 1. propose: at most up to the length limit
         draft = drafter(out, rejected)[: limit - len(out)]
         # 2. verify: [last, d1..dk] at positions n..n+k gives the argmax after each prefix
         tokens = torch.tensor([[last, *draft]], device=dev)
         positions = torch.arange(len(out), len(out) + len(draft) + 1, device=dev)[None]
-        a, nxt = chooser.accept(model.decode(tokens, positions, enc, cache)[0], draft)
+        logits = model.decode(tokens, positions, enc, cache)[0]
+        a, nxt = chooser.accept(logits, draft)
         # 3. commit: last and the accepted drafts are now in the cache; nxt is the new last
         cache.commit(1 + a)
+        before = len(out)
         out += draft[:a]
+        if nxt != vocab.EOS and len(out) < limit:
+            out.append(nxt)
+        if trace:
+            p = logits.float().softmax(-1)
+            trace.lap("verify")
+            trace.step(Call("chain", "ctc", draft, chain_parents(len(draft)), list(range(a)), probs_of(p[: len(draft)], draft),
+                            next_p=float(p[a, nxt])), out[before:limit])
         if nxt == vocab.EOS or len(out) >= limit:
             break
-        out.append(nxt)
         last, rejected = nxt, draft[a:]
     return out[:limit]
 
@@ -84,7 +95,8 @@ def ctc_drafter(hypothesis: list[int]) -> Callable[[list[int], list[int] | None]
     return drafter
 
 
-def decode(model: CountedSpeechModel, enc: Encoded, options: Options) -> list[int]:
+def decode(model: CountedSpeechModel, enc: Encoded, options: Options, trace: Recorder | None = None) -> list[int]:
     """ar-greedy-identical transcription of one encoded utterance, drafted by CTC."""
     labels, _ = ctc_best_path(enc)
-    return verify_drafts(model, enc, ctc_drafter(align.collapse(labels.tolist())), max_length(enc), options.ctc_weight)
+    return verify_drafts(model, enc, ctc_drafter(align.collapse(labels.tolist())), max_length(enc), options.ctc_weight,
+                         trace)

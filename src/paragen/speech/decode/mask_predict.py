@@ -26,6 +26,7 @@ import torch
 from paragen.speech import align, vocab
 from paragen.speech.decode.base import CountedSpeechModel, ctc_best_path
 from paragen.speech.model import Encoded
+from paragen.trace import Call, Recorder
 
 NAME = "mask_predict"
 SUMMARY = "CMLM mask-predict on the NAR decoder: length from CTC, T iterations re-masking the least confident"
@@ -53,7 +54,8 @@ class Options:
 
 
 @torch.no_grad()
-def mask_predict(model: CountedSpeechModel, enc: Encoded, length: int, iterations: int) -> tuple[list[int], list[int]]:
+def mask_predict(model: CountedSpeechModel, enc: Encoded, length: int, iterations: int,
+                 trace: Recorder | None = None) -> tuple[list[int], list[int]]:
     """Tokens after ``iterations`` rounds at ``length``, and how many positions each round left unmasked."""
     if length == 0:
         return [], []
@@ -63,6 +65,8 @@ def mask_predict(model: CountedSpeechModel, enc: Encoded, length: int, iteration
     pad = torch.zeros(1, L, dtype=torch.bool, device=dev)
     kept = []
     for t in range(iterations):
+        if trace:
+            trace.begin([0])
         masked = tokens == vocab.MASK
         # 1. predict every masked position in one call (blank, EOS and mask are not characters)
         logits = model.nar_tokens(tokens, enc, pad).float()
@@ -74,6 +78,8 @@ def mask_predict(model: CountedSpeechModel, enc: Encoded, length: int, iteration
         if n:
             tokens[0, probs[0].topk(n, largest=False).indices] = vocab.MASK
         kept.append(L - n)
+        if trace:
+            trace_fill(trace, masked[0], y[0], p[0], tokens[0] != vocab.MASK)
     return tokens[0].tolist(), kept
 
 
@@ -94,7 +100,7 @@ def ctc_tokens(labels: list[int], conf: list[float]) -> tuple[list[int], list[fl
 
 @torch.no_grad()
 def mask_ctc(model: CountedSpeechModel, enc: Encoded, tokens: list[int], conf: list[float], threshold: float,
-             iterations: int) -> tuple[list[int], list[int]]:
+             iterations: int, trace: Recorder | None = None) -> tuple[list[int], list[int]]:
     """Mask-CTC: the tokens with confidences below ``threshold`` masked, then filled easy-first in
     at most ``iterations`` calls; returns the tokens and how many stay unmasked after each call."""
     dev, L = model.device, len(tokens)
@@ -107,6 +113,9 @@ def mask_ctc(model: CountedSpeechModel, enc: Encoded, tokens: list[int], conf: l
         m = int(masked.sum())
         if m == 0:
             break
+        if trace:
+            trace.begin([0])
+        was = masked[0].clone()
         logits = model.nar_tokens(x, enc, pad).float()
         logits[..., : vocab.MASK + 1] = float("-inf")  # blank, EOS and mask are not characters
         p, y = logits.softmax(-1).max(-1)
@@ -114,16 +123,34 @@ def mask_ctc(model: CountedSpeechModel, enc: Encoded, tokens: list[int], conf: l
         best = torch.where(masked, p, -1.0)[0].topk(take).indices
         x[0, best], masked[0, best] = y[0, best], False
         kept.append(L - int(masked.sum()))
+        if trace:
+            trace_fill(trace, was, y[0], p[0], ~masked[0])
     return x[0].tolist(), kept
 
 
-def decode(model: CountedSpeechModel, enc: Encoded, options: Options) -> tuple[list[int], dict]:
+def trace_fill(trace: Recorder, masked: torch.Tensor, y: torch.Tensor, p: torch.Tensor, unmasked: torch.Tensor) -> None:
+    """Record one iteration (tracing only): every position it predicted (``masked`` [L] before
+    the call) with its candidate and confidence; accepted: those left unmasked after it;
+    ``remasked``: positions it did not predict but masked again (CMLM re-masks any)."""
+    where = masked.nonzero()[:, 0]
+    trace.lap("verify")
+    trace.step(Call("diffusion", "model", y[where].tolist(), positions=where.tolist(), scores=p[where].tolist(),
+                    accepted=unmasked[where].nonzero()[:, 0].tolist(), block=[0, len(masked)],
+                    detail={"remasked": (~unmasked & ~masked).nonzero()[:, 0].tolist()}), [])
+
+
+def decode(model: CountedSpeechModel, enc: Encoded, options: Options,
+           trace: Recorder | None = None) -> tuple[list[int], dict]:
     """Mask-predict transcription of one encoded utterance, and its kept positions per iteration."""
     labels, conf = ctc_best_path(enc)
     if options.init == "ctc":
         tokens, scores = ctc_tokens(labels.tolist(), conf.tolist())
-        out, kept = mask_ctc(model, enc, tokens, scores, options.threshold, options.iterations)
+        out, kept = mask_ctc(model, enc, tokens, scores, options.threshold, options.iterations, trace)
         masked = sum(c < options.threshold for c in scores)
-        return out, {"kept_per_iteration": kept, "masked": masked}
-    out, kept = mask_predict(model, enc, len(align.collapse(labels.tolist())), options.iterations)
-    return out, {"kept_per_iteration": kept}
+        extra = {"kept_per_iteration": kept, "masked": masked}
+    else:
+        out, kept = mask_predict(model, enc, len(align.collapse(labels.tolist())), options.iterations, trace)
+        extra = {"kept_per_iteration": kept}
+    if trace:
+        trace.settle(out)
+    return out, extra
