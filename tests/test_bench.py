@@ -253,7 +253,7 @@ RECORD_TYPES = {"task_id": str, "strategy": str, "prompt_tokens": int, "new_toke
                 "ast_ok": bool}
 SUMMARY_KEYS = {"strategy", "lossless", "peer", "prompts", "new_tokens", "target_calls", "draft_calls", "seconds",
                 "tokens_per_call", "tok_s", "speedup", "speedup_ci95", "exact", "non_exact", "agree", "gen_ppl",
-                "ast_ok", "loops", "committed_per_call", "flagged", "drafted_per_call", "acceptance", "repeats"}
+                "ast_ok", "loops", "committed_per_call", "flagged", "drafted_per_call", "acceptance", "repeats", "auto_segments"}
 ENV_KEYS = {"paragen", "python", "torch", "transformers", "numpy", "platform", "cpu", "cpu_count", "torch_threads",
             "cuda", "gpu", "git_commit", "command", "started"}
 
