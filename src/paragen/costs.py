@@ -85,8 +85,10 @@ def model_key(model: Model) -> str:
     params = sum(p.numel() for p in module.parameters()) if isinstance(module, torch.nn.Module) else 0
     info = model.info
     fmt = getattr(model, "weight_format", None) or str(model.dtype).removeprefix("torch.")
-    return (f"{type(model).__name__}:{getattr(model, 'name', 'model')}:v{info.vocab_size}:p{params}:{fmt}:"
-            f"{device_of(model)}:t{torch.get_num_threads()}")
+    step = "compiled" if getattr(model, "compiled", None) else "eager"
+    threads = getattr(model, "threads", None) or torch.get_num_threads()  # a backend with threads of its own says so
+    return (f"{type(model).__name__}:{getattr(model, 'name', 'model')}:v{info.vocab_size}:p{params}:{fmt}:{step}:"
+            f"{device_of(model)}:t{threads}")
 
 
 def call_costs(target: Model, batch: int, draft: Model | None = None, heads: Any = None,
