@@ -3,6 +3,7 @@ a controller that finds the fastest candidate, and the call-cost cache."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import warnings
 from collections import Counter
@@ -30,6 +31,7 @@ HEADS = {(seed, kind): new_heads(TARGETS[seed], kind, 3, seed=seed, std=0.3)
 HEADS_OF = {"eagle": "eagle", "medusa": "medusa", "hydra": "hydra", "blockwise": "blockwise"}
 NAMES = ["ar", "lookup", "speculative", "tree", "eagle", "medusa", "hydra", "blockwise"]
 
+KEYS = itertools.count()
 schedules = st.lists(st.tuples(st.sampled_from(NAMES), st.integers(1, 3)), min_size=2, max_size=6)
 
 
@@ -119,8 +121,9 @@ def test_bad_options_say_what_to_do():
 
 
 def synthetic_costs(per_token: float = 0.1) -> CallCosts:
-    """A target call costs 1 + per_token * n; a draft call 0.1."""
-    return CallCosts(key="synthetic", batch=1, target={n: 1.0 + per_token * n for n in costs_mod.BUCKETS},
+    """A target call costs 1 + per_token * n; a draft call 0.1. A key of its own: nothing
+    learnt by another test's controller (``auto.LEARNT``) carries over."""
+    return CallCosts(key=f"synthetic-{next(KEYS)}", batch=1, target={n: 1.0 + per_token * n for n in costs_mod.BUCKETS},
                      draft={n: 0.1 for n in costs_mod.BUCKETS})
 
 
@@ -243,3 +246,12 @@ def test_auto_rows_joining_a_running_batch_in_the_engine_equal_the_oracle(schedu
     for (_, events), p, n in zip(runs, prompts, budgets):
         kind, gen = events[-1]
         assert kind == "done" and gen.tokens == reference_greedy(model, p, n), (p, n)
+
+
+def test_a_later_generation_starts_from_what_an_earlier_one_learnt():
+    """A second controller at the same costs probes nothing: it starts from the first one's record."""
+    costs = synthetic_costs()
+    first = Controller(["ar", "tree", "eagle"], costs, AutoOptions())
+    simulate(first, {"ar": lambda i: 1.0, "tree": lambda i: 2.0, "eagle": lambda i: 3.0}, 40)
+    second = Controller(["ar", "tree", "eagle"], costs, AutoOptions())
+    assert second.choose() == "eagle"

@@ -472,23 +472,23 @@ class NativeModel(nn.Module, Model):
             tokens = F.pad(tokens, (0, n - T))
             positions = torch.cat([positions, positions[:, -1:] + more], 1)
             slots = torch.cat([slots, slots[:, -1:] + more], 1)
-        keys = torch.arange(cache.max_length, device=dev)
-        if mask is None:  # causal: a query sees its row's slots up to its own (pads: past real ones too)
-            full = keys[None, None, :] <= slots[:, :, None]
-        else:  # the contract mask over [length + T] keys, widened to every slot; a pad sees itself only
+        full = None  # causal: the graph builds it from the slots (a query sees its row's slots up to its own)
+        if mask is not None:  # the contract mask over [length + T] keys, widened to every slot; a pad sees itself only
             past = cache.length
             visible = expand_mask(mask, past, T, True, dev)[:, 0]  # [B|1, T, past + T]
-            full = keys[None, None, :] == slots[:, :, None]
+            full = torch.arange(cache.max_length, device=dev)[None, None, :] == slots[:, :, None]
             full[:, :T, : past + T] = visible
-        # The rotary tables are computed here, eagerly, in float32 as Hugging Face does: compiled,
-        # their cos/sin round differently and every logit would move by ~1e-6.
-        cos, sin = self.rope(positions)
-        logits, hidden = self.compiled[n](tokens, cos, sin, slots, full[:, None], cache.k, cache.v)
+            full = full[:, None]
+        logits, hidden = self.compiled[n](tokens, positions, slots, full, cache.k, cache.v)
         return logits[:, :T], hidden[:, :T]
 
-    def _static_forward(self, tokens, cos, sin, slots, mask, ks, vs) -> tuple[torch.Tensor, torch.Tensor]:
+    def _static_forward(self, tokens, positions, slots, mask, ks, vs) -> tuple[torch.Tensor, torch.Tensor]:
+        if mask is None:  # causal: query t of row b sees the slots up to its own
+            keys = torch.arange(ks[0].shape[2], device=tokens.device)
+            mask = (keys[None, None, :] <= slots[:, :, None])[:, None]
         n = len(self.packed.layers)
-        hidden = self.packed_hidden_states(tokens, (cos, sin), _SlotWriter(ks, vs, slots), [mask] * n, [False] * n)
+        hidden = self.packed_hidden_states(tokens, self.rope(positions), _SlotWriter(ks, vs, slots), [mask] * n,
+                                           [False] * n)
         return self.packed.lm_head(hidden), hidden
 
     def packed_hidden_states(self, tokens, rope, cache, masks, causal) -> torch.Tensor:

@@ -25,7 +25,9 @@ steps it did not take: its copy would-be draft is checked against the tokens com
 after it (free: the copy is a search on the host). ``speculative``'s k is chosen each step
 from its acceptance per draft position and the costs. Untried candidates get ``probe``
 steps first; afterwards at most one step in ``explore`` tries another candidate (the one
-tried longest ago among those not far behind), so exploring costs a bounded share.
+tried longest ago among those not far behind), so exploring costs a bounded share. A later
+generation in the same process starts from what the earlier ones learnt at the same costs
+(``Learnt``): no probing, and the recent record as a prior that its own steps soon replace.
 
 Stats: ``extra["auto"]``: the segments (strategy, steps, tokens, tokens per call, seconds),
 the candidates and the call costs used.
@@ -57,10 +59,6 @@ from paragen.strategies.tree import Tree
 CANDIDATES: dict[str, type[BatchedStrategy]] = {
     s.name: s for s in (AR, Lookup, Speculative, Tree, Eagle, Medusa, Hydra, Blockwise)}
 MAX_K = 8  # the longest chain ``speculative`` drafts under ``auto``
-# Each candidate's observed / predicted step seconds, per call-cost key (model, device, dtype,
-# threads, batch bucket): a fact of this machine, not of the text, so a later generation in
-# this process starts from it instead of learning it again.
-RATIOS: dict[str, dict[str, float]] = {}
 CLOSE = 1.25  # rates within this factor are close (see ``Controller``'s explore_close)
 
 
@@ -133,6 +131,22 @@ def available(names: tuple[str, ...], draft: Any, heads: Any, greedy: bool) -> l
 
 
 @dataclass
+class Learnt:
+    """What the controllers of one call-cost key (model, device, dtype, threads, batch bucket)
+    learnt in this process, for the next generation to start from instead of probing again:
+    each candidate's observed / predicted seconds (a fact of this machine), its recent steps
+    and speculative's acceptance per position (facts of recent text: a prior, soon replaced)."""
+
+    ratio: dict[str, float] = field(default_factory=dict)
+    samples: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    chain: tuple[np.ndarray, np.ndarray] | None = None  # speculative's (reached, hits)
+
+
+# per (call-cost key, tune_k): auto's controllers and the engine's two-candidate ones learn apart
+LEARNT: dict[tuple[str, bool], Learnt] = {}
+
+
+@dataclass
 class Estimate:
     """One candidate's recent record: tokens per row and seconds of its last ``window`` steps
     (observed, or for ``lookup``'s unexecuted drafts predicted), and its step-time correction."""
@@ -170,14 +184,23 @@ class Controller:
         self.names, self.costs, self.opts = names, costs, opts
         self.tune_k, self.explore_close = tune_k, explore_close
         self.est = {n: Estimate() for n in names}
-        for n, ratio in RATIOS.get(costs.key, {}).items():  # what earlier generations here learnt
-            if n in self.est:
-                self.est[n].ratio, self.est[n].warm = ratio, True
+        # speculative: decayed counts of (reached, accepted) per draft position
+        self.reached, self.hits = np.zeros(MAX_K), np.zeros(MAX_K)
         self.plan = parse_schedule(opts.schedule)
         self.steps = 0
         self.since_explore = 0
-        # speculative: decayed counts of (reached, accepted) per draft position
-        self.reached, self.hits = np.zeros(MAX_K), np.zeros(MAX_K)
+        self.recall()
+
+    def recall(self) -> None:
+        """Start from what earlier generations here learnt at these costs (see ``Learnt``)."""
+        self.learnt = LEARNT.setdefault((self.costs.key, self.tune_k), Learnt())
+        for n, est in self.est.items():
+            if n in self.learnt.ratio:
+                est.ratio, est.warm = self.learnt.ratio[n], True
+            if self.learnt.samples.get(n):
+                est.samples = deque(self.learnt.samples[n])
+        if self.learnt.chain is not None:
+            self.reached, self.hits = (a.copy() for a in self.learnt.chain)
 
     # -- what a step costs, by the cost model
     def predicted(self, name: str, fed: int, drafted_calls: int) -> float:
@@ -202,7 +225,7 @@ class Controller:
         return best, (1 + a[:best].sum()) / (ratio * self.predicted("speculative", best + 1, best))
 
     def rate(self, name: str) -> float | None:
-        if name == "speculative" and self.tune_k and self.est[name].steps:
+        if name == "speculative" and self.tune_k and self.est[name].samples:
             return self.speculative_k()[1]
         return self.est[name].rate()
 
@@ -210,8 +233,8 @@ class Controller:
         self.steps += 1
         if self.plan:
             return self._planned()
-        untried = [n for n in self.names if self.est[n].steps < self.opts.probe and not (n == "lookup" and
-                                                                                         self.est[n].samples)]
+        # probe what has no record yet (lookup has one from the steps it was scored on)
+        untried = [n for n in self.names if self.est[n].steps < self.opts.probe and not self.est[n].samples]
         if untried:
             return untried[0]
         rates = {n: r for n in self.names if (r := self.rate(n)) is not None}
@@ -245,17 +268,16 @@ class Controller:
         if not first:
             est.ratio = 0.8 * est.ratio + 0.2 * seconds / predicted if est.warm else seconds / predicted
             est.warm = True
-            RATIOS.setdefault(self.costs.key, {})[name] = est.ratio
+            self.learnt.ratio[name] = est.ratio
         est.steps += 1
         est.last = self.steps
         est.add(tokens, est.ratio * predicted if first else seconds, self.opts.window)
+        self.learnt.samples[name] = list(est.samples)
 
     def recost(self, costs: CallCosts) -> None:
-        """The batch crossed into another size bucket: its costs, and the ratios learnt there."""
+        """The batch crossed into another size bucket: its costs, and what was learnt there."""
         self.costs = costs
-        for n, ratio in RATIOS.get(costs.key, {}).items():
-            if n in self.est:
-                self.est[n].ratio = ratio
+        self.recall()
 
     def observe_chain(self, k: int, accepted: list[int]) -> None:
         """speculative's rows drafted k and accepted ``accepted`` each: position i was reached
@@ -266,11 +288,13 @@ class Controller:
             reach = min(a + 1, k)
             self.reached[:reach] += 1
             self.hits[: min(a, k)] += 1
+        self.learnt.chain = (self.reached.copy(), self.hits.copy())
 
     def observe_lookup(self, tokens: float, fed: int) -> None:
         """A would-be lookup step: its seconds from the cost model and lookup's own correction."""
         est = self.est["lookup"]
         est.add(tokens, est.ratio * self.predicted("lookup", fed, 0), self.opts.window)
+        self.learnt.samples["lookup"] = list(est.samples)
 
 
 class Auto(BatchedStrategy):
