@@ -67,9 +67,12 @@ def test_forced_switches_in_ragged_batches_equal_the_oracle(seed, kind, prompts,
         assert out.tokens == reference_greedy(model, prompt, n)
 
 
-def test_controller_run_equals_the_oracle_and_uses_several_candidates():
-    """Left to its controller (no plan), auto still gives the oracle's tokens, and it tried
-    every candidate the models allow."""
+def test_controller_run_equals_the_oracle_and_uses_several_candidates(monkeypatch):
+    """Left to its controller (no plan), auto still gives the oracle's tokens, and a first
+    generation (nothing learnt before in this process) tries every candidate the models allow."""
+    from paragen.strategies import auto
+
+    monkeypatch.setattr(auto, "LEARNT", {})
     model = TARGETS[0]
     prompt = [1, 2, 3, 4, 1, 2, 3, 4, 1, 2]
     out = paragen.generate(model, prompt, "auto", max_new_tokens=40, draft=DRAFT_MODEL, heads=HEADS[(0, "eagle")])

@@ -187,6 +187,7 @@ class Controller:
         # speculative: decayed counts of (reached, accepted) per draft position
         self.reached, self.hits = np.zeros(MAX_K), np.zeros(MAX_K)
         self.plan = parse_schedule(opts.schedule)
+        self.lookup_share = 1.0  # rows with a lookup draft this step (``Auto`` says, before choosing)
         self.steps = 0
         self.since_explore = 0
         self.recall()
@@ -227,14 +228,27 @@ class Controller:
     def rate(self, name: str) -> float | None:
         if name == "speculative" and self.tune_k and self.est[name].samples:
             return self.speculative_k()[1]
+        if name == "lookup":
+            return self.lookup_rate()
         return self.est[name].rate()
+
+    def lookup_rate(self) -> float | None:
+        """lookup's samples are of steps with a draft; this step ``lookup_share`` of the rows
+        have one (known before choosing), and a row without one gets one token for a plain call."""
+        est, share = self.est["lookup"], self.lookup_share
+        if not est.samples or share == 0:
+            return None if share else 1.0 / (est.ratio * self.predicted("ar", 1, 0))
+        tokens = share * np.mean([t for t, _ in est.samples]) + (1 - share)
+        return float(tokens / np.median([s for _, s in est.samples]))
 
     def choose(self) -> str:
         self.steps += 1
         if self.plan:
             return self._planned()
-        # probe what has no record yet (lookup has one from the steps it was scored on)
-        untried = [n for n in self.names if self.est[n].steps < self.opts.probe and not self.est[n].samples]
+        # probe what has no record yet (lookup gets one from the steps it is scored on; it is
+        # tried first when it has a draft)
+        untried = [n for n in self.names if self.est[n].steps < self.opts.probe and not self.est[n].samples
+                   and (n != "lookup" or self.lookup_share > 0)]
         if untried:
             return untried[0]
         rates = {n: r for n in self.names if (r := self.rate(n)) is not None}
@@ -354,12 +368,14 @@ class Auto(BatchedStrategy):
         if batch_bucket(len(self.seqs)) != self.costs.batch:  # rows left or joined: cost the batch it is now
             self.costs = self._call_costs(len(self.seqs))
             ctl.recost(self.costs)
+        drafts = self._lookup_drafts(budgets)
+        ctl.lookup_share = sum(map(bool, drafts)) / len(drafts)
         name = ctl.choose()
         cand = self.cands[name]
         if name == "lookup":
             self.shadows = [None] * len(self.seqs)  # lookup runs itself: scored on its own step
-        else:
-            self._propose_shadows(budgets)
+        else:  # the rows' would-be drafts, scored once the tokens after them are committed
+            self.shadows = [s or ((len(q), d) if d else None) for s, q, d in zip(self.shadows, self.seqs, drafts)]
         if name == "speculative":
             k = ctl.speculative_k()[0]
             cand.ks = [k] * len(self.seqs)
@@ -371,7 +387,12 @@ class Auto(BatchedStrategy):
         self.share(cand)  # ``hidden`` and ``ready`` are new objects after a step
         drafted = ctx.drafting_calls() - before[1]
         tokens = sum(map(len, committed)) / len(committed)
-        ctl.observe(name, tokens, seconds, ctx.target.fed, drafted)
+        if name == "lookup":  # scored on the rows that had a draft: what a step with drafts gives
+            had = [len(c) for c, d in zip(committed, drafts) if d]
+            if had:
+                ctl.observe(name, sum(had) / len(had), seconds, ctx.target.fed, drafted)
+        else:
+            ctl.observe(name, tokens, seconds, ctx.target.fed, drafted)
         if name == "speculative":
             ctl.observe_chain(cand.ks[0], [len(c) - 1 for c in committed])
         self._feed_dormant_eagles(cand)
@@ -380,16 +401,14 @@ class Auto(BatchedStrategy):
             self._record(extra, name, len(c), ctx.target.calls - before[0], seconds)
         return committed
 
-    def _propose_shadows(self, budgets: list[int]) -> None:
-        """Each row's lookup draft at this step, if lookup is a candidate (checked later against
-        the tokens committed after it)."""
+    def _lookup_drafts(self, budgets: list[int]) -> list[list[int]]:
+        """Each row's lookup draft at this step ([] for none, or when lookup is no candidate):
+        whether lookup has anything to propose now is known before choosing, for free."""
         if "lookup" not in self.cands:
-            return
+            return [[] for _ in budgets]
         o = self.cands["lookup"].opts
-        for b, (seq, budget) in enumerate(zip(self.seqs, budgets)):
-            if self.shadows[b] is None and budget > 1:
-                self.shadows[b] = (len(seq), find_draft(np.asarray(seq), o.max_ngram, o.min_ngram,
-                                                        min(o.max_draft, budget - 1)))
+        return [find_draft(np.asarray(seq), o.max_ngram, o.min_ngram, min(o.max_draft, budget - 1)) if budget > 1
+                else [] for seq, budget in zip(self.seqs, budgets)]
 
     def _score_shadows(self) -> None:
         """Score the rows' lookup drafts whose outcome is known: the tokens a lookup step
