@@ -35,6 +35,7 @@ the candidates and the call costs used.
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -51,7 +52,7 @@ from paragen.strategies.blockwise import Blockwise
 from paragen.strategies.counts import add_counts, new_counts
 from paragen.strategies.eagle import Eagle
 from paragen.strategies.hydra import Hydra
-from paragen.strategies.lookup import Lookup, find_draft
+from paragen.strategies.lookup import Lookup
 from paragen.strategies.medusa import Medusa
 from paragen.strategies.speculative import Speculative
 from paragen.strategies.tree import Tree
@@ -146,6 +147,12 @@ class Learnt:
 LEARNT: dict[tuple[str, bool], Learnt] = {}
 
 
+def _model_and_batch(key: str) -> tuple[str, int] | None:
+    """A call-cost key's models and batch bucket (``paragen.costs`` ends it in ``|b<bucket>``)."""
+    models, sep, batch = key.rpartition("|b")
+    return (models, int(batch)) if sep and batch.isdigit() else None
+
+
 @dataclass
 class Estimate:
     """One candidate's recent record: tokens per row and seconds of its last ``window`` steps
@@ -157,17 +164,28 @@ class Estimate:
     steps: int = 0  # steps it took
     last: int = -1  # the controller step it last took
 
+    summary: tuple[float, float] | None = None  # (mean tokens, median seconds), kept until the next sample
+
     def add(self, tokens: float, seconds: float, window: int) -> None:
         self.samples.append((tokens, seconds))
         while len(self.samples) > window:
             self.samples.popleft()
+        self.summary = None
+
+    def stats(self) -> tuple[float, float]:
+        """(mean tokens, median seconds) of the samples: a step slowed by other work on the
+        machine does not condemn a candidate. Computed once per new sample (it is read every step)."""
+        if self.summary is None:
+            self.summary = (statistics.fmean(t for t, _ in self.samples),
+                            max(statistics.median(s for _, s in self.samples), 1e-9))
+        return self.summary
 
     def rate(self) -> float | None:
-        """Tokens per row per second, or None with no sample yet: mean tokens over the median
-        seconds (a step slowed by other work on the machine does not condemn a candidate)."""
+        """Tokens per row per second, or None with no sample yet."""
         if not self.samples:
             return None
-        return float(np.mean([t for t, _ in self.samples]) / max(np.median([s for _, s in self.samples]), 1e-9))
+        tokens, seconds = self.stats()
+        return tokens / seconds
 
 
 class Controller:
@@ -188,18 +206,29 @@ class Controller:
         self.reached, self.hits = np.zeros(MAX_K), np.zeros(MAX_K)
         self.plan = parse_schedule(opts.schedule)
         self.lookup_share = 1.0  # rows with a lookup draft this step (``Auto`` says, before choosing)
+        self._k_cache: tuple[tuple, tuple[int, float]] | None = None
         self.steps = 0
         self.since_explore = 0
         self.recall()
 
     def recall(self) -> None:
-        """Start from what earlier generations here learnt at these costs (see ``Learnt``)."""
+        """Start from what earlier generations here learnt at these costs (see ``Learnt``); a
+        candidate never stepped at this batch size starts from its ratio at the nearest one
+        (a drafter's cost beyond the target's calls, which the cost model does not see, grows
+        with the batch as the target's does: a first step at 1.0 would look far too cheap)."""
         self.learnt = LEARNT.setdefault((self.costs.key, self.tune_k), Learnt())
+        here = _model_and_batch(self.costs.key)
+        others = sorted(((abs(there[1] - here[1]), learnt) for (key, tune), learnt in LEARNT.items()
+                         if tune == self.tune_k and key != self.costs.key and here
+                         and (there := _model_and_batch(key)) and there[0] == here[0]), key=lambda pair: pair[0])
         for n, est in self.est.items():
+            nearest = next((learnt.ratio[n] for _, learnt in others if n in learnt.ratio), None)
             if n in self.learnt.ratio:
                 est.ratio, est.warm = self.learnt.ratio[n], True
+            elif nearest is not None:
+                est.ratio = nearest
             if self.learnt.samples.get(n):
-                est.samples = deque(self.learnt.samples[n])
+                est.samples, est.summary = deque(self.learnt.samples[n]), None
         if self.learnt.chain is not None:
             self.reached, self.hits = (a.copy() for a in self.learnt.chain)
 
@@ -218,7 +247,14 @@ class Controller:
         return (self.hits + 1.0) / (self.reached + 2.0)
 
     def speculative_k(self) -> tuple[int, float]:
-        """The k with the most expected tokens per second, and that rate (cost model x ratio)."""
+        """The k with the most expected tokens per second, and that rate (cost model x ratio);
+        computed again only after speculative's acceptance or ratio moved."""
+        key = (self.est["speculative"].ratio, self.hits.sum(), self.reached.sum(), self.costs.key)
+        if self._k_cache is None or self._k_cache[0] != key:
+            self._k_cache = (key, self._speculative_k())
+        return self._k_cache[1]
+
+    def _speculative_k(self) -> tuple[int, float]:
         a = np.cumprod(self.acceptance())
         ratio = self.est["speculative"].ratio
         best = max(range(1, MAX_K + 1),
@@ -238,8 +274,8 @@ class Controller:
         est, share = self.est["lookup"], self.lookup_share
         if not est.samples or share == 0:
             return None if share else 1.0 / (est.ratio * self.predicted("ar", 1, 0))
-        tokens = share * np.mean([t for t, _ in est.samples]) + (1 - share)
-        return float(tokens / np.median([s for _, s in est.samples]))
+        tokens, seconds = est.stats()
+        return (share * tokens + 1 - share) / seconds
 
     def choose(self) -> str:
         self.steps += 1
@@ -376,6 +412,8 @@ class Auto(BatchedStrategy):
             self.shadows = [None] * len(self.seqs)  # lookup runs itself: scored on its own step
         else:  # the rows' would-be drafts, scored once the tokens after them are committed
             self.shadows = [s or ((len(q), d) if d else None) for s, q, d in zip(self.shadows, self.seqs, drafts)]
+            if "lookup" in self.cands:
+                self.cands["lookup"].given = None  # drafts of this step only
         if name == "speculative":
             k = ctl.speculative_k()[0]
             cand.ks = [k] * len(self.seqs)
@@ -403,12 +441,14 @@ class Auto(BatchedStrategy):
 
     def _lookup_drafts(self, budgets: list[int]) -> list[list[int]]:
         """Each row's lookup draft at this step ([] for none, or when lookup is no candidate):
-        whether lookup has anything to propose now is known before choosing, for free."""
-        if "lookup" not in self.cands:
+        whether lookup has anything to propose now is known before choosing, for free (if lookup
+        steps, it takes these drafts instead of searching again)."""
+        lookup = self.cands.get("lookup")
+        if lookup is None:
             return [[] for _ in budgets]
-        o = self.cands["lookup"].opts
-        return [find_draft(np.asarray(seq), o.max_ngram, o.min_ngram, min(o.max_draft, budget - 1)) if budget > 1
-                else [] for seq, budget in zip(self.seqs, budgets)]
+        lookup.share(self)
+        lookup.given = lookup.drafts(budgets)
+        return lookup.given
 
     def _score_shadows(self) -> None:
         """Score the rows' lookup drafts whose outcome is known: the tokens a lookup step

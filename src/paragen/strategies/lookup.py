@@ -61,13 +61,18 @@ class Lookup(ChainStrategy):
     def slack(cls, o: LookupOptions) -> int:
         return o.max_draft + 1
 
+    # This step's drafts when a caller already searched for them (``auto`` does, to choose), else None.
+    given: list[list[int]] | None = None
+
+    def drafts(self, budgets: list[int]) -> list[list[int]]:
+        """Each row's copied draft for this step ([] where nothing matches or one token is wanted)."""
+        o = self.opts
+        return [find_draft(np.asarray(seq), o.max_ngram, o.min_ngram, min(o.max_draft, budget - 1)) if budget > 1
+                else [] for seq, budget in zip(self.seqs, budgets)]
+
     def propose(self, budgets: list[int]) -> tuple[torch.Tensor, list[int], None]:
         """Copy what followed the latest earlier occurrence of each row's suffix (q = one-hot)."""
-        o = self.opts
-        drafts = []
-        for seq, budget in zip(self.seqs, budgets):
-            k = min(o.max_draft, budget - 1)
-            drafts.append(find_draft(np.asarray(seq), o.max_ngram, o.min_ngram, k) if k > 0 else [])
+        drafts, self.given = self.given or self.drafts(budgets), None
         lengths = [len(d) for d in drafts]
         device = self.ctx.target.device
         draft = pad(drafts, device) if max(lengths) else torch.zeros(len(drafts), 0, dtype=torch.long, device=device)
