@@ -436,8 +436,9 @@ class NativeModel(nn.Module, Model):
           more (and one the single row, which torch specialises).
         - **Cache sizes** come in powers of two from 256 slots (``new_cache``), with 64 slots of
           room for pads.
-        So a whole bench run compiles a bounded number of graphs: per bucket used, one or two
-        per cache size; each bucket is its own compiled function (``_own_code``), holding at
+        So a whole bench run compiles a bounded number of graphs: per bucket used and cache
+        size, at most four (one row or several; the causal mask, built in the graph, or an
+        explicit one: trees, ragged rows); each bucket is its own compiled function (``_own_code``), holding at
         most torch's 8 graphs. Calls after an empty cache (prefill) and longer calls stay eager;
         so do bidirectional and sliding-window models. Rows of different lengths write at their
         own slots (a scatter), in the same graph.
