@@ -480,6 +480,9 @@ class NativeModel(nn.Module, Model):
             full = torch.arange(cache.max_length, device=dev)[None, None, :] == slots[:, :, None]
             full[:, :T, : past + T] = visible
             full = full[:, None]
+        if B > 1:  # one graph for every batch of two rows or more (torch specialises a single row)
+            for x in (tokens, positions, slots, *([full] if full is not None else []), *cache.k, *cache.v):
+                torch._dynamo.mark_dynamic(x, 0)
         logits, hidden = self.compiled[n](tokens, positions, slots, full, cache.k, cache.v)
         return logits[:, :T], hidden[:, :T]
 
