@@ -16,7 +16,9 @@ verifying forward, which every candidate returns when heads are present; EAGLE's
 fed every true feature, gets those of the steps others took (``kept_states``). Each step is
 a lossless step of its strategy given the same history, so greedy output equals ``ar``'s
 token for token, and sampled output is distributed as the target's (the random stream is
-not ``ar``'s: a sample equal in law, not the same sample).
+not ``ar``'s: a sample equal in law, not the same sample). A seed does not reproduce a sampled
+run: which candidate steps follows measured time, and each draws its own way; a fixed
+``schedule`` does reproduce it.
 
 **The controller** (``Controller``) estimates each candidate's tokens per second: tokens per
 step from its recent steps (``window``), seconds per step from the measured call costs
