@@ -426,13 +426,10 @@ class Auto(BatchedStrategy):
         seconds = time.perf_counter() - t0
         self.share(cand)  # ``hidden`` and ``ready`` are new objects after a step
         drafted = ctx.drafting_calls() - before[1]
-        tokens = sum(map(len, committed)) / len(committed)
-        if name == "lookup":  # scored on the rows that had a draft: what a step with drafts gives
-            had = [len(c) for c, d in zip(committed, drafts) if d]
-            if had:
-                ctl.observe(name, sum(had) / len(had), seconds, ctx.target.fed, drafted)
-        else:
-            ctl.observe(name, tokens, seconds, ctx.target.fed, drafted)
+        # lookup is scored on the rows that had a draft: what a step with drafts gives
+        rows = [len(c) for c, d in zip(committed, drafts) if d or name != "lookup"]
+        if rows:
+            ctl.observe(name, sum(rows) / len(rows), seconds, ctx.target.fed, drafted)
         if name == "speculative":
             ctl.observe_chain(cand.ks[0], [len(c) - 1 for c in committed])
         self._feed_dormant_eagles(cand)

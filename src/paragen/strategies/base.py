@@ -254,7 +254,8 @@ class BatchedStrategy(Strategy):
 
     batched = True
     reads_hidden: ClassVar[bool] = False
-    shared: ClassVar[tuple[str, ...]] = ("seqs", "generators", "ready", "cache", "hidden")
+    shared_lists: ClassVar[tuple[str, ...]] = ("seqs", "generators", "ready")  # one entry per row
+    shared: ClassVar[tuple[str, ...]] = (*shared_lists, "cache", "hidden")
     # Own per-row state, one entry per row of the batch, that ``select`` filters and ``join``
     # extends: lists of host values, and caches with per-row lengths. A subclass with more
     # per-row state adds its names here.
@@ -310,7 +311,7 @@ class BatchedStrategy(Strategy):
         self.select_own(rows)
 
     def select_shared(self, rows: list[int]) -> None:
-        for name in ("seqs", "generators", "ready"):
+        for name in self.shared_lists:
             values = getattr(self, name)
             setattr(self, name, [values[i] for i in rows])
         self.cache.select(rows)
@@ -331,7 +332,7 @@ class BatchedStrategy(Strategy):
         if type(other) is not type(self) or other.opts != self.opts:
             raise ValueError(f"only rows of the same strategy and options join a batch: {other.name} into {self.name}")
         mine = len(self.seqs)
-        for name in ("seqs", "generators", "ready"):
+        for name in self.shared_lists:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.cache.extend(other.cache)
         if self.hidden is not None or other.hidden is not None:  # a side of one-token prompts has none yet
