@@ -14,7 +14,15 @@ from paragen.models.io import save_model
 from paragen.models.native import NativeConfig, NativeModel
 from paragen.tokenizer import Tokenizer
 from paragen.train.corpus import find_corpus
-from paragen.train.diffusion import DiffusionTrainConfig, bd3_mask, corrupt, denoise_logits, train_diffusion
+from paragen.errors import InvalidInputError
+from paragen.train.diffusion import (
+    DiffusionTrainConfig,
+    annealed_mask,
+    bd3_mask,
+    corrupt,
+    denoise_logits,
+    train_diffusion,
+)
 from paragen.train.lm import SIZES
 from paragen.train.tokenizer import train_tokenizer
 
@@ -91,7 +99,8 @@ def test_corrupt_keeps_the_prefix_clean_and_weights_by_one_over_t():
     block = DiffusionTrainConfig(seq_len=32, attention="block_causal", block_size=8)
     shifted = DiffusionTrainConfig(seq_len=32, shift=True)
     for cfg in (DiffusionTrainConfig(seq_len=32), block, shifted):
-        xt, w, maskable = corrupt(x0, cfg, 1, g)
+        x0_, xt, w, maskable = corrupt(x0, cfg, 1, g)
+        assert torch.equal(x0_, x0)
         masked = xt == 1
         assert torch.equal(masked, w > 0) and not (masked & ~maskable).any()
         assert not cfg.shift or not maskable[:, 0].any()  # nothing predicts position 0
@@ -102,6 +111,52 @@ def test_corrupt_keeps_the_prefix_clean_and_weights_by_one_over_t():
             for row in w.view(64, 4, 8):
                 for blk in row:
                     assert blk[blk > 0].unique().numel() <= 1
+
+
+def test_complementary_views_mask_each_maskable_token_once():
+    g = torch.Generator().manual_seed(1)
+    x0 = torch.randint(2, 50, (8, 32), generator=g)
+    for cfg in (DiffusionTrainConfig(seq_len=32, complementary=True),
+                DiffusionTrainConfig(seq_len=32, attention="block_causal", block_size=8, complementary=True)):
+        rows, xt, w, maskable = corrupt(x0, cfg, 1, g)
+        assert rows.shape == x0.shape and torch.equal(rows[:4], x0[:4]) and torch.equal(rows[4:], x0[:4])
+        one, two = xt[:4] == 1, xt[4:] == 1
+        assert torch.equal(one ^ two, maskable[:4]) and not (one & two).any()  # complements within the maskable
+        assert torch.equal(w > 0, xt == 1) and (w[w > 0] <= 1 / cfg.eps).all()
+
+
+def test_infill_layout_masks_only_the_hole_of_span_then_pads():
+    g = torch.Generator().manual_seed(2)
+    x0 = torch.randint(2, 50, (64, 48), generator=g)
+    cfg = DiffusionTrainConfig(seq_len=48, shift=True, infill=1.0, infill_span=6, infill_pad=5)
+    rows, xt, w, maskable = corrupt(x0, cfg, 1, g, eos_id=0)
+    for r in range(64):
+        hole = maskable[r].nonzero()[:, 0]
+        s, e = int(hole[0]), int(hole[-1]) + 1
+        assert torch.equal(hole, torch.arange(s, e)) and s >= 2 and e < 48  # clean on both sides
+        pads = int((rows[r, s:e] == 0).sum())
+        span = e - s - pads
+        assert 1 <= span <= 6 and pads <= 5 and (rows[r, s + span : e] == 0).all()
+        assert torch.equal(rows[r, : s + span], x0[r, : s + span])  # prefix and span as they were
+        assert torch.equal(rows[r, e:], x0[r, s + span : 48 - pads])  # the suffix: the rest, cut to the window
+    assert torch.equal(xt[~maskable], rows[~maskable])
+
+
+def test_annealed_attention_opens_from_causal_to_full():
+    g = torch.Generator().manual_seed(3)
+    first = annealed_mask(16, 0, 10, g)[0]
+    assert torch.equal(first, torch.ones(16, 16, dtype=torch.bool).tril())
+    half = annealed_mask(64, 5, 10, g)[0]
+    lower = torch.ones(64, 64, dtype=torch.bool).tril()
+    assert half[lower].all() and 0.3 < half[~lower].float().mean() < 0.7
+    assert annealed_mask(16, 10, 10, g) is None
+
+
+def test_anneal_and_infill_refused_for_block_causal_models():
+    with pytest.raises(InvalidInputError, match="full attention"):
+        DiffusionTrainConfig(seq_len=256, attention="block_causal", block_size=8, infill=0.5)
+    with pytest.raises(InvalidInputError, match="infill must be"):
+        DiffusionTrainConfig(seq_len=32, infill=1.5)
 
 
 def test_loss_decreases_and_the_model_loads(tok_dir, tmp_path):

@@ -218,7 +218,7 @@ def train_speech(cfg: SpeechTrainConfig, resume: bool = False, progress: bool = 
     frames = (train.offsets[1:] - train.offsets[:-1])
     order = torch.argsort(frames, stable=True)  # ids sorted by length: a window is a length bucket
 
-    def loss_fn(m: SpeechModel, batch: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    def loss_fn(m: SpeechModel, batch: torch.Tensor, g: torch.Generator, step: int) -> torch.Tensor:
         ids = batch[0].tolist()
         x, lengths = pad_features(train, ids)
         if cfg.spec_augment:

@@ -26,6 +26,23 @@ is predicted from the clean half's last position of the block before (at inferen
 logit comes from the finished, clean block): it is plain next-token prediction, which the
 AR model already does.
 
+``--complementary`` (Fast-dLLM v2; SDAR): each window is fed twice, once with its mask and
+once with the complementary one (the masked positions of one view are the clean ones of the
+other, rate 1 - t, weighted 1/(1 - t)), so every maskable token of the window is trained at
+every step; a step then holds half as many distinct windows, at the same cost.
+
+``--anneal N`` (full attention only; DiffuLLaMA, Gong et al. 2025): the AR model's causal
+attention is opened over the first N steps: a key after the query is visible with
+probability step / N (one draw per step), so the adapted model is not asked at once to use a
+future it has never seen.
+
+``--infill F`` (full attention only): a share F of the training windows is laid out as a hole:
+a clean prefix, a span of 1..``infill_span`` tokens followed by 0..``infill_pad`` end-of-text
+tokens, then the rest of the window as a clean suffix; only the hole is masked. That is the
+layout ``paragen.infill`` decodes: a hole of masks between the prefix and the suffix, which
+the model fills with the span and then end-of-text (LLaDA's SFT pads answers with EOS the
+same way), so the span's length is the model's choice in one decode.
+
 Everything else is ``paragen train lm``'s: AdamW, warm-up and cosine decay, bf16
 autocast on CPU, clipping, atomic resumable checkpoints, an optional wall-clock budget.
 """
@@ -65,8 +82,31 @@ class DiffusionTrainConfig(TrainConfig):
     shift: bool = field(default=False, metadata={"help": "logits at position p predict token p + 1, as in the AR "
                                                  "model (Dream / Fast-dLLM v2): keeps an --init AR model's head"})
 
+    complementary: bool = field(default=False, metadata={
+        "help": "feed each window with its mask and the complementary mask (Fast-dLLM v2 / SDAR): every maskable "
+                "token trained at every step; half the distinct windows per step"})
+    anneal: int = field(default=0, metadata={
+        "help": "full attention only: open the causal attention of an --init AR model over this many steps "
+                "(DiffuLLaMA's attention mask annealing); 0: full attention from the start"})
+    infill: float = field(default=0.0, metadata={
+        "help": "full attention only: share of windows laid out as a hole (span, then end-of-text pads) between a "
+                "clean prefix and suffix, the layout paragen.infill decodes; 0..1"})
+    infill_span: int = field(default=64, metadata={"help": "longest span of an --infill hole, in tokens"})
+    infill_pad: int = field(default=64, metadata={"help": "most end-of-text tokens after an --infill hole's span"})
+
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.anneal < 0:
+            raise InvalidInputError(f"anneal must be >= 0 steps, got {self.anneal}")
+        if not 0 <= self.infill <= 1:
+            raise InvalidInputError(f"infill must be a share in [0, 1], got {self.infill}")
+        if self.infill and (self.infill_span < 1 or self.infill_pad < 0
+                            or self.infill_span + self.infill_pad + 2 > self.seq_len):
+            raise InvalidInputError(f"an infill hole (span 1..{self.infill_span}, pads 0..{self.infill_pad}) must fit "
+                                    f"in a window of {self.seq_len} with a token on each side")
+        if self.attention == "block_causal" and (self.anneal or self.infill):
+            raise InvalidInputError("--anneal and --infill are for full attention: a block-causal model never sees "
+                                    "past its block, so it has no causal attention to open and cannot see a suffix")
         if self.attention == "bidirectional" and self.block_size is not None:
             raise InvalidInputError("block_size needs attention='block_causal' (the CLI sets it from --block-size)")
         if self.attention == "block_causal":
@@ -93,32 +133,73 @@ def bd3_mask(L: int, B: int) -> torch.Tensor:
     return torch.cat([top, bottom], dim=0)[None]
 
 
+def infill_layout(
+    x0: torch.Tensor, cfg: DiffusionTrainConfig, eos_id: int, first: int, g: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One window [L] laid out as a hole: prefix, span, end-of-text pads, suffix (cut to L);
+    returns it and the hole's positions [L] (the only maskable ones)."""
+    L = len(x0)
+    span = int(torch.randint(1, cfg.infill_span + 1, (1,), generator=g))
+    pads = int(torch.randint(0, cfg.infill_pad + 1, (1,), generator=g))
+    s = int(torch.randint(first + 1, L - span - pads, (1,), generator=g))  # a clean token on each side
+    row = torch.cat([x0[: s + span], torch.full((pads,), eos_id, dtype=x0.dtype), x0[s + span : L - pads]])
+    hole = (torch.arange(L) >= s) & (torch.arange(L) < s + span + pads)
+    return row, hole
+
+
 def corrupt(
-    x0: torch.Tensor, cfg: DiffusionTrainConfig, mask_id: int, g: torch.Generator, conditional: bool = True
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Noise a batch x0 [B, L]: returns x_t [B, L], loss weights 1/t on masked positions
-    (0 elsewhere) [B, L], and the maskable positions [B, L] (after the clean prefix)."""
-    B, L = x0.shape
+    x0: torch.Tensor, cfg: DiffusionTrainConfig, mask_id: int, g: torch.Generator, train: bool = True,
+    eos_id: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Noise a batch x0 [B, L]: returns the clean rows (laid out as holes where ``cfg.infill``
+    picks them; twice each with ``cfg.complementary``) [B, L], x_t [B, L], loss weights 1/t on
+    masked positions (0 elsewhere) [B, L], and the maskable positions [B, L].
+
+    ``train=False`` (evaluation): no clean prefix, no holes, no complementary views, so the
+    loss is the unconditional bound on NLL per token and compares across runs."""
     first = int(cfg.shift)  # a shifted model cannot predict position 0
-    prefix = torch.randint(first, L, (B, 1), generator=g) if conditional else torch.full((B, 1), first)
+    views = 2 if cfg.complementary and train else 1
+    x0 = x0[: max(1, len(x0) // views)].clone()
+    B, L = x0.shape
+    prefix = torch.randint(first, L, (B, 1), generator=g) if train else torch.full((B, 1), first)
     maskable = torch.arange(L)[None] >= prefix
+    if train and cfg.infill:
+        for r in (torch.rand(B, generator=g) < cfg.infill).nonzero()[:, 0].tolist():
+            x0[r], maskable[r] = infill_layout(x0[r], cfg, eos_id, first, g)
     groups = L // cfg.block_size if cfg.block_size else 1  # one t per row, or per block (BD3-LM)
     n = B * groups
     u = (torch.rand(1, generator=g) + torch.arange(n) / n) % 1  # stratified: one draw per 1/n of [0, 1)
     u = u[torch.randperm(n, generator=g)]  # so that t is not tied to the row or block index
     t = ((1 - cfg.eps) * u + cfg.eps).view(B, groups).repeat_interleave(L // groups, dim=1)
     masked = (torch.rand(B, L, generator=g) < t) & maskable
-    return torch.where(masked, mask_id, x0), masked / t, maskable
+    weight = masked / t
+    if views == 2:  # the complementary view: masked where the first is clean, at rate 1 - t
+        other = maskable & ~masked
+        x0, masked = torch.cat([x0, x0]), torch.cat([masked, other])
+        weight = torch.cat([weight, other / (1 - t).clamp_min(cfg.eps)])
+        maskable = torch.cat([maskable, maskable])
+    return x0, torch.where(masked, mask_id, x0), weight, maskable
+
+
+def annealed_mask(L: int, step: int, anneal: int, g: torch.Generator) -> torch.Tensor | None:
+    """[1, L, L] attention of full-attention training at ``step`` (True = may attend): causal
+    plus each later key with probability step / anneal (DiffuLLaMA); None once fully open."""
+    if step >= anneal:
+        return None
+    causal = torch.ones(L, L, dtype=torch.bool).tril()
+    return (causal | (torch.rand(L, L, generator=g) < step / anneal))[None]
 
 
 def denoise_logits(
-    model: NativeModel, xt: torch.Tensor, x0: torch.Tensor, block_size: int | None, shift: bool = False
+    model: NativeModel, xt: torch.Tensor, x0: torch.Tensor, block_size: int | None, shift: bool = False,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Logits [B, L, V] predicting each position of x_t (row 0 is meaningless when shifted)."""
+    """Logits [B, L, V] predicting each position of x_t (row 0 is meaningless when shifted);
+    ``mask``: full attention's [1, L, L] mask while annealing (None: all visible)."""
     B, L = xt.shape
     pos = torch.arange(L).expand(B, -1)
     if block_size is None:
-        h = model.hidden_states(xt, pos)  # a bidirectional model's default: full attention
+        h = model.hidden_states(xt, pos, mask=mask)  # a bidirectional model's default: full attention
         src = (torch.arange(L) - 1).clamp_min(0) if shift else torch.arange(L)
         return model.lm_head(h[:, src])
     h = model.hidden_states(torch.cat([xt, x0], 1), torch.cat([pos, pos], 1), mask=bd3_mask(L, block_size))
@@ -133,12 +214,14 @@ def denoise_logits(
 
 def diffusion_loss(
     model: NativeModel, x0: torch.Tensor, cfg: DiffusionTrainConfig, mask_id: int, g: torch.Generator,
-    conditional: bool = True,
+    train: bool = True, step: int | None = None, eos_id: int = 0,
 ) -> tuple[torch.Tensor, int, int]:
-    """The weighted masked cross-entropy per maskable token, and (correct, masked) counts."""
-    xt, weight, maskable = corrupt(x0, cfg, mask_id, g, conditional)
+    """The weighted masked cross-entropy per maskable token, and (correct, masked) counts;
+    ``step``: the training step, for ``cfg.anneal`` (None: fully open, as evaluated)."""
+    x0, xt, weight, maskable = corrupt(x0, cfg, mask_id, g, train, eos_id)
+    mask = annealed_mask(x0.shape[1], step, cfg.anneal, g) if step is not None and cfg.anneal else None
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
-        logits = denoise_logits(model, xt, x0, cfg.block_size, cfg.shift)
+        logits = denoise_logits(model, xt, x0, cfg.block_size, cfg.shift, mask)
     ce = F.cross_entropy(logits.float().flatten(0, 1), x0.flatten(), reduction="none").view_as(x0)
     loss = (ce * weight).sum() / maskable.sum().clamp_min(1)
     masked = weight > 0
@@ -159,7 +242,7 @@ def evaluate_diffusion(
     total, correct, masked = 0.0, 0, 0
     for chunk in np.array_split(starts, max(1, n // 16)):
         x0 = torch.stack([heldout[s : s + cfg.seq_len] for s in chunk]).long()
-        loss, c, m = diffusion_loss(model, x0, cfg, mask_id, g, conditional=False)
+        loss, c, m = diffusion_loss(model, x0, cfg, mask_id, g, train=False)
         total, correct, masked = total + loss.item() * len(chunk), correct + c, masked + m
     model.train()
     return total / len(starts), correct / max(1, masked)
@@ -205,13 +288,17 @@ def train_diffusion(
     if init is not None:
         model.load_state_dict(init.state_dict())
     # 1. a batch of windows; 2. noise it; 3. the weighted masked cross-entropy
-    loss_fn = lambda m, batch, g: diffusion_loss(m, batch[:, : cfg.seq_len], cfg, mask_id, g)[0]  # noqa: E731
+    loss_fn = lambda m, batch, g, step: diffusion_loss(  # noqa: E731
+        m, batch[:, : cfg.seq_len], cfg, mask_id, g, step=step, eos_id=tok.eos_id)[0]
     evaluate = lambda m: evaluate_diffusion(m, heldout, cfg, mask_id)  # noqa: E731
     state = fit(model, cfg, train, loss_fn, evaluate, work / "checkpoint.pt", resume=resume, progress=progress,
                 desc=f"diffusion {cfg.size}", stop_at=stop_at)
     objective = "masked diffusion (MDLM/LLaDA 1/t-weighted masked cross-entropy)" + (
         f", block-causal blocks of {cfg.block_size} (BD3-LM)" if cfg.block_size else "") + (
-        ", shifted (logits at p predict p + 1)" if cfg.shift else "")
+        ", shifted (logits at p predict p + 1)" if cfg.shift else "") + (
+        ", complementary masks (Fast-dLLM v2)" if cfg.complementary else "") + (
+        f", causal attention opened over {cfg.anneal} steps (DiffuLLaMA)" if cfg.anneal else "") + (
+        f", {cfg.infill:.0%} of windows as infilling holes (span + end-of-text pads)" if cfg.infill else "")
     # held-out loss: an upper bound on NLL per token, unconditional; accuracy: on masked tokens
     record = training_record(cfg, model, state, evaluate(model), split, command, init_dir, objective=objective)
     save_model(model, tok, out, dtype=torch.float16, extra_files={"training.json": json.dumps(record, indent=2) + "\n"})

@@ -147,7 +147,7 @@ def train_distill(cfg: DistillConfig, resume: bool = False, progress: bool = Tru
     if progress:
         print(f"distilling {cfg.init or cfg.size} from {teacher_dir}: held-out 'loss' is KL to the teacher, "
               "'accuracy' the agreement with its argmax")
-    state = fit(student, cfg, train, lambda m, batch, g: distill_loss(m, teacher, batch, cfg), evaluate,
+    state = fit(student, cfg, train, lambda m, batch, g, step: distill_loss(m, teacher, batch, cfg), evaluate,
                 work / "checkpoint.pt", resume=resume, progress=progress, desc=f"distill {cfg.init or cfg.size}", stop_at=stop_at)
     final = distill_metrics(student, teacher, heldout, cfg)
     state.history = [{"step": h["step"], "tokens": h["tokens"], "heldout_kl": h["heldout_loss"],

@@ -166,7 +166,7 @@ def train_heads(cfg: HeadsTrainConfig, resume: bool = False, progress: bool = Tr
     target = load(cfg.target, dtype=torch.float32, device=cfg.device).eval().requires_grad_(False)
     _, train, heldout, split = prepare(replace(cfg, tokenizer=str(resolve(cfg.target))))  # the target's tokenizer
     heads = start_heads(cfg, target)
-    state = fit(heads, cfg, train, lambda h, batch, g: head_loss(h, target, batch, cfg, g)[0],
+    state = fit(heads, cfg, train, lambda h, batch, g, step: head_loss(h, target, batch, cfg, g)[0],
                 lambda h: (lambda loss, acc: (loss, sum(acc) / len(acc)))(*evaluate_heads(h, target, heldout, cfg)),
                 work / "checkpoint.pt", resume=resume, progress=progress, desc=f"train {cfg.kind} heads",
                 stop_at=stop_at)

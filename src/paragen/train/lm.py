@@ -216,7 +216,7 @@ def train_lm(cfg: TrainConfig, resume: bool = False, progress: bool = True, comm
             eos_token_id=tok.eos_id, mask_token_id=tok.mask_id, attention=cfg.attention, **SIZES[cfg.size],
         )
         model = NativeModel(mconf).init_weights(cfg.seed)
-    state = fit(model, cfg, train, lambda m, batch, g: lm_loss(m, batch, cfg.precision),
+    state = fit(model, cfg, train, lambda m, batch, g, step: lm_loss(m, batch, cfg.precision),
                 lambda m: evaluate(m, heldout, cfg), work / "checkpoint.pt", resume=resume, progress=progress,
                 desc=f"train {cfg.init or cfg.size}", stop_at=stop_at)
     record = training_record(cfg, model, state, evaluate(model, heldout, cfg), split, command, init_dir)

@@ -65,7 +65,7 @@ def fit(
     model: NativeModel,
     cfg: Any,
     train: torch.Tensor,
-    loss_fn: Callable[[NativeModel, torch.Tensor, torch.Generator], torch.Tensor],
+    loss_fn: Callable[[NativeModel, torch.Tensor, torch.Generator, int], torch.Tensor],
     evaluate: Callable[[NativeModel], tuple[float, float]],
     checkpoint_path: Path,
     resume: bool = False,
@@ -75,7 +75,8 @@ def fit(
 ) -> Progress:
     """Train ``model`` in place until ``cfg.steps``, the ``cfg.minutes`` budget, or ``stop_at``.
 
-    ``loss_fn(model, batch [B, L + 1], generator)`` returns the loss of one batch;
+    ``loss_fn(model, batch [B, L + 1], generator, step)`` returns the loss of one batch (``step``: the
+    optimiser steps done before it, so a schedule in the loss resumes where it stopped);
     ``evaluate(model)`` returns held-out (loss, accuracy).
     """
     from tqdm import tqdm
@@ -112,7 +113,7 @@ def fit(
         for group in opt.param_groups:
             group["lr"] = lr_at(cfg, state.step, frac)
         batch = sample_batch(train, cfg, g).to(device)
-        loss = loss_fn(model, batch, g)
+        loss = loss_fn(model, batch, g, state.step)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
