@@ -16,16 +16,17 @@ if TYPE_CHECKING:
     from paragen.api import Stream, generate, load, stream
     from paragen.driver import Generation, Stats
     from paragen.heads import load_heads
+    from paragen.infilling import infill
     from paragen.speech.api import transcribe
     from paragen.strategies import STRATEGIES
 
-__all__ = ["STRATEGIES", "Generation", "ParagenError", "Stats", "Stream", "generate", "load", "load_heads", "stream",
-           "transcribe"]
+__all__ = ["STRATEGIES", "Generation", "ParagenError", "Stats", "Stream", "generate", "infill", "load", "load_heads",
+           "stream", "transcribe"]
 __version__ = "0.1.0"
 
 _HOME = {"generate": "paragen.api", "load": "paragen.api", "stream": "paragen.api", "Stream": "paragen.api",
          "Generation": "paragen.driver", "Stats": "paragen.driver", "STRATEGIES": "paragen.strategies",
-         "load_heads": "paragen.heads", "transcribe": "paragen.speech.api"}
+         "load_heads": "paragen.heads", "infill": "paragen.infilling", "transcribe": "paragen.speech.api"}
 
 
 def __getattr__(name: str) -> Any:

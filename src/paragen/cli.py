@@ -156,7 +156,8 @@ def add_generate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--heads", default=None,
                    help="prediction heads: a directory from `paragen train heads` or a built-in heads name "
                         "(for blockwise, medusa, hydra, eagle; default: the built-in heads of a built-in model)")
-    p.add_argument("--max-new-tokens", type=int, default=128, help="tokens to generate at most (default: 128)")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="tokens to generate at most (default: 128; with --suffix-file the hole's size, default 64)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
     p.add_argument("--top-k", type=int, default=None,
                    help="sample from the k most likely tokens only (no effect when greedy: a note says so)")
@@ -180,6 +181,10 @@ def add_generate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--show-html", default=None, metavar="FILE.html",
                    help="write the trace as a self-contained page to step through (see `paragen trace`)")
     p.add_argument("--trace-json", default=None, metavar="FILE.json", help="write the trace (docs/trace.md) as JSON")
+    p.add_argument("--suffix-file", default=None, metavar="FILE",
+                   help="infill: the text after the hole (UTF-8); PROMPT is the text before it (may be ''). Prints the "
+                   "hole's text. Needs a full-attention diffusion model (e.g. --model code-diffusion --strategy "
+                   "diffusion); --max-new-tokens is the hole's size (default 64), the model ends it earlier")
 
 
 def read_stdin() -> str:
@@ -270,6 +275,10 @@ def run_generate(args: argparse.Namespace) -> int:
 
     prompt = generate_prompt(args)
     options = parse_options(args.option)
+    if args.suffix_file is not None:
+        return run_infill(args, prompt, options)
+    if args.max_new_tokens is None:
+        args.max_new_tokens = 128
     cls = get_strategy(args.strategy)
     check_generate_flags(cls, args, prompt)
     # Greedy: top-k/top-p change nothing, and neither does the seed for a lossless strategy
@@ -317,6 +326,34 @@ def run_generate(args: argparse.Namespace) -> int:
     else:
         print("" if args.stream else gen.text)
     if args.stream or args.stats:
+        print(stats_line(gen), file=sys.stderr)
+    return 0
+
+
+def run_infill(args: argparse.Namespace, prefix: str | list[int], options: dict[str, str]) -> int:
+    """``generate --suffix-file``: fill the hole between the prompt and the file's text."""
+    import pathlib
+
+    import paragen
+    from paragen.errors import InvalidInputError
+
+    if args.stream or args.show or args.show_calls or args.show_html or args.trace_json or args.stop or args.draft:
+        raise InvalidInputError("--suffix-file prints the filled hole once it is decoded: drop --stream, --show*, "
+                                "--trace-json, --stop and --draft")
+    try:
+        suffix = pathlib.Path(args.suffix_file).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise InvalidInputError(f"--suffix-file {args.suffix_file}: cannot read it as UTF-8 text ({e})") from None
+    if isinstance(prefix, list):
+        raise InvalidInputError("--suffix-file is text: give the prefix as text too (PROMPT, or - for standard input)")
+    with command_threads(args):
+        model = paragen.load(args.model, **load_kwargs(args))
+        gen = paragen.infill(model, prefix, suffix, max_new_tokens=args.max_new_tokens,
+                             strategy=args.strategy if args.strategy != "ar" else "diffusion",
+                             temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                             **options)
+    print(json.dumps(gen.to_dict()) if args.json else gen.text)
+    if args.stats:
         print(stats_line(gen), file=sys.stderr)
     return 0
 

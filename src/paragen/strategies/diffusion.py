@@ -34,6 +34,10 @@ top-k, top-p) in float64, as LLaDA does (float32 noise lowers the effective temp
 Length: ``max_new_tokens`` masks up front (LLaDA), or with ``grow`` one block at a time,
 the model seeing nothing past the current block, until EOS or the budget.
 
+Infilling (``suffix``, given by ``paragen.infill``): the canvas is the prompt, the masks, then
+the suffix, which is never masked and which every call sees (full attention); the masks are
+the hole, denoised in the same blocks. Needs a fixed hole: not with ``grow``.
+
 Shifted models (``info.shift``; Dream, Fast-dLLM v2) predict position p from the logits at
 p - 1, so a call covers the block and the position before it; everything else is the same.
 
@@ -54,6 +58,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -201,10 +206,13 @@ class Diffusion(Strategy):
     summary = "masked-diffusion denoising, semi-AR blocks, threshold/factor/fixed commits; lossy"
     attention: ClassVar[str] = "bidirectional"
 
-    def __init__(self, ctx: DecodeContext, options: DenoiseOptions) -> None:
+    def __init__(self, ctx: DecodeContext, options: DenoiseOptions, suffix: Sequence[int] = ()) -> None:
         super().__init__(ctx, options)
         self.mask_id = require_model(ctx.target.info, self.name, self.attention)
         self.shift = int(ctx.target.info.shift)  # logits at p predict p + shift
+        self.suffix = list(suffix)  # the clean text after the hole (infilling); empty for a continuation
+        if self.suffix and getattr(options, "grow", False):
+            raise UnsupportedOptionError(f"{self.name}: a hole before a suffix has a fixed number of masks: drop grow")
 
     def prefill(self, prompt: list[int]) -> None:
         """No model call: the first step opens the first block right after the prompt."""
@@ -233,6 +241,8 @@ class Diffusion(Strategy):
             self.end = len(self.canvas) + budget
             if not self.grow:  # LLaDA: the whole answer is masks from the start
                 self.extend(self.end)
+                self.canvas += self.suffix  # after the hole, clean, seen by every call
+                self.masked += [False] * len(self.suffix)
         if not any(self.masked[self.block[0] : self.block[1]]):
             self.open_block()
         bs, be = self.block
