@@ -10,11 +10,11 @@ import torch
 
 import paragen
 from paragen.cli import main
+from paragen.errors import InvalidInputError
 from paragen.models.io import save_model
 from paragen.models.native import NativeConfig, NativeModel
 from paragen.tokenizer import Tokenizer
 from paragen.train.corpus import find_corpus
-from paragen.errors import InvalidInputError
 from paragen.train.diffusion import (
     DiffusionTrainConfig,
     annealed_mask,
