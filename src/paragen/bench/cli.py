@@ -44,7 +44,9 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--task", default=DEFAULTS.task,
                    help=f"task set: {', '.join(TASKS)}, or file:PATH for your own prompts (JSON Lines with a "
                    f"\"prompt\" field per line if PATH ends in .jsonl, else one prompt per line; speech[:DIR] for the "
-                   f"speech decoders on the held-out sets of a `paragen data speech` DIR; default: {DEFAULTS.task})")
+                   f"speech decoders on the held-out sets of a `paragen data speech` DIR; infill[:humaneval|:stdlib] for holes "
+                   f"filled by --model-for diffusion=MODEL (default code-diffusion) against ar given the prefix only, "
+                   f"contenders ar,diffusion[KEY=VALUE;...] in --strategies; default: {DEFAULTS.task})")
     p.add_argument("--limit", type=int, default=None, help="first N prompts only (default: all)")
     p.add_argument("--max-new-tokens", type=int, default=DEFAULTS.max_new_tokens,
                    help=f"tokens per prompt at most (default: {DEFAULTS.max_new_tokens})")
@@ -97,6 +99,13 @@ def run_bench(args: argparse.Namespace) -> int:
         from paragen.speech.cli import run_speech_bench_args
 
         return run_speech_bench_args(args, DEFAULT_STRATEGIES, DEFAULTS.model)
+    if args.task == "infill" or args.task.startswith("infill:"):
+        from paragen.bench.infill import DEFAULT_CONTENDERS, run_infill_bench
+
+        models = dict(parse_model_for(m) for m in args.model_for)
+        contenders = DEFAULT_CONTENDERS if args.strategies == DEFAULT_STRATEGIES else args.strategies
+        return run_infill_bench(args.task, contenders, args.model, models.get("diffusion", "code-diffusion"),
+                                args.limit, args.out, args.threads, progress=not args.no_progress)
     config = config_from_args(args)
     if args.trace and args.trace not in ("ar", *config.strategies):  # before the timed runs, not after
         from paragen.errors import InvalidInputError
