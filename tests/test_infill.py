@@ -110,3 +110,22 @@ def test_cli_suffix_file_refuses_an_ar_model_and_streaming(tmp_path, capsys):
     assert "drop --stream" in capsys.readouterr().err
     assert main(["generate", "--model", "code-diffusion", "--suffix-file", str(tmp_path / "none.py"), "x"]) == 2
     assert "cannot read" in capsys.readouterr().err
+
+
+def test_bench_holes_are_whole_lines_that_rebuild_the_text():
+    from paragen.bench.infill import cut, holes_of, normalised, parse_contenders, parses
+
+    text = "def f(x):\n    y = x + 1\n    z = y * 2\n\n    w = z - 3\n    return w\n"
+    holes = holes_of("t", text, body=1)
+    assert [h.kind for h in holes] == ["single", "multi"]
+    for h in holes:
+        assert h.prefix + h.hole + h.suffix == text and h.hole.startswith("\n")
+        assert parses(h, h.hole) and not parses(h, "\n    y = (")
+    assert holes[0].hole == "\n    w = z - 3"  # the middle one of the 4 code lines
+    assert holes[1].hole == "\n    z = y * 2\n\n    w = z - 3"  # 3 lines from a third of the way in
+    assert cut("t", text, 1, 2).hole == "\n    y = x + 1\n    z = y * 2"
+    assert normalised("\n    return w  \n\n") == "    return w"
+    assert [c.label for c in parse_contenders("diffusion[threshold=0.5;cache=dual]")] == [
+        "ar", "diffusion[threshold=0.5;cache=dual]"]
+    with pytest.raises(InvalidInputError, match="contender"):
+        parse_contenders("ar,lookup")

@@ -9,8 +9,9 @@ functions of the held-out standard-library files (whole functions, dedented, aft
 before the hole and the hole starts with its newline, so byte-level BPE sees the newline
 and the indentation together, as in training.
 
-Contenders: ``ar`` on the AR model, given the prefix only (it cannot see the suffix),
-stopped after as many lines as the hole has; and ``diffusion[KEY=VALUE;...]`` through
+Contenders: ``ar`` on the AR model, given the prefix only (it cannot see the suffix): its
+guess is the lines it writes after the prefix's line, as many as the hole has (what it adds
+to the prefix's own line is dropped and its tokens counted); and ``diffusion[KEY=VALUE;...]`` through
 ``paragen.infill`` on a diffusion model (``length=oracle`` gives it the hole's true token
 count instead of the default 64 masks and letting it end the text). Per contender and hole
 kind: exact match of the hole (lines compared without trailing spaces and blank lines at
@@ -149,16 +150,19 @@ def fill(contender: Contender, hole: Hole, ar_model: Any, diffusion_model: Any) 
 
     t0 = time.perf_counter()
     if contender.strategy == "ar":
+        # Its guess of the hole: the lines after the prefix's line (what it writes on that line
+        # first is dropped: it cannot know the line ends there), as many as the hole has.
         lines = hole.hole.count("\n")
-        stream, text = paragen.stream(ar_model, hole.prefix, "ar", max_new_tokens=48 * lines), ""
-        for piece in stream:  # stop after as many lines as the hole has (its leading newline included)
+        stream, text = paragen.stream(ar_model, hole.prefix, "ar", max_new_tokens=48 * (lines + 1)), ""
+        for piece in stream:
             text += piece
             if text.count("\n") > lines:
                 stream.close()
                 break
-        text = "\n".join(text.split("\n")[: lines + 1])
-        calls = len(ar_model.tokenizer.encode(hole.prefix + text)) - len(ar_model.tokenizer.encode(hole.prefix))
-        return text, max(calls, 1), max(calls, 1), time.perf_counter() - t0
+        written = len(ar_model.tokenizer.encode(hole.prefix + text)) - len(ar_model.tokenizer.encode(hole.prefix))
+        start = text.find("\n")
+        text = "\n".join(text[start:].split("\n")[: lines + 1]) if start >= 0 else ""
+        return text, max(written, 1), max(written, 1), time.perf_counter() - t0
     options = dict(contender.options)
     n = None
     if options.pop("length", None) == "oracle":
