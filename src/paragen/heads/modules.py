@@ -38,7 +38,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from paragen.models.native import Block, NativeConfig
+from paragen.cache import KVCache
+from paragen.models.native.config import NativeConfig
+from paragen.models.native.layers import call_mask, inv_frequencies, rope_tables
+from paragen.models.native.reference import Block
 
 KINDS = ("blockwise", "medusa", "hydra", "eagle")
 
@@ -223,34 +226,25 @@ class Eagle(Heads):
         )
         self.fc = nn.Linear(2 * H, H)
         self.layer = Block(self.layer_config)
-        d = self.layer_config.head_dim
-        inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float32) / d))
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.register_buffer("inv_freq", inv_frequencies(self.layer_config.head_dim, config.rope_theta), persistent=False)
 
     def residual_outputs(self) -> list[nn.Linear]:
         return [self.layer.self_attn.o_proj, self.layer.mlp.down_proj]
 
-    def new_cache(self, max_length: int):
-        from paragen.cache import KVCache
-
+    def new_cache(self, max_length: int) -> KVCache:
         c = self.layer_config
         return KVCache(1, 1, c.num_key_value_heads, c.head_dim, max_length, self.fc.weight.dtype, self.fc.weight.device)
 
     def forward(self, features: torch.Tensor, tokens: torch.Tensor, positions: torch.Tensor, cache=None,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
         """Predicted features [B, T, H] of positions + 1, from features [B, T, H] at positions and
-        the tokens one position later [B, T]. ``mask`` as in the model contract ([B|1, T, S] or None)."""
-        from paragen.models.base import expand_mask
-
+        the tokens one position later [B, T]. ``mask`` as in the model contract ([B|1, T, S] or None):
+        rotary positions and masks as the native backend's (``paragen.models.native.layers``)."""
         self.calls += 1
         x = self.fc(torch.cat([features, self.embed[tokens]], dim=-1))
-        freqs = positions.float()[..., None] * self.inv_freq.float()
-        emb = torch.cat((freqs, freqs), dim=-1)[:, None]  # [B, 1, T, D], as the native backend's RoPE
-        cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+        cos, sin = rope_tables(self.inv_freq, positions, x.dtype)
         past = 0 if cache is None else cache.length
-        T = tokens.shape[1]
-        is_causal = mask is None and past == 0 and T > 1
-        attn = None if is_causal else expand_mask(mask, past, T, True, tokens.device)
+        attn, is_causal = call_mask(mask, past, tokens.shape[1], True, tokens.device)
         return self.layer(x, cos, sin, 0, cache, attn, is_causal)
 
     def train_features(self, hidden: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
