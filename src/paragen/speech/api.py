@@ -154,7 +154,8 @@ def speech_trace(t: Trace, enc: Encoded, row: int, transcript: Transcript) -> Tr
     t.tokens, t.text, t.stats = list(transcript.tokens), transcript.text, plain(transcript.stats.to_dict())
     t.meta["frames"] = {"labels": labels.tolist(), "probs": [round(c, 3) for c in conf.tolist()]}
     t.describe(vocab.decode)
-    t.pieces.update({i: vocab.decode([i]) or f"<{i}>" for i in set(t.meta["frames"]["labels"])})
+    ids = set(t.pieces) | set(t.meta["frames"]["labels"])  # a label that is no character (blank, EOS) shows as <id>
+    t.pieces = {i: vocab.decode([i]) or f"<{i}>" for i in sorted(ids)}
     t.prompt_text = ""
     return t
 
