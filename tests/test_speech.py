@@ -574,6 +574,24 @@ def test_a_batch_of_utterances_equals_each_utterance_alone(name, options):
         assert [c.committed for c in got.trace.calls] == [c.committed for c in want.trace.calls]
 
 
+def test_a_decoder_cache_carries_its_rows_memories_through_select_and_extend():
+    """The bound decoder's cache holds each row's memory: rows that leave (select, repeats too)
+    or join (extend, a longer memory: padded and masked) decode as they would alone."""
+    model = tiny(0)
+    short, long = (model.encode(features(n, s)[None], torch.tensor([n])) for n, s in ((60, 0), (90, 1)))
+    joined = short.extend(long)
+    assert joined.memory.shape[1] == long.memory.shape[1] and joined.lengths.tolist() == [*short.lengths, *long.lengths]
+    toks, pos = torch.tensor([[vocab.EOS], [vocab.EOS]]), torch.zeros(2, 1, dtype=torch.long)
+    cache = model.bind(short).new_cache(1, 4)
+    cache.extend(model.bind(long).new_cache(1, 4))
+    both = model.bind(joined)(toks, pos, cache=cache)
+    for b, enc in enumerate((short, long)):
+        alone = model.bind(enc)(toks[:1], pos[:1])
+        torch.testing.assert_close(both[b : b + 1], alone, rtol=0, atol=1e-12)
+    cache.select([1, 1, 0])
+    assert cache.rows == [0, 0, 0] and torch.equal(cache.memory.pad, joined.select([1, 1, 0]).pad)
+
+
 def test_beam_decodes_one_utterance_at_a_time():
     model = tiny(0)
     with pytest.raises(UnsupportedOptionError, match="one utterance at a time"):
