@@ -12,9 +12,10 @@ import torch
 
 from paragen.errors import AudioInputError, UnknownStrategyError, UnsupportedOptionError
 from paragen.speech import align, data, vocab
-from paragen.speech.api import decode_features, transcribe
-from paragen.speech.decode import ar, beam, cass_nat, ctc, ctc_draft, mask_predict
-from paragen.speech.decode.base import CountedSpeechModel, ctc_best_path, max_length
+from paragen.speech.api import decode_batch, decode_features, options_for, run, transcribe
+from paragen.speech.decode import DECODERS, ctc, mask_predict
+from paragen.speech.decode.base import GreedyOptions, ctc_best_path, max_length
+from paragen.speech.decode.ctc_draft import CTCDraft
 from paragen.speech.features import SAMPLE_RATE, load_audio, log_mel
 from paragen.speech.model import SpeechConfig, SpeechModel, load_speech_model, save_speech_model
 
@@ -33,10 +34,31 @@ def tiny(seed: int = 0, eos_bias: float = 0.0) -> SpeechModel:
     return m.double().eval()
 
 
+def features(frames: int = 60, seed: int = 0) -> torch.Tensor:
+    """Random log-mel features [frames, 80] (float64)."""
+    return torch.randn(frames, 80, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
 def encoded(model: SpeechModel, frames: int = 60, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(1, frames, 80, generator=g, dtype=torch.float64)
-    return CountedSpeechModel(model), model.encode(x, torch.tensor([frames]))
+    """An utterance's features and its encoding, as a transcription computes it."""
+    x = features(frames, seed)
+    return x, model.encode(x[None], torch.tensor([frames]))
+
+
+def run_strategy(model: SpeechModel, x: torch.Tensor, strategy, **options):
+    """One utterance's Transcript with a strategy (a name or a class) and its keyword options."""
+    cls = DECODERS[strategy] if isinstance(strategy, str) else strategy
+    return decode_features(model, x, strategy, options_for(cls.name, options))
+
+
+def drafting(draft: list[int]) -> type[CTCDraft]:
+    """``ctc_draft`` with ``draft`` in place of the CTC hypothesis."""
+
+    class Given(CTCDraft):
+        def hypothesis(self, memory, row: int) -> list[int]:
+            return list(draft)
+
+    return Given
 
 
 # ---------------------------------------------------------------- CTC rules
@@ -177,14 +199,14 @@ def test_joint_ctc_attention_beam():
     """ctc_weight = 0 is plain beam search; a joint search returns characters and never the
     blank or the mask; weights outside [0, 1] are refused."""
     model = tiny(0)
-    counted, enc = encoded(model)
-    plain = beam.decode(counted, enc, beam.Options(beam=3))
-    assert beam.decode(counted, enc, beam.Options(beam=3, ctc_weight=0.0)) == plain
+    x, _ = encoded(model)
+    plain = run_strategy(model, x, "beam", beam=3).tokens
+    assert run_strategy(model, x, "beam", beam=3, ctc_weight=0.0).tokens == plain
     for lam in (0.3, 1.0):
-        out = beam.decode(counted, enc, beam.Options(beam=3, ctc_weight=lam))
+        out = run_strategy(model, x, "beam", beam=3, ctc_weight=lam).tokens
         assert all(t > vocab.MASK for t in out)
     with pytest.raises(ValueError, match="ctc_weight"):
-        beam.Options(ctc_weight=1.5)
+        DECODERS["beam"].Options(ctc_weight=1.5)
 
 
 def test_viterbi_finds_the_best_alignment_of_a_target():
@@ -228,10 +250,11 @@ CASES = [(seed, bias) for seed in range(3) for bias in (0.0, 5.0)]  # bias 5: so
 @pytest.mark.parametrize(("seed", "eos_bias"), CASES)
 def test_ar_with_cache_equals_the_no_cache_oracle(seed, eos_bias):
     model = tiny(seed, eos_bias)
-    counted, enc = encoded(model, frames=120, seed=seed)
-    got = ar.decode(counted, enc, ar.Options())
+    x, enc = encoded(model, frames=120, seed=seed)
+    out = run_strategy(model, x, "ar")
+    got = out.tokens
     assert got == no_cache_greedy(model, enc, max_length(enc))
-    assert counted.decoder_calls == min(len(got) + 1, max_length(enc))
+    assert out.stats.decoder_calls == min(len(got) + 1, max_length(enc))
     toks = torch.tensor([[vocab.EOS, 5, 6, 7, 8]])
     full = model.decode(toks, torch.arange(5)[None], enc)
     cache = model.new_cache(1, 8)
@@ -245,8 +268,8 @@ def test_ar_with_cache_equals_the_no_cache_oracle(seed, eos_bias):
 @pytest.mark.parametrize(("seed", "eos_bias"), CASES)
 def test_ctc_draft_equals_ar_greedy_for_any_draft(seed, eos_bias):
     model = tiny(seed, eos_bias)
-    _, enc = encoded(model, frames=120, seed=seed)
-    reference = ar.decode(CountedSpeechModel(model), enc, ar.Options())
+    x, enc = encoded(model, frames=120, seed=seed)
+    reference = run_strategy(model, x, "ar").tokens
     g = torch.Generator().manual_seed(seed)
     limit = max_length(enc)
     drafts = {
@@ -258,11 +281,7 @@ def test_ctc_draft_equals_ar_greedy_for_any_draft(seed, eos_bias):
         "too long": torch.randint(3, 31, (3 * limit,), generator=g).tolist(),
     }
     for name, draft in drafts.items():
-        counted = CountedSpeechModel(model)
-        if draft is None:
-            got = ctc_draft.decode(counted, enc, ctc_draft.Options())
-        else:
-            got = ctc_draft.verify_drafts(counted, enc, ctc_draft.ctc_drafter(draft), limit)
+        got = run_strategy(model, x, "ctc_draft" if draft is None else drafting(draft)).tokens
         assert got == reference, name
 
 
@@ -271,45 +290,42 @@ def test_ctc_draft_equals_joint_ctc_attention_greedy(seed):
     """With ctc_weight, ctc_draft's output is ar[ctc_weight]'s for any draft: the same joint
     choices, made from the CTC state of the committed characters (float64)."""
     model = tiny(seed, eos_bias=2.0)
-    _, enc = encoded(model, frames=120, seed=seed)
-    plain = ar.decode(CountedSpeechModel(model), enc, ar.Options())
+    x, _ = encoded(model, frames=120, seed=seed)
+    plain = run_strategy(model, x, "ar").tokens
     g = torch.Generator().manual_seed(seed)
     for lam in (0.3, 0.7):
-        reference = ar.decode(CountedSpeechModel(model), enc, ar.Options(ctc_weight=lam))
+        reference = run_strategy(model, x, "ar", ctc_weight=lam).tokens
         assert all(t > vocab.MASK for t in reference)
-        got = ctc_draft.decode(CountedSpeechModel(model), enc, ctc_draft.Options(ctc_weight=lam))
+        got = run_strategy(model, x, "ctc_draft", ctc_weight=lam).tokens
         assert got == reference, lam
         for draft in (reference, plain, torch.randint(3, 31, (15,), generator=g).tolist()):
-            counted = CountedSpeechModel(model)
-            assert ctc_draft.verify_drafts(counted, enc, ctc_draft.ctc_drafter(draft), max_length(enc), lam) == reference
-            assert counted.decoder_calls == 1 or draft is not reference  # the answer as the draft: one call
+            out = run_strategy(model, x, drafting(draft), ctc_weight=lam)
+            assert out.tokens == reference
+            assert out.stats.decoder_calls == 1 or draft is not reference  # the answer as the draft: one call
         if reference != plain:  # the CTC term changed a choice: it is in play
             break
     else:
         pytest.fail("the CTC term never changed the output: the fixture does not exercise it")
     with pytest.raises(ValueError, match="ctc_weight"):
-        ar.Options(ctc_weight=1.0)
+        GreedyOptions(ctc_weight=1.0)
 
 
 def test_ctc_draft_with_the_answer_as_draft_takes_one_call():
     model = tiny(1)
-    _, enc = encoded(model, seed=1)
-    reference = ar.decode(CountedSpeechModel(model), enc, ar.Options())
-    counted = CountedSpeechModel(model)
-    assert ctc_draft.verify_drafts(counted, enc, ctc_draft.ctc_drafter(reference), max_length(enc)) == reference
-    assert counted.decoder_calls == 1
+    x, _ = encoded(model, seed=1)
+    reference = run_strategy(model, x, "ar").tokens
+    out = run_strategy(model, x, drafting(reference))
+    assert out.tokens == reference
+    assert out.stats.decoder_calls == 1
 
 
 def test_beam_of_one_is_greedy():
     model = tiny(2)
-    _, enc = encoded(model, seed=2)
+    x, _ = encoded(model, seed=2)
     t = decode_features(model, torch.randn(60, 80, generator=torch.Generator().manual_seed(2), dtype=torch.float64), "beam",
                         options=None)
     assert t.stats.decoder_calls >= 1
-    from paragen.speech.decode import beam
-
-    assert beam.decode(CountedSpeechModel(model), enc, beam.Options(beam=1)) == ar.decode(CountedSpeechModel(model), enc,
-                                                                                          ar.Options())
+    assert run_strategy(model, x, "beam", beam=1).tokens == run_strategy(model, x, "ar").tokens
 
 
 # ---------------------------------------------------------------- NAR decoders
@@ -317,11 +333,13 @@ def test_beam_of_one_is_greedy():
 
 def test_mask_predict_with_t_equal_to_length_commits_one_token_per_iteration():
     model = tiny(0)
-    counted, enc = encoded(model)
-    L = 7
-    tokens, kept = mask_predict.mask_predict(counted, enc, L, iterations=L)
+    x, enc = encoded(model)
+    L = len(align.collapse(ctc_best_path(enc)[0].tolist()))  # the length mask-predict takes from CTC
+    assert L >= 5, "the fixture's CTC hypothesis must have a few tokens"
+    out = run_strategy(model, x, "mask_predict", iterations=L)
+    tokens, kept = out.tokens, out.stats.extra["kept_per_iteration"]
     assert kept == list(range(1, L + 1))
-    assert counted.decoder_calls == L
+    assert out.stats.decoder_calls == L
     assert len(tokens) == L and vocab.MASK not in tokens and all(t > vocab.MASK for t in tokens)
 
 
@@ -335,37 +353,41 @@ def test_ctc_tokens_collapse_as_ctc_and_keep_each_tokens_best_frame():
 
 def test_mask_ctc_keeps_confident_ctc_tokens_and_fills_the_rest_easy_first():
     model = tiny(0)
-    counted, enc = encoded(model)
+    x, enc = encoded(model)
     labels, conf = ctc_best_path(enc)
     tokens, scores = mask_predict.ctc_tokens(labels.tolist(), conf.tolist())
     assert len(tokens) >= 3, "the fixture's CTC hypothesis must have a few tokens"
+
+    def mask_ctc(threshold: float, iterations: int) -> tuple[list[int], list[int], int]:
+        t = run_strategy(model, x, "mask_predict", init="ctc", threshold=threshold, iterations=iterations)
+        return t.tokens, t.stats.extra["kept_per_iteration"], t.stats.decoder_calls
+
     # nothing below the threshold: the CTC hypothesis, with no decoder call
-    out, kept = mask_predict.mask_ctc(counted, enc, tokens, scores, min(scores) / 2, iterations=4)
-    assert out == tokens and kept == [] and counted.decoder_calls == 0
+    out, kept, calls = mask_ctc(min(scores) / 2, iterations=4)
+    assert out == tokens and kept == [] and calls == 0
     # every token below it: T = L fills exactly one mask per call, most confident first
     L = len(tokens)
-    out, kept = mask_predict.mask_ctc(counted, enc, tokens, scores, 1.0, iterations=L)
-    assert kept == list(range(1, L + 1)) and counted.decoder_calls == L
+    out, kept, calls = mask_ctc(1.0, iterations=L)
+    assert kept == list(range(1, L + 1)) and calls == L
     assert vocab.MASK not in out and all(t > vocab.MASK for t in out)
     # one token masked: one call, and only that position may change
     low = scores.index(min(scores))
-    out, kept = mask_predict.mask_ctc(counted, enc, tokens, scores, sorted(scores)[1], iterations=4)
+    out, kept, calls = mask_ctc(sorted(scores)[1], iterations=4)
     assert kept == [L] and [t for i, t in enumerate(out) if i != low] == [t for i, t in enumerate(tokens) if i != low]
     with pytest.raises(ValueError, match="init"):
-        mask_predict.Options(init="lengths")
+        mask_predict.MaskPredictOptions(init="lengths")
     with pytest.raises(ValueError, match="threshold"):
-        mask_predict.Options(init="ctc", threshold=0.0)
+        mask_predict.MaskPredictOptions(init="ctc", threshold=0.0)
 
 
 def test_cass_nat_decodes_in_one_call_and_samples_in_two():
     model = tiny(0)
-    counted, enc = encoded(model)
-    tokens, info = cass_nat.decode(counted, enc, cass_nat.Options())
-    labels, _ = ctc.decode(counted, enc, ctc.Options()), None
-    assert counted.decoder_calls == 1 and len(tokens) == len(labels) and info["alignments"] == 1
-    counted = CountedSpeechModel(model)
-    tokens, info = cass_nat.decode(counted, enc, cass_nat.Options(samples=6, threshold=1.0))
-    assert info["alignments"] > 1 and counted.decoder_calls == 2  # one NAR call for all, one AR rescoring call
+    x, enc = encoded(model)
+    out = run_strategy(model, x, "cass_nat")
+    labels = align.collapse(ctc_best_path(enc)[0].tolist())  # the CTC hypothesis
+    assert out.stats.decoder_calls == 1 and len(out.tokens) == len(labels) and out.stats.extra["alignments"] == 1
+    out = run_strategy(model, x, "cass_nat", samples=6, threshold=1.0)
+    assert out.stats.extra["alignments"] > 1 and out.stats.decoder_calls == 2  # one NAR call for all, one AR rescoring call
 
 
 def test_unknown_strategy_and_bad_options_are_clear_errors():
@@ -525,6 +547,119 @@ def test_load_generate_and_transcribe_for_a_speech_model(tmp_path):
     assert a.tokens == b.tokens and a.stats.encoder_calls == 1
     with pytest.raises(InvalidInputError, match="speech model"):
         paragen.stream(model, "def f():")
+
+
+# ---------------------------------------------------------------- batches and streaming on the shared driver
+
+BATCH_RUNS = [("ar", {}), ("ar", {"ctc_weight": 0.3}), ("ctc_draft", {}), ("ctc_draft", {"ctc_weight": 0.3}),
+              ("ctc", {}), ("ctc", {"beam": 3}), ("mask_predict", {}), ("mask_predict", {"init": "ctc", "threshold": 0.99}),
+              ("cass_nat", {}), ("cass_nat", {"samples": 4, "threshold": 1.0}),
+              ("cass_nat", {"samples": 4, "threshold": 1.0, "rescore": "nar"})]
+
+
+@pytest.mark.parametrize(("name", "options"), BATCH_RUNS)
+def test_a_batch_of_utterances_equals_each_utterance_alone(name, options):
+    """Utterances of different lengths decoded together (one encoder call, shared decoder calls,
+    rows leaving as they finish) give each utterance's own transcript, calls and statistics (float64)."""
+    model = tiny(1, eos_bias=3.0)
+    feats = [features(frames, seed) for frames, seed in ((60, 0), (131, 1), (90, 2), (47, 3))]
+    opts = options_for(name, options)
+    batch = run(decode_batch(model, feats, name, opts, trace=True))
+    alone = [decode_features(model, x, name, opts, trace=True) for x in feats]
+    assert len({len(t.tokens) for t in alone}) > 1  # rows finish at different steps
+    for got, want in zip(batch, alone, strict=True):
+        assert (got.tokens, got.text) == (want.tokens, want.text)
+        assert got.stats.decoder_calls == want.stats.decoder_calls and got.stats.encoder_calls == 1
+        assert got.stats.extra == want.stats.extra
+        assert [c.committed for c in got.trace.calls] == [c.committed for c in want.trace.calls]
+
+
+def test_a_decoder_cache_carries_its_rows_memories_through_select_and_extend():
+    """The bound decoder's cache holds each row's memory: rows that leave (select, repeats too)
+    or join (extend, a longer memory: padded and masked) decode as they would alone."""
+    model = tiny(0)
+    short, long = (model.encode(features(n, s)[None], torch.tensor([n])) for n, s in ((60, 0), (90, 1)))
+    joined = short.extend(long)
+    assert joined.memory.shape[1] == long.memory.shape[1] and joined.lengths.tolist() == [*short.lengths, *long.lengths]
+    toks, pos = torch.tensor([[vocab.EOS], [vocab.EOS]]), torch.zeros(2, 1, dtype=torch.long)
+    cache = model.bind(short).new_cache(1, 4)
+    cache.extend(model.bind(long).new_cache(1, 4))
+    both = model.bind(joined)(toks, pos, cache=cache)
+    for b, enc in enumerate((short, long)):
+        alone = model.bind(enc)(toks[:1], pos[:1])
+        torch.testing.assert_close(both[b : b + 1], alone, rtol=0, atol=1e-12)
+    cache.select([1, 1, 0])
+    assert cache.rows == [0, 0, 0] and torch.equal(cache.memory.pad, joined.select([1, 1, 0]).pad)
+
+
+def test_beam_decodes_one_utterance_at_a_time():
+    model = tiny(0)
+    with pytest.raises(UnsupportedOptionError, match="one utterance at a time"):
+        run(decode_batch(model, [features(60, 0), features(70, 1)], "beam"))
+
+
+def test_transcribe_a_batch_of_audio_equals_each_alone():
+    import paragen
+
+    model = tiny(0).float()
+    waves = [syllables(0.75, seed=0), syllables(1.5, seed=1), syllables(1.1, seed=2)]
+    for strategy in ("ar", "ctc_draft", "cass_nat"):
+        batch = paragen.transcribe(model, waves, strategy, sample_rate=SAMPLE_RATE)
+        assert isinstance(batch, list) and len(batch) == len(waves)
+        for wave, got in zip(waves, batch, strict=True):
+            want = paragen.transcribe(model, wave, strategy, sample_rate=SAMPLE_RATE)
+            assert got.tokens == want.tokens and got.stats.decoder_calls == want.stats.decoder_calls, strategy
+        assert [t.text for t in paragen.generate(model, waves, strategy, sample_rate=SAMPLE_RATE)] == [t.text for t in batch]
+
+
+@pytest.mark.parametrize("name", sorted(DECODERS))
+def test_streaming_yields_the_text_of_the_final_transcript(name):
+    import paragen
+
+    model = tiny(0).float()
+    wave = syllables(1.5)
+    stream = paragen.stream(model, wave, name, sample_rate=SAMPLE_RATE)
+    pieces = list(stream)
+    final = stream.generation
+    assert "".join(pieces) == final.text == paragen.transcribe(model, wave, name, sample_rate=SAMPLE_RATE).text
+    assert final.tokens == paragen.transcribe(model, wave, name, sample_rate=SAMPLE_RATE).tokens
+    if name in ("ar", "ctc_draft") and final.stats.decoder_calls > 1:
+        assert len(pieces) > 1  # committed text arrives as it is decoded, not at the end
+
+
+def test_stream_checks_its_arguments_before_the_first_piece():
+    import paragen
+    from paragen.errors import InvalidInputError
+
+    model = tiny(0).float()
+    wave = syllables(0.75)
+    with pytest.raises(UnsupportedOptionError, match="max_new_tokens"):
+        paragen.stream(model, wave, sample_rate=SAMPLE_RATE, max_new_tokens=5)
+    with pytest.raises(UnsupportedOptionError, match="no option"):
+        paragen.stream(model, wave, "ctc", sample_rate=SAMPLE_RATE, iterations=3)
+    with pytest.raises(InvalidInputError, match="one utterance"):
+        paragen.stream(model, [wave, wave], sample_rate=SAMPLE_RATE)
+    with pytest.raises(AudioInputError, match="sample rate"):
+        paragen.stream(model, wave)
+
+
+def test_transcribe_command_streams_the_same_text(tmp_path, capsys):
+    import soundfile as sf
+
+    from paragen.cli import main
+
+    save_speech_model(tiny(0).float(), tmp_path)
+    for i, seconds in enumerate((1.5, 0.9)):
+        sf.write(tmp_path / f"{i}.wav", syllables(seconds, seed=i), SAMPLE_RATE)
+    files = [str(tmp_path / "0.wav"), str(tmp_path / "1.wav")]
+    for strategy in ("ar", "ctc_draft", "mask_predict"):
+        args = [*files, "--model", str(tmp_path), "--strategy", strategy]
+        assert main(["transcribe", *args]) == 0
+        plain = capsys.readouterr().out
+        assert main(["transcribe", *args, "--stream"]) == 0
+        assert capsys.readouterr().out == plain and plain.count("\n") == 2
+    assert main(["transcribe", *files, "--model", str(tmp_path), "--stream", "--json"]) == 2
+    assert "pick one" in capsys.readouterr().err
 
 
 def fake_feature_dir(tmp_path, n: int = 6):

@@ -118,9 +118,12 @@ def stream(
     """
     from paragen.speech.model import SpeechModel
 
-    if isinstance(model, SpeechModel):
-        raise InvalidInputError("this is a speech model: transcribe audio with paragen.transcribe(model, audio) or "
-                                "`paragen transcribe FILE.wav`")
+    if isinstance(model, SpeechModel):  # the prompt is audio: the same driver, after the encoder (paragen.speech.api)
+        from paragen.speech.api import stream_pieces
+
+        lm = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_k": top_k, "top_p": top_p,
+              "seed": seed, "stop": stop, "draft": draft, "heads": heads}
+        return Stream(_text(stream_pieces(model, prompt, strategy, bool(trace), lm, options)))
     if batch_prompts(prompt) is not None:
         raise InvalidInputError("stream() decodes one prompt: pass a list of prompts to generate() instead")
     request = check_request(model, [prompt], strategy, max_new_tokens, temperature, top_k, top_p, seed, stop, draft,

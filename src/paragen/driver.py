@@ -187,7 +187,7 @@ def decode(
     strategy: Strategy,
     ctx: DecodeContext,
     prompts: list[list[int]],
-    max_new_tokens: int,
+    max_new_tokens: int | list[int],
     tokenizer,
     eos_ids: tuple[int, ...],
     stop: tuple[str, ...] = (),
@@ -199,9 +199,11 @@ def decode(
     drops it from its tensors (``select``), so the rows left compute no dead row. Each row's
     ``target_calls`` / ``draft_calls`` count the calls of the steps it took part in (a batched
     call counts once for every row in it); its ``seconds`` run from the start (prefill
-    included) to the step that finished it.
+    included) to the step that finished it. ``max_new_tokens``: one budget for every row, or
+    one per row (a speech row's is its utterance's length limit).
     """
-    rows = [Row(strategy.name, max_new_tokens, tokenizer, eos_ids, stop) for _ in prompts]
+    budgets = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(prompts)
+    rows = [Row(strategy.name, budget, tokenizer, eos_ids, stop) for budget in budgets]
     t0 = time.perf_counter()
     strategy.prefill_rows(prompts)
     draft_calls = ctx.drafting_calls

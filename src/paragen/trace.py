@@ -229,20 +229,6 @@ class Recorder:
         self.traces[self.active[row]].calls.append(call)
 
 
-    # One-row decoders (speech) that record a step at once, and those that release their output
-    # only at the end (non-autoregressive, beam search).
-    def step(self, call: Call, committed: list[int], target_calls: int = 1) -> None:
-        """Record a one-row step begun with ``begin([0])``: ``call`` committed ``committed``."""
-        self.call(0, call)
-        self.end(0, committed, len(committed), target_calls, 0)
-
-    def settle(self, tokens: list[int]) -> None:
-        """The last call commits the whole output (a decoder that releases it only at the end)."""
-        calls = self.traces[0].calls
-        if calls:
-            calls[-1].committed, calls[-1].kept = list(tokens), len(tokens)
-
-
 def plain(d: dict[str, Any]) -> dict[str, Any]:
     """A dict as JSON gives it back (integer keys become strings), so a trace equals its round trip."""
     return json.loads(json.dumps(d, default=str))

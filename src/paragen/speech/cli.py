@@ -43,14 +43,14 @@ def run_data(args: argparse.Namespace) -> int:
 
 
 def decoder_help() -> str:
-    """Every speech decoder, its guarantee and its options, for --help."""
+    """Every speech strategy, its guarantee and its options, for --help."""
     from paragen.cli import options_help
     from paragen.speech.decode import DECODERS
 
     lines = ["strategies (-o KEY=VALUE for options):"]
-    for name, module in DECODERS.items():
-        lines.append(f"  {name:<14}{module.SUMMARY}{'' if module.LOSSLESS else ' [lossy]'}")
-        lines += options_help(module)
+    for name, cls in DECODERS.items():
+        lines.append(f"  {name:<14}{cls.summary}{'' if cls.lossless else ' [lossy]'}")
+        lines += options_help(cls)
     return "\n".join(lines)
 
 
@@ -74,6 +74,8 @@ def add_transcribe_parser(sub: argparse._SubParsersAction) -> None:
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="one JSON object per file: file, text, stats")
     out.add_argument("--stats", action="store_true", help="a statistics line per file on stderr")
+    p.add_argument("--stream", action="store_true",
+                   help="print each file's text as the decoder commits it (not with --json)")
     p.add_argument("--show-html", default=None, metavar="FILE.html",
                    help="one audio file: write its decoding trace as a self-contained page (docs/trace.md)")
     p.add_argument("--trace-json", default=None, metavar="FILE.json", help="one audio file: write its trace as JSON")
@@ -102,6 +104,8 @@ def run_transcribe(args: argparse.Namespace) -> int:
     tracing = bool(args.show_html or args.trace_json)
     if tracing and len(args.files) != 1:
         raise InvalidInputError("--show-html and --trace-json trace one audio file: give one FILE")
+    if args.stream and args.json:
+        raise InvalidInputError("--stream prints text as it comes and --json one object per file: pick one")
     with command_threads(args):
         model = paragen.load(args.model)
         for name in args.files:
@@ -109,7 +113,10 @@ def run_transcribe(args: argparse.Namespace) -> int:
             if name == "-" and not audio:
                 raise AudioInputError("standard input is empty: pipe an audio file in, e.g. "
                                       "paragen transcribe - < clip.wav")
-            out = transcribe(model, audio, strategy=args.strategy, trace=tracing, **options)
+            if args.stream:
+                out = stream_file(model, audio, name if len(args.files) > 1 else None, args.strategy, tracing, options)
+            else:
+                out = transcribe(model, audio, strategy=args.strategy, trace=tracing, **options)
             if tracing:
                 from paragen.trace_html import write
 
@@ -120,7 +127,8 @@ def run_transcribe(args: argparse.Namespace) -> int:
             if args.json:
                 print(json.dumps({"file": name, "text": out.text, "stats": out.stats.to_dict()}))
                 continue
-            print(f"{name}: {out.text}" if len(args.files) > 1 else out.text, flush=True)
+            if not args.stream:
+                print(f"{name}: {out.text}" if len(args.files) > 1 else out.text, flush=True)
             if args.stats:
                 s = out.stats
                 per_call = "-" if s.tokens_per_call is None else f"{s.tokens_per_call:.1f}"
@@ -128,6 +136,20 @@ def run_transcribe(args: argparse.Namespace) -> int:
                       f"call, {per_call} characters/call, {s.seconds * 1000:.0f} ms, RTF {s.rtf:.3f}"
                       f"{'' if s.lossless else ', lossy'}]", file=sys.stderr)
     return 0
+
+
+def stream_file(model, audio, name: str | None, strategy: str, trace: bool, options: dict):
+    """Print one file's text piece by piece as the decoder commits it (``name: `` first when
+    given), then a newline; its Transcript."""
+    import paragen
+
+    pieces = paragen.stream(model, audio, strategy, trace=trace, **options)  # checks everything before printing
+    if name is not None:
+        print(f"{name}: ", end="", flush=True)
+    for piece in pieces:
+        print(piece, end="", flush=True)
+    print(flush=True)
+    return pieces.generation
 
 
 def add_train_speech_parser(tsub: argparse._SubParsersAction) -> None:

@@ -3,10 +3,11 @@ autoregressive attention decoder with a position-addressed KV cache, and a non-a
 decoder shared by mask-predict (token embeddings with masks) and CASS-NAT (token-level
 acoustic embeddings).
 
-Contract (DESIGN.md, sequence-to-sequence): ``encode(features, lengths) -> Encoded`` once per
-utterance (memory, its padding mask, per-frame CTC logits); then
-``decode(tokens, positions, enc, cache=None) -> logits`` for the AR decoder (the causal-LM
-contract with the memory as cross-attention input) and ``nar(inputs, enc, pad) -> logits``.
+Contract (``paragen.models.seq2seq``): ``encode(features, lengths) -> Encoded`` once per batch
+of utterances (memory, its padding mask, per-frame CTC logits); ``bind(enc)`` is the AR
+decoder as a decoder-only ``Model`` over those rows, which every LM chain strategy runs on
+the shared driver; ``decode(tokens, positions, enc, cache=None, mask=None) -> logits`` is the
+same call with the memory rows given; ``nar_tokens`` / ``nar_tae`` run the NAR decoder.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from torch import nn
 
 from paragen.cache import KVCache
 from paragen.errors import ModelLoadError
+from paragen.models.base import Model, ModelInfo, expand_mask
+from paragen.models.seq2seq import MemoryCache, Seq2SeqModel
 from paragen.speech import vocab
 from paragen.speech.features import N_MELS
 
@@ -55,6 +58,25 @@ class Encoded:
     @property
     def lengths(self) -> torch.Tensor:
         return (~self.pad).sum(1)
+
+    def select(self, rows: list[int]) -> Encoded:
+        """These rows, in this order (repeats allowed)."""
+        idx = torch.tensor(rows, dtype=torch.long, device=self.memory.device)
+        return Encoded(self.memory.index_select(0, idx), self.pad.index_select(0, idx), self.ctc_logits.index_select(0, idx))
+
+    def extend(self, other: Encoded) -> Encoded:
+        """These rows, then ``other``'s, padded to the longer memory (padding frames are masked)."""
+        S = max(self.memory.shape[1], other.memory.shape[1])
+
+        def widen(e: Encoded) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            n = S - e.memory.shape[1]
+            return (F.pad(e.memory, (0, 0, 0, n)), F.pad(e.pad, (0, n), value=True), F.pad(e.ctc_logits, (0, 0, 0, n)))
+
+        return Encoded(*(torch.cat(pair) for pair in zip(widen(self), widen(other))))
+
+    def log_probs(self, row: int) -> torch.Tensor:
+        """Row ``row``'s CTC frame log-posteriors [S, V] (float32; its padding frames cut)."""
+        return self.ctc_logits[row, : int(self.lengths[row])].float().log_softmax(-1)
 
 
 def sinusoid(positions: torch.Tensor, d: int) -> torch.Tensor:
@@ -113,7 +135,9 @@ class DecoderLayer(nn.Module):
         return x + self.drop(self.ff(self.n3(x)))
 
 
-class SpeechModel(nn.Module):
+class SpeechModel(nn.Module, Seq2SeqModel):
+    tokenizer = vocab.TOKENIZER
+
     def __init__(self, config: SpeechConfig) -> None:
         super().__init__()
         c = self.config = config
@@ -137,10 +161,20 @@ class SpeechModel(nn.Module):
         self.register_buffer("feat_mean", torch.zeros(c.n_mels))
         self.register_buffer("feat_std", torch.ones(c.n_mels))
         self.drop = nn.Dropout(c.dropout)
+        # The decoder's side of the contract: characters, EOS both starts and ends a sequence.
+        self.info = ModelInfo(vocab_size=c.vocab_size, max_length=c.max_tokens, eos_ids=(vocab.EOS,),
+                              mask_id=vocab.MASK, attention="encoder-decoder")
 
     @property
     def dtype(self) -> torch.dtype:
         return self.head.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.head.weight.device
+
+    def bind(self, enc: Encoded) -> SpeechDecoder:
+        return SpeechDecoder(self, enc)
 
     # ------------------------------------------------------------------ encoder
     @staticmethod
@@ -168,20 +202,25 @@ class SpeechModel(nn.Module):
     # ------------------------------------------------------------------ AR decoder
     def new_cache(self, batch: int, max_length: int) -> KVCache:
         c = self.config
-        return KVCache(c.decoder_layers, batch, c.heads, c.d_model // c.heads, max_length, self.dtype, self.head.weight.device)
+        return KVCache(c.decoder_layers, batch, c.heads, c.d_model // c.heads, max_length, self.dtype, self.device)
 
     def decode(self, tokens: torch.Tensor, positions: torch.Tensor, enc: Encoded, cache: KVCache | None = None,
-               return_hidden: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+               mask: torch.Tensor | None = None, return_hidden: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """AR decoder logits [B, T, V] for tokens [B, T] at positions [B, T] (causal).
 
         With a cache the T new keys/values are written after the cache's committed slots and
-        attend to all of them; the caller commits (the cache never advances itself).
+        attend to all of them; the caller commits (the cache never advances itself). ``mask``:
+        the model contract's (``paragen.models.base``), for rows of different lengths; None:
+        causal over the committed slots.
         """
         d = self.config.d_model
         x = self.drop(self.embed(tokens) * math.sqrt(d) + sinusoid(positions, d).to(self.dtype))
         start = cache.length if cache is not None else 0
         T = tokens.shape[1]
-        causal = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(start)[None, None]
+        if mask is None:
+            causal = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(start)[None, None]
+        else:
+            causal = expand_mask(mask, start, T, True, x.device)
         mem_mask = (~enc.pad)[:, None, None, :]
         for i, layer in enumerate(self.decoder):
             kv = cache.write(i, *layer.self_att.kv(layer.n1(x))) if cache is not None else None
@@ -221,6 +260,35 @@ class SpeechModel(nn.Module):
     def nar_tae(self, segments: torch.Tensor, enc: Encoded) -> torch.Tensor:
         """CASS-NAT: NAR logits [B, L, V] from the TAEs of the alignment's segments [B, L, S]."""
         return self.nar_forward(self.token_acoustic_embeddings(enc, segments), enc, ~segments.any(-1))
+
+
+class SpeechDecoder(Model):
+    """The AR decoder of ``model`` over the rows of ``enc``: the decoder-only contract. Its
+    caches carry their rows' memories (``MemoryCache``); a call without a cache reads ``enc``."""
+
+    def __init__(self, model: SpeechModel, enc: Encoded) -> None:
+        self.speech, self.memory = model, enc
+        self.info, self.tokenizer, self.name = model.info, model.tokenizer, getattr(model, "name", "speech")
+
+    @property
+    def device(self) -> torch.device:
+        return self.speech.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.speech.dtype
+
+    def new_cache(self, batch: int = 1, max_length: int | None = None) -> MemoryCache:
+        if batch != self.memory.memory.shape[0]:
+            raise ValueError(f"a cache of {batch} rows for a decoder over {self.memory.memory.shape[0]} utterances")
+        c = self.speech.config
+        return MemoryCache(self.memory, c.decoder_layers, batch, c.heads, c.d_model // c.heads,
+                           max_length or self.info.max_length, self.dtype, self.device)
+
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, cache: MemoryCache | None = None,
+                mask: torch.Tensor | None = None, return_hidden: bool = False):
+        enc = cache.memory if cache is not None else self.memory
+        return self.speech.decode(tokens, positions, enc, cache, mask, return_hidden)
 
 
 # ---------------------------------------------------------------------- save / load

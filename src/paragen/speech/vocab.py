@@ -36,3 +36,18 @@ def encode(text: str) -> list[int]:
 def decode(ids: list[int]) -> str:
     """Text of ids; blank, eos and mask are dropped."""
     return "".join(VOCAB[i] for i in ids if i > MASK)
+
+
+class Characters:
+    """The vocabulary as a tokenizer (``encode`` / ``decode``), for the shared decoding loop."""
+
+    @staticmethod
+    def encode(text: str) -> list[int]:
+        return encode(text)
+
+    @staticmethod
+    def decode(ids: list[int]) -> str:
+        return decode(ids)
+
+
+TOKENIZER = Characters()

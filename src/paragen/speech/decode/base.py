@@ -1,54 +1,52 @@
-"""What every speech decoder shares: the counted model, the result, and the length limit.
+"""What every speech strategy shares: the counted decoder, the result, the length limit,
+joint CTC/attention greedy verification, and the frame of the non-autoregressive strategies.
 
-A decoder is a module with ``NAME``, ``SUMMARY``, ``LOSSLESS`` (identical to ``ar`` greedy
-token for token), a frozen ``Options`` dataclass (the only place its defaults live; fields
-carry ``help`` metadata for the CLI), and ``decode(model, enc, options, trace=None) -> list[int]`` that
-turns one encoded utterance into characters. It calls the model only through
-``CountedSpeechModel``, so decoder calls are counted the same way for every decoder.
+A speech strategy is a ``paragen.strategies.base.Strategy`` over the decoder of an
+encoder-decoder (``paragen.models.seq2seq``), run by the shared driver like any LM strategy:
+the driver stops each row (EOS, its length limit), streams its committed text, counts its
+calls and batches utterances. Every row's prompt is ``[EOS]``, the decoder's start symbol,
+and its budget is ``max_length`` of its utterance. ``ctx.target`` is a ``CountedDecoder``:
+the decoder-only contract for the chain strategies (``ar``, ``ctc_draft``), plus the counted
+NAR calls and the batch's encoder output (``memory``, one row per utterance, in order) that
+the other strategies read at prefill.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 
-from paragen.cache import KVCache
 from paragen.speech import align, vocab
-from paragen.speech.model import Encoded, SpeechModel
+from paragen.speech.model import Encoded, SpeechDecoder
+from paragen.strategies.base import ChainStrategy, CountedModel, Strategy
 from paragen.trace import Trace
-from paragen.verify import greedy_accept
 
 
-class CountedSpeechModel:
-    """A ``SpeechModel`` whose encoder and decoder calls are counted (AR and NAR decoder calls alike:
-    each is one sequential forward of a decoder, whatever its batch)."""
+class CountedDecoder(CountedModel):
+    """The counted decoder of a batch of utterances. Each NAR call and each cache-less scoring
+    call counts as one call, like a forward: one sequential decoder pass, whatever its batch."""
 
-    def __init__(self, model: SpeechModel) -> None:
-        self.model, self.encoder_calls, self.decoder_calls = model, 0, 0
+    model: SpeechDecoder
 
     @property
-    def device(self) -> torch.device:
-        return self.model.head.weight.device
-
-    def encode(self, features: torch.Tensor, lengths: torch.Tensor | None = None) -> Encoded:
-        self.encoder_calls += 1
-        return self.model.encode(features, lengths)
-
-    def decode(self, tokens: torch.Tensor, positions: torch.Tensor, enc: Encoded, cache: KVCache | None = None) -> torch.Tensor:
-        self.decoder_calls += 1
-        return self.model.decode(tokens, positions, enc, cache)
+    def memory(self) -> Encoded:
+        """The encoder output of the batch as it started (row b: prompt b)."""
+        return self.model.memory
 
     def nar_tokens(self, tokens: torch.Tensor, enc: Encoded, pad: torch.Tensor) -> torch.Tensor:
-        self.decoder_calls += 1
-        return self.model.nar_tokens(tokens, enc, pad)
+        self.calls += 1
+        return self.model.speech.nar_tokens(tokens, enc, pad)
 
     def nar_tae(self, segments: torch.Tensor, enc: Encoded) -> torch.Tensor:
-        self.decoder_calls += 1
-        return self.model.nar_tae(segments, enc)
+        self.calls += 1
+        return self.model.speech.nar_tae(segments, enc)
 
-    def new_cache(self, batch: int, max_length: int) -> KVCache:
-        return self.model.new_cache(batch, max_length)
+    def score(self, tokens: torch.Tensor, positions: torch.Tensor, enc: Encoded) -> torch.Tensor:
+        """AR decoder logits for whole sequences over the memory rows ``enc`` (no cache)."""
+        self.calls += 1
+        return self.model.speech.decode(tokens, positions, enc)
 
 
 @dataclass
@@ -92,19 +90,29 @@ class Transcript:
     trace: Trace | None = None  # with transcribe(..., trace=True): every decoder call
 
 
-def max_length(enc: Encoded) -> int:
+def max_length(enc: Encoded, row: int = 0) -> int:
     """The longest output any decoder may produce for one utterance: its encoder frames (a CTC
     labelling cannot be longer), at least 8. One limit for every decoder keeps ``ar`` and
     ``ctc_draft`` comparable token for token even when a decoder runs away."""
-    return max(8, int(enc.lengths[0]))
+    return max(8, int(enc.lengths[row]))
 
 
-def ctc_best_path(enc: Encoded) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-frame argmax labels [S] and their probabilities [S] of a batch-1 encoding (padding cut)."""
-    S = int(enc.lengths[0])
-    p = enc.ctc_logits[0, :S].float().softmax(-1)
+def ctc_best_path(enc: Encoded, row: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-frame argmax labels [S] and their probabilities [S] of one row (padding cut)."""
+    S = int(enc.lengths[row])
+    p = enc.ctc_logits[row, :S].float().softmax(-1)
     conf, labels = p.max(-1)
     return labels, conf
+
+
+def characters(tokens: list[int]) -> list[int]:
+    """The characters of a CTC-derived output: labels that are not characters (EOS, the mask;
+    never CTC targets, so a trained CTC head does not emit them) are dropped, as the text
+    (``vocab.decode``) always dropped them; an EOS inside would end the row early."""
+    return [t for t in tokens if t > vocab.MASK]
+
+
+# ---------------------------------------------------------------- joint CTC/attention greedy (ar, ctc_draft)
 
 
 @dataclass(frozen=True)
@@ -122,24 +130,21 @@ class GreedyOptions:
 
 
 class GreedyChooser:
-    """The greedy choice after a prefix: the decoder's argmax, or with ``ctc_weight`` = lambda > 0
-    the argmax of the joint score (1 - lambda) log p_att(c) + lambda psi(prefix + c) (Watanabe et
-    al. 2017; ``align.CTCPrefixScorer``), which needs no model call. It follows the committed
-    characters' CTC state, so ``ar`` and ``ctc_draft`` make exactly the same choices."""
+    """The greedy choice after a prefix with ``ctc_weight`` = lambda > 0: the argmax of the joint
+    score (1 - lambda) log p_att(c) + lambda psi(prefix + c) (Watanabe et al. 2017;
+    ``align.CTCPrefixScorer``), which needs no model call. It follows the committed characters'
+    CTC state, so ``ar`` and ``ctc_draft`` make exactly the same choices. ``log_probs`` [S, V]:
+    the utterance's CTC frame log-posteriors."""
 
-    def __init__(self, enc: Encoded, ctc_weight: float) -> None:
+    def __init__(self, log_probs: torch.Tensor, ctc_weight: float) -> None:
         self.weight = ctc_weight
-        if ctc_weight > 0:
-            lp = enc.ctc_logits[0, : int(enc.lengths[0])].float().log_softmax(-1)
-            self.ctc = align.CTCPrefixScorer(lp, vocab.EOS, never=(vocab.BLANK, vocab.MASK))
-            self.r, self.last = self.ctc.initial()[None], torch.tensor([-1], device=lp.device)
+        self.ctc = align.CTCPrefixScorer(log_probs, vocab.EOS, never=(vocab.BLANK, vocab.MASK))
+        self.r, self.last = self.ctc.initial()[None], torch.tensor([-1], device=log_probs.device)
 
     def accept(self, logits: torch.Tensor, draft: list[int]) -> tuple[int, int]:
         """logits [len(draft) + 1, V] after the committed prefix and each draft prefix: (how many
         draft characters the greedy choice keeps, its choice after them) as ``greedy_accept``;
         the CTC state then follows the kept characters and the choice."""
-        if self.weight == 0:
-            return greedy_accept(draft, logits.argmax(-1).tolist())
         logp = logits.double().log_softmax(-1)
         r, last, i = self.r, self.last, 0
         while True:  # position by position, up to the first disagreement or the draft's end
@@ -150,3 +155,86 @@ class GreedyChooser:
                 self.r, self.last = r, last
                 return i, choice
             i += 1
+
+
+class JointChain(ChainStrategy):
+    """A chain strategy on a speech decoder: the LM chain loop, verified by the attention
+    decoder's greedy choice (``verify_chains``), or with ``ctc_weight`` > 0 by each row's joint
+    CTC/attention choice (``GreedyChooser``; the same acceptance rule, on the joint score)."""
+
+    attention = "encoder-decoder"
+    supports_sampling = False
+    Options = GreedyOptions
+    row_lists: ClassVar[tuple[str, ...]] = (*ChainStrategy.row_lists, "choosers")
+
+    def prepare_rows(self, states: torch.Tensor | None) -> None:
+        super().prepare_rows(states)
+        memory, w = self.ctx.target.memory, self.opts.ctc_weight
+        self.choosers = [GreedyChooser(memory.log_probs(b), w) if w > 0 else None for b in range(len(self.seqs))]
+
+    def verify_rows(self, draft: torch.Tensor, lengths: torch.Tensor, logits: torch.Tensor,
+                    q: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.opts.ctc_weight == 0:
+            return super().verify_rows(draft, lengths, logits, q)
+        rows = [c.accept(logits[b, : k + 1], draft[b, :k].tolist())
+                for b, (c, k) in enumerate(zip(self.choosers, lengths.tolist()))]
+        accept, nxt = zip(*rows)
+        return torch.tensor(accept, device=logits.device), torch.tensor(nxt, device=logits.device)
+
+
+# ---------------------------------------------------------------- non-autoregressive strategies
+
+
+class NARStrategy(Strategy):
+    """A strategy that fixes each row's length up front (from CTC) and fills every position in
+    a few calls, then commits the row's characters and EOS in one step (its text is final only
+    then: mask-predict may re-mask any position until its last call).
+
+    Batches: ``rows`` holds each row's own state (a subclass's dataclass), ``memory`` the
+    encoder output of the rows still in the batch; ``select`` filters both. A row that needs no
+    (more) model call finishes in a step that makes none (``step_rows`` runs ``finish`` alone
+    then), so that the driver, which charges a step's calls to every row in it, counts each
+    row's calls as if it were decoded alone.
+    """
+
+    batched = True
+    attention = "encoder-decoder"
+    supports_sampling = False
+    lossless = False
+    trace_source = "ctc"
+
+    def prefill_rows(self, prompts: list[list[int]]) -> None:
+        self.memory = self.ctx.target.memory
+        self.rows = [self.start(b) for b in range(len(prompts))]
+
+    def step(self, budget: int) -> list[int]:
+        return self.step_rows([budget])[0]
+
+    def step_rows(self, budgets: list[int]) -> list[list[int]]:
+        done = [self.finished(r) for r in self.rows]
+        if any(done):
+            return [self.finish(b) if d else [] for b, d in enumerate(done)]
+        return self.advance()
+
+    def select(self, rows: list[int]) -> None:
+        self.rows = [self.rows[i] for i in rows]
+        self.memory = self.memory.select(rows)
+
+    def row_extra(self, row: int) -> dict[str, Any]:
+        return dict(self.rows[row].extra)
+
+    def start(self, row: int) -> Any:
+        """Row ``row``'s state before its first call, from ``self.memory``."""
+        raise NotImplementedError
+
+    def finished(self, row: Any) -> bool:
+        """Whether the row's output is final (no more calls)."""
+        raise NotImplementedError
+
+    def finish(self, b: int) -> list[int]:
+        """Row b's committed tokens: its output's characters, then EOS."""
+        raise NotImplementedError
+
+    def advance(self) -> list[list[int]]:
+        """One step with a model call for every row (none is finished): each row's commits."""
+        raise NotImplementedError

@@ -12,6 +12,10 @@ from the encoder's CTC head for every candidate character at once (no extra mode
 The CTC term keeps the hypothesis monotonically aligned to the audio, which a small
 attention decoder alone loses: once it errs it may skip or repeat words, where the prefix
 score of a skipped or repeated word is tiny. ``beam=1`` is greedy joint decoding.
+
+On the shared driver a step is one beam step, and the hypothesis is committed (with EOS)
+in the step that ends the search: until then any live hypothesis may still win. One
+utterance at a time (its beams are the rows of the batch).
 """
 
 from __future__ import annotations
@@ -21,17 +25,13 @@ from dataclasses import dataclass, field
 import torch
 
 from paragen.speech import align, vocab
-from paragen.speech.decode.base import CountedSpeechModel, max_length
-from paragen.speech.model import Encoded
-from paragen.trace import Call, Recorder
-
-NAME = "beam"
-SUMMARY = "attention decoder beam search (sum of log-probabilities), one decoder call per step for all beams"
-LOSSLESS = False  # not greedy: it may (and should) differ from ar
+from paragen.speech.decode.base import max_length
+from paragen.strategies.base import Strategy
+from paragen.trace import Call
 
 
 @dataclass(frozen=True)
-class Options:
+class BeamOptions:
     beam: int = field(default=4, metadata={"help": "hypotheses kept per step (1 = greedy)"})
     ctc_weight: float = field(default=0.0, metadata={
         "help": "lambda of joint CTC/attention decoding, in [0, 1]: the CTC prefix score's share (0: attention only)"})
@@ -43,33 +43,41 @@ class Options:
             raise ValueError(f"ctc_weight must be in [0, 1], got {self.ctc_weight}")
 
 
-@torch.no_grad()
-def decode(model: CountedSpeechModel, enc: Encoded, options: Options, trace: Recorder | None = None) -> list[int]:
-    """Best hypothesis of a beam search on one encoded utterance; ``trace``: each step's survivors."""
-    K, limit, dev, lam = options.beam, max_length(enc), model.device, options.ctc_weight
-    rows = Encoded(enc.memory.expand(K, -1, -1), enc.pad.expand(K, -1), enc.ctc_logits.expand(K, -1, -1))
-    cache = model.new_cache(K, limit + 1)
-    hyps: list[list[int]] = [[] for _ in range(K)]
-    scores = torch.full((K,), float("-inf"), device=dev, dtype=torch.float64)
-    scores[0] = 0.0  # all rows start identical: expand from the first only
-    last = torch.full((K, 1), vocab.EOS, dtype=torch.long, device=dev)
-    if lam > 0:
-        ctc = align.CTCPrefixScorer(enc.ctc_logits[0, : int(enc.lengths[0])].float().log_softmax(-1), vocab.EOS,
-                                    never=(vocab.BLANK, vocab.MASK))
-        r = ctc.initial()[None].expand(K, -1, -1)  # each hypothesis's CTC forward variables
-        psi_prev = torch.zeros(K, dtype=torch.float64, device=dev)  # log P_ctc(prefix) of the empty prefix: 0
-        ends = torch.full((K,), -1, dtype=torch.long, device=dev)  # each hypothesis's last character (-1: none)
-    best, best_score = [], float("-inf")
-    for t in range(limit + 1):
-        if trace:
-            trace.begin([0])
+class Beam(Strategy):
+    name = "beam"
+    summary = "attention decoder beam search (sum of log-probabilities), one decoder call per step for all beams"
+    Options = BeamOptions
+    attention = "encoder-decoder"
+    supports_sampling = False
+    lossless = False  # not greedy: it may (and should) differ from ar
+
+    def prefill(self, prompt: list[int]) -> None:
+        """K rows of one utterance's cache (all start from EOS); only the first is live."""
+        K, dev, memory = self.opts.beam, self.ctx.target.device, self.ctx.target.memory
+        self.limit, self.t = max_length(memory), 0
+        self.cache = self.ctx.target.new_cache(self.ctx.cache_length, batch=1)
+        self.cache.select([0] * K)
+        self.hyps: list[list[int]] = [[] for _ in range(K)]
+        self.scores = torch.full((K,), float("-inf"), device=dev, dtype=torch.float64)
+        self.scores[0] = 0.0  # all rows start identical: expand from the first only
+        self.last = torch.full((K, 1), vocab.EOS, dtype=torch.long, device=dev)
+        if self.opts.ctc_weight > 0:
+            self.ctc = align.CTCPrefixScorer(memory.log_probs(0), vocab.EOS, never=(vocab.BLANK, vocab.MASK))
+            self.r = self.ctc.initial()[None].expand(K, -1, -1)  # each hypothesis's CTC forward variables
+            self.psi_prev = torch.zeros(K, dtype=torch.float64, device=dev)  # log P_ctc(prefix) of the empty prefix: 0
+            self.ends = torch.full((K,), -1, dtype=torch.long, device=dev)  # each hypothesis's last character (-1: none)
+        self.best, self.best_score = [], float("-inf")
+
+    def step(self, budget: int) -> list[int]:
+        """One beam step: the best hypothesis and EOS when the search ends, else nothing."""
+        K, dev, lam, t = self.opts.beam, self.ctx.target.device, self.opts.ctc_weight, self.t
         # 1. one decoder call scores the next character of every live hypothesis
-        logp = model.decode(last, torch.full((K, 1), t, device=dev), rows, cache)[:, -1].double().log_softmax(-1)
-        cache.commit(1)
+        logp = self.ctx.target(self.last, torch.full((K, 1), t, device=dev), cache=self.cache)[:, -1].double().log_softmax(-1)
+        self.cache.commit(1)
         if lam > 0:  # the joint score's CTC part grows by psi(h) - psi(g); no model call
-            psi, r_next = ctc.extend(r, ends)
-            logp = (1 - lam) * logp + lam * (psi - psi_prev[:, None])
-        cand = (scores[:, None] + logp).flatten()  # [K * V]
+            psi, r_next = self.ctc.extend(self.r, self.ends)
+            logp = (1 - lam) * logp + lam * (psi - self.psi_prev[:, None])
+        cand = (self.scores[:, None] + logp).flatten()  # [K * V]
         top, idx = cand.topk(2 * K)
         # 2. finished hypotheses leave; the best K unfinished ones survive
         parents, tokens, new_scores = [], [], []
@@ -77,31 +85,30 @@ def decode(model: CountedSpeechModel, enc: Encoded, options: Options, trace: Rec
             parent, tok = divmod(i, logp.shape[-1])
             if s == float("-inf"):
                 break
-            if tok == vocab.EOS or t == limit:
-                if s > best_score:
-                    best, best_score = hyps[parent], s
+            if tok == vocab.EOS or t == self.limit:
+                if s > self.best_score:
+                    self.best, self.best_score = self.hyps[parent], s
             elif len(parents) < K:
                 parents.append(parent), tokens.append(tok), new_scores.append(s)
-        if trace:  # the step's surviving hypotheses (their last characters, as a beam's proposal)
-            trace.lap("verify")
-            trace.step(Call("beam", "target", list(tokens), accepted=list(range(len(tokens))), scores=list(new_scores),
-                            detail={"hypotheses": [hyps[p] + [tok] for p, tok in zip(parents, tokens)]}), [])
-        if not parents or max(new_scores) <= best_score:
-            break
+        if self.ctx.trace:  # the step's surviving hypotheses (their last characters, as a beam's proposal)
+            self.ctx.trace.lap("verify")
+            self.ctx.trace.call(0, Call("beam", "target", list(tokens), accepted=list(range(len(tokens))),
+                                        scores=list(new_scores),
+                                        detail={"hypotheses": [self.hyps[p] + [tok] for p, tok in zip(parents, tokens)]}))
+        if not parents or max(new_scores) <= self.best_score:
+            return [*self.best, vocab.EOS]
         # 3. gather the survivors' cache rows from their parents (rows beyond the survivors stay dead)
         n = len(parents)
-        src = torch.tensor(parents + [parents[0]] * (K - n), device=dev)
-        for layer in range(len(cache.k)):
-            cache.k[layer] = cache.k[layer].index_select(0, src)
-            cache.v[layer] = cache.v[layer].index_select(0, src)
-        hyps = [hyps[p] + [tok] for p, tok in zip(parents, tokens, strict=True)] + [[] for _ in range(K - n)]
-        scores = torch.tensor(new_scores + [float("-inf")] * (K - n), device=dev, dtype=torch.float64)
-        last = torch.tensor(tokens + [vocab.EOS] * (K - n), device=dev)[:, None]
+        src = parents + [parents[0]] * (K - n)
+        self.cache.select(src)
+        self.hyps = [self.hyps[p] + [tok] for p, tok in zip(parents, tokens, strict=True)] + [[] for _ in range(K - n)]
+        self.scores = torch.tensor(new_scores + [float("-inf")] * (K - n), device=dev, dtype=torch.float64)
+        self.last = torch.tensor(tokens + [vocab.EOS] * (K - n), device=dev)[:, None]
         if lam > 0:
             tok_t = torch.tensor(tokens + tokens[:1] * (K - n), device=dev)
-            r = r_next[src, :, :, tok_t]  # [K, T, 2]: each survivor's forward variables
-            psi_prev = psi[src, tok_t]
-            ends = tok_t
-    if trace:
-        trace.settle(best)
-    return best
+            src_t = torch.tensor(src, device=dev)
+            self.r = r_next[src_t, :, :, tok_t]  # [K, T, 2]: each survivor's forward variables
+            self.psi_prev = psi[src_t, tok_t]
+            self.ends = tok_t
+        self.t += 1
+        return []

@@ -14,6 +14,9 @@ candidate (teacher-forced log-likelihood, EOS included) to pick the best (``resc
 the NAR decoder's own confidence picks it with no AR call (``rescore=nar``). The papers
 describe the sampling at this level; the threshold rule and the AR rescoring here are our
 reading of it, not a transcription of their code.
+
+A batch of utterances shares each call: one NAR call over every row's alignments, then one
+AR call scoring every candidate of the rows that sampled (rows and frames padded).
 """
 
 from __future__ import annotations
@@ -21,19 +24,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 
 from paragen.speech import align, vocab
-from paragen.speech.decode.base import CountedSpeechModel, ctc_best_path
+from paragen.speech.decode.base import NARStrategy, ctc_best_path
 from paragen.speech.model import Encoded
-from paragen.trace import Call, Recorder
-
-NAME = "cass_nat"
-SUMMARY = "CASS-NAT: token acoustic embeddings from the CTC alignment, all characters in one NAR call"
-LOSSLESS = False
+from paragen.trace import Call
 
 
 @dataclass(frozen=True)
-class Options:
+class CassNatOptions:
     samples: int = field(default=1, metadata={"help": "alignments decoded: 1 = the CTC best path only; more = "
                                               "error-based alignment sampling"})
     threshold: float = field(default=0.9, metadata={"help": "frames whose top CTC probability is below this are resampled"})
@@ -51,13 +51,25 @@ class Options:
             raise ValueError(f"rescore must be ar or nar, got {self.rescore!r}")
 
 
-def sample_alignments(enc: Encoded, options: Options) -> torch.Tensor:
-    """[N, S] frame labels: the best path, then up to ``samples - 1`` distinct resampled ones."""
-    labels, conf = ctc_best_path(enc)
+@dataclass
+class Row:
+    """One utterance: its alignments' token segments [N, L, S] and token counts [N]; after the
+    NAR call its candidates; ``best`` once chosen."""
+
+    segments: torch.Tensor
+    n_tok: torch.Tensor
+    candidates: list[list[int]] = field(default_factory=list)
+    best: list[int] | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def sample_alignments(enc: Encoded, options: CassNatOptions, row: int = 0) -> torch.Tensor:
+    """[N, S] frame labels of one row: the best path, then up to ``samples - 1`` distinct resampled ones."""
+    labels, conf = ctc_best_path(enc, row)
     out = [labels]
     if options.samples > 1:
         g = torch.Generator().manual_seed(options.seed)
-        p = enc.ctc_logits[0, : len(labels)].float().softmax(-1).cpu()
+        p = enc.ctc_logits[row, : len(labels)].float().softmax(-1).cpu()
         unsure = (conf < options.threshold).cpu()
         if unsure.any():
             draws = torch.multinomial(p[unsure], options.samples - 1, replacement=True, generator=g)  # [U, N-1]
@@ -69,59 +81,90 @@ def sample_alignments(enc: Encoded, options: Options) -> torch.Tensor:
     return torch.stack(out)
 
 
-@torch.no_grad()
-def ar_scores(model: CountedSpeechModel, enc: Encoded, candidates: list[list[int]]) -> torch.Tensor:
-    """Teacher-forced AR log-likelihood of each candidate (EOS included), all in one decoder call."""
-    N, dev = len(candidates), model.device
+def teacher_forced(candidates: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decoder inputs (EOS, then the characters) and targets (the characters, then EOS) [N, L + 1]."""
     L = max(len(c) for c in candidates) + 1
-    inp = torch.full((N, L), vocab.EOS, dtype=torch.long, device=dev)
-    tgt = torch.full((N, L), vocab.EOS, dtype=torch.long, device=dev)
+    inp = torch.full((len(candidates), L), vocab.EOS, dtype=torch.long, device=device)
+    tgt = torch.full((len(candidates), L), vocab.EOS, dtype=torch.long, device=device)
     for i, c in enumerate(candidates):
         inp[i, 1 : len(c) + 1] = torch.tensor(c, dtype=torch.long)
         tgt[i, : len(c)] = torch.tensor(c, dtype=torch.long)
-    rows = Encoded(enc.memory.expand(N, -1, -1), enc.pad.expand(N, -1), enc.ctc_logits.expand(N, -1, -1))
-    lp = model.decode(inp, torch.arange(L, device=dev).expand(N, -1), rows).float().log_softmax(-1)
-    tok_lp = lp.gather(-1, tgt[..., None])[..., 0]
-    keep = torch.arange(L, device=dev)[None] <= torch.tensor([len(c) for c in candidates], device=dev)[:, None]
-    return (tok_lp * keep).sum(-1)
+    return inp, tgt
 
 
-@torch.no_grad()
-def decode(model: CountedSpeechModel, enc: Encoded, options: Options,
-           trace: Recorder | None = None) -> tuple[list[int], dict]:
-    """CASS-NAT transcription of one encoded utterance, and how many alignments it decoded."""
-    if trace:
-        trace.begin([0])
-    alignments = sample_alignments(enc, options)  # [N, S]
-    N, S = alignments.shape
-    _, seg = align.segments(alignments, torch.ones(N, S, dtype=torch.bool, device=alignments.device))
-    n_tok = seg.any(-1).sum(-1)
-    if int(n_tok.max()) == 0:
-        return [], {"alignments": N}
-    rows = Encoded(enc.memory[:, :S].expand(N, -1, -1), enc.pad[:, :S].expand(N, -1), enc.ctc_logits[:, :S].expand(N, -1, -1))
-    logits = model.nar_tae(seg, rows).float()
-    logits[..., : vocab.MASK + 1] = float("-inf")
-    p, y = logits.log_softmax(-1).max(-1)  # [N, L]
-    candidates = [y[i, : int(n_tok[i])].tolist() for i in range(N)]
-    if trace:  # the best path's tokens, each with its frame span and the NAR decoder's confidence
-        trace.lap("verify")
-        n = int(n_tok[0])
-        spans = [[int(f[0]), int(f[-1]) + 1] for f in (seg[0, j].nonzero()[:, 0] for j in range(n))]
-        trace.step(Call("nar", "ctc", candidates[0], positions=list(range(n)), scores=p[0, :n].exp().tolist(),
-                        accepted=list(range(n)), detail={"spans": spans, "candidates": candidates}),
-                   candidates[0] if N == 1 else [])
-    if N == 1:
-        return candidates[0], {"alignments": 1}
-    if options.rescore == "ar":
-        if trace:
-            trace.begin([0])
-        score = ar_scores(model, enc, candidates)
-        if trace:
-            trace.lap("verify")
-            trace.step(Call("rescore", "target", detail={"scores": score.tolist()}), [])
-    else:
-        score = torch.stack([p[i, : int(n_tok[i])].sum() for i in range(N)])
-    best = candidates[int(score.argmax())]
-    if trace:
-        trace.settle(best)
-    return best, {"alignments": N}
+class CassNat(NARStrategy):
+    name = "cass_nat"
+    summary = "CASS-NAT: token acoustic embeddings from the CTC alignment, all characters in one NAR call"
+    Options = CassNatOptions
+
+    def start(self, row: int) -> Row:
+        alignments = sample_alignments(self.memory, self.opts, row)  # [N, S]
+        N, S = alignments.shape
+        _, seg = align.segments(alignments, torch.ones(N, S, dtype=torch.bool, device=alignments.device))
+        n_tok = seg.any(-1).sum(-1)
+        return Row(seg, n_tok, best=[] if int(n_tok.max()) == 0 else None, extra={"alignments": N})
+
+    def finished(self, row: Row) -> bool:
+        return row.best is not None
+
+    def finish(self, b: int) -> list[int]:
+        return [*self.rows[b].best, vocab.EOS]
+
+    def advance(self) -> list[list[int]]:
+        """The NAR call, or (rows with sampled alignments, ``rescore=ar``) the AR rescoring call."""
+        if self.rows[0].candidates:  # every row left is waiting for its AR rescoring
+            self.rescore()
+        else:
+            self.decode_alignments()
+        return [self.finish(b) if self.finished(r) else [] for b, r in enumerate(self.rows)]
+
+    def decode_alignments(self) -> None:
+        """1. every alignment of every row in one NAR call (segments padded to the longest row);
+        2. each row's candidates; a row with one alignment, or rescored by the NAR decoder's
+        confidence, is decided."""
+        S = self.memory.memory.shape[1]
+        L = max(r.segments.shape[1] for r in self.rows)
+        seg = torch.cat([F.pad(r.segments, (0, S - r.segments.shape[2], 0, L - r.segments.shape[1])) for r in self.rows])
+        owners = [b for b, r in enumerate(self.rows) for _ in range(len(r.n_tok))]
+        logits = self.ctx.target.nar_tae(seg, self.memory.select(owners)).float()
+        logits[..., : vocab.MASK + 1] = float("-inf")
+        p, y = logits.log_softmax(-1).max(-1)  # [sum N, L]
+        if self.ctx.trace:
+            self.ctx.trace.lap("verify")
+        first = 0
+        for b, r in enumerate(self.rows):
+            N = len(r.n_tok)
+            r.candidates = [y[first + i, : int(r.n_tok[i])].tolist() for i in range(N)]
+            if N == 1:
+                r.best = r.candidates[0]
+            elif self.opts.rescore == "nar":
+                score = torch.stack([p[first + i, : int(r.n_tok[i])].sum() for i in range(N)])
+                r.best = r.candidates[int(score.argmax())]
+            if self.ctx.trace:  # the best path's tokens, each with its frame span and the NAR decoder's confidence
+                n = int(r.n_tok[0])
+                spans = [[int(f[0]), int(f[-1]) + 1] for f in (r.segments[0, j].nonzero()[:, 0] for j in range(n))]
+                self.ctx.trace.call(b, Call("nar", "ctc", r.candidates[0], positions=list(range(n)),
+                                            scores=p[first, :n].exp().tolist(), accepted=list(range(n)),
+                                            detail={"spans": spans, "candidates": r.candidates}))
+            first += N
+
+    def rescore(self) -> None:
+        """Teacher-forced AR log-likelihood of every candidate (EOS included), all rows in one
+        decoder call; each row keeps its most likely candidate."""
+        candidates = [c for r in self.rows for c in r.candidates]
+        owners = [b for b, r in enumerate(self.rows) for _ in r.candidates]
+        inp, tgt = teacher_forced(candidates, self.ctx.target.device)
+        N, L = inp.shape
+        lp = self.ctx.target.score(inp, torch.arange(L, device=inp.device).expand(N, -1), self.memory.select(owners))
+        tok_lp = lp.float().log_softmax(-1).gather(-1, tgt[..., None])[..., 0]
+        keep = torch.arange(L, device=inp.device)[None] <= torch.tensor([len(c) for c in candidates], device=inp.device)[:, None]
+        scores = (tok_lp * keep).sum(-1)
+        if self.ctx.trace:
+            self.ctx.trace.lap("verify")
+        first = 0
+        for b, r in enumerate(self.rows):
+            score = scores[first : first + len(r.candidates)]
+            r.best = r.candidates[int(score.argmax())]
+            if self.ctx.trace:
+                self.ctx.trace.call(b, Call("rescore", "target", detail={"scores": score.tolist()}))
+            first += len(r.candidates)

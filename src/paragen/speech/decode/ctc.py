@@ -7,6 +7,8 @@ and in its last label (``pnb``); a label equal to the prefix's last one extends 
 only from ``pb`` (a blank must separate repeats) and otherwise repeats it; alignments that
 reach the same prefix are merged by adding. With a beam as wide as the number of prefixes it
 is exact: it returns the labelling with the highest total probability.
+
+A strategy with no model call: it commits each row's labelling in its first step.
 """
 
 from __future__ import annotations
@@ -17,17 +19,12 @@ from dataclasses import dataclass, field
 import torch
 
 from paragen.speech import align, vocab
-from paragen.speech.decode.base import CountedSpeechModel, ctc_best_path
-from paragen.speech.model import Encoded
-from paragen.trace import Call, Recorder
-
-NAME = "ctc"
-SUMMARY = "CTC head only (no decoder call): greedy best path, or prefix beam search with beam > 1"
-LOSSLESS = False
+from paragen.speech.decode.base import NARStrategy, characters, ctc_best_path
+from paragen.trace import Call
 
 
 @dataclass(frozen=True)
-class Options:
+class CTCOptions:
     beam: int = field(default=1, metadata={"help": "prefixes kept per frame; 1 = greedy best path"})
 
     def __post_init__(self) -> None:
@@ -71,20 +68,32 @@ def prefix_beam_search(log_probs: torch.Tensor, beam: int) -> list[int]:
     return list(max(beams.items(), key=lambda kv: _add(*kv[1]))[0])
 
 
-@torch.no_grad()
-def decode(model: CountedSpeechModel, enc: Encoded, options: Options, trace: Recorder | None = None) -> list[int]:
-    """CTC transcription of one encoded utterance (no decoder call: a trace gets one step with
-    ``target_calls`` 0, the encoder's CTC head read out; its frames are in the trace's meta)."""
-    if trace:
-        trace.begin([0])
-    if options.beam == 1:
-        labels, _ = ctc_best_path(enc)
-        out = align.collapse(labels.tolist())
-    else:
-        S = int(enc.lengths[0])
-        out = prefix_beam_search(enc.ctc_logits[0, :S].float().log_softmax(-1), options.beam)
-    if trace:
-        trace.lap("verify")
-        trace.step(Call("nar", "ctc", out, positions=list(range(len(out))), accepted=list(range(len(out)))), out,
-                   target_calls=0)
-    return out
+@dataclass
+class Row:
+    tokens: list[int]
+    extra: dict = field(default_factory=dict)
+
+
+class CTC(NARStrategy):
+    name = "ctc"
+    summary = "CTC head only (no decoder call): greedy best path, or prefix beam search with beam > 1"
+    Options = CTCOptions
+
+    def start(self, row: int) -> Row:
+        """The CTC labelling of the row (no decoder call)."""
+        if self.opts.beam == 1:
+            labels, _ = ctc_best_path(self.memory, row)
+            return Row(align.collapse(labels.tolist()))
+        return Row(prefix_beam_search(self.memory.log_probs(row), self.opts.beam))
+
+    def finished(self, row: Row) -> bool:
+        return True
+
+    def finish(self, b: int) -> list[int]:
+        """Commit the labelling; a trace gets one step with ``target_calls`` 0, the encoder's CTC
+        head read out (its frames are in the trace's meta)."""
+        out = characters(self.rows[b].tokens)
+        if self.ctx.trace:
+            self.ctx.trace.lap("verify")
+            self.ctx.trace.call(b, Call("nar", "ctc", out, positions=list(range(len(out))), accepted=list(range(len(out)))))
+        return [*out, vocab.EOS]

@@ -15,6 +15,9 @@ Length: the CTC greedy hypothesis's (as Mask-CTC, Higuchi et al. 2020, takes it)
   for a few letters, which the decoder then predicts from the acoustics and both sides'
   letters; the decoder is never asked to spell a whole sentence from masks alone, the part
   a small NAR decoder does worst. At most T decoder calls, none when no token is masked.
+
+A batch of utterances fills its rows together, one NAR call per iteration (rows padded to
+the longest); a row commits its characters when its last position is final.
 """
 
 from __future__ import annotations
@@ -24,20 +27,14 @@ from dataclasses import dataclass, field
 import torch
 
 from paragen.speech import align, vocab
-from paragen.speech.decode.base import CountedSpeechModel, ctc_best_path
-from paragen.speech.model import Encoded
+from paragen.speech.decode.base import NARStrategy, characters, ctc_best_path
 from paragen.trace import Call, Recorder
-
-NAME = "mask_predict"
-SUMMARY = "CMLM mask-predict on the NAR decoder: length from CTC, T iterations re-masking the least confident"
-LOSSLESS = False
-
 
 INITS = ("masks", "ctc")
 
 
 @dataclass(frozen=True)
-class Options:
+class MaskPredictOptions:
     iterations: int = field(default=4, metadata={"help": "T: decoder calls (each re-predicts the masked positions)"})
     init: str = field(default="masks", metadata={
         "help": "masks: CMLM from L masks | ctc: Mask-CTC, the CTC hypothesis with its low-confidence tokens masked"})
@@ -53,34 +50,16 @@ class Options:
             raise ValueError(f"threshold must be in (0, 1], got {self.threshold}")
 
 
-@torch.no_grad()
-def mask_predict(model: CountedSpeechModel, enc: Encoded, length: int, iterations: int,
-                 trace: Recorder | None = None) -> tuple[list[int], list[int]]:
-    """Tokens after ``iterations`` rounds at ``length``, and how many positions each round left unmasked."""
-    if length == 0:
-        return [], []
-    dev, L = model.device, length
-    tokens = torch.full((1, L), vocab.MASK, dtype=torch.long, device=dev)
-    probs = torch.zeros(1, L, device=dev)
-    pad = torch.zeros(1, L, dtype=torch.bool, device=dev)
-    kept = []
-    for t in range(iterations):
-        if trace:
-            trace.begin([0])
-        masked = tokens == vocab.MASK
-        # 1. predict every masked position in one call (blank, EOS and mask are not characters)
-        logits = model.nar_tokens(tokens, enc, pad).float()
-        logits[..., : vocab.MASK + 1] = float("-inf")
-        p, y = logits.softmax(-1).max(-1)
-        tokens, probs = torch.where(masked, y, tokens), torch.where(masked, p, probs)
-        # 2. re-mask the n least confident for the next iteration
-        n = L * (iterations - t - 1) // iterations
-        if n:
-            tokens[0, probs[0].topk(n, largest=False).indices] = vocab.MASK
-        kept.append(L - n)
-        if trace:
-            trace_fill(trace, masked[0], y[0], p[0], tokens[0] != vocab.MASK)
-    return tokens[0].tolist(), kept
+@dataclass
+class Row:
+    """One utterance's fill: tokens [L] (``vocab.MASK`` where unknown), their confidences [L]
+    (CMLM), which are still to predict [L] (Mask-CTC), and the calls made so far."""
+
+    tokens: torch.Tensor
+    probs: torch.Tensor
+    masked: torch.Tensor
+    t: int = 0
+    extra: dict = field(default_factory=lambda: {"kept_per_iteration": []})
 
 
 def ctc_tokens(labels: list[int], conf: list[float]) -> tuple[list[int], list[float]]:
@@ -98,59 +77,91 @@ def ctc_tokens(labels: list[int], conf: list[float]) -> tuple[list[int], list[fl
     return tokens, scores
 
 
-@torch.no_grad()
-def mask_ctc(model: CountedSpeechModel, enc: Encoded, tokens: list[int], conf: list[float], threshold: float,
-             iterations: int, trace: Recorder | None = None) -> tuple[list[int], list[int]]:
-    """Mask-CTC: the tokens with confidences below ``threshold`` masked, then filled easy-first in
-    at most ``iterations`` calls; returns the tokens and how many stay unmasked after each call."""
-    dev, L = model.device, len(tokens)
-    x = torch.tensor([tokens], dtype=torch.long, device=dev)
-    masked = torch.tensor([[c < threshold for c in conf]], dtype=torch.bool, device=dev)
-    x[masked] = vocab.MASK
-    pad = torch.zeros(1, L, dtype=torch.bool, device=dev)
-    kept = []
-    for t in range(iterations):
-        m = int(masked.sum())
-        if m == 0:
-            break
-        if trace:
-            trace.begin([0])
-        was = masked[0].clone()
-        logits = model.nar_tokens(x, enc, pad).float()
-        logits[..., : vocab.MASK + 1] = float("-inf")  # blank, EOS and mask are not characters
-        p, y = logits.softmax(-1).max(-1)
-        take = -(-m // (iterations - t))  # ceil: the last iteration fills every mask left
-        best = torch.where(masked, p, -1.0)[0].topk(take).indices
-        x[0, best], masked[0, best] = y[0, best], False
-        kept.append(L - int(masked.sum()))
-        if trace:
-            trace_fill(trace, was, y[0], p[0], ~masked[0])
-    return x[0].tolist(), kept
+def predict(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(confidence, argmax) [B, L] of NAR logits [B, L, V]: blank, EOS and mask are not characters."""
+    logits = logits.float()
+    logits[..., : vocab.MASK + 1] = float("-inf")
+    return logits.softmax(-1).max(-1)
 
 
-def trace_fill(trace: Recorder, masked: torch.Tensor, y: torch.Tensor, p: torch.Tensor, unmasked: torch.Tensor) -> None:
-    """Record one iteration (tracing only): every position it predicted (``masked`` [L] before
-    the call) with its candidate and confidence; accepted: those left unmasked after it;
+class MaskPredict(NARStrategy):
+    name = "mask_predict"
+    summary = "CMLM mask-predict on the NAR decoder: length from CTC, T iterations re-masking the least confident"
+    trace_source = "model"
+    Options = MaskPredictOptions
+
+    def start(self, row: int) -> Row:
+        """CMLM: L masks, L the CTC hypothesis's length; Mask-CTC: the hypothesis, its tokens
+        below ``threshold`` masked."""
+        labels, conf = ctc_best_path(self.memory, row)
+        dev = labels.device
+        if self.opts.init == "ctc":
+            tokens, scores = ctc_tokens(labels.tolist(), conf.tolist())
+            x = torch.tensor(tokens, dtype=torch.long, device=dev)
+            masked = torch.tensor([c < self.opts.threshold for c in scores], dtype=torch.bool, device=dev)
+            x[masked] = vocab.MASK
+            return Row(x, torch.zeros(len(tokens), device=dev), masked,
+                       extra={"kept_per_iteration": [], "masked": int(masked.sum())})
+        L = len(align.collapse(labels.tolist()))
+        return Row(torch.full((L,), vocab.MASK, dtype=torch.long, device=dev), torch.zeros(L, device=dev),
+                   torch.ones(L, dtype=torch.bool, device=dev))
+
+    def finished(self, row: Row) -> bool:
+        if self.opts.init == "ctc":
+            return not bool(row.masked.any())  # every mask filled (at the latest after T calls)
+        return row.t == self.opts.iterations or len(row.tokens) == 0
+
+    def finish(self, b: int) -> list[int]:
+        return [*characters(self.rows[b].tokens.tolist()), vocab.EOS]
+
+    def advance(self) -> list[list[int]]:
+        """1. predict every row's masked positions in one call; 2. keep (Mask-CTC) or re-mask
+        (CMLM) by confidence; 3. commit the rows that are final."""
+        dev = self.ctx.target.device
+        L = max(len(r.tokens) for r in self.rows)
+        tokens = torch.full((len(self.rows), L), vocab.MASK, dtype=torch.long, device=dev)
+        pad = torch.ones(len(self.rows), L, dtype=torch.bool, device=dev)
+        for b, r in enumerate(self.rows):
+            tokens[b, : len(r.tokens)], pad[b, : len(r.tokens)] = r.tokens, False
+        p, y = predict(self.ctx.target.nar_tokens(tokens, self.memory, pad))
+        if self.ctx.trace:
+            self.ctx.trace.lap("verify")
+        for b, r in enumerate(self.rows):
+            n = len(r.tokens)
+            (self.fill_ctc if self.opts.init == "ctc" else self.fill_masks)(r, y[b, :n], p[b, :n], b)
+            r.t += 1
+        return [self.finish(b) if self.finished(r) else [] for b, r in enumerate(self.rows)]
+
+    def fill_masks(self, r: Row, y: torch.Tensor, p: torch.Tensor, b: int) -> None:
+        """CMLM iteration t: every masked position takes its prediction; then the n = floor(L (T - t - 1) / T)
+        least confident positions are masked again for the next iteration."""
+        L, T, masked = len(r.tokens), self.opts.iterations, r.tokens == vocab.MASK
+        r.tokens, r.probs = torch.where(masked, y, r.tokens), torch.where(masked, p, r.probs)
+        n = L * (T - r.t - 1) // T
+        if n:
+            r.tokens[r.probs.topk(n, largest=False).indices] = vocab.MASK
+        r.extra["kept_per_iteration"].append(L - n)
+        if self.ctx.trace:
+            trace_fill(self.ctx.trace, b, masked, y, p, r.tokens != vocab.MASK)
+
+    def fill_ctc(self, r: Row, y: torch.Tensor, p: torch.Tensor, b: int) -> None:
+        """Mask-CTC iteration t: of the m masked positions, the ceil(m / (T - t)) most confident keep
+        their prediction (the last iteration fills every mask left)."""
+        was, m = r.masked.clone(), int(r.masked.sum())
+        take = -(-m // (self.opts.iterations - r.t))
+        best = torch.where(r.masked, p, -1.0).topk(take).indices
+        r.tokens[best], r.masked[best] = y[best], False
+        r.extra["kept_per_iteration"].append(len(r.tokens) - int(r.masked.sum()))
+        if self.ctx.trace:
+            trace_fill(self.ctx.trace, b, was, y, p, ~r.masked)
+
+
+def trace_fill(trace: Recorder, row: int, masked: torch.Tensor, y: torch.Tensor, p: torch.Tensor,
+               unmasked: torch.Tensor) -> None:
+    """Record one iteration of a row (tracing only): every position it predicted (``masked`` [L]
+    before the call) with its candidate and confidence; accepted: those left unmasked after it;
     ``remasked``: positions it did not predict but masked again (CMLM re-masks any)."""
     where = masked.nonzero()[:, 0]
-    trace.lap("verify")
-    trace.step(Call("diffusion", "model", y[where].tolist(), positions=where.tolist(), scores=p[where].tolist(),
-                    accepted=unmasked[where].nonzero()[:, 0].tolist(), block=[0, len(masked)],
-                    detail={"remasked": (~unmasked & ~masked).nonzero()[:, 0].tolist()}), [])
-
-
-def decode(model: CountedSpeechModel, enc: Encoded, options: Options,
-           trace: Recorder | None = None) -> tuple[list[int], dict]:
-    """Mask-predict transcription of one encoded utterance, and its kept positions per iteration."""
-    labels, conf = ctc_best_path(enc)
-    if options.init == "ctc":
-        tokens, scores = ctc_tokens(labels.tolist(), conf.tolist())
-        out, kept = mask_ctc(model, enc, tokens, scores, options.threshold, options.iterations, trace)
-        masked = sum(c < options.threshold for c in scores)
-        extra = {"kept_per_iteration": kept, "masked": masked}
-    else:
-        out, kept = mask_predict(model, enc, len(align.collapse(labels.tolist())), options.iterations, trace)
-        extra = {"kept_per_iteration": kept}
-    if trace:
-        trace.settle(out)
-    return out, extra
+    trace.call(row, Call("diffusion", "model", y[where].tolist(), positions=where.tolist(), scores=p[where].tolist(),
+                         accepted=unmasked[where].nonzero()[:, 0].tolist(), block=[0, len(masked)],
+                         detail={"remasked": (~unmasked & ~masked).nonzero()[:, 0].tolist()}))
