@@ -20,7 +20,8 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-# The edit loop: everything but the tests marked slow (distribution tests, built-in models, load).
+# The edit loop: unit tests on tiny random models; not the tests marked slow (built-in models, training,
+# sampled-distribution tests, load and browser tests, killed subprocesses). `make test` runs them all.
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 

@@ -22,8 +22,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 import paragen
-from paragen.api import torch_threads
 from paragen.bench.peers import LlamaCpp, LlamaCppF16, LlamaCppQ8, load_llamacpp, run_llamacpp
+from paragen.threads import torch_threads
 
 PROMPTS = [
     "def fibonacci(n):\n    ",

@@ -20,9 +20,9 @@ import time
 import torch
 
 import paragen
-from paragen.api import torch_threads
 from paragen.bench.peers import run_llamacpp
 from paragen.models.llamacpp import LlamaCppModel, load_llamacpp
+from paragen.threads import torch_threads
 
 PROMPTS = ["def fibonacci(n):\n    ", "import os\n\n\nclass Config:\n    def __init__(self",
            "    for i in range(10):\n", 'def parse(text):\n    """Split text into words."""\n']

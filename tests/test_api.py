@@ -15,7 +15,7 @@ from paragen.errors import (
     UnsupportedOptionError,
     VocabularyMismatchError,
 )
-from tests.conftest import tiny_model
+from tests.helpers import tiny_model
 
 MODEL = tiny_model(0, max_len=64)
 
@@ -121,7 +121,7 @@ def test_cli_stream(model_dir, capsys):
     ("diffusion", dict(cache=1), "needs a string"),
 ])
 def test_make_options_checks_types(strategy, options, needle):
-    from paragen.api import make_options
+    from paragen.options import make_options
     from paragen.strategies import get_strategy
 
     with pytest.raises(UnsupportedOptionError, match=needle.replace("(", r"\(")):
@@ -131,7 +131,7 @@ def test_make_options_checks_types(strategy, options, needle):
 @pytest.mark.parametrize("text,value", [("true", True), ("YES", True), ("1", True), ("False", False), ("no", False),
                                         ("0", False)])
 def test_make_options_booleans_from_strings(text, value):
-    from paragen.api import make_options
+    from paragen.options import make_options
     from paragen.strategies import get_strategy
 
     opts = make_options(get_strategy("speculative"), {"adaptive": text, "k": "3"})

@@ -21,8 +21,7 @@ from paragen.heads import new_heads
 from paragen.reference import reference_greedy
 from paragen.sampling import SamplingParams
 from paragen.strategies.auto import AutoOptions, Controller
-from tests.conftest import tiny_model
-from tests.test_sampling import DRAFT, PROMPT, TARGET, exact_sequence_distribution, tv, tv_bound
+from tests.helpers import DRAFT, PROMPT, TARGET, exact_sequence_distribution, tiny_model, tv, tv_bound
 
 TARGETS = {seed: tiny_model(seed) for seed in range(2)}
 DRAFT_MODEL = tiny_model(5)

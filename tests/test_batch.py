@@ -6,27 +6,33 @@ distribution; bad batches get clear errors."""
 from __future__ import annotations
 
 import json
-import random
 from collections import Counter
 
 import pytest
 import torch
 
 import paragen
-from paragen.api import MAX_BATCH
 from paragen.cache import KVCache
 from paragen.errors import InvalidInputError, UnsupportedOptionError
 from paragen.heads import new_heads
 from paragen.reference import reference_greedy
+from paragen.request import MAX_BATCH
 from paragen.sampling import SamplingParams
 from paragen.strategies import STRATEGIES
-from tests.conftest import tiny_model
-from tests.test_heads import OracleHeads
-from tests.test_sampling import DRAFT, TARGET, exact_sequence_distribution, tv, tv_bound
-from tests.test_strategies import AdversarialDraft
+from tests.helpers import (
+    DRAFT,
+    OTHER_DRAFT,
+    TARGET,
+    AdversarialDraft,
+    OracleHeads,
+    exact_sequence_distribution,
+    ragged_prompts,
+    tiny_model,
+    tv,
+    tv_bound,
+)
 
 MODEL = tiny_model(0)
-OTHER = tiny_model(5)  # a different random model as the draft: it is mostly rejected
 EOS_MODEL = tiny_model(7, vocab=12, eos=3)  # EOS comes up often: rows finish at different steps
 EOS_DRAFT = tiny_model(8, vocab=12, eos=3)
 
@@ -42,31 +48,20 @@ class FlakyDraft(AdversarialDraft):
         return torch.nn.functional.one_hot(token, logits.shape[-1]).to(logits.dtype) * 10.0
 
 
-def ragged_prompts(seed: int, n: int, vocab: int, repeat: bool = True) -> list[list[int]]:
-    """n prompts of lengths 1..20; some repeat a pattern, so lookup finds drafts in them."""
-    rng = random.Random(seed)
-    out = []
-    for i in range(n):
-        length = rng.randint(1, 20)
-        base = [rng.randrange(vocab) for _ in range(rng.randint(1, 4))]
-        out.append((base * 20)[:length] if repeat and i % 2 else [rng.randrange(vocab) for _ in range(length)])
-    return out
-
-
 CASES = [
     ("ar", {}, None),
     ("lookup", {}, None),
     ("lookup", {"max_ngram": 2, "max_draft": 3}, None),
-    ("speculative", {"k": 3}, OTHER),  # rows reject at different places
+    ("speculative", {"k": 3}, OTHER_DRAFT),  # rows reject at different places
     ("speculative", {"k": 4}, MODEL),  # everything accepted
     ("speculative", {"k": 2}, AdversarialDraft(MODEL)),  # nothing accepted
-    ("speculative", {"k": 5, "adaptive": True}, OTHER),  # each row adapts its own k
+    ("speculative", {"k": 5, "adaptive": True}, OTHER_DRAFT),  # each row adapts its own k
     ("speculative", {"k": 4}, FlakyDraft(MODEL)),  # rows drift apart: some rows' k is cut by their budget
     ("speculative", {"k": 4, "adaptive": True}, FlakyDraft(MODEL)),
-    ("tree", {}, OTHER),  # dynamic trees: each row's own shape, padded into one forward
+    ("tree", {}, OTHER_DRAFT),  # dynamic trees: each row's own shape, padded into one forward
     ("tree", {"shape": "static", "widths": "2,2,1"}, MODEL),  # every row accepts its whole depth
     ("tree", {"budget": 6, "depth": 3}, FlakyDraft(MODEL)),
-    ("spectr", {"k": 3, "length": 3}, OTHER),
+    ("spectr", {"k": 3, "length": 3}, OTHER_DRAFT),
 ]
 
 
@@ -180,6 +175,7 @@ def test_stop_strings_and_text_prompts_in_a_batch(model_dir):
             same_steps(row, paragen.generate(model, prompt, name, max_new_tokens=30, stop=stop, draft=draft))
 
 
+@pytest.mark.slow
 def test_builtin_code_target_batch_equals_batch_of_one():
     """float32, the shipped target and draft, HumanEval prompts of different lengths: every
     batched row equals the prompt's batch-of-one ar run (the strategies are lossless)."""
@@ -211,7 +207,7 @@ def test_a_batch_of_one_is_a_list_for_every_strategy():
 ])
 def test_sampled_rows_follow_the_target_distribution(strategy, params):
     """Each prompt of a ragged batch (many copies of each, so one call yields many samples)
-    is distributed as the target; see tests/test_sampling.py for the bound."""
+    is distributed as the target; see tests/helpers.py for the bound."""
     prompts = [[0, 1, 2, 0, 1], [3, 2], [1, 1, 1, 1, 1, 1, 1]]
     copies, calls, length = 20, 120, 2
     n = copies * calls

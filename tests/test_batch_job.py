@@ -156,6 +156,7 @@ def test_output_of_another_input_is_refused(model_dir, tmp_path):
         run_job(settings, plan)
 
 
+@pytest.mark.slow
 def test_killed_command_rerun_completes_without_duplicates(model, model_dir, tmp_path):
     """SIGKILL the `paragen batch` process once its first shard is on disk; the same command again completes."""
     rows = [{"id": i, "prompt": PROMPTS[i % 5], "max_tokens": 24} for i in range(300)]

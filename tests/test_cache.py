@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from paragen.cache import KVCache
 from paragen.models.hf import HFModel
-from tests.conftest import tiny_model
+from tests.helpers import tiny_model
 
 NATIVE = tiny_model(21, vocab=30)
 

@@ -154,7 +154,7 @@ def test_stats_line_bench_and_metrics_count_the_same_drafts():
     from paragen.bench.metrics import Record, draft_statistics
     from paragen.cli import stats_line
     from paragen.serve.metrics import Metrics
-    from tests.conftest import tiny_model
+    from tests.helpers import tiny_model
 
     gen = paragen.generate(tiny_model(0), [1, 2, 3, 4] * 4, "lookup", max_new_tokens=30)
     s = gen.stats
@@ -276,10 +276,10 @@ def test_warnings_are_one_line(tmp_path, capsys):
     import soundfile as sf
 
     from paragen.speech.model import save_speech_model
-    from tests.test_speech import tiny
+    from tests.helpers import tiny_speech
 
     (tmp_path / "m").mkdir()
-    save_speech_model(tiny(0).float(), tmp_path / "m")
+    save_speech_model(tiny_speech(0).float(), tmp_path / "m")
     tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(16000) / 16000)).astype(np.float32)
     sf.write(tmp_path / "tone.wav", tone, 16000)
     assert main(["transcribe", str(tmp_path / "tone.wav"), "--model", str(tmp_path / "m")]) == 0
@@ -289,9 +289,9 @@ def test_warnings_are_one_line(tmp_path, capsys):
 
 def test_the_commands_share_their_flags():
     """--threads, --dtype, --backend, --compile and --device mean the same in every command that has them."""
-    from paragen.api import DEFAULT_THREADS
     from paragen.cli import build_parser
     from paragen.models import DTYPE_CHOICES
+    from paragen.threads import DEFAULT_THREADS
 
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, __import__("argparse")._SubParsersAction))

@@ -14,7 +14,7 @@ import paragen
 from paragen.heads import new_heads
 from paragen.models.native import TOKEN_BUCKETS, token_bucket
 from paragen.reference import reference_greedy
-from tests.conftest import tiny_model
+from tests.helpers import tiny_model
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,7 @@ import paragen
 from paragen.errors import InvalidInputError
 from paragen.models.native import NativeConfig, NativeModel, RMSNorm, rms_norm
 from paragen.reference import reference_greedy
-from tests.conftest import tiny_model
+from tests.helpers import tiny_model
 
 PROMPTS = [
     "def fibonacci(n):\n    ",

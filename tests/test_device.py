@@ -17,9 +17,7 @@ from paragen.models import device_of, parse_device
 from paragen.reference import reference_greedy
 from paragen.sampling import SamplingParams
 from paragen.strategies import STRATEGIES
-from tests.conftest import tiny_model
-from tests.test_batch import OTHER, ragged_prompts
-from tests.test_strategies import AdversarialDraft
+from tests.helpers import OTHER_DRAFT, AdversarialDraft, ragged_prompts, tiny_model
 
 MODEL = tiny_model(0)
 CUDA = torch.cuda.is_available()
@@ -76,7 +74,7 @@ def on_cuda(model):
 
 @pytest.mark.gpu
 @gpu
-@pytest.mark.parametrize("name,options,draft", [("ar", {}, None), ("lookup", {}, None), ("speculative", {"k": 3}, OTHER),
+@pytest.mark.parametrize("name,options,draft", [("ar", {}, None), ("lookup", {}, None), ("speculative", {"k": 3}, OTHER_DRAFT),
                                                 ("speculative", {"k": 2}, "adversarial")])
 def test_cuda_batches_equal_the_cpu_oracle(name, options, draft):
     model = on_cuda(tiny_model(0))
@@ -131,7 +129,7 @@ def test_cuda_cache_rows_are_isolated():
 @gpu
 @pytest.mark.parametrize("strategy", ["ar", "speculative", "lookup"])
 def test_cuda_sampled_rows_follow_the_target_distribution(strategy):
-    from tests.test_sampling import TARGET, exact_sequence_distribution, tv, tv_bound
+    from tests.helpers import TARGET, exact_sequence_distribution, tv, tv_bound
 
     target, draft = on_cuda(tiny_model(11, vocab=4, std=0.3)), on_cuda(tiny_model(12, vocab=4, std=0.6))
     params, prompt, length, copies, calls = SamplingParams(0.9, top_p=0.95), [0, 1, 2, 0, 1], 2, 50, 60
@@ -178,9 +176,9 @@ def test_train_lm_on_cuda_with_bf16_autocast(tmp_path):
     """A few steps of `paragen train lm --device cuda`: the loss is finite and the saved model
     loads on the CPU and on the GPU."""
     from paragen.train.lm import TrainConfig, train_lm
-    from tests.test_train import TINY
+    from tests.helpers import TINY_TRAIN
 
-    rec = train_lm(TrainConfig(out=str(tmp_path / "m"), steps=20, device="cuda", **{**TINY, "precision": "bf16"}),
+    rec = train_lm(TrainConfig(out=str(tmp_path / "m"), steps=20, device="cuda", **{**TINY_TRAIN, "precision": "bf16"}),
                    progress=False)
     assert rec["heldout_loss"] == rec["heldout_loss"] and rec["heldout_loss"] < 10
     for device in ("cpu", "cuda"):

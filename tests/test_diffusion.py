@@ -8,22 +8,15 @@ import torch
 
 import paragen
 from paragen.errors import UnsupportedOptionError
-from paragen.models.native import NativeConfig, NativeModel
+from paragen.models.native import NativeModel
 from paragen.sampling import SamplingParams, warp
 from paragen.strategies.diffusion import DenoiseOptions, linear_schedule, propose, select
+from tests.helpers import DIFFUSION_EOS as EOS
+from tests.helpers import DIFFUSION_MASK as MASK
+from tests.helpers import DIFFUSION_V as V
+from tests.helpers import tiny_diffusion as tiny
 
-V, MASK, EOS = 40, 39, 38
 PROMPT = [3, 1, 4, 1, 5]
-
-
-def tiny(attention: str = "bidirectional", block_size: int | None = None, eos: int | None = None, seed: int = 0,
-         mask: int | None = MASK, shift: bool = False) -> NativeModel:
-    cfg = NativeConfig(
-        vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, attention=attention, block_size=block_size, mask_token_id=mask, eos_token_id=eos,
-        shift=shift,
-    )
-    return NativeModel(cfg).init_weights(seed, std=0.5).double().eval()
 
 
 def boosted(token: int, scale: float, **kw) -> NativeModel:

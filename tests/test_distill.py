@@ -14,6 +14,8 @@ from paragen.models.native import NativeModel
 from paragen.train.distill import DistillConfig, distill_loss, distill_metrics, train_distill
 from paragen.train.lm import TrainConfig, lm_loss, prepare, train_lm
 
+pytestmark = pytest.mark.slow  # every test trains (the teacher fixture: 200 steps)
+
 TINY = dict(size="tiny", max_files=30, seq_len=64, batch_size=8, precision="fp32", warmup=4, lr=3e-3,
             eval_every=20, checkpoint_every=20, eval_windows=16)
 

@@ -19,7 +19,7 @@ from paragen.reference import reference_greedy
 from paragen.request import check_request
 from paragen.sampling import SamplingParams
 from paragen.serve.engine import CacheBudgetError, Engine, Entry, QueueFull
-from tests.test_sampling import DRAFT, TARGET, exact_sequence_distribution, tv, tv_bound
+from tests.helpers import DRAFT, TARGET, drive, exact_sequence_distribution, result, tv, tv_bound
 
 HEADS = {kind: new_heads(TARGET, kind, 1 if kind == "eagle" else 2, seed=2) for kind in ("blockwise", "medusa", "eagle")}
 OPTIONS: dict[str, dict[str, Any]] = {"tree": {"shape": "static", "widths": "2,1"}, "spectr": {"k": 2, "length": 2},
@@ -37,23 +37,6 @@ def make_entry(strategy: str, prompt: list[int], n: int, temperature: float = 0.
                             dict(OPTIONS.get(strategy, {})))
     events: list = []
     return Entry(request, lambda kind, value: events.append((kind, value)), deadline=deadline), events
-
-
-def drive(engine: Engine, arrivals: dict[int, list[Entry]], max_steps: int = 2000) -> int:
-    """Step the engine, adding each step's arrivals first, until nothing is left; the steps taken."""
-    for step in range(max_steps):
-        for entry in arrivals.get(step, []):
-            engine.add(entry)
-        if engine.idle and step > max(arrivals, default=0):
-            return step
-        engine.step()
-    raise AssertionError("the engine did not finish")
-
-
-def result(events: list) -> Any:
-    kind, value = events[-1]
-    assert kind == "done", events[-1]
-    return value
 
 
 @pytest.mark.parametrize("strategy", BATCHED)
@@ -94,10 +77,11 @@ def test_seeded_sampled_rows_equal_their_request_alone(strategy):
         assert result(events).tokens == reference_greedy(TARGET, prompt, 6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy,params", [("ar", SamplingParams(1.0)), ("speculative", SamplingParams(0.8, top_p=0.9))])
 def test_sampled_rows_in_a_running_batch_follow_the_target_distribution(strategy, params):
     """Rows arriving a few per step into a running batch of up to 16, each with its own seed:
-    each prompt's sequences are distributed as the target (see tests/test_sampling.py for the bound)."""
+    each prompt's sequences are distributed as the target (see tests/helpers.py for the bound)."""
     prompts, length, per_prompt = [[0, 1, 2, 0, 1], [3, 2]], 2, 1500
     entries, arrivals = [], {}
     for j in range(per_prompt * len(prompts)):

@@ -12,7 +12,7 @@ import torch
 import paragen
 from paragen.errors import InvalidInputError
 from paragen.models.gguf import gguf_name, rope_pairs, write_gguf
-from tests.conftest import tiny_model
+from tests.helpers import tiny_model
 
 gguf = pytest.importorskip("gguf")
 needs_llamacpp = pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="llama-cpp-python not installed")
@@ -109,8 +109,9 @@ def test_gguf_export_refuses_what_llama_cpp_llama_does_not_compute(tmp_path):
 
 
 @needs_llamacpp
-@pytest.mark.parametrize("name,peer", [("tiny", "llamacpp"), ("code-target", "llamacpp"),
-                                       ("code-target", "llamacpp-f16")])  # f16: exact for fp16-stored weights
+@pytest.mark.parametrize("name,peer", [("tiny", "llamacpp"),  # the built-in model's loads are slow; f16: exact for fp16 weights
+                                       pytest.param("code-target", "llamacpp", marks=pytest.mark.slow),
+                                       pytest.param("code-target", "llamacpp-f16", marks=pytest.mark.slow)])
 def test_llama_cpp_tokenizes_and_decodes_like_paragen(model_dir, name, peer):
     from paragen.bench.peers import PEERS, load_llamacpp, run_llamacpp
 

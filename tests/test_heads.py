@@ -21,7 +21,7 @@ import paragen
 from paragen.errors import HeadsMismatchError, InvalidInputError, ModelLoadError, UnsupportedOptionError
 from paragen.heads import KINDS, load_heads, new_heads, save_heads
 from paragen.reference import reference_greedy
-from tests.conftest import tiny_model
+from tests.helpers import OracleHeads, tiny_model
 
 TARGET, OTHER = tiny_model(0), tiny_model(1)
 
@@ -83,6 +83,7 @@ TINY = dict(max_files=20, seq_len=48, batch_size=8, precision="fp32", warmup=4, 
             eval_windows=8, lr=3e-3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind,fraction", [(kind, 1.0) for kind in KINDS] + [("blockwise", 0.25)])
 def test_tiny_training_lowers_heldout_head_loss(tmp_path, model_dir, kind, fraction):
     from paragen.train.heads import HeadsTrainConfig, train_heads
@@ -99,6 +100,7 @@ def test_tiny_training_lowers_heldout_head_loss(tmp_path, model_dir, kind, fract
 
 
 # eagle draws feature noise from the checkpointed generator; a readout fraction draws positions from it
+@pytest.mark.slow
 @pytest.mark.parametrize("kind,fraction", [("hydra", 1.0), ("eagle", 1.0), ("medusa", 0.3)])
 def test_heads_training_resumes_to_the_same_result(tmp_path, model_dir, kind, fraction):
     from paragen.train.heads import HeadsTrainConfig, train_heads
@@ -148,6 +150,7 @@ def test_training_labels_are_the_targets_own_tokens_j_plus_2_ahead():
     assert all(c < n / 2 for c, n in zip(correct, count))
 
 
+@pytest.mark.slow
 def test_init_continues_heads_on_a_continued_target(tmp_path, model_dir, tokenizer):
     """``--init``: heads trained for one target start training on another of the same shape
     (as after ``train lm --init``) from their own weights, re-bound to the new target, and
@@ -181,6 +184,7 @@ def test_init_continues_heads_on_a_continued_target(tmp_path, model_dir, tokeniz
             start_heads(HeadsTrainConfig(target=str(new_dir), init=str(tmp_path / "old"), **other), new_target)
 
 
+@pytest.mark.slow
 def test_train_heads_command(tmp_path, model_dir, capsys):
     from paragen.cli import main
 
@@ -195,48 +199,6 @@ def test_train_heads_command(tmp_path, model_dir, capsys):
 
 
 # ---------------------------------------------------------------- strategies: the oracle
-
-
-class OracleHeads(torch.nn.Module):
-    """Test double: heads that know the target's greedy future, wrong where ``wrong`` says.
-
-    The states of the oracle trajectory are computed once with no cache; a state seen while
-    decoding is looked up by nearest neighbour (equal up to rounding), and head j answers
-    the token j + 2 places after it: the draft of a perfect drafter, or of a partly wrong one.
-    """
-
-    def __init__(self, target, prompt: list[int], n: int, kind: str, num_heads: int = 4, wrong: float = 0.0, seed: int = 0):
-        super().__init__()
-        self.kind, self.num_heads = kind, num_heads
-        self.embed, self.proj = target.head_weights()
-        self.future = prompt + reference_greedy(target, prompt, n + num_heads + 2)
-        with torch.inference_mode():
-            _, hidden = target(torch.tensor([self.future]), torch.arange(len(self.future))[None], return_hidden=True)
-        self.keys = hidden[0]
-        # Repeated tokens can give equal states (attention over equal values): a lookup is then
-        # ambiguous, and the tests skip such trajectories.
-        gaps = torch.cdist(self.keys, self.keys) + torch.eye(len(self.keys), dtype=self.keys.dtype)
-        self.unambiguous = bool((gaps > 1e-6).all())
-        g = torch.Generator().manual_seed(seed)
-        self.wrong = torch.rand(len(self.future), num_heads, generator=g) < wrong
-        self.V = self.proj.shape[0]
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        """[H] -> logits [K, V]: one-hot-like on the oracle's token (or a wrong one); [B, H] -> [B, K, V]."""
-        if hidden.dim() == 2:
-            return torch.stack([self(h) for h in hidden])
-        d = (self.keys - hidden).norm(dim=-1)
-        i = int(d.argmin())
-        assert float(d[i]) < 1e-6, "a state off the oracle's trajectory: the output already differs"
-        out = torch.zeros(self.num_heads, self.V, dtype=hidden.dtype)
-        for j in range(self.num_heads):
-            t = self.future[i + 2 + j] if i + 2 + j < len(self.future) else 0
-            out[j, (t + 1) % self.V if self.wrong[i, j] else t] = 10.0
-        return out
-
-    def head(self, j: int, hidden: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
-        """Hydra's interface: the same answer for every node of a level."""
-        return torch.stack([self(h)[j] for h in hidden])
 
 
 class OracleEagle(torch.nn.Module):
@@ -347,6 +309,7 @@ def test_builtin_target_with_heads_equals_oracle():
             assert sum(out.stats.extra["accepted"]) > 0, name
 
 
+@pytest.mark.slow
 def test_builtin_heads_by_name_and_by_default():
     from paragen.heads import builtin_heads_for, default_heads
 
@@ -413,9 +376,9 @@ def test_eagle_feeds_the_drafter_the_targets_true_features(options):
 ])
 def test_sampled_sequences_follow_the_target_distribution(name, kind, options):
     """Sequences of three tokens (every depth drafted, the bonus token included) against the
-    exact distribution under the warped target; see tests/test_sampling.py for the bound."""
-    from tests.test_sampling import PROMPT, exact_sequence_distribution, tv, tv_bound
-    from tests.test_sampling import TARGET as SMALL
+    exact distribution under the warped target; see tests/helpers.py for the bound."""
+    from tests.helpers import PROMPT, exact_sequence_distribution, tv, tv_bound
+    from tests.helpers import TARGET as SMALL
 
     params = paragen.sampling.SamplingParams(0.9, top_p=0.95)
     heads = new_heads(SMALL, kind, 2, seed=3, std=0.5, zero_out=False)

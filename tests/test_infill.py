@@ -12,7 +12,10 @@ import torch
 import paragen
 from paragen.errors import ContextLengthError, InvalidInputError, UnsupportedOptionError
 from paragen.models.base import Model, ModelInfo
-from tests.test_diffusion import EOS, MASK, V, tiny
+from tests.helpers import DIFFUSION_EOS as EOS
+from tests.helpers import DIFFUSION_MASK as MASK
+from tests.helpers import DIFFUSION_V as V
+from tests.helpers import tiny_diffusion as tiny
 
 
 class Oracle(Model):

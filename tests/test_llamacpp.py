@@ -16,7 +16,7 @@ from paragen.errors import InvalidInputError, ModelLoadError, ParagenError, Unsu
 from paragen.models.io import save_model
 from paragen.models.native import NativeConfig, NativeModel
 from paragen.sampling import SamplingParams
-from tests.test_sampling import tv, tv_bound
+from tests.helpers import tv, tv_bound
 
 llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install 'paragen[llamacpp]')")
 from paragen.models.llamacpp import LlamaCppModel, TreeTooLargeError, load_llamacpp  # noqa: E402
@@ -202,7 +202,7 @@ def near_draft(dirs, tokenizer, tmp_path_factory):
 def test_sampled_rows_follow_the_backends_ar_distribution(dirs, near_draft, strategy, params):
     """Copies of a prompt in batches of 16 rows; top-k keeps the exact
     distribution (from the backend's own no-cache calls) to a few sequences. See
-    tests/test_sampling.py for the bound."""
+    tests/helpers.py for the bound."""
     lc = load_llamacpp(dirs[0], threads=1)
     draft = load_llamacpp(near_draft, threads=1)
     prompt = lc.tokenizer.encode("def add(a, b):\n")
@@ -457,7 +457,7 @@ def test_the_serving_engine_runs_on_the_backend(models, ids, strategy):
     prompt alone on the backend."""
     from paragen.request import check_request
     from paragen.serve.engine import Engine, Entry
-    from tests.test_engine import drive, result
+    from tests.helpers import drive, result
 
     lc = models["target"]
     prompts, budgets = [ids, ids[:3], ids[:8], ids[:5]], [10, 4, 7, 9]

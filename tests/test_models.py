@@ -10,7 +10,7 @@ import torch
 import paragen
 from paragen.errors import ModelLoadError
 from paragen.models.io import load_native, save_model
-from tests.conftest import tiny_model
+from tests.helpers import tiny_model
 
 
 def logits(model, ids, mask=None):
@@ -192,7 +192,7 @@ def test_a_sentencepiece_only_tokenizer_loads(tmp_path):
 
     import sentencepiece as spm
 
-    from tests.conftest import TEXTS
+    from tests.helpers import TEXTS
 
     buf = io.BytesIO()
     spm.SentencePieceTrainer.train(sentence_iterator=iter(TEXTS), model_writer=buf, vocab_size=60, model_type="bpe",

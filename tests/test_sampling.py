@@ -8,8 +8,6 @@ correct sampler's failure rate below one in a million.
 
 from __future__ import annotations
 
-import itertools
-import math
 from collections import Counter
 
 import pytest
@@ -18,16 +16,7 @@ import torch
 import paragen
 from paragen.errors import InvalidInputError
 from paragen.sampling import SamplingParams, choose, warp
-from tests.conftest import tiny_model
-
-
-def tv_bound(k: int, n: int) -> float:
-    return 0.5 * math.sqrt(k / n) + math.sqrt(math.log(1e6) / (2 * n))
-
-
-def tv(counts: Counter, exact: dict, n: int) -> float:
-    keys = set(counts) | set(exact)
-    return 0.5 * sum(abs(counts.get(x, 0) / n - exact.get(x, 0.0)) for x in keys)
+from tests.helpers import DRAFT, PROMPT, TARGET, exact_sequence_distribution, tv, tv_bound
 
 
 def test_warp_matches_hand_computed_probabilities():
@@ -46,6 +35,7 @@ def test_warp_matches_hand_computed_probabilities():
     assert warp(logits, SamplingParams(0.0)).tolist() == [1.0, 0.0, 0.0, 0.0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("params", [SamplingParams(1.0), SamplingParams(0.7, top_k=3), SamplingParams(1.3, top_p=0.8)])
 def test_choose_samples_the_warped_distribution(params):
     logits = torch.tensor([1.0, 0.5, 0.0, -0.5, -2.0])
@@ -62,28 +52,6 @@ def test_choose_samples_the_warped_distribution(params):
 def test_invalid_sampling_settings_raise(bad):
     with pytest.raises(InvalidInputError):
         SamplingParams(**{"temperature": 1.0, **bad})
-
-
-def exact_sequence_distribution(model, prompt: list[int], length: int, params: SamplingParams) -> dict:
-    """P(x_1..x_L | prompt) by enumeration, with the no-cache model and the same warp."""
-    V = model.info.vocab_size
-    out = {}
-    with torch.inference_mode():
-        for seq in itertools.product(range(V), repeat=length):
-            prob, ctx = 1.0, list(prompt)
-            for t in seq:
-                logits = model(torch.tensor([ctx]), torch.arange(len(ctx))[None])[0, -1]
-                prob *= float(warp(logits, params)[t])
-                ctx.append(t)
-            if prob > 0:
-                out[seq] = prob
-    return out
-
-
-V = 4
-TARGET = tiny_model(11, vocab=V, std=0.3)  # flat enough that rejections and residuals matter
-DRAFT = tiny_model(12, vocab=V, std=0.6)  # a different model: rejections do happen
-PROMPT = [0, 1, 2, 0, 1]  # repeats, so lookup finds drafts
 
 
 @pytest.mark.slow

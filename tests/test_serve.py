@@ -238,6 +238,7 @@ async def _stream_text(http: httpx.AsyncClient, url: str, payload: dict, refused
     raise AssertionError("refused 400 times")
 
 
+@pytest.mark.slow
 def test_load_100_concurrent_streaming_clients(model):
     prompts = [f"def f{i}(x):\n    return x * {i} + " for i in range(100)]
     settings = [dict(temperature=0.0) if i % 2 else dict(temperature=1.0, seed=i) for i in range(100)]

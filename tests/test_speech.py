@@ -17,21 +17,8 @@ from paragen.speech.decode import DECODERS, ctc, mask_predict
 from paragen.speech.decode.base import GreedyOptions, ctc_best_path, max_length
 from paragen.speech.decode.ctc_draft import CTCDraft
 from paragen.speech.features import SAMPLE_RATE, load_audio, log_mel
-from paragen.speech.model import SpeechConfig, SpeechModel, load_speech_model, save_speech_model
-
-
-def tiny(seed: int = 0, eos_bias: float = 0.0) -> SpeechModel:
-    """A random float64 speech model with peaked outputs (large weights: no near-ties in argmax);
-    ``eos_bias`` raises EOS's logit so that outputs end before the length limit."""
-    torch.manual_seed(seed)
-    m = SpeechModel(SpeechConfig(d_model=32, heads=2, ff=64, encoder_layers=1, decoder_layers=2, nar_layers=1,
-                                 conv_channels=4, dropout=0.0))
-    with torch.no_grad():
-        for name, p in m.named_parameters():
-            if name.endswith("head.weight"):
-                p.mul_(8.0)
-        m.head.bias[vocab.EOS] += eos_bias
-    return m.double().eval()
+from paragen.speech.model import SpeechModel, load_speech_model, save_speech_model
+from tests.helpers import tiny_speech as tiny
 
 
 def features(frames: int = 60, seed: int = 0) -> torch.Tensor:
@@ -681,6 +668,7 @@ def fake_feature_dir(tmp_path, n: int = 6):
     return d
 
 
+@pytest.mark.slow
 def test_train_speech_and_continue_with_init(tmp_path):
     """`paragen train speech` writes a loadable model; `--init` continues it with its shape and
     feature normalisation, whatever the shape flags say."""

@@ -8,13 +8,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import paragen
-from paragen.models.base import Model
 from paragen.reference import reference_greedy
 from paragen.strategies import STRATEGIES
-from tests.conftest import tiny_model
-
-MODELS = {seed: tiny_model(seed) for seed in range(3)}
-EOS_MODEL = tiny_model(7, vocab=12, eos=3)  # small vocabulary: EOS comes up often
+from tests.helpers import EOS_MODEL, MODELS, NO_DRAFTS, AdversarialDraft, stats_case, tiny_model
 
 GREEDY_CASES = [
     ("ar", {}),
@@ -28,25 +24,6 @@ GREEDY_CASES = [
     ("lookahead", {"window": 2, "ngram": 2, "guesses": 1}),
     ("lookahead", {"window": 7, "ngram": 5, "guesses": 8, "pool_from_prompt": False}),
 ]
-
-
-class AdversarialDraft(Model):
-    """A draft that never agrees with the target: its argmax is the target's argmax + 1."""
-
-    def __init__(self, target: Model) -> None:
-        self.target, self.info, self.tokenizer = target, target.info, None
-
-    def forward(self, tokens, positions, cache=None, mask=None):
-        logits = self.target(tokens, positions, cache=cache, mask=mask)
-        wrong = (logits.argmax(-1) + 1) % logits.shape[-1]
-        return torch.nn.functional.one_hot(wrong, logits.shape[-1]).to(logits.dtype) * 10.0
-
-    def new_cache(self, batch=1, max_length=None):
-        return self.target.new_cache(batch, max_length)
-
-    @property
-    def dtype(self):
-        return self.target.dtype
 
 
 prompts = st.lists(st.integers(0, 49), min_size=1, max_size=24)
@@ -152,28 +129,6 @@ def test_builtin_models_every_lossless_strategy_equals_oracle():
 
 
 # ---------------------------------------------------------------- statistics: every strategy, one invariant
-
-NO_DRAFTS = {"ar", "diffusion", "block_diffusion"}  # nothing guessed, nothing verified: no draft counts
-
-
-def stats_case(name: str, seed: int):
-    """(model, keyword arguments) that run strategy ``name`` on a tiny float64 model."""
-    from paragen.heads import new_heads
-    from paragen.models.native import NativeConfig, NativeModel
-
-    cls = STRATEGIES[name]
-    if cls.attention != "causal":
-        cfg = NativeConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                           num_key_value_heads=2, attention=cls.attention, mask_token_id=49,
-                           block_size=4 if cls.attention == "block_causal" else None)
-        return NativeModel(cfg).init_weights(seed, std=0.5).double().eval(), {}
-    model, kw = MODELS[0], {}
-    if cls.needs_draft:
-        kw["draft"] = MODELS[1 + seed % 2]
-    if cls.head_kinds:
-        kw["heads"] = new_heads(model, cls.head_kinds[0], 3, seed=seed, std=0.3, zero_out=seed % 2 == 0)
-    return model, kw
-
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(name=st.sampled_from(sorted(STRATEGIES)), prompt=prompts, n=st.integers(1, 30),

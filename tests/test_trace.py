@@ -22,8 +22,7 @@ from paragen.strategies import STRATEGIES
 from paragen.trace import SCHEMA, TREE_KINDS, Call, Trace, TraceError
 from paragen.trace_html import render
 from paragen.trace_view import completion, show
-from tests.test_speech import tiny as tiny_speech
-from tests.test_strategies import NO_DRAFTS, stats_case
+from tests.helpers import NO_DRAFTS, stats_case, tiny_speech
 
 PROMPT = [1, 2, 3, 1, 2, 3, 1, 2, 4]
 
@@ -93,7 +92,7 @@ def test_every_strategy_traces_what_it_did_and_tracing_changes_nothing(name, sam
 
 def test_a_cut_step_keeps_only_what_the_row_kept():
     """EOS and the budget drop the end of a step's commit: ``kept`` says how much stayed."""
-    from tests.test_strategies import EOS_MODEL
+    from tests.helpers import EOS_MODEL
 
     for n in (1, 5, 13):
         gen = paragen.generate(EOS_MODEL, [1, 2, 1, 2], "lookahead", max_new_tokens=n, trace=True)
@@ -266,6 +265,7 @@ def canvas_ink(browser, element: str) -> int:
         return n;""")
 
 
+@pytest.mark.slow
 def test_page_steps_through_a_tree_trace(browser, tmp_path):
     from selenium.webdriver.common.by import By
 
@@ -287,6 +287,7 @@ def test_page_steps_through_a_tree_trace(browser, tmp_path):
     assert hi - lo > 100 and len(img.getcolors(1 << 16) or []) > 20  # not blank
 
 
+@pytest.mark.slow
 def test_page_draws_the_diffusion_canvas_filling_in(browser, tmp_path):
     t = small_trace("block_diffusion", 24)
     open_page(browser, t, tmp_path, "block", call=1)
@@ -298,6 +299,7 @@ def test_page_draws_the_diffusion_canvas_filling_in(browser, tmp_path):
     assert errors(browser) == []
 
 
+@pytest.mark.slow
 def test_page_of_a_speech_trace_draws_frames(browser, tmp_path):
     model = tiny_speech(0, eos_bias=2.0)
     feats = torch.randn(60, 80, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
@@ -308,6 +310,7 @@ def test_page_of_a_speech_trace_draws_frames(browser, tmp_path):
         assert errors(browser) == []
 
 
+@pytest.mark.slow
 def test_a_2048_token_page_opens_and_steps_quickly(browser, tmp_path):
     from selenium.webdriver.common.by import By
 
@@ -340,6 +343,7 @@ def test_bench_links_a_trace_page_per_prompt(model_dir, tmp_path, capsys):
     assert "--trace jacobi" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_transcribe_writes_a_trace_page(tmp_path, capsys):
     from paragen.cli import main
 
@@ -354,6 +358,7 @@ def test_transcribe_writes_a_trace_page(tmp_path, capsys):
     assert "one audio file" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_trace_without_calls_still_opens(browser, tmp_path):
     from selenium.webdriver.common.by import By
 

@@ -23,9 +23,7 @@ from paragen.train.corpus import (
     split_key,
 )
 from paragen.train.lm import TrainConfig, prepare, train_lm
-
-TINY = dict(size="tiny", max_files=30, seq_len=64, batch_size=8, vocab_size=300, precision="fp32", warmup=4,
-            eval_every=20, checkpoint_every=10, eval_windows=16)
+from tests.helpers import TINY_TRAIN
 
 
 def test_corpus_split_is_deterministic_by_path():
@@ -37,8 +35,9 @@ def test_corpus_split_is_deterministic_by_path():
     assert 0.02 < share < 0.09
 
 
+@pytest.mark.slow
 def test_tiny_training_lowers_heldout_loss(tmp_path):
-    rec = train_lm(TrainConfig(out=str(tmp_path / "m"), steps=60, **TINY), progress=False)
+    rec = train_lm(TrainConfig(out=str(tmp_path / "m"), steps=60, **TINY_TRAIN), progress=False)
     losses = [h["heldout_loss"] for h in rec["history"]]
     assert losses[-1] < losses[0] - 0.3
     saved = json.loads((tmp_path / "m" / "training.json").read_text())
@@ -52,11 +51,12 @@ def test_tiny_training_lowers_heldout_loss(tmp_path):
     assert {f.stat().st_mode & 0o777 for f in (tmp_path / "m").iterdir()} == {plain & 0o666}
 
 
+@pytest.mark.slow
 def test_resume_continues_to_the_same_result(tmp_path):
-    straight = train_lm(TrainConfig(out=str(tmp_path / "a"), steps=20, **TINY), progress=False)
+    straight = train_lm(TrainConfig(out=str(tmp_path / "a"), steps=20, **TINY_TRAIN), progress=False)
     # "interrupted" after 10 of 20 steps (warm-up short, so the cosine schedule is exercised)
-    train_lm(TrainConfig(out=str(tmp_path / "b"), steps=20, **TINY), progress=False, stop_at=10)
-    resumed = train_lm(TrainConfig(out=str(tmp_path / "b"), steps=20, **TINY), resume=True, progress=False)
+    train_lm(TrainConfig(out=str(tmp_path / "b"), steps=20, **TINY_TRAIN), progress=False, stop_at=10)
+    resumed = train_lm(TrainConfig(out=str(tmp_path / "b"), steps=20, **TINY_TRAIN), resume=True, progress=False)
     assert resumed["steps"] == straight["steps"] == 20
     a, b = load_native(tmp_path / "a"), load_native(tmp_path / "b")
     for (name, pa), (_, pb) in zip(a.state_dict().items(), b.state_dict().items()):
@@ -65,11 +65,12 @@ def test_resume_continues_to_the_same_result(tmp_path):
     assert resumed["history"] == straight["history"]
 
 
+@pytest.mark.slow
 def test_init_continues_a_model_with_its_shape_and_tokenizer(tmp_path, model_dir):
     """``--init``: training starts from the model's weights (its held-out loss, not a random
     model's), keeps its shape whatever --size says, and refuses another tokenizer."""
-    first = train_lm(TrainConfig(out=str(tmp_path / "a"), steps=40, **TINY), progress=False)
-    cfg = TrainConfig(out=str(tmp_path / "b"), steps=10, **{**TINY, "size": "draft", "eval_every": 10},
+    first = train_lm(TrainConfig(out=str(tmp_path / "a"), steps=40, **TINY_TRAIN), progress=False)
+    cfg = TrainConfig(out=str(tmp_path / "b"), steps=10, **{**TINY_TRAIN, "size": "draft", "eval_every": 10},
                       init=str(tmp_path / "a"), lr=1e-4)
     second = train_lm(cfg, progress=False)
     assert second["model"] == first["model"]  # the init's shape (tiny), not --size draft
@@ -80,14 +81,15 @@ def test_init_continues_a_model_with_its_shape_and_tokenizer(tmp_path, model_dir
     assert (second["init"]["from"], second["init"]["steps"]) == (str(tmp_path / "a"), 40)
     assert second["init"]["heldout_loss"] == first["heldout_loss"]
     # a model continued twice records both earlier stages, nested
-    third = train_lm(TrainConfig(out=str(tmp_path / "d"), steps=2, **TINY, init=str(tmp_path / "b")), progress=False)
+    third = train_lm(TrainConfig(out=str(tmp_path / "d"), steps=2, **TINY_TRAIN, init=str(tmp_path / "b")), progress=False)
     assert (third["init"]["from"], third["init"]["steps"], third["init"]["init"]["steps"]) == (str(tmp_path / "b"), 10, 40)
     assert json.loads((tmp_path / "d" / "training.json").read_text())["init"] == third["init"]
     with pytest.raises(VocabularyMismatchError, match="another tokenizer"):
-        train_lm(TrainConfig(out=str(tmp_path / "c"), steps=2, **TINY, init=str(tmp_path / "a"), tokenizer=str(model_dir)),
+        train_lm(TrainConfig(out=str(tmp_path / "c"), steps=2, **TINY_TRAIN, init=str(tmp_path / "a"), tokenizer=str(model_dir)),
                  progress=False)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["code-target", "code-draft"])
 def test_transformers_loads_shipped_models(name):
     if name not in builtin_models():
@@ -132,8 +134,9 @@ def test_train_help_comes_from_the_config(capsys):
     assert "held-out evaluation every N steps (default: 200)" in out and "{bf16,fp32}" in out
 
 
+@pytest.mark.slow
 def test_says_what_it_reads_and_times_the_bar_by_the_budget(tmp_path, capsys):
-    cfg = TrainConfig(out=str(tmp_path / "m"), steps=100000, minutes=0.05, **TINY)  # a 3-second budget
+    cfg = TrainConfig(out=str(tmp_path / "m"), steps=100000, minutes=0.05, **TINY_TRAIN)  # a 3-second budget
     rec = train_lm(cfg, progress=True)
     err = capsys.readouterr().err
     assert "paragen train: reading 30 training and 3 held-out files" in err and "training tokens" in err
@@ -142,6 +145,7 @@ def test_says_what_it_reads_and_times_the_bar_by_the_budget(tmp_path, capsys):
     assert rec["steps"] < 100000
 
 
+@pytest.mark.slow
 def test_ctrl_c_says_how_to_resume_and_keeps_the_checkpoint(tmp_path, capsys, monkeypatch):
     import paragen.train.lm as lm
     from paragen.cli import main
@@ -173,7 +177,7 @@ def test_saved_files_follow_the_umask(tmp_path, tokenizer):
     import stat
 
     from paragen.models.io import save_model
-    from tests.conftest import tiny_model
+    from tests.helpers import tiny_model
 
     for umask, want_dir, want_file in ((0o022, 0o755, 0o644), (0o077, 0o700, 0o600)):
         old = os.umask(umask)
@@ -201,6 +205,7 @@ def _source(root, name: str, files: dict[str, str]) -> Source:
     return Source(name, "package", "1.0", "MIT", root, tuple(sorted(files)))
 
 
+@pytest.mark.slow
 def test_built_corpus_never_trains_on_heldout_text(tmp_path):
     held, train, held_b = _paths(True, 2), _paths(False, 4), _paths(True, 1, prefix="other")
     a = _source(tmp_path / "a", "a", {held[0]: "held = 0\n", held[1]: "other = 1\n", train[0]: "x = 1\n",
@@ -230,6 +235,7 @@ def test_built_corpus_never_trains_on_heldout_text(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".corpus")]  # the temporary directory is gone
 
 
+@pytest.mark.slow
 def test_built_corpus_keeps_the_stdlib_heldout_files(tmp_path):
     build_corpus(tmp_path / "c", corpus_sources(["click"]), progress=False)
     built, stdlib = find_corpus(tmp_path / "c"), find_corpus()

@@ -159,6 +159,7 @@ def test_anneal_and_infill_refused_for_block_causal_models():
         DiffusionTrainConfig(seq_len=32, infill=1.5)
 
 
+@pytest.mark.slow
 def test_loss_decreases_and_the_model_loads(tok_dir, tmp_path):
     rec = train_diffusion(config(tok_dir, tmp_path / "m"), progress=False)
     losses = [h["heldout_loss"] for h in rec["history"]]
@@ -172,6 +173,7 @@ def test_loss_decreases_and_the_model_loads(tok_dir, tmp_path):
     assert tok.mask_id not in g.tokens
 
 
+@pytest.mark.slow
 def test_resume_matches_an_uninterrupted_run(tok_dir, tmp_path):
     whole = train_diffusion(config(tok_dir, tmp_path / "a", steps=24), progress=False)
     first = train_diffusion(config(tok_dir, tmp_path / "b", steps=24), progress=False, stop_at=10)
@@ -184,6 +186,7 @@ def test_resume_matches_an_uninterrupted_run(tok_dir, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_block_causal_through_the_cli(tok_dir, tmp_path):
     out = tmp_path / "bd"
     args = ["train", "diffusion", "--out", str(out), "--size", "tiny", "--block-size", "8", "--shift", "--tokenizer", tok_dir,
@@ -203,6 +206,7 @@ def test_block_causal_through_the_cli(tok_dir, tmp_path):
     assert cached.tokens == full.tokens and model.info.mask_id not in cached.tokens
 
 
+@pytest.mark.slow
 def test_init_from_an_ar_model(tok_dir, tmp_path):
     tok = Tokenizer.from_dir(tok_dir)
     ar = NativeModel(NativeConfig(vocab_size=tok.vocab_size, eos_token_id=tok.eos_id, **SIZES["tiny"])).init_weights(5)
@@ -214,6 +218,7 @@ def test_init_from_an_ar_model(tok_dir, tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), ref.state_dict().values()))
 
 
+@pytest.mark.slow
 def test_init_accepts_a_builtin_name(tmp_path):
     cfg = config(None, tmp_path / "d", init="code-draft", steps=0, eval_windows=2, max_files=3)
     train_diffusion(cfg, progress=False)  # once: "code-draft" is not a directory

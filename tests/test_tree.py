@@ -25,8 +25,7 @@ from paragen.optimum import optimal_acceptance
 from paragen.reference import reference_greedy
 from paragen.tree import TokenTree
 from paragen.verify import kseq, kseq_rho, recursive_rejection
-from tests.conftest import tiny_model
-from tests.test_sampling import tv, tv_bound
+from tests.helpers import tiny_model, tv, tv_bound
 
 MODEL = tiny_model(31, vocab=30)
 TARGET, OTHER = tiny_model(0), tiny_model(1)
@@ -107,6 +106,7 @@ def draws(q: torch.Tensor, k: int, replacement: bool, g: torch.Generator) -> lis
     return torch.multinomial(q, k, replacement=replacement, generator=g).tolist()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rule,k,replacement", [
     ("rrs", 1, True), ("rrs", 3, True), ("rrs", 2, False), ("rrs", 4, False), ("top", 2, False),
     ("kseq", 1, True), ("kseq", 2, True), ("kseq", 4, True),
@@ -134,6 +134,7 @@ def test_node_rule_output_is_distributed_as_p(rule, k, replacement):
             assert accepted / n >= (1 - 1 / math.e) * best - slack
 
 
+@pytest.mark.slow
 def test_recursive_rejection_acceptance_matches_hand_computation():
     """One i.i.d. candidate: acceptance is sum min(p, q) (= 0.1 + 0.2 + 0.2 + 0.1 + 0 = 0.6)."""
     g, n = torch.Generator().manual_seed(0), 20000
@@ -141,6 +142,7 @@ def test_recursive_rejection_acceptance_matches_hand_computation():
     assert abs(hits / n - 0.6) < 4 * math.sqrt(0.24 / n)
 
 
+@pytest.mark.slow
 def test_kseq_golden():
     # p = (.5, .5), q = (1, 0), k = 2: beta = .5/rho, f = (1-(1-beta)^2)/beta = 2 - beta, and
     # f <= rho  <=>  rho^2 - 2 rho + .5 >= 0  <=>  rho >= 1 + 1/sqrt(2). Both drafts are token
@@ -249,8 +251,8 @@ def test_bad_tree_options_raise(name, options):
 ])
 def test_sampled_sequences_follow_the_target_distribution(name, options):
     """Sequences of two tokens (every tree depth and the bonus token take part) against the
-    exact distribution under the warped target; see tests/test_sampling.py for the bound."""
-    from tests.test_sampling import DRAFT, PROMPT, TARGET, exact_sequence_distribution
+    exact distribution under the warped target; see tests/helpers.py for the bound."""
+    from tests.helpers import DRAFT, PROMPT, TARGET, exact_sequence_distribution
 
     params = paragen.sampling.SamplingParams(0.9, top_p=0.95)
     length, n = 2, 4000

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+import pytest
 import torch
 
 from paragen.verify import greedy_accept, speculative_accept
@@ -25,6 +26,7 @@ def run(draft, q, p, n=20000):
     return Counter(speculative_accept(draft, q, p, g) for _ in range(n)), n
 
 
+@pytest.mark.slow
 def test_accept_probability_is_min_one_p_over_q():
     # p = (0.5, 0.5, 0), q = (1, 0, 0), draft 0: accept with 0.5; the residual
     # norm(max(0, p - q)) = (0, 1, 0) always gives token 1; on acceptance the bonus is from p[1].
@@ -42,6 +44,7 @@ def test_draft_token_more_likely_under_target_is_always_accepted():
     assert counts == Counter({(1, 0): n})
 
 
+@pytest.mark.slow
 def test_committed_token_is_distributed_as_p():
     # One draft position: P(first committed token = x) must equal p(x) whatever q is.
     q = p_(0.6, 0.3, 0.1)
@@ -58,6 +61,7 @@ def test_committed_token_is_distributed_as_p():
     # and the acceptance rate is sum_x min(p, q) = 0.2 + 0.3 + 0.1 = 0.6 (Leviathan et al., Thm 3.5)
 
 
+@pytest.mark.slow
 def test_acceptance_rate_is_overlap_of_p_and_q():
     q = p_(0.6, 0.3, 0.1)
     p = torch.stack([p_(0.2, 0.3, 0.5), p_(1.0, 0.0, 0.0)])

@@ -13,18 +13,20 @@ from typing import TYPE_CHECKING, Any
 from paragen.errors import ParagenError
 
 if TYPE_CHECKING:
-    from paragen.api import Stream, generate, load, stream
+    from paragen.api import generate, stream
     from paragen.driver import Generation, Stats
     from paragen.heads import load_heads
     from paragen.infilling import infill
+    from paragen.loading import load
     from paragen.speech.api import transcribe
     from paragen.strategies import STRATEGIES
+    from paragen.streaming import Stream
 
 __all__ = ["STRATEGIES", "Generation", "ParagenError", "Stats", "Stream", "generate", "infill", "load", "load_heads",
            "stream", "transcribe"]
 __version__ = "0.1.0"
 
-_HOME = {"generate": "paragen.api", "load": "paragen.api", "stream": "paragen.api", "Stream": "paragen.api",
+_HOME = {"generate": "paragen.api", "load": "paragen.loading", "stream": "paragen.api", "Stream": "paragen.streaming",
          "Generation": "paragen.driver", "Stats": "paragen.driver", "STRATEGIES": "paragen.strategies",
          "load_heads": "paragen.heads", "infill": "paragen.infilling", "transcribe": "paragen.speech.api"}
 

@@ -1,62 +1,28 @@
-"""The public surface: ``load()``, ``generate()``, ``stream()``."""
+"""``generate()`` and ``stream()``: a checked request (``paragen.request``) turned into a decode.
+
+The other public names live in modules of their own and are re-exported by ``paragen``:
+``load`` (``paragen.loading``), ``Stream`` (``paragen.streaming``), option coercion
+(``paragen.options``), the request check (``paragen.request``), torch threads (``paragen.threads``).
+"""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Generator, Sequence
 from typing import Any
 
 import torch
 
 from paragen.driver import Generation, decode
 from paragen.errors import InvalidInputError
-from paragen.models import load as load_lm
 from paragen.models.base import Model
-from paragen.options import make_options
 from paragen.request import MAX_BATCH, Request, batch_prompts, check_request, context, row_generator
+from paragen.speech.api import stream_pieces, transcribe
+from paragen.speech.model import SpeechModel
+from paragen.streaming import Stream, exhaust, one_row
 from paragen.trace import Recorder
 
-__all__ = ["DEFAULT_THREADS", "MAX_BATCH", "Generation", "Stream", "generate", "load", "make_options", "stream",
-           "torch_threads"]
-
-# torch CPU threads for `paragen generate` and `paragen bench` unless --threads says otherwise.
-# Measured with scripts/threads.sh on a 2-core machine under load (load average 6-7, training
-# jobs running): code-target ar 114-199 tok/s on 1 thread against 4-8 tok/s on 2; lookahead
-# 75-125 against 5-7. Batch-1 decoding of small models has little work to split per token, and
-# a thread that waits for a busy core stalls every step. Quiet, 2 threads gain 1.5x (ar 264-279
-# tok/s against 394-406; lookahead 181-184 against 269-290): a third lost when quiet against
-# 95% lost when loaded, so 1 is the default and --threads 2 the advice for a quiet machine.
-DEFAULT_THREADS = 1
-
-
-class Stream:
-    """The committed text pieces of one generation, and its ``Generation`` once exhausted.
-
-    Iterate it for the text; afterwards ``.generation`` holds the tokens, text and stats
-    (``None`` before the end). ``next()`` also ends with ``StopIteration`` whose ``value``
-    is the Generation, as a generator's return value would be.
-    """
-
-    def __init__(self, pieces: Generator[str, None, Generation]) -> None:
-        self._pieces = pieces
-        self.generation: Generation | None = None
-
-    def __iter__(self) -> Stream:
-        return self
-
-    def __next__(self) -> str:
-        try:
-            return next(self._pieces)
-        except StopIteration as done:
-            # A closed or exhausted generator ends again with None: keep the result it gave.
-            self.generation = self.generation or done.value
-            raise StopIteration(self.generation) from None
-
-    def close(self) -> None:
-        """Stop decoding now (a server whose client left, a deadline): the decode loop ends
-        where it stands and its cache is freed; ``generation`` stays ``None``."""
-        self._pieces.close()
+__all__ = ["MAX_BATCH", "generate", "stream"]
 
 
 def _decode(model: Model, request: Request, trace: bool = False) -> Generator[tuple[int, str], None, list[Generation]]:
@@ -72,19 +38,6 @@ def _decode(model: Model, request: Request, trace: bool = False) -> Generator[tu
     with torch.inference_mode():
         return (yield from decode(request.strategy(ctx, request.options), ctx, request.prompts, request.max_new_tokens,
                                   model.tokenizer, model.info.eos_ids, request.stop))
-
-
-def _text(pieces: Generator[tuple[int, str], None, list[Generation]]) -> Generator[str, None, Generation]:
-    """The text pieces of a batch of one, returning its Generation."""
-    try:
-        while True:
-            try:
-                _, piece = next(pieces)
-            except StopIteration as done:
-                return done.value[0]
-            yield piece
-    finally:
-        pieces.close()  # a closed Stream ends the decode loop too
 
 
 def stream(
@@ -116,19 +69,15 @@ def stream(
     could use, and the server's engine (``paragen.serve.engine``) admits new requests into a
     running batch (continuous batching), which a fixed list of prompts does not give.
     """
-    from paragen.speech.model import SpeechModel
-
     if isinstance(model, SpeechModel):  # the prompt is audio: the same driver, after the encoder (paragen.speech.api)
-        from paragen.speech.api import stream_pieces
-
         lm = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_k": top_k, "top_p": top_p,
               "seed": seed, "stop": stop, "draft": draft, "heads": heads}
-        return Stream(_text(stream_pieces(model, prompt, strategy, bool(trace), lm, options)))
+        return Stream(one_row(stream_pieces(model, prompt, strategy, bool(trace), lm, options)))
     if batch_prompts(prompt) is not None:
         raise InvalidInputError("stream() decodes one prompt: pass a list of prompts to generate() instead")
     request = check_request(model, [prompt], strategy, max_new_tokens, temperature, top_k, top_p, seed, stop, draft,
                             heads, options)
-    return Stream(_text(_decode(model, request, trace=bool(trace))))
+    return Stream(one_row(_decode(model, request, trace=bool(trace))))
 
 
 def generate(
@@ -152,11 +101,7 @@ def generate(
     with ``batched = True`` decode batches; the other strategies take a batch of one. Given a speech model, ``prompt`` is the
     audio (path, bytes or waveform) and this is ``paragen.transcribe``.
     """
-    from paragen.speech.model import SpeechModel
-
     if isinstance(model, SpeechModel):
-        from paragen.speech.api import transcribe
-
         return transcribe(model, prompt, strategy, **kwargs)
     known = {"max_new_tokens": 128, "temperature": 0.0, "top_k": None, "top_p": None, "seed": None, "stop": None,
              "draft": None, "heads": None}
@@ -164,51 +109,4 @@ def generate(
     trace = bool(kwargs.pop("trace", False))
     batch = batch_prompts(prompt)
     pieces = _decode(model, check_request(model, batch or [prompt], strategy, options=kwargs, **args), trace)
-    return _run(pieces) if batch is not None else _run(_text(pieces))
-
-
-def _run(pieces: Generator[Any, None, Any]) -> Any:
-    """Exhaust a generator; its return value."""
-    while True:
-        try:
-            next(pieces)
-        except StopIteration as done:
-            return done.value
-
-
-def load(name_or_path: str | Any, backend: str = "native", dtype: torch.dtype | str | None = None,
-         compile: bool = False, device: str | torch.device = "cpu", threads: int | None = None) -> Any:
-    """A built-in model by name or a model directory (see ``paragen.models.load`` for the
-    arguments); a speech model (``speech-en``, or a directory from ``paragen train speech``)
-    loads as a ``SpeechModel``, on the CPU, in float32 or float64."""
-    from paragen.models.io import resolve
-    from paragen.speech.model import is_speech_model, load_speech_model
-
-    if backend == "llamacpp":  # a GGUF file or a model directory; threads: llama.cpp's own
-        return load_lm(name_or_path, backend=backend, dtype=dtype, compile=compile, device=device, threads=threads)
-    path = resolve(name_or_path)
-    if is_speech_model(path):
-        if compile or str(device) != "cpu" or isinstance(dtype, str):
-            raise InvalidInputError("speech models load on the CPU, uncompiled, as a torch dtype: drop compile, "
-                                    "device and weight formats")
-        model = load_speech_model(path, dtype or torch.float32)
-        model.name = path.name
-        return model
-    return load_lm(name_or_path, backend=backend, dtype=dtype, compile=compile, device=device)
-
-
-@contextlib.contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Run the block with ``n`` torch CPU threads, then restore the previous count.
-
-    torch's thread count is process-wide, so commands set it for their own duration only
-    (``paragen generate`` / ``bench`` ``--threads``; default ``DEFAULT_THREADS``).
-    """
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise InvalidInputError(f"threads must be an integer >= 1, got {n!r}")
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+    return exhaust(pieces) if batch is not None else exhaust(one_row(pieces))

@@ -11,8 +11,8 @@ The job in four steps (``run_job``):
 2. find the rows already done (``ShardStore``): finished rows live in shards next to the
    output (``OUTPUT.parts/part-NNNNN.jsonl``), each written whole to a temporary file and
    renamed, so a shard is either all there or absent; a damaged one is dropped and redone;
-3. decode the rest, here (``Decoder``: batched ``generate``) or on Ray Data actors
-   (``paragen.cluster.batch``), writing a shard every ``shard_rows`` rows; the writer keeps
+3. decode the rest, here (``paragen.batch_decode.Decoder``: batched ``generate``) or on Ray
+   Data actors (``paragen.cluster.batch``), writing a shard every ``shard_rows`` rows; the writer keeps
    the ids written, so a row that comes back twice (a retried task) is written once;
 4. merge the shards into ``--output`` in input order (temporary file + rename), then
    delete them.
@@ -27,65 +27,22 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from paragen.batch_decode import Decoder, JobPlan, JobSettings, Row, local_results
+from paragen.cluster.batch import ray_results
 from paragen.errors import InvalidInputError, ParagenError
+from paragen.flags import add_model_flags, add_threads_flag, load_kwargs, parse_options
+from paragen.threads import DEFAULT_THREADS, torch_threads
+
+__all__ = ["Decoder", "JobPlan", "JobSettings", "Row", "Summary", "add_batch_parser", "local_results", "read_rows",
+           "run_batch", "run_job"]
 
 FIELDS = ("id", "prompt", "max_tokens", "temperature", "seed", "stop")
 SHOWN_ERRORS = 20  # bad lines listed in an error message; the rest are counted
-
-
-@dataclass(frozen=True)
-class Row:
-    """One checked input line: its id, its 1-based line number, and its decoding settings."""
-
-    id: str | int
-    line: int
-    prompt: str
-    max_tokens: int
-    temperature: float
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-
-    def group(self) -> tuple[Any, ...]:
-        """Rows of one group can share a ``generate`` call (one max_new_tokens, temperature and
-        stop list per call; seeds are per row, but a call's seeds are all set or all unset)."""
-        return self.max_tokens, self.temperature, self.stop, self.seed is None
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
-
-    @staticmethod
-    def from_json(text: str) -> Row:
-        d = json.loads(text)
-        return Row(**{**d, "stop": tuple(d["stop"])})
-
-
-@dataclass(frozen=True)
-class JobSettings:
-    """What every decoder needs to build itself: the model, its load arguments, and defaults
-    for the rows that set none. Plain data, so a Ray actor can be built from it elsewhere."""
-
-    model: str
-    load: dict[str, Any] = field(default_factory=dict)  # paragen.load's keyword arguments
-    draft: str | None = None
-    strategy: str = "ar"
-    options: dict[str, Any] = field(default_factory=dict)
-    max_tokens: int = 128  # a row's default max_tokens
-    temperature: float = 0.0  # a row's default temperature
-    batch_size: int = 16  # rows per generate call (1 for strategies that decode one prompt)
-    threads: int = 1  # torch threads of each decoder
-
-    def __post_init__(self) -> None:
-        from paragen.request import MAX_BATCH
-
-        if not 1 <= self.batch_size <= MAX_BATCH:
-            raise InvalidInputError(f"--batch-size {self.batch_size}: give 1 to {MAX_BATCH} rows")
-        if self.threads < 1:
-            raise InvalidInputError(f"--threads must be at least 1, got {self.threads}")
 
 
 @dataclass(frozen=True)
@@ -301,66 +258,7 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-# ---------------------------------------------------------------- 3. decoding
-
-
-class Decoder:
-    """Loads the models once (on its own torch threads), then decodes lists of rows with
-    batched ``generate``; the same object runs in this process or inside a Ray actor."""
-
-    def __init__(self, settings: JobSettings, model: Any = None, draft: Any = None) -> None:
-        import paragen
-        from paragen.cache import OneRowCache
-        from paragen.strategies import get_strategy
-
-        self.settings = settings
-        self.model = model if model is not None else paragen.load(settings.model, **settings.load)
-        self.draft = draft if draft is not None or not settings.draft else paragen.load(settings.draft, **settings.load)
-        # a strategy that decodes one prompt at a time, or a backend whose cache has one length (hf), gets rows one by one
-        one_row = isinstance(self.model.new_cache(batch=1, max_length=1), OneRowCache)
-        self.batch = settings.batch_size if get_strategy(settings.strategy).batched and not one_row else 1
-
-    def decode(self, rows: list[Row]) -> list[dict[str, Any]]:
-        """One output record per row, grouped into ``generate`` calls of up to ``batch_size`` rows."""
-        import paragen
-
-        groups: dict[tuple[Any, ...], list[Row]] = {}
-        for row in rows:
-            groups.setdefault(row.group(), []).append(row)
-        records = []
-        for group in groups.values():
-            for i in range(0, len(group), self.batch):
-                chunk = group[i:i + self.batch]
-                first = chunk[0]
-                seeds = None if first.seed is None else [r.seed for r in chunk]
-                gens = paragen.generate(self.model, [r.prompt for r in chunk], self.settings.strategy,
-                                        max_new_tokens=first.max_tokens, temperature=first.temperature, seed=seeds,
-                                        stop=list(first.stop) or None, draft=self.draft, **self.settings.options)
-                records += [{"id": r.id, **g.to_dict()} for r, g in zip(chunk, gens)]
-        return records
-
-
-def local_results(decoder: Decoder, rows: list[Row], shard_rows: int) -> Iterator[list[dict[str, Any]]]:
-    """In-process decoding: the records of ``shard_rows`` rows at a time."""
-    for i in range(0, len(rows), shard_rows):
-        yield decoder.decode(rows[i:i + shard_rows])
-
-
-# ---------------------------------------------------------------- the job
-
-
-@dataclass(frozen=True)
-class JobPlan:
-    """Where the rows go: ``ray`` None decodes here; else a Ray address (local, auto, host:port)
-    and ``workers`` actors, each loading the model once."""
-
-    input: str
-    output: str
-    on_error: str = "fail"  # "fail": any bad line stops the job before it starts; "skip": decode the good rows
-    shard_rows: int = 256  # rows per shard: what a crash can lose, and files per job
-    ray: str | None = None
-    workers: int = 1
-    progress: bool = True
+# ---------------------------------------------------------------- the job (3. decoding: paragen.batch_decode)
 
 
 def run_job(settings: JobSettings, plan: JobPlan,
@@ -370,7 +268,6 @@ def run_job(settings: JobSettings, plan: JobPlan,
     ``results`` maps the rows to decode to batches of records; default: this process, or Ray
     Data when ``plan.ray`` is set (``paragen.cluster.batch.ray_results``)."""
     import paragen
-    from paragen.api import torch_threads
 
     if plan.on_error not in ("fail", "skip"):
         raise InvalidInputError(f"--on-error is fail or skip, got {plan.on_error!r}")
@@ -402,8 +299,6 @@ def run_job(settings: JobSettings, plan: JobPlan,
             decoder = Decoder(settings, model, draft)
             results = lambda todo: local_results(decoder, todo, plan.shard_rows)  # noqa: E731
         elif results is None:
-            from paragen.cluster.batch import ray_results
-
             del model, draft  # the actors hold the models now
             results = lambda todo: ray_results(todo, settings, plan)  # noqa: E731
         _decode_into(store, todo, results, summary, plan)
@@ -464,9 +359,6 @@ this process, or with --ray on Ray Data actors that each load the model once."""
 def add_batch_parser(sub: Any) -> None:
     import argparse
 
-    from paragen.api import DEFAULT_THREADS
-    from paragen.cli import add_model_flags, add_threads_flag
-
     p = sub.add_parser("batch", help="generate for every prompt of a JSON Lines file (resumable, exactly once)",
                        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input", required=True, help='JSON Lines file: {"id": ..., "prompt": "...", optional max_tokens, '
@@ -494,11 +386,10 @@ def add_batch_parser(sub: Any) -> None:
                    help="Ray actors, each loading the model once and decoding batches (with --ray; default: 1)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     add_threads_flag(p, DEFAULT_THREADS)
+    p.set_defaults(run=run_batch)
 
 
 def run_batch(args: Any) -> int:
-    from paragen.cli import load_kwargs, parse_options
-
     if args.workers is not None and args.ray is None:
         raise InvalidInputError("--workers sets the Ray actors: add --ray local (this machine) or --ray auto/ADDRESS")
     settings = JobSettings(model=args.model, load=load_kwargs(args), draft=args.draft, strategy=args.strategy,

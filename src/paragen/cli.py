@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import math
 import signal
@@ -15,72 +14,16 @@ from collections.abc import Iterator
 from typing import Any
 
 from paragen.errors import ParagenError
-
-
-def options_help(cls: type, indent: str = "      ") -> list[str]:
-    """One line per field of ``cls.Options``: ``name=default  help`` (the help lives in the
-    field's metadata, the one place an option is described)."""
-    rows = [(f"{f.name}={f.default}", f.metadata.get("help", "")) for f in dataclasses.fields(cls.Options)]
-    if not rows:
-        return [f"{indent}(no options)"]
-    width = max(len(a) for a, _ in rows)
-    return [f"{indent}{a:<{width}}  {h}".rstrip() for a, h in rows]
-
-
-def strategy_help() -> str:
-    """The strategies and their options, for ``--help`` epilogs."""
-    from paragen.strategies import STRATEGIES
-
-    lines = []
-    for name, cls in STRATEGIES.items():
-        lines.append(f"  {name:<16}{cls.summary}")
-        lines += options_help(cls)
-    return "strategies and their options (-o KEY=VALUE; booleans: true/false, 1/0, yes/no):\n" + "\n".join(lines)
-
-
-# ---------------------------------------------------------------- flags shared by the commands
-
-
-def add_threads_flag(p: argparse.ArgumentParser, default: int | None) -> None:
-    """``--threads``: torch CPU threads for the command's duration, the same flag everywhere.
-    Decoding commands default to ``DEFAULT_THREADS`` (see ``paragen.api``); training (None)
-    to torch's choice, since its large matmuls use every core."""
-    said = f"default: {default}" if default is not None else "default: torch's choice, every core"
-    p.add_argument("--threads", type=int, default=default,
-                   help=f"torch CPU threads for this command ({said}; for decoding, more rarely helps batch-1 "
-                   "decoding of small models, and hurts badly on a busy machine)")
-
-
-def command_threads(args: argparse.Namespace) -> contextlib.AbstractContextManager:
-    """The block runs on ``--threads`` torch threads (torch's choice when not given)."""
-    from paragen.api import torch_threads
-    from paragen.errors import InvalidInputError
-
-    if args.threads is None:
-        return contextlib.nullcontext()
-    if args.threads < 1:
-        raise InvalidInputError(f"--threads must be an integer >= 1, got {args.threads}")
-    return torch_threads(args.threads)
-
-
-def add_model_flags(p: argparse.ArgumentParser, dtype_note: str = "") -> None:
-    """``--backend``, ``--dtype``, ``--compile``, ``--device``: how the models load, the same in
-    generate, serve and bench (``paragen.load``'s arguments)."""
-    from paragen.models import BACKENDS, DTYPE_CHOICES, DTYPE_HELP
-
-    p.add_argument("--backend", choices=BACKENDS, default="native",
-                   help="native (paragen's own, fast), hf (transformers) or llamacpp (llama.cpp on a GGUF of the "
-                        "model; --dtype fp16-weights / int8-weights: f16 / q8_0 GGUF) (default: native)")
-    p.add_argument("--dtype", choices=DTYPE_CHOICES, default="float32",
-                   help=f"weights' dtype or format{dtype_note}: {DTYPE_HELP}")
-    p.add_argument("--compile", action="store_true",
-                   help="compile the native decode step (torch.compile, static cache shapes; slow first calls)")
-    p.add_argument("--device", default="cpu", help="where the models run: cpu, cuda, cuda:N (default: cpu)")
-
-
-def load_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    """``paragen.load``'s arguments from ``add_model_flags``' flags."""
-    return dict(backend=args.backend, dtype=args.dtype, compile=args.compile, device=args.device)
+from paragen.flags import (
+    add_model_flags,
+    add_threads_flag,
+    check_heads_found,
+    command_threads,
+    load_kwargs,
+    parse_options,
+    strategy_help,
+)
+from paragen.threads import DEFAULT_THREADS
 
 
 def check_generate_flags(cls: type, args: argparse.Namespace, prompt: str | list[int]) -> None:
@@ -121,22 +64,10 @@ def check_generate_flags(cls: type, args: argparse.Namespace, prompt: str | list
                                 "token ids with --prompt-ids 1,2,3")
 
 
-def check_heads_found(cls: type, model: Any, heads: Any) -> None:
-    """A heads strategy without --heads runs on the model's built-in heads: say so when there are none."""
-    from paragen.errors import HeadsMismatchError
-    from paragen.heads.io import default_heads
-
-    if cls.head_kinds and heads is None and default_heads(model, cls.head_kinds) is None:
-        raise HeadsMismatchError(f"--strategy {cls.name} needs prediction heads ({' or '.join(cls.head_kinds)}) and "
-                                 f"--model {model.name} has none built in: add --heads DIR (from `paragen train heads`)")
-
-
 # ---------------------------------------------------------------- generate
 
 
 def add_generate_parser(sub: argparse._SubParsersAction) -> None:
-    from paragen.api import DEFAULT_THREADS
-
     p = sub.add_parser(
         "generate", help="continue a prompt with a decoding strategy",
         description="Continue PROMPT with a model and a decoding strategy; print the text (or JSON with stats).",
@@ -185,6 +116,7 @@ def add_generate_parser(sub: argparse._SubParsersAction) -> None:
                    help="infill: the text after the hole (UTF-8); PROMPT is the text before it (may be ''). Prints the "
                    "hole's text. Needs a full-attention diffusion model (e.g. --model code-diffusion --strategy "
                    "diffusion); --max-new-tokens is the hole's size (default 64), the model ends it earlier")
+    p.set_defaults(run=run_generate)
 
 
 def read_stdin() -> str:
@@ -253,19 +185,6 @@ def generate_prompt(args: argparse.Namespace) -> str | list[int]:
     except ValueError:
         raise InvalidInputError(f"--prompt-ids takes comma-separated token ids (integers), got '{args.prompt_ids}'") \
             from None
-
-
-def parse_options(items: list[str]) -> dict[str, str]:
-    """``-o KEY=VALUE`` flags as a dict (values stay strings; ``make_options`` coerces them)."""
-    from paragen.errors import InvalidInputError
-
-    options = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise InvalidInputError(f"strategy option '{item}' must look like KEY=VALUE")
-        options[key.replace("-", "_")] = value
-    return options
 
 
 def run_generate(args: argparse.Namespace) -> int:
@@ -382,26 +301,26 @@ def run_models(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """Every command's parser; each registers the function that runs it (``set_defaults(run=...)``)."""
     from paragen import __version__
     from paragen.batch import add_batch_parser
     from paragen.bench.cli import add_bench_parser
     from paragen.serve.cli import add_serve_parser
+    from paragen.speech.cli import add_data_parser, add_transcribe_parser
+    from paragen.trace_view import add_trace_parser
     from paragen.train.cli import add_train_parser
 
     p = argparse.ArgumentParser(prog="paragen", description="Fast parallel decoding of generative sequence models.")
     p.add_argument("--version", action="version", version=f"paragen {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_generate_parser(sub)
-    sub.add_parser("models", help="list the built-in models", description="List the built-in models and their training results.")
+    sub.add_parser("models", help="list the built-in models",
+                   description="List the built-in models and their training results.").set_defaults(run=run_models)
     add_train_parser(sub)
     add_bench_parser(sub)
     add_serve_parser(sub)
     add_batch_parser(sub)
-    from paragen.trace_view import add_trace_parser
-
     add_trace_parser(sub)
-    from paragen.speech.cli import add_data_parser, add_transcribe_parser
-
     add_data_parser(sub)
     add_transcribe_parser(sub)
     return p
@@ -434,33 +353,7 @@ def run(argv: list[str] | None) -> int:
     with interrupts_held():
         parser = build_parser()  # imports torch, numpy, tokenizers
     args = parser.parse_args(argv)
-    if args.command == "generate":
-        return run_generate(args)
-    if args.command == "models":
-        return run_models(args)
-    if args.command == "train":
-        from paragen.train.cli import run_train
-
-        return run_train(args)
-    if args.command in ("data", "transcribe"):
-        from paragen.speech import cli as speech_cli
-
-        return speech_cli.run_data(args) if args.command == "data" else speech_cli.run_transcribe(args)
-    if args.command == "batch":
-        from paragen.batch import run_batch
-
-        return run_batch(args)
-    if args.command == "trace":
-        from paragen.trace_view import run_trace
-
-        return run_trace(args, sys.stdout)
-    if args.command == "serve":
-        from paragen.serve.cli import run_serve
-
-        return run_serve(args)
-    from paragen.bench.cli import run_bench
-
-    return run_bench(args)
+    return args.run(args)  # every subcommand registers its own: set_defaults(run=...)
 
 
 @contextlib.contextmanager

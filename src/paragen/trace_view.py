@@ -12,6 +12,7 @@ split by ``|``: ``[def fib|(]`` is "def fib" accepted, then "(" from the target.
 from __future__ import annotations
 
 import os
+import sys
 from typing import TextIO
 
 from paragen.trace import TREE_KINDS as TREE
@@ -101,13 +102,16 @@ def add_trace_parser(sub) -> None:
     term = tsub.add_parser("print", help="print the completion coloured by call (NO_COLOR: bracketed)")
     term.add_argument("file", help="trace JSON file")
     term.add_argument("--calls", action="store_true", help="one summary line per call")
+    p.set_defaults(run=run_trace)
 
 
-def run_trace(args, stream: TextIO) -> int:
+def run_trace(args, stream: TextIO | None = None) -> int:
+    """``paragen trace show|print``; the text goes to ``stream`` (standard output by default)."""
     from pathlib import Path
 
     from paragen.trace_html import write
 
+    stream = stream or sys.stdout
     trace = Trace.load(args.file)
     if args.trace_command == "print":
         show(trace, stream, calls=args.calls)

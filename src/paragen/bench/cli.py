@@ -10,7 +10,7 @@ import shlex
 import sys
 
 from paragen.bench.run import BenchConfig, parse_model_for, parse_option
-from paragen.cli import add_model_flags, add_threads_flag
+from paragen.flags import add_model_flags, add_threads_flag, options_help, strategy_help
 from paragen.tasks import TASK_CHOICES, TASKS
 
 DEFAULTS = BenchConfig()
@@ -20,7 +20,6 @@ DEFAULT_STRATEGIES = "ar,speculative,lookup,jacobi,lookahead,hf-greedy,hf-assist
 
 def _epilog() -> str:
     from paragen.bench.peers import PEERS
-    from paragen.cli import options_help, strategy_help
 
     peers = []
     for name, cls in PEERS.items():
@@ -73,6 +72,7 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--trace", default=None, metavar="STRATEGY",
                    help="after the timed runs, trace STRATEGY on every prompt: OUT/traces/*.html, linked from the report")
+    p.set_defaults(run=run_bench)
 
 
 def config_from_args(args: argparse.Namespace) -> BenchConfig:

@@ -32,7 +32,6 @@ from typing import Any
 
 import torch
 
-from paragen.api import DEFAULT_THREADS, torch_threads
 from paragen.bench.metrics import REFERENCE, Record, Summary, completion_parses, score_against_reference, summarize
 from paragen.bench.peers import PEERS, LlamaCpp, load_llamacpp, run_llamacpp, run_peer
 from paragen.errors import (
@@ -47,6 +46,7 @@ from paragen.models import DTYPE_CHOICES, device_of, parse_device, torch_dtype
 from paragen.models.base import Model, dtype_label
 from paragen.strategies import STRATEGIES
 from paragen.tasks import Task, get_task
+from paragen.threads import DEFAULT_THREADS, torch_threads
 
 SCHEMA = "paragen.bench/1"
 
@@ -206,7 +206,7 @@ def build_contenders(config: BenchConfig) -> list[Contender]:
 
     The name ``all`` stands for every registered strategy and every peer.
     """
-    from paragen.api import make_options
+    from paragen.options import make_options
 
     # "all": every peer and every strategy that can run the target (diffusion strategies
     # only when --model-for gives them a diffusion model).
@@ -264,7 +264,7 @@ def check_config(config: BenchConfig) -> None:
         raise InvalidInputError(f"--dtype must be one of {', '.join(DTYPE_CHOICES)}, got '{config.dtype}'")
     if config.threads < 1:
         raise InvalidInputError(f"--threads must be >= 1, got {config.threads}")
-    from paragen.api import MAX_BATCH
+    from paragen.request import MAX_BATCH
 
     if not 1 <= config.batch_size <= MAX_BATCH:
         raise InvalidInputError(f"--batch-size must be between 1 and {MAX_BATCH}, got {config.batch_size}")

@@ -22,7 +22,7 @@ import math
 from collections.abc import Iterator
 from typing import Any
 
-from paragen.batch import Decoder, JobPlan, JobSettings, Row
+from paragen.batch_decode import Decoder, JobPlan, JobSettings, Row
 from paragen.cluster import ray_cluster
 
 BLOCKS_PER_WORKER = 4  # blocks a worker gets, at least: work to balance, and little lost with a lost actor

@@ -8,10 +8,9 @@ import torch
 
 from paragen.errors import DeviceError, InvalidInputError, warn_caller
 from paragen.models.base import Model, ModelInfo
-from paragen.models.io import builtin_models, load_native, resolve, save_model
+from paragen.models.io import NoTokenizerWarning, builtin_models, load_dir, resolve, save_model
 from paragen.models.native import NativeConfig, NativeModel
 from paragen.models.quant import WEIGHT_FORMATS
-from paragen.tokenizer import Tokenizer, has_tokenizer
 
 __all__ = ["DTYPES", "DTYPE_CHOICES", "Model", "ModelInfo", "NativeConfig", "NativeModel", "NoTokenizerWarning",
            "builtin_models", "device_of", "load", "parse_device", "save_model", "torch_dtype"]
@@ -26,10 +25,6 @@ DTYPE_CHOICES = (*DTYPES, *WEIGHT_FORMATS)
 DTYPE_HELP = ("float32 (default) and float64 are exact; fp16-weights (float16 weights, float32 compute) is exact "
               "for float16-stored models such as the built-ins, and faster; bfloat16 also rounds activations "
               "(outputs differ) and int8-weights is lossy: both labelled lossy in stats")
-
-
-class NoTokenizerWarning(UserWarning):
-    """A model loaded without tokenizer files: token-id prompts only, and no text out."""
 
 
 def parse_device(device: str | torch.device) -> torch.device:
@@ -109,26 +104,4 @@ def load(
         raise InvalidInputError(f"compile=True runs float32 or float64 models, not {weights}: drop one of the two")
     if weights and dev.type != "cpu":  # their kernels (fbgemm, int8 weight-only) are the CPU's
         raise DeviceError(f"{weights} is a CPU weight format: on {dev} use --dtype float32 or bfloat16")
-    path = resolve(name_or_path)
-    dtype = dtype or torch.float32
-    tokenizer = Tokenizer.from_dir(path) if has_tokenizer(path) else None
-    if backend == "native":
-        model: Model = load_native(path, dtype).to(dev).pack(weights)  # packed (and compiled) where it runs
-        if compile:
-            model.compile_decode()
-    else:
-        from paragen.models.hf import HFModel
-
-        model = HFModel.from_dir(path, dtype)
-        model.module.to(dev)
-    model.tokenizer = tokenizer
-    model.name = path.name
-    if tokenizer is None:
-        warn_caller(f"{path} has no tokenizer files: pass prompts as lists of token ids, and read a Generation's "
-                    "tokens (its text is empty: nothing can decode them)", NoTokenizerWarning)
-        return model
-    if model.info.eos_ids == () and tokenizer.eos_id is not None:
-        model.info = ModelInfo(**{**model.info.__dict__, "eos_ids": (tokenizer.eos_id,)})
-    if model.info.mask_id is None and tokenizer.mask_id is not None:
-        model.info = ModelInfo(**{**model.info.__dict__, "mask_id": tokenizer.mask_id})
-    return model
+    return load_dir(resolve(name_or_path), backend, dtype or torch.float32, dev, weights, compile)

@@ -14,9 +14,9 @@ from typing import Any
 
 import torch
 
-from paragen.errors import ModelLoadError
+from paragen.errors import ModelLoadError, warn_caller
 from paragen.models.native import ACTIVATIONS, NativeConfig, NativeModel
-from paragen.tokenizer import Tokenizer
+from paragen.tokenizer import Tokenizer, has_tokenizer
 
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "builtin"
 
@@ -307,3 +307,34 @@ def load_native(path: Path, dtype: torch.dtype = torch.float32) -> NativeModel:
     if isinstance(eos, list) and eos:  # NativeConfig keeps one id; generation stops at any of them
         model.info = replace(model.info, eos_ids=tuple(eos))
     return model.eval()
+
+
+class NoTokenizerWarning(UserWarning):
+    """A model loaded without tokenizer files: token-id prompts only, and no text out."""
+
+
+def load_dir(path: Path, backend: str = "native", dtype: torch.dtype = torch.float32,
+             device: str | torch.device = "cpu", weights: str | None = None, compile: bool = False) -> Any:
+    """A model directory on the native or hf backend, with its tokenizer, on ``device``
+    (arguments checked by ``paragen.models.load``; the llamacpp backend converts from this too)."""
+    tokenizer = Tokenizer.from_dir(path) if has_tokenizer(path) else None
+    if backend == "native":
+        model = load_native(path, dtype).to(device).pack(weights)  # packed (and compiled) where it runs
+        if compile:
+            model.compile_decode()
+    else:
+        from paragen.models.hf import HFModel
+
+        model = HFModel.from_dir(path, dtype)
+        model.module.to(device)
+    model.tokenizer = tokenizer
+    model.name = path.name
+    if tokenizer is None:
+        warn_caller(f"{path} has no tokenizer files: pass prompts as lists of token ids, and read a Generation's "
+                    "tokens (its text is empty: nothing can decode them)", NoTokenizerWarning)
+        return model
+    if model.info.eos_ids == () and tokenizer.eos_id is not None:
+        model.info = replace(model.info, eos_ids=(tokenizer.eos_id,))
+    if model.info.mask_id is None and tokenizer.mask_id is not None:
+        model.info = replace(model.info, mask_id=tokenizer.mask_id)
+    return model

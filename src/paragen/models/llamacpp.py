@@ -656,12 +656,11 @@ def load_llamacpp(name_or_path: str | Path, dtype: Any = None, threads: int | No
         tokenizer = Tokenizer.from_dir(path.parent) if has_tokenizer(path.parent) else None
         name = path.stem
     else:
-        from paragen.models import load as load_model
         from paragen.models.gguf import write_gguf
-        from paragen.models.io import resolve
+        from paragen.models.io import load_dir, resolve
 
         weights = _weights(dtype)
-        source = load_model(resolve(name_or_path))
+        source = load_dir(resolve(name_or_path))
         if source.info.attention != "causal":
             raise UnsupportedOptionError(f"{Path(str(name_or_path)).name} is a {source.info.attention} (diffusion) model: "
                                          "the llamacpp backend runs causal models; run it on backend native")

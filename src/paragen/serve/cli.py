@@ -9,6 +9,8 @@ import socket
 from typing import TYPE_CHECKING
 
 from paragen.errors import InvalidInputError, ParagenError
+from paragen.flags import add_model_flags, add_threads_flag, check_heads_found, command_threads, load_kwargs
+from paragen.threads import DEFAULT_THREADS
 
 if TYPE_CHECKING:
     from paragen.serve.app import ServeConfig
@@ -38,9 +40,6 @@ example:
 
 
 def add_serve_parser(sub: argparse._SubParsersAction) -> None:
-    from paragen.api import DEFAULT_THREADS
-    from paragen.cli import add_model_flags, add_threads_flag
-
     p = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API", description=DESCRIPTION,
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
@@ -76,6 +75,7 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     ray.add_argument("--ray", default=None, metavar="local|auto|ADDRESS",
                      help="where: local (a Ray instance on this machine, the default with --replicas), auto (the cluster "
                           "`ray start --head` made here), or a cluster address")
+    p.set_defaults(run=run_serve)
 
 
 REPLICAS_HELP = """Without these flags the server is this one process. With them, Ray Serve runs the same app
@@ -122,7 +122,6 @@ def run_serve(args: argparse.Namespace) -> int:
     except ImportError as e:
         raise ParagenError(f"serving needs FastAPI and uvicorn ({e}): pip install 'paragen[serve]'") from None
     import paragen
-    from paragen.cli import check_heads_found, command_threads, load_kwargs
     from paragen.strategies import get_strategy
 
     # Everything that can be refused is, before the models load: settings, the default strategy, the port.
@@ -149,7 +148,6 @@ def run_serve(args: argparse.Namespace) -> int:
 
 def _run_replicas(args: argparse.Namespace, config: ServeConfig) -> int:
     """``--replicas`` / ``--min-replicas``: the app on Ray Serve (``paragen.cluster.serve``)."""
-    from paragen.cli import load_kwargs
     from paragen.cluster import import_ray
 
     if args.replicas is None and args.min_replicas is None and args.max_replicas is None:

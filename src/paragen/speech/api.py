@@ -38,6 +38,7 @@ from paragen.speech.decode.base import CountedDecoder, SpeechStats, Transcript, 
 from paragen.speech.features import SAMPLE_RATE, check_level, check_wave, load_audio, log_mel, source_name
 from paragen.speech.model import Encoded, SpeechModel
 from paragen.strategies.base import DecodeContext, Strategy
+from paragen.streaming import exhaust
 from paragen.trace import Recorder, Trace, plain
 
 Audio = str | os.PathLike | bytes | np.ndarray | torch.Tensor
@@ -134,17 +135,8 @@ def encode(model: SpeechModel, features: list[torch.Tensor]) -> Encoded:
 def decode_features(model: SpeechModel, features: torch.Tensor, strategy: str | type[Strategy] = "ar", options: Any = None,
                     audio_seconds: float | None = None, trace: bool = False) -> Transcript:
     """Transcribe one utterance's features [T, 80] (``decode_batch`` of one)."""
-    return run(decode_batch(model, [features], strategy, options, None if audio_seconds is None else [audio_seconds],
+    return exhaust(decode_batch(model, [features], strategy, options, None if audio_seconds is None else [audio_seconds],
                             trace))[0]
-
-
-def run(pieces: Generator[Any, None, Any]) -> Any:
-    """Exhaust a generator; its return value."""
-    while True:
-        try:
-            next(pieces)
-        except StopIteration as done:
-            return done.value
 
 
 def speech_trace(t: Trace, enc: Encoded, row: int, transcript: Transcript) -> Trace:
@@ -199,7 +191,7 @@ def transcribe(model: SpeechModel, audio: Audio | Sequence[Audio], strategy: str
     and decoder calls, tokens per decoder call, seconds and the real-time factor.
     """
     batch = audio_batch(audio)
-    out = run(transcripts(model, batch or [audio], strategy, sample_rate, trace, **options))
+    out = exhaust(transcripts(model, batch or [audio], strategy, sample_rate, trace, **options))
     return out if batch is not None else out[0]
 
 

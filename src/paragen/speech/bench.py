@@ -173,8 +173,8 @@ def run_speech_bench(model_name: str, data: str, contenders_text: str, limit: in
                      progress: bool = True, argv: list[str] | None = None) -> dict:
     """Run the speech benchmark and write bench.json, bench.md and report.html into ``out``."""
     import paragen
-    from paragen.api import torch_threads
     from paragen.bench.report import write_atomic
+    from paragen.threads import torch_threads
 
     contenders = parse_contenders(contenders_text)
     t_start = time.time()

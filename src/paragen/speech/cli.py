@@ -1,7 +1,7 @@
 """The speech commands: ``paragen data speech``, ``paragen train speech``, ``paragen transcribe``.
 
-The top-level parser (``paragen.cli``) registers them with the ``add_*`` functions here and
-hands the parsed arguments to the ``run_*`` ones.
+The top-level parser (``paragen.cli``, and ``paragen.train.cli`` for ``train speech``) registers
+them with the ``add_*`` functions here; each registers its ``run_*`` function (``set_defaults``).
 """
 
 from __future__ import annotations
@@ -9,11 +9,14 @@ from __future__ import annotations
 import argparse
 import sys
 
+from paragen.flags import add_threads_flag, command_threads, options_help, parse_options
+from paragen.threads import DEFAULT_THREADS
+from paragen.train.flags import add_config_flags, add_stop_at, config_from_args, train_or_resume_hint
+
 
 def add_data_parser(sub: argparse._SubParsersAction) -> None:
     """``paragen data speech``."""
     from paragen.speech.data import SpeechDataConfig
-    from paragen.train.cli import add_config_flags
 
     p = sub.add_parser("data", help="build a data set (speech: synthesised with espeak-ng)",
                        description="Build a data set for paragen's own models.")
@@ -28,12 +31,12 @@ def add_data_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--out", required=True, help="output directory")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
     add_config_flags(s, SpeechDataConfig, skip={"out"})
+    s.set_defaults(run=run_data)
 
 
 def run_data(args: argparse.Namespace) -> int:
     """Build the speech corpus and print its size."""
     from paragen.speech.data import SpeechDataConfig, build_speech_data
-    from paragen.train.cli import config_from_args
 
     cfg = config_from_args(SpeechDataConfig, args)
     m = build_speech_data(cfg, progress=not args.quiet, command="paragen " + " ".join(sys.argv[1:]))
@@ -44,7 +47,6 @@ def run_data(args: argparse.Namespace) -> int:
 
 def decoder_help() -> str:
     """Every speech strategy, its guarantee and its options, for --help."""
-    from paragen.cli import options_help
     from paragen.speech.decode import DECODERS
 
     lines = ["strategies (-o KEY=VALUE for options):"]
@@ -56,9 +58,6 @@ def decoder_help() -> str:
 
 def add_transcribe_parser(sub: argparse._SubParsersAction) -> None:
     """``paragen transcribe``."""
-    from paragen.api import DEFAULT_THREADS
-    from paragen.cli import add_threads_flag
-
     p = sub.add_parser(
         "transcribe", help="transcribe speech (WAV, FLAC, OGG...) with an AR or NAR decoder",
         description="Transcribe audio files with a speech model (default: the built-in speech-en) and a decoder; "
@@ -79,6 +78,7 @@ def add_transcribe_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--show-html", default=None, metavar="FILE.html",
                    help="one audio file: write its decoding trace as a self-contained page (docs/trace.md)")
     p.add_argument("--trace-json", default=None, metavar="FILE.json", help="one audio file: write its trace as JSON")
+    p.set_defaults(run=run_transcribe)
 
 
 def run_transcribe(args: argparse.Namespace) -> int:
@@ -86,18 +86,12 @@ def run_transcribe(args: argparse.Namespace) -> int:
     import json
 
     import paragen
-    from paragen.cli import command_threads
     from paragen.errors import AudioInputError, InvalidInputError
     from paragen.models.io import resolve
     from paragen.speech.api import transcribe
     from paragen.speech.model import is_speech_model
 
-    options = {}
-    for item in args.option:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise InvalidInputError(f"decoder option '{item}' must look like KEY=VALUE")
-        options[key.replace("-", "_")] = value
+    options = parse_options(args.option, what="decoder option")
     if not is_speech_model(resolve(args.model)):
         raise InvalidInputError(f"--model {args.model} is not a speech model: use --model speech-en (or a directory "
                                 "from `paragen train speech`)")
@@ -155,7 +149,6 @@ def stream_file(model, audio, name: str | None, strategy: str, trace: bool, opti
 def add_train_speech_parser(tsub: argparse._SubParsersAction) -> None:
     """``paragen train speech``."""
     from paragen.speech.train import SpeechTrainConfig
-    from paragen.train.cli import add_config_flags, add_stop_at
 
     t = tsub.add_parser(
         "speech", help="train the speech encoder-decoder (CTC + attention + NAR decoders)",
@@ -170,12 +163,12 @@ def add_train_speech_parser(tsub: argparse._SubParsersAction) -> None:
     add_stop_at(t)
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     add_config_flags(t, SpeechTrainConfig, skip={"data", "out"})
+    t.set_defaults(run=run_train_speech)
 
 
 def run_train_speech(args: argparse.Namespace) -> int:
     """Train and print the held-out result."""
     from paragen.speech.train import SpeechTrainConfig, train_speech
-    from paragen.train.cli import config_from_args, train_or_resume_hint
 
     cfg = config_from_args(SpeechTrainConfig, args)
     rec = train_or_resume_hint(train_speech, cfg, args)

@@ -4,50 +4,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import sys
-import typing
-from collections.abc import Callable
-from dataclasses import fields
 from pathlib import Path
-from typing import Any
 
+from paragen.speech.cli import add_train_speech_parser
+from paragen.train.flags import add_config_flags, add_stop_at, config_from_args, field_help, train_or_resume_hint
 from paragen.train.lm import SIZES, TrainConfig
-
-
-def field_help(config_cls: type, name: str) -> str:
-    """A config field's help (its metadata), for flags the command defines itself."""
-    return next(f for f in fields(config_cls) if f.name == name).metadata["help"]
-
-
-def add_config_flags(parser: argparse.ArgumentParser, config_cls: type, skip: set[str]) -> None:
-    """One ``--flag`` per config field: the dataclass is the one place its default, type,
-    help (``metadata["help"]``) and allowed values (``metadata["choices"]``) live."""
-    hints = typing.get_type_hints(config_cls)
-    for f in fields(config_cls):
-        if f.name in skip:
-            continue
-        flag = f"--{f.name.replace('_', '-')}"
-        text = f.metadata.get("help", "").replace("%", "%%")  # argparse formats help with %
-        if f.default is False:  # a switch, off by default
-            parser.add_argument(flag, action="store_true", default=None, help=text)
-            continue
-        kind = next(t for t in typing.get_args(hints[f.name]) or (hints[f.name],) if t is not type(None))
-        if f.default is not None:
-            text += f" (default: {f.default})"
-        parser.add_argument(flag, type=kind, default=None, choices=f.metadata.get("choices"), help=text)
-
-
-def config_from_args(config_cls: type, args: argparse.Namespace, **fixed) -> object:
-    """The config with every flag the user gave; the dataclass defaults for the rest."""
-    kw = {f.name: getattr(args, f.name) for f in fields(config_cls) if getattr(args, f.name, None) is not None}
-    return config_cls(**{**kw, **fixed})
-
-
-def add_stop_at(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--stop-at", type=int, default=None, metavar="N",
-                        help="end after step N of --steps (the schedule stays that of --steps): the model is saved "
-                        "and --resume continues; for comparing runs at equal steps, or training in chunks")
 
 
 def add_train_parser(sub: argparse._SubParsersAction) -> None:
@@ -61,6 +23,7 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--out", required=True, help="directory to write tokenizer.json into")
     t.add_argument("--data", default=None, help="directory of *.py files (default: the standard library)")
     t.add_argument("--vocab-size", type=int, default=4096, help="tokens in the vocabulary (default: 4096)")
+    t.set_defaults(run=run_train_tokenizer)
 
     lm = tsub.add_parser(
         "lm", help="train a causal language model",
@@ -74,13 +37,12 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     add_stop_at(lm)
     lm.add_argument("--quiet", action="store_true", help="no progress bar")
     add_config_flags(lm, TrainConfig, skip={"size", "out", "attention"})
+    lm.set_defaults(run=run_train_lm)
     add_diffusion_parser(tsub)
     add_heads_parser(tsub)
     add_distill_parser(tsub)
     add_continuations_parser(tsub)
     add_corpus_parser(tsub)
-    from paragen.speech.cli import add_train_speech_parser
-
     add_train_speech_parser(tsub)
 
 
@@ -103,21 +65,7 @@ def add_diffusion_parser(tsub: argparse._SubParsersAction) -> None:
     add_stop_at(d)
     d.add_argument("--quiet", action="store_true", help="no progress bar")
     add_config_flags(d, DiffusionTrainConfig, skip={"size", "out", "attention", "block_size", "init", "device"})
-
-
-def interrupted(out: str) -> int:
-    """After Ctrl-C: one line saying how to continue (the last checkpoint is left as it was:
-    checkpoints are replaced atomically, and a half-done step is never saved). Exit 130."""
-    out_path = Path(out)
-    checkpoint = out_path.parent / f".{out_path.name}.work" / "checkpoint.pt"
-    argv = sys.argv[1:] + ([] if "--resume" in sys.argv else ["--resume"])
-    if checkpoint.exists():
-        print(f"paragen: interrupted; the last checkpoint is {checkpoint}: continue with "
-              f"`paragen {shlex.join(argv)}`", file=sys.stderr)
-    else:
-        print("paragen: interrupted before the first checkpoint (see --checkpoint-every): nothing to resume",
-              file=sys.stderr)
-    return 130
+    d.set_defaults(run=run_train_diffusion)
 
 
 def add_corpus_parser(tsub: argparse._SubParsersAction) -> None:
@@ -136,17 +84,7 @@ def add_corpus_parser(tsub: argparse._SubParsersAction) -> None:
     c.add_argument("--tokenizer", default=None,
                    help="count tokens per source with this tokenizer or model directory (e.g. a built-in model's)")
     c.add_argument("--quiet", action="store_true", help="no progress lines")
-
-
-def train_or_resume_hint(train: Callable[..., dict], cfg: Any, args: argparse.Namespace) -> dict | None:
-    """Run one of the training commands (lm, diffusion, distill, heads: same flags, same loop);
-    after Ctrl-C, say how to continue (``interrupted``) and return None."""
-    try:
-        return train(cfg, resume=args.resume, progress=not args.quiet, command="paragen " + " ".join(sys.argv[1:]),
-                     stop_at=args.stop_at)
-    except KeyboardInterrupt:
-        interrupted(cfg.out)
-        return None
+    c.set_defaults(run=run_train_corpus)
 
 
 def run_train_corpus(args: argparse.Namespace) -> int:
@@ -181,6 +119,7 @@ def add_distill_parser(tsub: argparse._SubParsersAction) -> None:
     add_stop_at(d)
     d.add_argument("--quiet", action="store_true", help="no progress bar")
     add_config_flags(d, DistillConfig, skip={"size", "out", "attention", "tokenizer", "vocab_size", "device"})
+    d.set_defaults(run=run_train_distill)
 
 
 def add_continuations_parser(tsub: argparse._SubParsersAction) -> None:
@@ -197,6 +136,7 @@ def add_continuations_parser(tsub: argparse._SubParsersAction) -> None:
     c.add_argument("--resume", action="store_true", help="keep the batches an interrupted run finished")
     c.add_argument("--quiet", action="store_true", help="no progress bar")
     add_config_flags(c, ContinuationsConfig, skip=set())
+    c.set_defaults(run=run_train_continuations)
 
 
 def run_train_continuations(args: argparse.Namespace) -> int:
@@ -236,7 +176,7 @@ def run_train_diffusion(args: argparse.Namespace) -> int:
 
 
 def add_heads_parser(tsub: argparse._SubParsersAction) -> None:
-    from paragen.cli import add_threads_flag
+    from paragen.flags import add_threads_flag
     from paragen.heads import KINDS
     from paragen.train.heads import HeadsTrainConfig
 
@@ -254,10 +194,11 @@ def add_heads_parser(tsub: argparse._SubParsersAction) -> None:
     h.add_argument("--quiet", action="store_true", help="no progress bar")
     add_config_flags(h, HeadsTrainConfig, skip={"kind", "target", "out", "size", "tokenizer", "vocab_size", "attention"})
     add_threads_flag(h, default=None)
+    h.set_defaults(run=run_train_heads)
 
 
 def run_train_heads(args: argparse.Namespace) -> int:
-    from paragen.cli import command_threads
+    from paragen.flags import command_threads
     from paragen.train.heads import HeadsTrainConfig, train_heads
 
     cfg = config_from_args(HeadsTrainConfig, args)
@@ -271,31 +212,19 @@ def run_train_heads(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_train(args: argparse.Namespace) -> int:
-    if args.what == "tokenizer":
-        from paragen.train.corpus import find_corpus
-        from paragen.train.tokenizer import train_tokenizer
+def run_train_tokenizer(args: argparse.Namespace) -> int:
+    from paragen.train.corpus import find_corpus
+    from paragen.train.tokenizer import train_tokenizer
 
-        corpus = find_corpus(args.data)
-        tok = train_tokenizer(corpus.texts("train"), args.vocab_size)
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        tok.save(args.out)
-        print(f"tokenizer with {tok.vocab_size} tokens written to {args.out}")
-        return 0
-    if args.what == "diffusion":
-        return run_train_diffusion(args)
-    if args.what == "heads":
-        return run_train_heads(args)
-    if args.what == "distill":
-        return run_train_distill(args)
-    if args.what == "continuations":
-        return run_train_continuations(args)
-    if args.what == "corpus":
-        return run_train_corpus(args)
-    if args.what == "speech":
-        from paragen.speech.cli import run_train_speech
+    corpus = find_corpus(args.data)
+    tok = train_tokenizer(corpus.texts("train"), args.vocab_size)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    tok.save(args.out)
+    print(f"tokenizer with {tok.vocab_size} tokens written to {args.out}")
+    return 0
 
-        return run_train_speech(args)
+
+def run_train_lm(args: argparse.Namespace) -> int:
     from paragen.train.lm import train_lm
 
     cfg = config_from_args(TrainConfig, args)

@@ -58,7 +58,7 @@ class ContinuationsConfig:
     seed: int = field(default=0, metadata={"help": "chooses the prompts (and the samples when temperature > 0)"})
 
     def __post_init__(self) -> None:
-        from paragen.api import MAX_BATCH
+        from paragen.request import MAX_BATCH
 
         if self.prompts < 1 or self.new_tokens < 1:
             raise InvalidInputError(f"prompts and new_tokens must be >= 1, got {self.prompts} and {self.new_tokens}")
@@ -110,8 +110,8 @@ def write_continuations(cfg: ContinuationsConfig, resume: bool = False, progress
     from tqdm import tqdm
 
     import paragen
-    from paragen.api import torch_threads
     from paragen.models.io import atomic_directory
+    from paragen.threads import torch_threads
 
     out = Path(cfg.out)
     work = out.parent / f".{out.name}.work"
