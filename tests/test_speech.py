@@ -12,12 +12,13 @@ import torch
 
 from paragen.errors import AudioInputError, UnknownStrategyError, UnsupportedOptionError
 from paragen.speech import align, data, vocab
-from paragen.speech.api import decode_batch, decode_features, options_for, run, transcribe
+from paragen.speech.api import decode_batch, decode_features, options_for, transcribe
 from paragen.speech.decode import DECODERS, ctc, mask_predict
 from paragen.speech.decode.base import GreedyOptions, ctc_best_path, max_length
 from paragen.speech.decode.ctc_draft import CTCDraft
 from paragen.speech.features import SAMPLE_RATE, load_audio, log_mel
 from paragen.speech.model import SpeechModel, load_speech_model, save_speech_model
+from paragen.streaming import exhaust as run
 from tests.helpers import tiny_speech as tiny
 
 
