@@ -38,6 +38,8 @@ from paragen.verify import verify_tree
 
 
 class Drafter(Protocol):
+    """What a tree grows from: a draft model or EAGLE (``CachedDrafter``), prediction heads."""
+
     def start(self, seq: list[int]) -> tuple[TokenTree, torch.Tensor]:
         """A tree rooted at ``seq[-1]``, and the drafter's logits there [V]."""
 

@@ -95,10 +95,9 @@ class Medusa(TreeDraftStrategy):
         drafters = self.drafters() if max(depths) else []
         sampled = not self.ctx.sampling.greedy and self.opts.draw == "sample"
         # when not sampled the probabilities only rank candidates: the heads' own softmax
-        sampling = self.ctx.sampling if sampled else SamplingParams(1.0)
-        return self.trees(depths, lambda b, depth: grow_static(
-            drafters[b], self.rows[b].seq, self.widths[:depth], sampling, "without" if sampled else "top",
-            self.rows[b].generator))
+        sampling, draw = (self.ctx.sampling, "without") if sampled else (SamplingParams(1.0), "top")
+        return self.trees(depths, lambda b, depth: grow_static(drafters[b], self.rows[b].seq, self.widths[:depth],
+                                                               sampling, draw, self.rows[b].generator))
 
     def drafters(self) -> list[Drafter]:
         """This step's drafter of every row: every head's logits at every row's state, in one heads call."""

@@ -90,6 +90,7 @@ class SpecTr(TreeDraftStrategy):
         if stats.get("ceiling", {}).get("positions", 0) < self.opts.ceiling and tree.q[0] is not None:
             self.measure(stats, logits[0], tree, bool(path))
         return path, nxt
+
     def measure(self, extra: dict, logits: torch.Tensor, tree: TokenTree, accepted: bool) -> None:
         """Add the root position to ``extra["ceiling"]``: whether the target's token was among
         the drafts, the optimal acceptance for this (p, q, k) (Hu et al. 2025), and K-SEQ's
