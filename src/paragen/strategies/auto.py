@@ -420,8 +420,8 @@ class Auto(BatchedStrategy):
                 self.cands["lookup"].given = None  # drafts of this step only
         if name == "speculative":
             k = ctl.speculative_k()[0]
-            for row in cand.own:
-                row.k = k
+            for own in cand.own:
+                own.k = k
         cand.share(self)
         before = (ctx.target.calls, ctx.drafting_calls())
         t0 = time.perf_counter()

@@ -249,9 +249,9 @@ class TreeDraftStrategy(BatchedStrategy):
             for row in self.rows:
                 row.ready = True
             self.kept_states = (states, kept)
-        for b, (row, path) in enumerate(zip(self.own, paths)):
-            if row.drafter is not None:
-                row.drafter.accept(path, None if states is None else states[b])
+        for b, (own, path) in enumerate(zip(self.own, paths)):
+            if own.drafter is not None:
+                own.drafter.accept(path, None if states is None else states[b])
         for row, c in zip(self.rows, committed):
             row.seq.extend(c)
         return committed

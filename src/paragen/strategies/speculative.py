@@ -63,7 +63,7 @@ class Speculative(ChainStrategy):
         """Each row's k draft tokens, and their warped draft probabilities q when sampling
         (greedy verification compares tokens only). The tokens stay on the device."""
         ctx = self.ctx
-        lengths = [min(row.k, budget - 1) for row, budget in zip(self.own, budgets)]
+        lengths = [min(own.k, budget - 1) for own, budget in zip(self.own, budgets)]
         K = max(lengths)
         if K == 0:  # only one token wanted from every row: no draft
             return torch.zeros(len(budgets), 0, dtype=torch.long, device=ctx.target.device), lengths, None
@@ -82,6 +82,6 @@ class Speculative(ChainStrategy):
         # The draft cache drops what it wrote past each row's accepted prefix.
         self.draft_cache.truncate_rows([min(d, n + a) for d, n, a in zip(self.draft_cache.rows, before, accept)])
         if self.opts.adaptive:
-            for row, k, a in zip(self.own, lengths, accept):
+            for own, k, a in zip(self.own, lengths, accept):
                 if k > 0:
-                    row.k = min(self.opts.k, row.k + 2) if a == k else max(1, row.k - 1)
+                    own.k = min(self.opts.k, own.k + 2) if a == k else max(1, own.k - 1)

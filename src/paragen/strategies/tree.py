@@ -104,7 +104,7 @@ class Tree(TreeDraftStrategy):
         """Each row's tree from its drafter, as deep as the options and its budget allow."""
         o = self.opts
         levels = o.depth if o.shape == "dynamic" else len(parse_widths(o.widths))
-        return self.trees([min(levels, n - 1) if row.drafter.ready else 0 for row, n in zip(self.own, budgets)],
+        return self.trees([min(levels, n - 1) if own.drafter.ready else 0 for own, n in zip(self.own, budgets)],
                           self.grow)
 
     def grow(self, b: int, depth: int) -> TokenTree:
