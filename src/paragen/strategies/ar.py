@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from paragen.strategies.base import ChainStrategy
+from paragen.strategies.base import ChainStrategy, OwnRow
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,9 @@ class AR(ChainStrategy):
     name = "ar"
     Options = AROptions
     summary = "one token per target call (the reference)"
+
+    def new_row(self, b: int, states: torch.Tensor | None) -> OwnRow:
+        return OwnRow()  # it verifies no guesses: no draft statistics
 
     def propose(self, budgets: list[int]) -> tuple[torch.Tensor, list[int], None]:
         B = len(budgets)

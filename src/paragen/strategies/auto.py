@@ -49,7 +49,7 @@ import torch
 from paragen.costs import CallCosts, batch_bucket, call_costs
 from paragen.errors import UnsupportedOptionError
 from paragen.strategies.ar import AR
-from paragen.strategies.base import BatchedStrategy, DecodeContext
+from paragen.strategies.base import BatchedStrategy, DecodeContext, OwnRow
 from paragen.strategies.blockwise import Blockwise
 from paragen.strategies.counts import add_counts, new_counts
 from paragen.strategies.eagle import Eagle
@@ -349,13 +349,17 @@ class Controller:
         self.learnt.samples["lookup"] = list(est.samples)
 
 
+@dataclass
+class AutoRow(OwnRow):
+    shadow: tuple[int, list[int]] | None = None  # the row's pending lookup draft: (start, tokens)
+
+
 class Auto(BatchedStrategy):
     name = "auto"
     Options = AutoOptions
     summary = "picks the fastest lossless strategy per step from call costs measured here and acceptance seen so far"
     takes_draft = True  # a draft and heads are optional: they add candidates
     takes_heads: ClassVar[tuple[str, ...]] = ("eagle", "medusa", "blockwise", "hydra")  # built-in heads, preferred first
-    row_lists = (*BatchedStrategy.row_lists, "shadows")
 
     @classmethod
     def slack(cls, o: AutoOptions) -> int:
@@ -394,12 +398,8 @@ class Auto(BatchedStrategy):
         self.calibration += time.perf_counter() - t0  # measuring, or reading the cache
         return costs
 
-    def new_extra(self) -> dict[str, Any]:
-        return {"segments": []}
-
-    def prepare_rows(self, states: torch.Tensor | None) -> None:
-        super().prepare_rows(states)
-        self.shadows = [None] * len(self.seqs)  # each row's pending lookup draft: (start, tokens)
+    def new_row(self, b: int, states: torch.Tensor | None) -> AutoRow:
+        return AutoRow({"segments": []})
 
     def step_rows(self, budgets: list[int]) -> list[list[int]]:
         ctx, ctl = self.ctx, self.controller
@@ -410,32 +410,35 @@ class Auto(BatchedStrategy):
         ctl.lookup_share = sum(map(bool, drafts)) / len(drafts)
         name = ctl.choose()
         cand = self.cands[name]
-        if name == "lookup":
-            self.shadows = [None] * len(self.seqs)  # lookup runs itself: scored on its own step
+        if name == "lookup":  # lookup runs itself: scored on its own step
+            for own in self.own:
+                own.shadow = None
         else:  # the rows' would-be drafts, scored once the tokens after them are committed
-            self.shadows = [s or ((len(q), d) if d else None) for s, q, d in zip(self.shadows, self.seqs, drafts)]
+            for own, row, d in zip(self.own, self.rows, drafts):
+                own.shadow = own.shadow or ((len(row.seq), d) if d else None)
             if "lookup" in self.cands:
                 self.cands["lookup"].given = None  # drafts of this step only
         if name == "speculative":
             k = ctl.speculative_k()[0]
-            cand.ks = [k] * len(self.seqs)
+            for own in cand.own:
+                own.k = k
         cand.share(self)
         before = (ctx.target.calls, ctx.drafting_calls())
         t0 = time.perf_counter()
         committed = cand.step_rows(budgets)
         seconds = time.perf_counter() - t0
-        self.share(cand)  # ``hidden`` and ``ready`` are new objects after a step
+        self.share(cand)  # ``hidden`` is a new tensor after a step
         drafted = ctx.drafting_calls() - before[1]
         # lookup is scored on the rows that had a draft: what a step with drafts gives
         rows = [len(c) for c, d in zip(committed, drafts) if d or name != "lookup"]
         if rows:
             ctl.observe(name, sum(rows) / len(rows), seconds, ctx.target.fed, drafted)
         if name == "speculative":
-            ctl.observe_chain(cand.ks[0], [len(c) - 1 for c in committed])
+            ctl.observe_chain(cand.own[0].k, [len(c) - 1 for c in committed])
         self._feed_dormant_eagles(cand)
         self._score_shadows()
-        for extra, c in zip(self.extras, committed):
-            self._record(extra, name, len(c), ctx.target.calls - before[0], seconds)
+        for own, c in zip(self.own, committed):
+            self._record(own.stats, name, len(c), ctx.target.calls - before[0], seconds)
         return committed
 
     def _lookup_drafts(self, budgets: list[int]) -> list[list[int]]:
@@ -453,18 +456,18 @@ class Auto(BatchedStrategy):
         """Score the rows' lookup drafts whose outcome is known: the tokens a lookup step
         would have committed there (its accepted copy and the target's next token)."""
         done, fed = [], 1
-        for b, shadow in enumerate(self.shadows):
-            if shadow is None:
+        for own, row in zip(self.own, self.rows):
+            if own.shadow is None:
                 continue
-            start, draft = shadow
-            actual = self.seqs[b][start:]
+            start, draft = own.shadow
+            actual = row.seq[start:]
             matched = 0
             while matched < len(draft) and matched < len(actual) and draft[matched] == actual[matched]:
                 matched += 1
             if matched == len(draft) or matched < len(actual):  # all of it, or a miss: decided
                 done.append(min(matched + 1, len(draft) + 1))
                 fed = max(fed, 1 + len(draft))
-                self.shadows[b] = None
+                own.shadow = None
         if done:
             self.controller.observe_lookup(sum(done) / len(done), fed)
 
@@ -476,8 +479,8 @@ class Auto(BatchedStrategy):
         if eagle is None or eagle is stepped or kept is None:
             return
         states, rows = kept
-        for b, (drafter, idx) in enumerate(zip(eagle.drafters, rows)):
-            drafter.pending = torch.cat([drafter.pending, states[b, idx]])
+        for b, (own, idx) in enumerate(zip(eagle.own, rows)):
+            own.drafter.queue(states[b, idx])
 
     def _record(self, extra: dict[str, Any], name: str, tokens: int, calls: int, seconds: float) -> None:
         segments = extra["segments"]
@@ -501,10 +504,10 @@ class Auto(BatchedStrategy):
 
     def row_extra(self, row: int) -> dict[str, Any]:
         segments = [{**s, "tokens_per_call": round(s["tokens"] / s["calls"], 3) if s["calls"] else 0.0,
-                     "seconds": round(s["seconds"], 4)} for s in self.extras[row]["segments"]]
+                     "seconds": round(s["seconds"], 4)} for s in self.own[row].stats["segments"]]
         counts = new_counts()  # every candidate's draft counts, summed: what all the steps verified
         for c in self.cands.values():
-            add_counts(counts, c.extras[row])
+            add_counts(counts, c.own[row].stats)
         return {**counts, "auto": {"segments": segments, "candidates": list(self.cands),
                          "costs": {"batch": self.costs.batch, "target": self.costs.target, "draft": self.costs.draft,
                                    "heads": self.costs.heads, "measured_seconds": round(self.costs.seconds, 3)},

@@ -27,6 +27,7 @@ import torch
 from paragen.models import device_of
 from paragen.models.base import Model
 from paragen.sampling import SamplingParams, sample_rows, warp
+from paragen.strategies.counts import count_step, new_counts
 from paragen.trace import Call, Recorder, chain_parents, probs_of
 from paragen.verify import verify_chains
 
@@ -233,35 +234,56 @@ def draw(logits: torch.Tensor, sampling: SamplingParams, generators: list[torch.
     return sample_rows(p, generators, live), p
 
 
+@dataclass
+class SharedRow:
+    """One row of a batch as every strategy continuing it sees it (``BatchedStrategy.share``)."""
+
+    seq: list[int]  # the committed tokens, prompt included
+    generator: torch.Generator  # the row's random stream
+    ready: bool  # ``hidden`` holds the row's state (a one-token prompt has none before its first step)
+
+
+@dataclass
+class OwnRow:
+    """One row's state that belongs to one strategy: its statistics (``row_extra``). A strategy
+    with more per-row state (a drafter, an adaptive k) adds fields in a subclass, so a row's
+    state is one object and selecting rows cannot leave a field out of step."""
+
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
 class BatchedStrategy(Strategy):
     """A strategy that decodes a batch of prompts at once, a batch of one included (one code
-    path): each row's committed sequence ``seqs`` (prompt included), statistics ``extras``,
-    and a target cache with per-row lengths. With ``reads_hidden`` (drafts from the target's
-    own states, as prediction heads do), ``hidden`` [B, H] holds each row's final-norm state
-    at its last accepted position (the one that predicted its newest token), and ``ready[b]``
-    is False until row b has one (a one-token prompt before its first step).
+    path), over a target cache with per-row lengths. With ``reads_hidden`` (drafts from the
+    target's own states, as prediction heads do), ``hidden`` [B, H] holds each row's final-norm
+    state at its last accepted position (the one that predicted its newest token).
 
-    The state splits in two. The *shared* state (``seqs``, ``generators``, ``ready``, the
-    target ``cache`` and ``hidden``) is what any strategy continuing these rows needs; the
-    *own* state (``extras``, draft caches, drafters: ``row_lists`` / ``row_caches``) is this
-    strategy's. ``prefill_rows`` is ``prefill_shared`` then ``prepare_rows``; a strategy that
-    switches between others (``auto``) prefills the shared state once, prepares each
-    candidate's own, and hands the shared state to whichever steps (``share``). With
-    ``reads_hidden`` set on an instance, any subclass keeps ``hidden`` current, and each step
-    leaves the states of the positions it committed in ``kept_states`` (for drafters that
-    are fed every true feature, as EAGLE's is, while another strategy runs).
+    The state splits in two. The *shared* state (``rows``: each row's ``SharedRow``; the target
+    ``cache`` and ``hidden``) is what any strategy continuing these rows needs; the *own* state
+    (``own``: each row's ``OwnRow`` from ``new_row``; caches with per-row lengths named in
+    ``row_caches``) is this strategy's. ``prefill_rows`` is ``prefill_shared`` then
+    ``prepare_rows``; a strategy that switches between others (``auto``) prefills the shared
+    state once, prepares each candidate's own, and hands the shared state to whichever steps
+    (``share``). With ``reads_hidden`` set on an instance, any subclass keeps ``hidden`` current,
+    and each step leaves the states of the positions it committed in ``kept_states`` (for
+    drafters that are fed every true feature, as EAGLE's is, while another strategy runs).
     """
 
     batched = True
     reads_hidden: ClassVar[bool] = False
-    shared_lists: ClassVar[tuple[str, ...]] = ("seqs", "generators", "ready")  # one entry per row
-    shared: ClassVar[tuple[str, ...]] = (*shared_lists, "cache", "hidden")
-    # Own per-row state, one entry per row of the batch, that ``select`` filters and ``join``
-    # extends: lists of host values, and caches with per-row lengths. A subclass with more
-    # per-row state adds its names here.
-    row_lists: ClassVar[tuple[str, ...]] = ("extras",)
+    shared: ClassVar[tuple[str, ...]] = ("rows", "cache", "hidden")
+    # Own caches with per-row lengths (a draft model's), selected and extended with the rows.
     row_caches: ClassVar[tuple[str, ...]] = ()
     kept_states: tuple[torch.Tensor, list[list[int]]] | None = None  # (states [B, T, H], each row's kept indices)
+
+    @property
+    def seqs(self) -> list[list[int]]:
+        """Each row's committed tokens (the lists themselves: extending one extends the row)."""
+        return [r.seq for r in self.rows]
+
+    @property
+    def generators(self) -> list[torch.Generator]:
+        return [r.generator for r in self.rows]
 
     def prefill(self, prompt: list[int]) -> None:
         self.prefill_rows([prompt])
@@ -275,53 +297,53 @@ class BatchedStrategy(Strategy):
     def prefill_shared(self, prompts: list[list[int]]) -> torch.Tensor | None:
         """Fill the target cache; with ``reads_hidden``, return the prompts' hidden states
         (``prefill_rows``'s) for drafters that read more than the last one."""
-        self.seqs = [list(p) for p in prompts]
-        self.generators = list(self.ctx.generators) or [self.ctx.generator] * len(prompts)
-        if len(self.generators) != len(prompts):
-            raise ValueError(f"{len(prompts)} prompts and {len(self.generators)} generators: give one per row")
+        generators = list(self.ctx.generators) or [self.ctx.generator] * len(prompts)
+        if len(generators) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts and {len(generators)} generators: give one per row")
+        self.rows = [SharedRow(list(p), g, len(p) > 1) for p, g in zip(prompts, generators)]
         self.cache = self.ctx.target.new_cache(self.ctx.cache_length, batch=len(prompts))
         states = prefill_rows(self.ctx.target, self.cache, self.seqs, hidden=self.reads_hidden)
         self.hidden = None
         if states is not None:  # each row's state at seq[-2] (a one-token row's is never read)
-            last = to_device([max(len(s) - 2, 0) for s in self.seqs], states.device)
-            self.hidden = states[torch.arange(len(self.seqs), device=states.device), last]
-        self.ready = [len(p) > 1 for p in prompts]
+            last = to_device([max(len(p) - 2, 0) for p in prompts], states.device)
+            self.hidden = states[torch.arange(len(prompts), device=states.device), last]
         self.kept_states = None
         return states
 
     def prepare_rows(self, states: torch.Tensor | None) -> None:
-        """This strategy's own state for the rows of ``seqs`` (draft caches, drafters, statistics);
-        ``states``: the prompts' hidden states from ``prefill_shared``, when read."""
-        self.extras = [self.new_extra() for _ in self.seqs]
+        """This strategy's own state for the rows (``new_row``; a strategy with a cache of its
+        own adds it here); ``states``: the prompts' hidden states from ``prefill_shared``, when read."""
+        self.own = [self.new_row(b, states) for b in range(len(self.rows))]
+
+    def new_row(self, b: int, states: torch.Tensor | None) -> OwnRow:
+        """Row ``b``'s own state before its first step (``rows[b]`` is its shared state)."""
+        return OwnRow()
 
     def share(self, other: BatchedStrategy) -> None:
         """Take ``other``'s shared state (the same objects): this strategy continues its rows."""
         for name in self.shared:
             setattr(self, name, getattr(other, name))
 
-    def new_extra(self) -> dict[str, Any]:
-        """A row's statistics before its first step."""
-        return {}
-
     def row_extra(self, row: int) -> dict[str, Any]:
-        return dict(self.extras[row])
+        return dict(self.own[row].stats)
+
+    def count(self, depths: list[int], accepts: list[int], nodes: list[int]) -> None:
+        """Add one verified step to each row's draft statistics (``paragen.strategies.counts``):
+        row b's guesses reached ``depths[b]`` positions, ``accepts[b]`` of them were accepted,
+        ``nodes[b]`` guessed tokens were verified. A row that verified none adds nothing."""
+        for row, depth, accepted, n in zip(self.own, depths, accepts, nodes):
+            if n:
+                count_step(row.stats, depth, accepted, n)
 
     def select(self, rows: list[int]) -> None:
-        self.select_shared(rows)
-        self.select_own(rows)
-
-    def select_shared(self, rows: list[int]) -> None:
-        for name in self.shared_lists:
-            values = getattr(self, name)
-            setattr(self, name, [values[i] for i in rows])
+        self.rows = [self.rows[i] for i in rows]
         self.cache.select(rows)
         if self.hidden is not None:
             self.hidden = self.hidden[to_device(rows, self.hidden.device)]
+        self.select_own(rows)
 
     def select_own(self, rows: list[int]) -> None:
-        for name in self.row_lists:
-            values = getattr(self, name)
-            setattr(self, name, [values[i] for i in rows])
+        self.own = [self.own[i] for i in rows]
         for name in self.row_caches:
             getattr(self, name).select(rows)
 
@@ -331,20 +353,18 @@ class BatchedStrategy(Strategy):
         the same class and options, on the same models; afterwards it must not be used."""
         if type(other) is not type(self) or other.opts != self.opts:
             raise ValueError(f"only rows of the same strategy and options join a batch: {other.name} into {self.name}")
-        mine = len(self.seqs)
-        for name in self.shared_lists:
-            setattr(self, name, getattr(self, name) + getattr(other, name))
+        mine = len(self.rows)
+        self.rows = self.rows + other.rows
         self.cache.extend(other.cache)
         if self.hidden is not None or other.hidden is not None:  # a side of one-token prompts has none yet
             like = self.hidden if self.hidden is not None else other.hidden
             ours = self.hidden if self.hidden is not None else like.new_zeros(mine, like.shape[1])
-            theirs = other.hidden if other.hidden is not None else like.new_zeros(len(other.seqs), like.shape[1])
+            theirs = other.hidden if other.hidden is not None else like.new_zeros(len(other.rows), like.shape[1])
             self.hidden = torch.cat([ours, theirs])
         self.join_own(other)
 
     def join_own(self, other: BatchedStrategy) -> None:
-        for name in self.row_lists:
-            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.own = self.own + other.own
         for name in self.row_caches:
             getattr(self, name).extend(getattr(other, name))
 
@@ -352,14 +372,18 @@ class BatchedStrategy(Strategy):
 class ChainStrategy(BatchedStrategy):
     """A batched draft-and-verify loop over chains: ``propose`` a chain per row (any length,
     none included), the target scores every row's newest token and chain in one forward,
-    ``verify_rows`` accepts a prefix per row, and ``accepted`` lets the drafter follow. With
-    ``reads_hidden`` the verifying forward also returns the hidden states (``hidden``).
+    ``verify_rows`` accepts a prefix per row, and ``accepted`` lets the drafter follow. Each
+    row's stats count its chains (``paragen.strategies.counts``). With ``reads_hidden`` the
+    verifying forward also returns the hidden states (``hidden``).
     """
 
     @abstractmethod
     def propose(self, budgets: list[int]) -> tuple[torch.Tensor, list[int], torch.Tensor | None]:
         """(draft [B, k] on the device, each row's chain length (<= k, < its budget), the
         draft's probabilities q [B, k, V] when sampling from a draft model, else None)."""
+
+    def new_row(self, b: int, states: torch.Tensor | None) -> OwnRow:
+        return OwnRow(new_counts())
 
     def accepted(self, accept: list[int], lengths: list[int], before: list[int]) -> None:
         """After verification: row b accepted ``accept[b]`` of its ``lengths[b]`` drafts
@@ -382,8 +406,9 @@ class ChainStrategy(BatchedStrategy):
         logits = out[0] if self.reads_hidden else out
         accept, nxt = self.verify_rows(draft, to_device(lengths, device), logits, q)
         if self.reads_hidden:  # the state at each row's last accepted position predicted its next token
-            self.hidden = out[1][torch.arange(len(self.seqs), device=device), accept]
-            self.ready = [True] * len(self.seqs)
+            self.hidden = out[1][torch.arange(len(self.rows), device=device), accept]
+            for row in self.rows:
+                row.ready = True
         # 3. commit: the step's one device-to-host copy, [accept_len, draft..., next] per row
         host = torch.cat([accept[:, None], draft, nxt[:, None]], 1).tolist()
         if self.reads_hidden:  # row b committed the states of its newest token and accepted drafts
@@ -393,8 +418,9 @@ class ChainStrategy(BatchedStrategy):
             self.trace_chains(host, lengths, logits, q)
         committed = [[*row[1 : 1 + row[0]], row[-1]] for row in host]
         self.cache.commit_rows([len(c) for c in committed])
-        before = [len(s) for s in self.seqs]
-        self.accepted([row[0] for row in host], lengths, before)
+        accepts = [row[0] for row in host]
+        self.count(lengths, accepts, lengths)
+        self.accepted(accepts, lengths, [len(s) for s in self.seqs])
         for s, c in zip(self.seqs, committed):
             s.extend(c)
         return committed

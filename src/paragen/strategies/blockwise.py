@@ -23,14 +23,12 @@ accept length. The relaxed acceptance rules are a separate, lossy strategy
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
 from paragen.errors import HeadsMismatchError, UnsupportedOptionError
 from paragen.sampling import sample_rows, warp
 from paragen.strategies.base import ChainStrategy, DecodeContext
-from paragen.strategies.counts import count_step, new_counts
 
 MAX_HEADS = 16  # k = 0 ("every head") reserves cache room for this many
 
@@ -67,13 +65,10 @@ class Blockwise(ChainStrategy):
         if self.k > heads.num_heads or self.k > MAX_HEADS:
             raise HeadsMismatchError(f"{self.name}: k={self.k} but the heads have {heads.num_heads} (at most {MAX_HEADS} used)")
 
-    def new_extra(self) -> dict[str, Any]:
-        return new_counts()
-
     def propose(self, budgets: list[int]) -> tuple[torch.Tensor, list[int], torch.Tensor | None]:
         """Each ready row's first k head proposals from its ``hidden`` state (fewer near its
         budget), and their q [B, k, V] when sampling."""
-        lengths = [min(self.k, b - 1) if ready else 0 for b, ready in zip(budgets, self.ready)]
+        lengths = [min(self.k, b - 1) if row.ready else 0 for b, row in zip(budgets, self.rows)]
         k = max(lengths)
         if k == 0:
             return torch.zeros(len(budgets), 0, dtype=torch.long, device=self.ctx.target.device), lengths, None
@@ -82,7 +77,3 @@ class Blockwise(ChainStrategy):
             return logits.argmax(-1), lengths, None
         q = warp(logits, self.ctx.sampling)
         return sample_rows(q, self.generators, lengths), lengths, q
-
-    def accepted(self, accept: list[int], lengths: list[int], before: list[int]) -> None:
-        for extra, a, n in zip(self.extras, accept, lengths):
-            count_step(extra, n, a, n)

@@ -14,12 +14,11 @@ Greedy only: relaxed acceptance has no sampling counterpart that keeps any distr
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
 from paragen.errors import UnsupportedOptionError
-from paragen.strategies.base import to_device
+from paragen.strategies.base import OwnRow, to_device
 from paragen.strategies.blockwise import MAX_HEADS, Blockwise
 from paragen.verify import relaxed_accept
 
@@ -50,10 +49,10 @@ class BlockwiseRelaxed(Blockwise):
     supports_sampling = False
     summary = "LOSSY blockwise: proposals accepted when in the target's top m (or within eps nats)"
 
-    def new_extra(self) -> dict[str, Any]:
-        o = self.opts
-        rule = f"top_m={o.m}" if o.accept == "top_m" else f"distance={o.eps}"
-        return {**super().new_extra(), "lossy": True, "acceptance": rule}
+    def new_row(self, b: int, states: torch.Tensor | None) -> OwnRow:
+        o, row = self.opts, super().new_row(b, states)
+        row.stats.update(lossy=True, acceptance=f"top_m={o.m}" if o.accept == "top_m" else f"distance={o.eps}")
+        return row
 
     def verify_rows(self, draft: torch.Tensor, lengths: torch.Tensor, logits: torch.Tensor,
                     q: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -11,8 +11,26 @@ from __future__ import annotations
 
 import torch
 
+from paragen.strategies.drafter import Drafter
 from paragen.strategies.medusa import Medusa
 from paragen.tree import TokenTree
+
+
+class HydraDrafter:
+    """One row's Hydra heads as a drafter: head d reads the row's state and the tokens of a
+    depth-d node's path (the root's token first), one heads call per level."""
+
+    def __init__(self, heads, hidden: torch.Tensor) -> None:
+        self.heads, self.hidden = heads, hidden  # the row's state [H]
+
+    def start(self, seq: list[int]) -> tuple[TokenTree, torch.Tensor]:
+        tree = TokenTree(seq[-1])
+        return tree, self.expand(tree, [0])[0]
+
+    def expand(self, tree: TokenTree, nodes: list[int]) -> torch.Tensor:
+        prev = torch.tensor([[tree.tokens[0], *(tree.tokens[i] for i in tree.path(node))] for node in nodes],
+                            device=self.hidden.device)
+        return self.heads.head(tree.depths[nodes[0]], self.hidden.expand(len(nodes), -1), prev)
 
 
 class Hydra(Medusa):
@@ -20,11 +38,6 @@ class Hydra(Medusa):
     head_kinds = ("hydra",)
     summary = "sequential prediction heads grow a token tree, target verifies it in one call"
 
-    def before_grow(self) -> None:
-        """Hydra's heads read each node's path, so they are called level by level instead."""
-
-    def child_logits(self, row: int, tree: TokenTree, level: list[int], depth: int) -> torch.Tensor:
-        """Head ``depth``'s logits [len(level), V] for each of row ``row``'s nodes, given the tokens of its path."""
-        prev = torch.tensor([[tree.tokens[0], *(tree.tokens[i] for i in tree.path(node))] for node in level],
-                            device=self.hidden.device)
-        return self.ctx.heads.head(depth, self.hidden[row].expand(len(level), -1), prev)
+    def drafters(self) -> list[Drafter]:
+        """Hydra's heads read each node's path, so each row's are called level by level instead."""
+        return [HydraDrafter(self.ctx.heads, h) for h in self.hidden]

@@ -14,14 +14,12 @@ Stats: the copied drafts' ``proposed`` / ``accepted`` per position and ``nodes``
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
 
 from paragen.errors import UnsupportedOptionError
 from paragen.strategies.base import ChainStrategy, pad
-from paragen.strategies.counts import count_step, new_counts
 
 
 @dataclass(frozen=True)
@@ -77,10 +75,3 @@ class Lookup(ChainStrategy):
         device = self.ctx.target.device
         draft = pad(drafts, device) if max(lengths) else torch.zeros(len(drafts), 0, dtype=torch.long, device=device)
         return draft, lengths, None
-
-    def new_extra(self) -> dict[str, Any]:
-        return new_counts()
-
-    def accepted(self, accept: list[int], lengths: list[int], before: list[int]) -> None:
-        for extra, a, k in zip(self.extras, accept, lengths):
-            count_step(extra, k, a, k)

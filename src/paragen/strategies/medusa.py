@@ -27,9 +27,10 @@ from dataclasses import dataclass, field
 import torch
 
 from paragen.errors import UnsupportedOptionError
-from paragen.sampling import SamplingParams, warp
+from paragen.sampling import SamplingParams
 from paragen.strategies.base import DecodeContext
-from paragen.strategies.drafter import TreeDraftStrategy
+from paragen.strategies.counts import new_counts
+from paragen.strategies.drafter import Drafter, TreeDraftStrategy, TreeRow, grow_static
 from paragen.strategies.tree import parse_widths, static_nodes
 from paragen.tree import TokenTree
 
@@ -53,6 +54,20 @@ class MedusaOptions:
         return static_nodes(self.widths)
 
 
+class HeadsDrafter:
+    """One row's Medusa heads as a drafter: head d's logits for every node at depth d (Medusa
+    heads do not see the tokens before the one they draft)."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        self.logits = logits  # [K, V] every head at the row's state
+
+    def start(self, seq: list[int]) -> tuple[TokenTree, torch.Tensor]:
+        return TokenTree(seq[-1]), self.logits[0]
+
+    def expand(self, tree: TokenTree, nodes: list[int]) -> torch.Tensor:
+        return self.logits[tree.depths[nodes[0]]].expand(len(nodes), -1)
+
+
 class Medusa(TreeDraftStrategy):
     name = "medusa"
     Options = MedusaOptions
@@ -71,40 +86,19 @@ class Medusa(TreeDraftStrategy):
         # one depth per head: depths beyond the heads' count are dropped (as blockwise's k=0 uses every head)
         self.widths = parse_widths(options.widths)[: ctx.heads.num_heads]
 
-    def new_drafter(self, row: int, states: torch.Tensor | None) -> None:
-        return None  # the heads, read from ``hidden``
+    def new_row(self, b: int, states: torch.Tensor | None) -> TreeRow:
+        return TreeRow(new_counts())  # the heads read ``hidden``, which the step keeps current
 
-    def depth(self, row: int) -> int:
-        return len(self.widths) if self.ready[row] else 0  # a one-token prompt has no state yet
+    def propose(self, budgets: list[int]) -> list[TokenTree]:
+        """Each ready row's static tree from its heads' drafter (a one-token prompt has no state yet)."""
+        depths = [min(len(self.widths), n - 1) if row.ready else 0 for row, n in zip(self.rows, budgets)]
+        drafters = self.drafters() if max(depths) else []
+        sampled = not self.ctx.sampling.greedy and self.opts.draw == "sample"
+        # when not sampled the probabilities only rank candidates: the heads' own softmax
+        sampling, draw = (self.ctx.sampling, "without") if sampled else (SamplingParams(1.0), "top")
+        return self.trees(depths, lambda b, depth: grow_static(drafters[b], self.rows[b].seq, self.widths[:depth],
+                                                               sampling, draw, self.rows[b].generator))
 
-    def before_grow(self) -> None:
-        """Every head's logits at every row's state, in one heads call."""
-        self.head_logits = self.ctx.heads(self.hidden)  # [B, K, V]
-
-    def child_logits(self, row: int, tree: TokenTree, level: list[int], depth: int) -> torch.Tensor:
-        """Logits [len(level), V] of the children of row ``row``'s nodes at ``depth``: head
-        ``depth``'s, the same for every node (Medusa heads do not see the tokens before them)."""
-        return self.head_logits[row, depth].expand(len(level), -1)
-
-    def grow(self, row: int, depth: int) -> TokenTree:
-        ctx, o = self.ctx, self.opts
-        sampled = not ctx.sampling.greedy and o.draw == "sample"
-        tree, level = TokenTree(self.seqs[row][-1]), [0]
-        for d in range(depth):
-            # when greedy the probabilities only rank candidates: the heads' own softmax
-            qs = warp(self.child_logits(row, tree, level, d), ctx.sampling if sampled else SamplingParams(1.0))
-            for node, q in zip(level, qs):
-                w = min(self.widths[d], int((q > 0).sum()))
-                if sampled:
-                    cands = torch.multinomial(q, w, replacement=False, generator=self.generators[row])
-                    tree.q[node] = q
-                else:
-                    cands = q.topk(w).indices
-                for t in cands.tolist():
-                    tree.add(node, t)
-            level = tree.level(d + 1)
-        tree.replacement = False
-        return tree
-
-    def commit(self, paths: list[list[int]], depths: list[int], states: torch.Tensor | None) -> None:
-        """Nothing to follow: the heads read ``hidden``, which the step keeps current."""
+    def drafters(self) -> list[Drafter]:
+        """This step's drafter of every row: every head's logits at every row's state, in one heads call."""
+        return [HeadsDrafter(logits) for logits in self.ctx.heads(self.hidden)]  # [B, K, V]

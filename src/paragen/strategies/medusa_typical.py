@@ -14,11 +14,11 @@ A separate strategy rather than an option of ``medusa`` so that its ``lossless``
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
 from paragen.errors import UnsupportedOptionError
+from paragen.strategies.drafter import TreeRow
 from paragen.strategies.medusa import Medusa, MedusaOptions
 from paragen.tree import TokenTree
 from paragen.verify import typical_accept_tree
@@ -44,10 +44,11 @@ class MedusaTypical(Medusa):
     lossless = False
     summary = "LOSSY medusa: drafted tokens kept when the target finds them typical (entropy-scaled threshold)"
 
-    def new_extra(self) -> dict[str, Any]:
-        rule = f"typical epsilon={self.opts.epsilon} delta={self.opts.delta}"
-        return {**super().new_extra(), "lossy": True, "acceptance": rule}
+    def new_row(self, b: int, states: torch.Tensor | None) -> TreeRow:
+        row = super().new_row(b, states)
+        row.stats.update(lossy=True, acceptance=f"typical epsilon={self.opts.epsilon} delta={self.opts.delta}")
+        return row
 
-    def verify(self, row: int, tree: TokenTree, logits: torch.Tensor) -> tuple[list[int], int]:
-        return typical_accept_tree(tree, logits, self.ctx.sampling, self.generators[row], self.opts.epsilon,
+    def verify(self, b: int, tree: TokenTree, logits: torch.Tensor) -> tuple[list[int], int]:
+        return typical_accept_tree(tree, logits, self.ctx.sampling, self.rows[b].generator, self.opts.epsilon,
                                    self.opts.delta)

@@ -23,6 +23,7 @@ from paragen.errors import UnsupportedOptionError
 from paragen.sampling import warp
 from paragen.strategies.drafter import TreeDraftStrategy
 from paragen.tree import TokenTree
+from paragen.verify import verify_tree
 
 
 @dataclass(frozen=True)
@@ -59,24 +60,20 @@ class SpecTr(TreeDraftStrategy):
     def slack(cls, o: SpecTrOptions) -> int:
         return 1 + o.k * o.length
 
-    @property
-    def rule(self) -> str:  # verify_tree's rule at each node: K-SEQ or recursive rejection
-        return self.opts.verifier
+    def propose(self, budgets: list[int]) -> list[TokenTree]:
+        return self.trees([min(self.opts.length, n - 1) for n in budgets], self.grow)
 
-    def depth(self, row: int) -> int:
-        return self.opts.length
-
-    def grow(self, row: int, length: int) -> TokenTree:
+    def grow(self, b: int, length: int) -> TokenTree:
         """k draft sequences of ``length`` tokens, as a tree with per-node candidates and q."""
-        o, drafter = self.opts, self.drafters[row]
-        tree, logits = drafter.start(self.seqs[row])
+        o, drafter, generator = self.opts, self.own[b].drafter, self.rows[b].generator
+        tree, logits = drafter.start(self.rows[b].seq)
         through = {0: o.k}  # node -> drafts passing through it
         level, logits = [0], logits[None]
         for d in range(length):
-            for node, q in zip(level, self.draft_probs(logits)):
+            for node, q in zip(level, warp(logits, self.draft_sampling())):
                 m = through[node] if o.replacement else min(through[node], int((q > 0).sum()))
                 tree.q[node] = q
-                for t in torch.multinomial(q, m, replacement=o.replacement, generator=self.generators[row]).tolist():
+                for t in torch.multinomial(q, m, replacement=o.replacement, generator=generator).tolist():
                     child = tree.add(node, t)
                     through[child] = through.get(child, 0) + 1
             level = tree.level(d + 1)
@@ -85,11 +82,14 @@ class SpecTr(TreeDraftStrategy):
         tree.replacement = o.replacement
         return tree
 
-    def record(self, row: int, tree: TokenTree, logits: torch.Tensor, path: list[int]) -> None:
-        super().record(row, tree, logits, path)
-        extra = self.extras[row]
-        if extra.get("ceiling", {}).get("positions", 0) < self.opts.ceiling and tree.q[0] is not None:
-            self.measure(extra, logits[0], tree, bool(path))
+    def verify(self, b: int, tree: TokenTree, logits: torch.Tensor) -> tuple[list[int], int]:
+        """K-SEQ or recursive rejection at each node; the first ``ceiling`` steps also measure
+        the root's acceptance against the optimum."""
+        path, nxt = verify_tree(tree, logits, self.ctx.sampling, self.rows[b].generator, rule=self.opts.verifier)
+        stats = self.own[b].stats
+        if stats.get("ceiling", {}).get("positions", 0) < self.opts.ceiling and tree.q[0] is not None:
+            self.measure(stats, logits[0], tree, bool(path))
+        return path, nxt
 
     def measure(self, extra: dict, logits: torch.Tensor, tree: TokenTree, accepted: bool) -> None:
         """Add the root position to ``extra["ceiling"]``: whether the target's token was among

@@ -12,13 +12,12 @@ its output and statistics are those of its batch-of-one run.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
 from paragen.errors import UnsupportedOptionError
-from paragen.strategies.base import ChainStrategy, catch_up_rows, draw, feed_rows, prefill_rows
-from paragen.strategies.counts import count_step, new_counts
+from paragen.strategies.base import ChainStrategy, OwnRow, catch_up_rows, draw, feed_rows, prefill_rows
+from paragen.strategies.counts import new_counts
 
 
 @dataclass(frozen=True)
@@ -34,14 +33,18 @@ class SpeculativeOptions:
             raise UnsupportedOptionError(f"speculative: k must be >= 1, got {self.k}")
 
 
+@dataclass
+class SpeculativeRow(OwnRow):
+    k: int = 1  # the row's draft length this step (adaptive moves it)
+
+
 class Speculative(ChainStrategy):
     name = "speculative"
     Options = SpeculativeOptions
     trace_source = "draft"
     needs_draft = True
     summary = "draft model proposes k tokens, target verifies them in one call"
-    row_lists = (*ChainStrategy.row_lists, "ks")
-    row_caches = (*ChainStrategy.row_caches, "draft_cache")
+    row_caches = ("draft_cache",)
 
     @classmethod
     def slack(cls, o: SpeculativeOptions) -> int:
@@ -52,16 +55,15 @@ class Speculative(ChainStrategy):
         super().prepare_rows(states)
         self.draft_cache = ctx.draft.new_cache(ctx.cache_length, batch=len(self.seqs))
         prefill_rows(ctx.draft, self.draft_cache, self.seqs)
-        self.ks = [self.opts.k] * len(self.seqs)  # each row's k (adaptive moves it)
 
-    def new_extra(self) -> dict[str, Any]:
-        return new_counts()
+    def new_row(self, b: int, states: torch.Tensor | None) -> SpeculativeRow:
+        return SpeculativeRow(new_counts(), self.opts.k)
 
     def propose(self, budgets: list[int]) -> tuple[torch.Tensor, list[int], torch.Tensor | None]:
         """Each row's k draft tokens, and their warped draft probabilities q when sampling
         (greedy verification compares tokens only). The tokens stay on the device."""
         ctx = self.ctx
-        lengths = [min(k, budget - 1) for k, budget in zip(self.ks, budgets)]
+        lengths = [min(own.k, budget - 1) for own, budget in zip(self.own, budgets)]
         K = max(lengths)
         if K == 0:  # only one token wanted from every row: no draft
             return torch.zeros(len(budgets), 0, dtype=torch.long, device=ctx.target.device), lengths, None
@@ -79,7 +81,7 @@ class Speculative(ChainStrategy):
     def accepted(self, accept: list[int], lengths: list[int], before: list[int]) -> None:
         # The draft cache drops what it wrote past each row's accepted prefix.
         self.draft_cache.truncate_rows([min(d, n + a) for d, n, a in zip(self.draft_cache.rows, before, accept)])
-        for b, (k, a) in enumerate(zip(lengths, accept)):
-            count_step(self.extras[b], k, a, k)
-            if self.opts.adaptive and k > 0:
-                self.ks[b] = min(self.opts.k, self.ks[b] + 2) if a == k else max(1, self.ks[b] - 1)
+        if self.opts.adaptive:
+            for own, k, a in zip(self.own, lengths, accept):
+                if k > 0:
+                    own.k = min(self.opts.k, own.k + 2) if a == k else max(1, own.k - 1)

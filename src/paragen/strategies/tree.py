@@ -25,10 +25,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
-
 from paragen.errors import UnsupportedOptionError
-from paragen.strategies.drafter import TreeDraftStrategy
+from paragen.strategies.drafter import TreeDraftStrategy, grow_dynamic, grow_static
 from paragen.tree import TokenTree
 
 DRAWS = ("top", "without", "with")
@@ -89,7 +87,6 @@ class TreeOptions:
 class Tree(TreeDraftStrategy):
     name = "tree"
     Options = TreeOptions
-    trace_source = "draft"
     summary = "draft model proposes a token tree (static or dynamic), target verifies it in one call"
 
     @classmethod
@@ -103,53 +100,17 @@ class Tree(TreeDraftStrategy):
     def call_tokens(cls, o: TreeOptions) -> int:
         return 1 + o.nodes()
 
-    def depth(self, row: int) -> int:
-        return self.opts.depth if self.opts.shape == "dynamic" else len(parse_widths(self.opts.widths))
+    def propose(self, budgets: list[int]) -> list[TokenTree]:
+        """Each row's tree from its drafter, as deep as the options and its budget allow."""
+        o = self.opts
+        levels = o.depth if o.shape == "dynamic" else len(parse_widths(o.widths))
+        return self.trees([min(levels, n - 1) if own.drafter.ready else 0 for own, n in zip(self.own, budgets)],
+                          self.grow)
 
-    def grow(self, row: int, depth: int) -> TokenTree:
-        return self.grow_dynamic(row, depth) if self.opts.shape == "dynamic" else self.grow_static(row, depth)
-
-    def grow_static(self, row: int, depth: int) -> TokenTree:
-        o, greedy, drafter = self.opts, self.ctx.sampling.greedy, self.drafters[row]
-        widths = parse_widths(o.widths)[:depth]
-        tree, logits = drafter.start(self.seqs[row])
-        level, logits = [0], logits[None]
-        for d, w in enumerate(widths):
-            for node, q in zip(level, self.draft_probs(logits)):
-                support = int((q > 0).sum())
-                if greedy or o.draw == "top":
-                    draws = q.topk(min(w, support)).indices
-                else:
-                    draws = torch.multinomial(q, w if o.draw == "with" else min(w, support),
-                                              replacement=o.draw == "with", generator=self.generators[row])
-                    tree.q[node] = q
-                for t in draws.tolist():
-                    tree.add(node, t)
-            level = tree.level(d + 1)
-            if d + 1 < len(widths):
-                logits = drafter.expand(tree, level)
-        tree.replacement = o.draw == "with"
-        return tree
-
-    def grow_dynamic(self, row: int, depth: int) -> TokenTree:
-        o, drafter = self.opts, self.drafters[row]
-        tree, logits = drafter.start(self.seqs[row])
-        score = {0: 0.0}  # log of the path product of draft probabilities
-        frontier, logits = [0], logits[None]
-        for d in range(depth):
-            new = []
-            for node, q in zip(frontier, self.draft_probs(logits)):
-                top = q.topk(min(o.topk, int((q > 0).sum())))
-                for pr, t in zip(top.values.log().tolist(), top.indices.tolist()):
-                    child = tree.add(node, t)
-                    score[child] = score[node] + pr
-                    new.append(child)
-            if d + 1 == depth:
-                break
-            frontier = sorted(new, key=lambda i: -score[i])[: o.topk]
-            logits = drafter.expand(tree, frontier)
-        # Ties broken by index keep a parent (equal score, smaller index) before its child.
-        best = sorted(score.keys() - {0}, key=lambda i: (-score[i], i))[: o.budget]
-        tree, new = tree.subtree(best)
-        drafter.renumber(new)
-        return tree
+    def grow(self, b: int, depth: int) -> TokenTree:
+        o, drafter, seq = self.opts, self.own[b].drafter, self.rows[b].seq
+        if o.shape == "dynamic":
+            return grow_dynamic(drafter, seq, depth, o.topk, o.budget, self.draft_sampling())
+        draw = "top" if self.ctx.sampling.greedy else o.draw  # greedy: the children only need ranking
+        return grow_static(drafter, seq, parse_widths(o.widths)[:depth], self.draft_sampling(), draw,
+                           self.rows[b].generator)
