@@ -14,13 +14,13 @@ the other strategies read at prefill.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 
 from paragen.speech import align, vocab
 from paragen.speech.model import Encoded, SpeechDecoder
-from paragen.strategies.base import ChainStrategy, CountedModel, Strategy
+from paragen.strategies.base import ChainStrategy, CountedModel, OwnRow, Strategy
 from paragen.trace import Trace
 
 
@@ -157,6 +157,13 @@ class GreedyChooser:
             i += 1
 
 
+@dataclass
+class JointRow(OwnRow):
+    """A speech chain row's own state: with ``ctc_weight`` > 0, its joint CTC/attention chooser."""
+
+    chooser: GreedyChooser | None = None
+
+
 class JointChain(ChainStrategy):
     """A chain strategy on a speech decoder: the LM chain loop, verified by the attention
     decoder's greedy choice (``verify_chains``), or with ``ctc_weight`` > 0 by each row's joint
@@ -165,19 +172,18 @@ class JointChain(ChainStrategy):
     attention = "encoder-decoder"
     supports_sampling = False
     Options = GreedyOptions
-    row_lists: ClassVar[tuple[str, ...]] = (*ChainStrategy.row_lists, "choosers")
 
-    def prepare_rows(self, states: torch.Tensor | None) -> None:
-        super().prepare_rows(states)
-        memory, w = self.ctx.target.memory, self.opts.ctc_weight
-        self.choosers = [GreedyChooser(memory.log_probs(b), w) if w > 0 else None for b in range(len(self.seqs))]
+    def new_row(self, b: int, states: torch.Tensor | None) -> JointRow:
+        w = self.opts.ctc_weight
+        chooser = GreedyChooser(self.ctx.target.memory.log_probs(b), w) if w > 0 else None
+        return JointRow(super().new_row(b, states).stats, chooser)
 
     def verify_rows(self, draft: torch.Tensor, lengths: torch.Tensor, logits: torch.Tensor,
                     q: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         if self.opts.ctc_weight == 0:
             return super().verify_rows(draft, lengths, logits, q)
         rows = [c.accept(logits[b, : k + 1], draft[b, :k].tolist())
-                for b, (c, k) in enumerate(zip(self.choosers, lengths.tolist()))]
+                for b, (c, k) in enumerate(zip((own.chooser for own in self.own), lengths.tolist()))]
         accept, nxt = zip(*rows)
         return torch.tensor(accept, device=logits.device), torch.tensor(nxt, device=logits.device)
 

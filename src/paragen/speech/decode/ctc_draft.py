@@ -20,29 +20,33 @@ along the draft need no model call.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from dataclasses import dataclass, field
 
 import torch
 
 from paragen.speech import align
-from paragen.speech.decode.base import JointChain, ctc_best_path
+from paragen.speech.decode.base import JointChain, JointRow, ctc_best_path
 from paragen.strategies.base import pad
+
+
+@dataclass
+class DraftRow(JointRow):
+    """A row's own state: what is left of its CTC hypothesis, its last proposal (cut at the
+    budget), and the part of that proposal the last call refuted (None before the first call)."""
+
+    rest: list[int] = field(default_factory=list)
+    proposal: list[int] = field(default_factory=list)
+    rejected: list[int] | None = None
 
 
 class CTCDraft(JointChain):
     name = "ctc_draft"
     summary = "CTC greedy hypothesis drafted, verified by the attention decoder in one call (lossless: ar with its ctc_weight)"
     trace_source = "ctc"
-    # Per row: what is left of its CTC hypothesis, its last proposal (cut at the budget), and
-    # the part of that proposal the last call refuted (None before the first call).
-    row_lists: ClassVar[tuple[str, ...]] = (*JointChain.row_lists, "rests", "proposals", "rejected")
 
-    def prepare_rows(self, states: torch.Tensor | None) -> None:
-        super().prepare_rows(states)
-        memory = self.ctx.target.memory
-        self.rests = [self.hypothesis(memory, b) for b in range(len(self.seqs))]
-        self.proposals = [[] for _ in self.seqs]
-        self.rejected = [None for _ in self.seqs]
+    def new_row(self, b: int, states: torch.Tensor | None) -> DraftRow:
+        joint = super().new_row(b, states)
+        return DraftRow(joint.stats, joint.chooser, rest=self.hypothesis(self.ctx.target.memory, b))
 
     def hypothesis(self, memory, row: int) -> list[int]:
         """The draft of row ``row`` before any correction: its CTC greedy hypothesis."""
@@ -51,21 +55,23 @@ class CTCDraft(JointChain):
 
     def propose(self, budgets: list[int]) -> tuple[torch.Tensor, list[int], None]:
         """The rest of each row's hypothesis, re-aimed after the last call's correction."""
-        for b, (seq, rejected) in enumerate(zip(self.seqs, self.rejected)):
-            if rejected is not None:
-                correction = seq[-1]
+        for seq, own in zip(self.seqs, self.own):
+            if own.rejected is not None:
+                correction, rejected = seq[-1], own.rejected
                 if len(rejected) > 1 and rejected[1] == correction:
-                    self.rests[b] = rejected[2:]  # CTC inserted rejected[0]
+                    own.rest = rejected[2:]  # CTC inserted rejected[0]
                 else:
-                    self.rests[b] = rejected[1:]  # CTC substituted rejected[0] (or the draft had ended)
+                    own.rest = rejected[1:]  # CTC substituted rejected[0] (or the draft had ended)
         # The proposal is cut at the budget and the chain one shorter: the decoder's own token
         # fills the last place (a draft that long would only confirm it)
-        self.proposals = [rest[:budget] for rest, budget in zip(self.rests, budgets)]
-        chains = [p[: budget - 1] for p, budget in zip(self.proposals, budgets)]
+        for own, budget in zip(self.own, budgets):
+            own.proposal = own.rest[:budget]
+        chains = [own.proposal[: budget - 1] for own, budget in zip(self.own, budgets)]
         lengths = [len(c) for c in chains]
         device = self.ctx.target.device
         draft = pad(chains, device) if max(lengths) else torch.zeros(len(chains), 0, dtype=torch.long, device=device)
         return draft, lengths, None
 
     def accepted(self, accept: list[int], lengths: list[int], before: list[int]) -> None:
-        self.rejected = [p[a:] for p, a in zip(self.proposals, accept)]
+        for own, a in zip(self.own, accept):
+            own.rejected = own.proposal[a:]
