@@ -54,6 +54,10 @@ def test_select_golden():
     # factor f = 1: n=1: 2(1-.9)=.2 < 1; n=2: 3(1-.7)=.9 < 1; n=3: 4(1-.5)=2 >= 1
     assert select(s, DenoiseOptions(rule="factor", factor=1.0), 0).tolist() == [3, 1]
     assert select(torch.tensor([0.1, 0.2], dtype=torch.float64), DenoiseOptions(rule="factor"), 0).tolist() == [1]
+    # prefix: the leading run >= tau, left to right (0.2 < 0.5 stops it), at least the leftmost
+    assert select(torch.tensor([0.6, 0.9, 0.2, 0.95], dtype=torch.float64), DenoiseOptions(rule="prefix", threshold=0.5),
+                  0).tolist() == [0, 1]
+    assert select(s, DenoiseOptions(rule="prefix", threshold=0.5), 0).tolist() == [0]  # the leftmost is below
     assert linear_schedule(10, 4) == [3, 3, 2, 2]
     assert linear_schedule(3, 8) == [1, 1, 1]
 
@@ -63,6 +67,14 @@ def test_threshold_above_one_commits_one_token_per_call(model, ordering):
     g = run(model, block_length=4, threshold=1.5, ordering=ordering)
     assert len(g.tokens) == 12 and g.stats.target_calls == 12
     assert g.stats.extra["unmasked_per_call"] == {1: 12}
+
+
+def test_prefix_rule_commits_left_to_right(model):
+    g = run(model, block_length=4, rule="prefix", threshold=0.3, max_new_tokens=12, trace=True)
+    for call in g.trace.calls:
+        kept = [call.positions[i] for i in call.accepted]
+        assert kept == sorted(kept) and kept[0] == min(call.positions)  # the leftmost masks, in a run
+        assert kept == list(range(kept[0], kept[0] + len(kept)))
 
 
 def test_threshold_zero_commits_a_whole_block_per_call(model):

@@ -27,6 +27,11 @@ Commit rules, over the m still-masked positions of the block, scores s_1 >= ... 
   block in one call (Fast-dLLM confidence-aware parallel decoding, tau = 0.9).
 - ``factor``: the top n for the largest n with (n + 1)(1 - s_n) < factor (Fast-dLLM's
   factor rule).
+- ``prefix``: **the longest run of masked positions from the left of the block whose scores
+  are all >= threshold, or the leftmost one if its score is below.** Commits stay left to
+  right, so the position each call always commits is the one whose left context is clean:
+  for a shifted model adapted from an AR model, an AR-like prediction (the others rules may
+  commit a confident position far right of the masks first, and the left must then fit it).
 
 Candidates: argmax when greedy, else Gumbel-max over the warped distribution (temperature,
 top-k, top-p) in float64, as LLaDA does (float32 noise lowers the effective temperature).
@@ -71,7 +76,7 @@ from paragen.strategies.base import DecodeContext, Strategy, feed
 from paragen.trace import Call
 
 ORDERINGS = ("low_confidence", "random", "margin", "entropy")
-RULES = ("fixed", "threshold", "factor")
+RULES = ("fixed", "threshold", "factor", "prefix")
 CACHES = ("none", "prefix", "dual")
 
 
@@ -88,9 +93,10 @@ class DenoiseOptions:
         "help": "calls per block under rule=fixed, capped at the block's masks; unused by other rules; >= 1"})
     ordering: str = field(default="low_confidence", metadata={
         "help": "score that picks what to commit: low_confidence | random | margin | entropy"})
-    rule: str = field(default="threshold", metadata={"help": "how many to commit per call: fixed | threshold | factor"})
+    rule: str = field(default="threshold", metadata={"help": "how many to commit per call: fixed | threshold | factor | prefix"})
     threshold: float = field(default=0.9, metadata={
-        "help": "rule=threshold: commit every masked position scoring >= this (at least one); >= 0"})
+        "help": "rule=threshold: commit every masked position scoring >= this (at least one); rule=prefix: the "
+                "leading run of such positions (at least the leftmost); >= 0"})
     factor: float = field(default=1.0, metadata={
         "help": "rule=factor (Fast-dLLM f): commit the top n while (n + 1)(1 - s_n) < f; > 0"})
 
@@ -184,12 +190,15 @@ def propose(
 
 
 def select(s: torch.Tensor, opts: DenoiseOptions, n_fixed: int) -> torch.Tensor:
-    """Indices into s [m] to commit this call, best first; never empty."""
+    """Indices into s [m] (the masked positions, left to right) to commit this call: best first, or
+    left to right for ``prefix``; never empty."""
     order = torch.sort(s, descending=True, stable=True).indices
     if opts.rule == "fixed":
         n = n_fixed
     elif opts.rule == "threshold":
         n = int((s >= opts.threshold).sum())  # sorted, so exactly the top n
+    elif opts.rule == "prefix":  # s is in left-to-right order: the leading run passing the threshold
+        return torch.arange(max(1, int((s >= opts.threshold).long().cumprod(0).sum())), device=s.device)
     else:
         # (n + 1)(1 - s_n) grows with n, so the positions passing the test form a prefix
         n_all = torch.arange(1, len(s) + 1, dtype=torch.float64, device=s.device)
