@@ -14,7 +14,6 @@ import argparse
 
 import paragen
 from paragen.heads.io import builtin_heads_for
-from paragen.models.base import Model
 from paragen.models.io import builtin_models
 from paragen.strategies import STRATEGIES
 from paragen.tasks import humaneval
@@ -37,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     runs += [(name, target, {}) for name in ("blockwise", "medusa", "hydra", "eagle")
              if builtin_heads_for("code-target", STRATEGIES[name].head_kinds)]
     if "code-block-diffusion" in builtin_models():  # lossy: its own model, adapted from code-target
-        runs.append(("block_diffusion", paragen.load("code-block-diffusion"), {}))
+        # rule=prefix commits left to right (each call's first token has a clean left context)
+        runs.append(("block_diffusion", paragen.load("code-block-diffusion"), {"rule": "prefix"}))
     results = []
     for name, model, extra in runs:
         paragen.generate(model, task.prompt, name, max_new_tokens=8, **extra)  # warm-up, not timed
@@ -56,36 +56,11 @@ def main(argv: list[str] | None = None) -> int:
     for name, gen in results:
         if not STRATEGIES[name].lossless:  # its text differs from ar's above: show it
             print(f"\n== completion by {name} ==\n{gen.text}")
-    if "code-diffusion" in builtin_models():
-        infill_demo(target, args.prompt_index)
     if "speech-en" in builtin_models():
         speech_demo()
     print("\nOne prompt, one run: see BENCHMARKS.md and the README for measured averages (paragen bench).")
     return 0
 
-
-def infill_demo(target: Model, index: int) -> None:
-    """A line cut from the same problem's canonical solution, filled by code-diffusion seeing
-    both sides, next to what ar writes from the prefix alone."""
-    from paragen.bench.infill import fill, humaneval_holes, normalised, parse_contenders
-
-    # the prompt's problem, or the next one whose hole has code on both sides (a one-line solution has none after it)
-    holes = [h for h in humaneval_holes() if h.kind == "single" and len(h.suffix.strip().splitlines()) >= 2]
-    hole = next((h for h in holes if int(h.id.split("/")[1]) >= index), holes[0])
-    model = paragen.load("code-diffusion")
-    ar, diffusion = parse_contenders(f"ar,diffusion[{INFILL_SETTING}]")
-    indent = hole.hole[1:][: len(hole.hole[1:]) - len(hole.hole[1:].lstrip())]
-    print(f"\n== infilling: a line cut from {hole.id.rsplit('/', 1)[0]}'s canonical solution ==\n{hole.prefix}"
-          f"\n{indent}<HOLE>{hole.suffix.rstrip()}\n")
-    for label, contender in (("ar (sees the prefix only)", ar), (f"code-diffusion [{INFILL_SETTING}]", diffusion)):
-        text, calls, _, seconds = fill(contender, hole, target, model)
-        verdict = "exact" if normalised(text) == normalised(hole.hole) else "differs"
-        print(f"  {label:<38} {normalised(text).strip()!r:<48} {calls:>3} calls {seconds * 1000:>5.0f} ms  {verdict}")
-    print(f"  {'the original line':<38} {normalised(hole.hole).strip()!r}")
-
-
-# The setting infill_demo fills its hole with (diffusion options).
-INFILL_SETTING = "threshold=0.9;cache=dual"
 
 # The AR decoder, the lossless drafted decoders (alone and with joint CTC/attention scoring), and two NAR ones.
 SPEECH_RUNS = (("ar", {}), ("ctc_draft", {}), ("ar", {"ctc_weight": 0.3}), ("ctc_draft", {"ctc_weight": 0.3}),
