@@ -268,6 +268,7 @@ def run_infill(args: argparse.Namespace, prefix: str | list[int], options: dict[
     with command_threads(args):
         model = paragen.load(args.model, **load_kwargs(args))
         gen = paragen.infill(model, prefix, suffix, max_new_tokens=args.max_new_tokens,
+                             # --strategy's default (ar) cannot fill a hole: it stands for infill's own default
                              strategy=args.strategy if args.strategy != "ar" else "diffusion",
                              temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                              **options)

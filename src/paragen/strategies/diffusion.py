@@ -30,7 +30,7 @@ Commit rules, over the m still-masked positions of the block, scores s_1 >= ... 
 - ``prefix``: **the longest run of masked positions from the left of the block whose scores
   are all >= threshold, or the leftmost one if its score is below.** Commits stay left to
   right, so the position each call always commits is the one whose left context is clean:
-  for a shifted model adapted from an AR model, an AR-like prediction (the others rules may
+  for a shifted model adapted from an AR model, an AR-like prediction (the other rules may
   commit a confident position far right of the masks first, and the left must then fit it).
 
 Candidates: argmax when greedy, else Gumbel-max over the warped distribution (temperature,
