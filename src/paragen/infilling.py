@@ -20,7 +20,6 @@ neither can use the suffix: both are refused with what to do instead.
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,7 +28,8 @@ import torch
 from paragen.driver import Generation, decode
 from paragen.errors import ContextLengthError, InvalidInputError, UnsupportedOptionError
 from paragen.models.base import Model
-from paragen.request import check_request, context, row_generator
+from paragen.request import _prompt_ids, check_request, context, row_generator
+from paragen.streaming import exhaust
 
 DEFAULT_HOLE = 64  # masks when max_new_tokens is not given: a few lines of code (training holes: span + pads <= 128)
 
@@ -66,7 +66,7 @@ def infill(
         raise UnsupportedOptionError(f"infill decodes with 'diffusion' (its rules and orderings are options), not "
                                      f"'{strategy}'")
     n = DEFAULT_HOLE if max_new_tokens is None else max_new_tokens
-    before, after = _ids(model, prefix, "prefix"), _ids(model, suffix, "suffix")
+    before, after = _ids(model, prefix), _ids(model, suffix)
     if not before and not after:
         raise InvalidInputError("infill needs a prefix or a suffix (or both) around the hole; both are empty")
     if not before:
@@ -84,23 +84,10 @@ def infill(
     ctx = context(model, request, [row_generator(model, request.seeds[0])], request.cache_length + len(after))
     decoder = request.strategy(ctx, request.options, suffix=after)
     with torch.inference_mode():
-        pieces = decode(decoder, ctx, request.prompts, n, model.tokenizer, info.eos_ids)
-        while True:
-            try:
-                next(pieces)
-            except StopIteration as done:
-                return done.value[0]
+        return exhaust(decode(decoder, ctx, request.prompts, n, model.tokenizer, info.eos_ids))[0]
 
 
-def _ids(model: Model, text: str | Sequence[int], what: str) -> list[int]:
-    """Token ids of a prefix or suffix; empty is allowed (a hole at the start or the end)."""
-    if isinstance(text, str):
-        if model.tokenizer is None:
-            raise InvalidInputError(f"this model has no tokenizer: pass the {what} as a list of token ids")
-        return model.tokenizer.encode(text) if text else []
-    if any(isinstance(t, bool) or not isinstance(t, numbers.Integral) for t in text):
-        raise InvalidInputError(f"the {what} is a string or a list of token ids")
-    ids = [int(t) for t in text]
-    if any(not 0 <= t < model.info.vocab_size for t in ids):
-        raise InvalidInputError(f"the {what}'s token ids must lie in [0, {model.info.vocab_size})")
-    return ids
+def _ids(model: Model, text: str | Sequence[int]) -> list[int]:
+    """Token ids of a prefix or suffix (checked as a prompt is); empty is allowed (a hole at the
+    start or the end of a file)."""
+    return _prompt_ids(model, text) if len(text) else []

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from paragen.errors import InvalidInputError
+from paragen.threads import torch_threads
 
 SOURCES = ("humaneval", "stdlib")
 DEFAULT_CONTENDERS = "ar,diffusion[threshold=0.9],diffusion[threshold=0.7],diffusion[threshold=0.5]"
@@ -174,7 +175,6 @@ def fill(contender: Contender, hole: Hole, ar_model: Any, diffusion_model: Any) 
 def run_infill_bench(task: str, contenders: str, model: str, diffusion: str, limit: int | None, out: str,
                      threads: int, progress: bool = True) -> int:
     """The infill benchmark: every contender on every hole, interleaved; tables per kind."""
-    import torch
     from tqdm import tqdm
 
     import paragen
@@ -186,17 +186,17 @@ def run_infill_bench(task: str, contenders: str, model: str, diffusion: str, lim
     holes = humaneval_holes() if source == "humaneval" else stdlib_holes()
     holes = holes[:limit] if limit else holes
     chosen = parse_contenders(contenders)
-    torch.set_num_threads(threads)
     ar_model, diffusion_model = paragen.load(model), paragen.load(diffusion)
-    fill(chosen[0], holes[0], ar_model, diffusion_model)  # warm-up, untimed
     records = []
-    t0 = time.perf_counter()
-    for hole in tqdm(holes, desc=f"infill {source}", disable=not progress):
-        for c in chosen:
-            text, calls, tokens, seconds = fill(c, hole, ar_model, diffusion_model)
-            records.append(dict(id=hole.id, kind=hole.kind, contender=c.label, text=text, calls=calls, tokens=tokens,
-                                seconds=seconds, exact=normalised(text) == normalised(hole.hole),
-                                parses=parses(hole, text)))
+    with torch_threads(threads):
+        fill(chosen[0], holes[0], ar_model, diffusion_model)  # warm-up, untimed
+        t0 = time.perf_counter()
+        for hole in tqdm(holes, desc=f"infill {source}", disable=not progress):
+            for c in chosen:
+                text, calls, tokens, seconds = fill(c, hole, ar_model, diffusion_model)
+                records.append(dict(id=hole.id, kind=hole.kind, contender=c.label, text=text, calls=calls,
+                                    tokens=tokens, seconds=seconds, exact=normalised(text) == normalised(hole.hole),
+                                    parses=parses(hole, text)))
     table = summarise(records, chosen)
     bench = {"task": f"infill:{source}", "model": model, "diffusion": diffusion, "threads": threads,
              "command": ["paragen", *sys.argv[1:]], "seconds": time.perf_counter() - t0,
