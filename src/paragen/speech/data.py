@@ -39,8 +39,8 @@ from paragen.speech.vocab import normalize
 from paragen.train.corpus import find_corpus
 
 SPLITS = ("train", "heldout", "heldout_voice")
-# espeak-ng voices (accents) and variants (+m1.. male, +f1.. female) heard in training, and the
-# one held out: a Caribbean accent in a female variant, neither of which training ever hears.
+# espeak-ng voices (accents) and variants (+m1.. male, +f1.. female) heard in training by
+# default (--voices, --variants), and the one held out: a Caribbean accent in a female variant, neither of which training ever hears.
 TRAIN_VOICES = ("en-us", "en-gb", "en-gb-x-rp", "en-gb-x-gbclan", "en-us-nyc", "en-gb-x-gbcwmd")
 TRAIN_VARIANTS = ("m1", "m2", "m3", "m4", "f1", "f2", "f4", "")
 HELDOUT_VOICE = "en-029+f3"
@@ -57,8 +57,31 @@ class SpeechDataConfig:
     rates: str = field(default="140,200", metadata={"help": "espeak words per minute, low,high (uniform)"})
     pitches: str = field(default="30,70", metadata={"help": "espeak pitch 0-99, low,high (uniform)"})
     noise: float = field(default=0.5, metadata={"help": "share of utterances with white noise at 15-35 dB SNR"})
+    voices: str = field(default=",".join(TRAIN_VOICES), metadata={
+        "help": "espeak-ng voices (accents) heard in training, comma-separated (`espeak-ng --voices=en` lists them)"})
+    variants: str = field(default=",".join(TRAIN_VARIANTS), metadata={
+        "help": "espeak-ng variants heard in training, comma-separated; an empty item is the voice's own "
+        "(`espeak-ng --voices=variant` lists them)"})
     stdlib: str | None = field(default=None, metadata={"help": "directory of *.py files (default: the standard library)"})
     seed: int = field(default=0, metadata={"help": "random seed"})
+
+    def __post_init__(self) -> None:
+        voice, variant = HELDOUT_VOICE.split("+")
+        if voice in self.voice_list() or variant in self.variant_list():
+            raise InvalidInputError(f"the held-out voice {HELDOUT_VOICE} must stay unheard in training: "
+                                    f"leave {voice} out of --voices and {variant} out of --variants")
+        if not self.voice_list():
+            raise InvalidInputError("--voices is empty: name at least one espeak-ng voice")
+
+    def voice_list(self) -> list[str]:
+        return [v.strip() for v in self.voices.split(",") if v.strip()]
+
+    def variant_list(self) -> list[str]:
+        return [v.strip() for v in self.variants.split(",")]
+
+    def train_voices(self) -> list[str]:
+        """Every voice+variant training may speak in."""
+        return [v + (f"+{x}" if x else "") for v in self.voice_list() for x in self.variant_list()]
 
 
 def espeak_binary() -> str:
@@ -163,9 +186,11 @@ def plan(cfg: SpeechDataConfig, train_sents: list[str], heldout_sents: list[str]
         return {"id": f"{split}-{i:05d}", "text": normalize(text), "spoken": text, "voice": voice,
                 "rate": r.randint(lo_rate, hi_rate), "pitch": r.randint(lo_pitch, hi_pitch), "snr": snr}
 
-    def train_voice() -> str:
-        variant = r.choice(TRAIN_VARIANTS)
-        return r.choice(TRAIN_VOICES) + (f"+{variant}" if variant else "")
+    voices, variants = cfg.voice_list(), cfg.variant_list()
+
+    def train_voice() -> str:  # a variant, then a voice (the order the default data was drawn in)
+        variant = r.choice(variants)
+        return r.choice(voices) + (f"+{variant}" if variant else "")
 
     picks = r.sample(heldout_sents, cfg.heldout)
     return {
@@ -185,7 +210,7 @@ def build_speech_data(cfg: SpeechDataConfig, progress: bool = True, command: str
     todo = plan(cfg, train_sents, heldout_sents)
     rng = np.random.default_rng(cfg.seed)
     manifest = {"command": command or " ".join(sys.argv), "config": asdict(cfg), "sample_rate": SAMPLE_RATE,
-                "train_voices": [v + (f"+{x}" if x else "") for v in TRAIN_VOICES for x in TRAIN_VARIANTS],
+                "train_voices": cfg.train_voices(),
                 "heldout_voice": HELDOUT_VOICE, "sentences": info, "splits": {}}
     with atomic_directory(cfg.out) as tmp:
         for split, utts in todo.items():

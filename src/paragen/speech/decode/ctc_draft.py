@@ -7,10 +7,14 @@ decoder's own next character (a correction, or the bonus: EOS when the whole dra
 right). The output is therefore exactly ``ar`` greedy's, whatever the draft; the draft only
 decides how many calls it takes: one when CTC and the decoder agree on the utterance.
 
-After a correction the rest of the CTC hypothesis is re-aimed at the committed text: if the
-correction equals the draft's next character, CTC had inserted one (skip it), otherwise it
-substituted one (skip the wrong one); a missed character costs a call or two until the
-decoder and the draft line up again.
+Before each call the rest of the CTC hypothesis is re-aligned to the committed text: the
+draft is the hypothesis after the prefix of it closest in edit distance to the committed
+characters (``Aligner``; of equally close prefixes the longest), so after a correction the
+draft goes on where CTC goes on, whatever its error was. A substituted or inserted character
+realigns at once; a deleted one (CTC missed a character) is told from a substitution by the
+next call, so each CTC error costs one or two calls. (Re-aiming from the last correction
+alone, without the history, never realigned after a deletion: every call after it made one
+character.)
 
 ``ctc_weight`` > 0 verifies against joint CTC/attention greedy decoding instead
 (``base.JointChain``, the same rule as ``ar``'s option): the output is exactly
@@ -29,14 +33,38 @@ from paragen.speech.decode.base import JointChain, JointRow, ctc_best_path
 from paragen.strategies.base import pad
 
 
+class Aligner:
+    """Where the committed characters end in a hypothesis ``hyp``: the Levenshtein distances
+    between the committed characters and every prefix of ``hyp``, one DP row per committed
+    character (O(len(hyp)) each), so a whole utterance costs O(len(output) x len(hyp))."""
+
+    def __init__(self, hyp: list[int]) -> None:
+        self.hyp = hyp
+        self.dist = list(range(len(hyp) + 1))  # nothing committed: distance j to the prefix hyp[:j]
+        self.fed = 0  # committed characters folded into ``dist``
+
+    def feed(self, chars: list[int]) -> None:
+        for c in chars:
+            prev, row = self.dist, [self.dist[0] + 1]
+            for j, h in enumerate(self.hyp, 1):
+                row.append(min(prev[j] + 1, row[j - 1] + 1, prev[j - 1] + (c != h)))
+            self.dist = row
+        self.fed += len(chars)
+
+    def rest(self) -> list[int]:
+        """The hypothesis after the prefix closest to the committed characters (the longest of ties:
+        after a correction that is a substitution, or an insertion when the correction is the
+        hypothesis's next character, as CTC errors mostly are)."""
+        best = min(self.dist)
+        end = max(j for j, d in enumerate(self.dist) if d == best)
+        return self.hyp[end:]
+
+
 @dataclass
 class DraftRow(JointRow):
-    """A row's own state: what is left of its CTC hypothesis, its last proposal (cut at the
-    budget), and the part of that proposal the last call refuted (None before the first call)."""
+    """A row's own state: its CTC hypothesis's alignment to the committed characters."""
 
-    rest: list[int] = field(default_factory=list)
-    proposal: list[int] = field(default_factory=list)
-    rejected: list[int] | None = None
+    aligner: Aligner = field(default_factory=lambda: Aligner([]))
 
 
 class CTCDraft(JointChain):
@@ -46,7 +74,7 @@ class CTCDraft(JointChain):
 
     def new_row(self, b: int, states: torch.Tensor | None) -> DraftRow:
         joint = super().new_row(b, states)
-        return DraftRow(joint.stats, joint.chooser, rest=self.hypothesis(self.ctx.target.memory, b))
+        return DraftRow(joint.stats, joint.chooser, Aligner(self.hypothesis(self.ctx.target.memory, b)))
 
     def hypothesis(self, memory, row: int) -> list[int]:
         """The draft of row ``row`` before any correction: its CTC greedy hypothesis."""
@@ -54,24 +82,15 @@ class CTCDraft(JointChain):
         return align.collapse(labels.tolist())
 
     def propose(self, budgets: list[int]) -> tuple[torch.Tensor, list[int], None]:
-        """The rest of each row's hypothesis, re-aimed after the last call's correction."""
-        for seq, own in zip(self.seqs, self.own):
-            if own.rejected is not None:
-                correction, rejected = seq[-1], own.rejected
-                if len(rejected) > 1 and rejected[1] == correction:
-                    own.rest = rejected[2:]  # CTC inserted rejected[0]
-                else:
-                    own.rest = rejected[1:]  # CTC substituted rejected[0] (or the draft had ended)
-        # The proposal is cut at the budget and the chain one shorter: the decoder's own token
-        # fills the last place (a draft that long would only confirm it)
-        for own, budget in zip(self.own, budgets):
-            own.proposal = own.rest[:budget]
-        chains = [own.proposal[: budget - 1] for own, budget in zip(self.own, budgets)]
+        """The rest of each row's hypothesis after the committed characters (``Aligner``)."""
+        chains = []
+        for seq, own, budget in zip(self.seqs, self.own, budgets):
+            a = own.aligner
+            a.feed(seq[1 + a.fed :])  # seq[0] is the prompt's EOS
+            # The chain is one shorter than the budget: the decoder's own token fills the last
+            # place (a draft that long would only confirm it)
+            chains.append(a.rest()[: budget - 1])
         lengths = [len(c) for c in chains]
         device = self.ctx.target.device
         draft = pad(chains, device) if max(lengths) else torch.zeros(len(chains), 0, dtype=torch.long, device=device)
         return draft, lengths, None
-
-    def accepted(self, accept: list[int], lengths: list[int], before: list[int]) -> None:
-        for own, a in zip(self.own, accept):
-            own.rejected = own.proposal[a:]
