@@ -59,12 +59,13 @@ EOS_MODEL = tiny_model(7, vocab=12, eos=3)  # small vocabulary: EOS comes up oft
 OTHER_DRAFT = tiny_model(5)  # a different random model as the draft: it is mostly rejected
 
 
-def tiny_speech(seed: int = 0, eos_bias: float = 0.0) -> SpeechModel:
+def tiny_speech(seed: int = 0, eos_bias: float = 0.0, cmlm_layers: int = 0) -> SpeechModel:
     """A random float64 speech model with peaked outputs (large weights: no near-ties in argmax);
-    ``eos_bias`` raises EOS's logit so that outputs end before the length limit."""
+    ``eos_bias`` raises EOS's logit so that outputs end before the length limit; ``cmlm_layers``
+    > 0 gives it a CMLM decoder."""
     torch.manual_seed(seed)
     m = SpeechModel(SpeechConfig(d_model=32, heads=2, ff=64, encoder_layers=1, decoder_layers=2, nar_layers=1,
-                                 conv_channels=4, dropout=0.0))
+                                 cmlm_layers=cmlm_layers, conv_channels=4, dropout=0.0))
     with torch.no_grad():
         for name, p in m.named_parameters():
             if name.endswith("head.weight"):

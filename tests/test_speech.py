@@ -307,6 +307,39 @@ def test_ctc_draft_with_the_answer_as_draft_takes_one_call():
     assert out.stats.decoder_calls == 1
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_ctc_draft_realigns_after_each_kind_of_ctc_error(seed):
+    """One CTC error costs at most two more calls, wherever it is: the draft after a correction
+    is the hypothesis re-aligned to the committed text (a deletion used to cost a call per
+    character after it)."""
+    model = tiny(seed, eos_bias=1.0)
+    x, _ = encoded(model, frames=160, seed=seed)
+    full = run_strategy(model, x, "ar").tokens
+    ref = [t for t in full if t != vocab.EOS]  # the characters
+    assert len(ref) >= 12, "the fixture's output must be long enough to err in its middle"
+    k = next(i for i in range(len(ref) // 3, len(ref) - 3) if len({ref[i - 1], ref[i], ref[i + 1]}) == 3)
+    other = next(c for c in range(vocab.MASK + 1, 31) if c not in (ref[k - 1], ref[k], ref[k + 1]))
+    errors = {"deletion": ref[:k] + ref[k + 1 :], "substitution": ref[:k] + [other] + ref[k + 1 :],
+              "insertion": ref[:k] + [other] + ref[k:]}
+    for name, draft in errors.items():
+        out = run_strategy(model, x, drafting(draft))
+        assert out.tokens == full, name
+        assert out.stats.decoder_calls <= 3, (name, out.stats.decoder_calls)
+
+
+def test_ctc_draft_aligner_finds_where_the_committed_text_ends():
+    from paragen.speech.decode.ctc_draft import Aligner
+
+    a = Aligner(list("abcdef"))
+    a.feed(list("abx"))  # x for c: a substitution, the longest of the tied prefixes
+    assert a.rest() == list("def")
+    a.feed(list("c"))  # it was a deletion after all: abxc is abc with x inserted
+    assert a.rest() == list("def") and a.fed == 4
+    b = Aligner(list("abcdef"))
+    b.feed(list("abd"))  # d is the hypothesis's next but one: CTC inserted c
+    assert b.rest() == list("ef")
+
+
 def test_beam_of_one_is_greedy():
     model = tiny(2)
     x, _ = encoded(model, seed=2)
@@ -329,6 +362,61 @@ def test_mask_predict_with_t_equal_to_length_commits_one_token_per_iteration():
     assert kept == list(range(1, L + 1))
     assert out.stats.decoder_calls == L
     assert len(tokens) == L and vocab.MASK not in tokens and all(t > vocab.MASK for t in tokens)
+
+
+def oracle_cmlm(answer: list[int]) -> SpeechModel:
+    """A speech model (tiny's encoder and CTC) whose CMLM decoder always predicts ``answer``."""
+
+    class Oracle(SpeechModel):
+        def cmlm_logits(self, tokens, segments, enc):
+            logits = torch.zeros(*tokens.shape, self.config.vocab_size, dtype=self.dtype)
+            for b in range(tokens.shape[0]):
+                logits[b, torch.arange(len(answer)), torch.tensor(answer)] = 10.0
+            return logits
+
+    base = tiny(0, cmlm_layers=1)
+    model = Oracle(base.config).double().eval()
+    model.load_state_dict(base.state_dict())
+    return model
+
+
+def test_mask_predict_with_a_perfect_cmlm_decoder_restores_every_mask_in_one_iteration():
+    model = oracle_cmlm([])
+    x, enc = encoded(model)
+    L = len(align.collapse(ctc_best_path(enc)[0].tolist()))
+    assert L >= 5, "the fixture's CTC hypothesis must have a few tokens"
+    answer = [vocab.MASK + 1 + i % 26 for i in range(L)]
+    model = oracle_cmlm(answer)
+    one = run_strategy(model, x, "mask_predict", iterations=1)
+    assert [t for t in one.tokens if t != vocab.EOS] == answer and one.stats.decoder_calls == 1
+    assert one.stats.extra["kept_per_iteration"] == [L]
+    for T in (2, 4):  # T iterations call the decoder T times, and a perfect decoder never changes its mind
+        out = run_strategy(model, x, "mask_predict", iterations=T)
+        assert out.tokens == one.tokens and out.stats.decoder_calls == T
+
+
+def test_the_cmlm_decoder_sees_its_tokens_and_their_frames():
+    """mask_predict runs the CMLM decoder when the model has one, batched as alone; a model
+    grown with add_cmlm keeps every other weight and starts its CMLM from the NAR decoder."""
+    model = tiny(1, cmlm_layers=1)
+    xs = [features(60 + 20 * i, seed=i) for i in range(3)]
+    alone = [decode_features(model, x, "mask_predict").tokens for x in xs]
+    assert [t.tokens for t in run(decode_batch(model, xs, "mask_predict"))] == alone
+    x, enc = encoded(model)
+    labels, _ = ctc_best_path(enc)
+    tokens, seg = align.segments(labels[None], torch.ones(1, len(labels), dtype=torch.bool))
+    t = torch.tensor(tokens)
+    masked = torch.full_like(t, vocab.MASK)
+    assert not torch.allclose(model.cmlm_logits(t, seg, enc), model.cmlm_logits(masked, seg, enc))
+    shifted = seg.roll(1, dims=2)  # the same tokens spoken elsewhere
+    assert not torch.allclose(model.cmlm_logits(t, seg, enc), model.cmlm_logits(t, shifted, enc))
+    plain = tiny(2)
+    grown = plain.add_cmlm(1)
+    state = grown.state_dict()
+    assert all(torch.equal(v, state[k]) for k, v in plain.state_dict().items())
+    assert torch.equal(state["cmlm_head.weight"], state["nar_head.weight"]) and grown.config.cmlm_layers == 1
+    with pytest.raises(ValueError, match="no CMLM decoder"):
+        plain.cmlm_logits(t, seg, enc)
 
 
 def test_ctc_tokens_collapse_as_ctc_and_keep_each_tokens_best_frame():
@@ -690,6 +778,60 @@ def test_train_speech_and_continue_with_init(tmp_path):
     assert b.config == a.config and second["model"] == first["model"]
     assert torch.equal(b.feat_mean, a.feat_mean) and torch.equal(b.feat_std, a.feat_std)
     assert not torch.equal(b.head.weight, a.head.weight)  # it trained
+
+
+def test_teacher_transcripts_are_the_teachers_and_a_resumed_step_writes_each_once(tmp_path):
+    import json
+
+    from paragen.errors import InvalidInputError
+    from paragen.speech.data import load_split
+    from paragen.speech.distill import distill_speech, teacher_texts
+
+    data = fake_feature_dir(tmp_path)
+    teacher = tiny(0, eos_bias=2.0).float()
+    split = load_split(data, "train")
+    expected = [decode_features(teacher, split.item(i), "ar").text for i in range(len(split))]
+    path = distill_speech(str(data), teacher, "tiny", "ar", batch=4, progress=False)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["id"] for r in rows] == [r["id"] for r in split.rows] and [r["text"] for r in rows] == expected
+    assert teacher_texts(data, [r["id"] for r in split.rows]) == expected
+    # a run stopped after two utterances and half a line: the next run keeps the two (not
+    # transcribed again: their marked texts stay) and writes every other utterance once
+    partial = path.with_name(path.name + ".partial")
+    kept = [{"id": r["id"], "text": "kept"} for r in split.rows[:2]]
+    partial.write_text("".join(json.dumps(r) + "\n" for r in kept) + '{"id": "train-2", "te')
+    path.unlink()
+    distill_speech(str(data), teacher, "tiny", "ar", batch=4, progress=False)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["id"] for r in rows] == [r["id"] for r in split.rows]
+    assert [r["text"] for r in rows] == ["kept", "kept", *expected[2:]] and not partial.exists()
+    partial.write_text("")
+    with pytest.raises(InvalidInputError, match="another teacher"):
+        distill_speech(str(data), teacher, "tiny", "ctc", progress=False)
+    with pytest.raises(InvalidInputError, match="speech-distill"):
+        teacher_texts(tmp_path, ["x"])
+
+
+@pytest.mark.slow
+def test_train_speech_distilled_with_a_cmlm_decoder(tmp_path):
+    """--distill trains the NAR side on the teacher's transcripts; --cmlm-layers adds a CMLM
+    decoder to an --init model without one; the result loads and mask-predicts with it."""
+    from paragen.speech.distill import distill_speech
+    from paragen.speech.train import SpeechTrainConfig, train_speech
+
+    data = fake_feature_dir(tmp_path)
+    small = dict(data=str(data), batch=3, steps=3, warmup=1, eval_every=3, eval_utterances=3, checkpoint_every=3,
+                 d_model=32, encoder_layers=1, decoder_layers=1, nar_layers=1)
+    train_speech(SpeechTrainConfig(out=str(tmp_path / "a"), **small), progress=False)
+    with pytest.raises(Exception, match="speech-distill"):
+        train_speech(SpeechTrainConfig(out=str(tmp_path / "b"), **small, distill=True), progress=False)
+    distill_speech(str(data), load_speech_model(tmp_path / "a"), "a", progress=False)
+    train_speech(SpeechTrainConfig(out=str(tmp_path / "b"), **small, init=str(tmp_path / "a"), cmlm_layers=1,
+                                   distill=True), progress=False)
+    a, b = load_speech_model(tmp_path / "a"), load_speech_model(tmp_path / "b")
+    assert b.config.cmlm_layers == 1
+    assert not torch.equal(b.cmlm_head.weight, a.nar_head.weight)  # started from it, then trained
+    assert isinstance(decode_features(b, features(200), "mask_predict").text, str)
 
 
 # ---------------------------------------------------------------- input level, sample rate, empty input

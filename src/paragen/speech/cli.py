@@ -20,7 +20,7 @@ def add_data_parser(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("data", help="build a data set (speech: synthesised with espeak-ng)",
                        description="Build a data set for paragen's own models.")
-    dsub = p.add_subparsers(dest="what", required=True, metavar="{speech}")
+    dsub = p.add_subparsers(dest="what", required=True, metavar="{speech,speech-distill}")
     s = dsub.add_parser(
         "speech", help="synthesise an English speech corpus with espeak-ng",
         description="Speak standard-library docstring and comment sentences with espeak-ng (needs the espeak-ng "
@@ -32,6 +32,22 @@ def add_data_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--quiet", action="store_true", help="no progress bars")
     add_config_flags(s, SpeechDataConfig, skip={"out"})
     s.set_defaults(run=run_data)
+    d = dsub.add_parser(
+        "speech-distill", help="write an AR teacher's transcripts of a speech data set's training audio",
+        description="Transcribe the training split of a `paragen data speech` directory with a teacher model and "
+        "strategy into DATA/train.teacher.jsonl, the targets of sequence-level knowledge distillation "
+        "(`paragen train speech --distill`). Resumable: a stopped run goes on where it stopped, and each "
+        "utterance is written once.",
+        epilog=decoder_help(), formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    d.add_argument("--data", required=True, help="directory from `paragen data speech`")
+    d.add_argument("--teacher", default="speech-en", help="built-in speech model or directory (default: speech-en)")
+    d.add_argument("--strategy", default="ar", help="the teacher's decoder (default: ar)")
+    d.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE", help="decoder option (repeatable)")
+    d.add_argument("--batch", type=int, default=32, help="utterances per decoder batch (default: 32)")
+    d.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_threads_flag(d, DEFAULT_THREADS)
+    d.set_defaults(run=run_distill)
 
 
 def run_data(args: argparse.Namespace) -> int:
@@ -42,6 +58,19 @@ def run_data(args: argparse.Namespace) -> int:
     m = build_speech_data(cfg, progress=not args.quiet, command="paragen " + " ".join(sys.argv[1:]))
     sizes = ", ".join(f"{k} {v['utterances']} utterances ({v['hours'] * 60:.0f} min)" for k, v in m["splits"].items())
     print(f"{cfg.out}: {sizes}")
+    return 0
+
+
+def run_distill(args: argparse.Namespace) -> int:
+    """Write the teacher's transcripts and say where."""
+    from paragen.loading import load
+    from paragen.speech.distill import distill_speech
+
+    with command_threads(args):
+        teacher = load(args.teacher)
+        path = distill_speech(args.data, teacher, args.teacher, args.strategy, parse_options(args.option), args.batch,
+                              progress=not args.quiet)
+    print(f"{path}: the teacher's transcripts ({args.teacher}, {args.strategy})")
     return 0
 
 

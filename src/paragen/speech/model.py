@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -37,7 +37,8 @@ class SpeechConfig:
     ff: int = 512
     encoder_layers: int = 6
     decoder_layers: int = 2  # AR attention decoder
-    nar_layers: int = 2  # NAR decoder (mask-predict and CASS-NAT share it)
+    nar_layers: int = 2  # NAR decoder of CASS-NAT (and of mask-predict when there is no CMLM decoder)
+    cmlm_layers: int = 0  # mask-predict's own CMLM decoder (0: none, mask-predict runs on the NAR decoder)
     conv_channels: int = 32
     vocab_size: int = len(vocab.VOCAB)
     dropout: float = 0.1
@@ -157,6 +158,12 @@ class SpeechModel(nn.Module, Seq2SeqModel):
         self.tae = Attention(d, c.heads)
         self.nar = nn.ModuleList(DecoderLayer(c) for _ in range(c.nar_layers))
         self.nar_norm, self.nar_head = nn.LayerNorm(d), nn.Linear(d, c.vocab_size)
+        # CMLM decoder (cmlm_layers > 0): a character's input is its embedding (or the mask's)
+        # plus its TAE, so a masked position knows which frames it spells (see cmlm_logits)
+        if c.cmlm_layers:
+            self.cmlm_embed = nn.Embedding(c.vocab_size, d)
+            self.cmlm = nn.ModuleList(DecoderLayer(c) for _ in range(c.cmlm_layers))
+            self.cmlm_norm, self.cmlm_head = nn.LayerNorm(d), nn.Linear(d, c.vocab_size)
         # Global feature mean and std of the training set (CMVN), set once before training.
         self.register_buffer("feat_mean", torch.zeros(c.n_mels))
         self.register_buffer("feat_std", torch.ones(c.n_mels))
@@ -245,13 +252,17 @@ class SpeechModel(nn.Module, Seq2SeqModel):
     def nar_forward(self, inputs: torch.Tensor, enc: Encoded, pad: torch.Tensor) -> torch.Tensor:
         """NAR decoder logits [B, L, V]: inputs [B, L, D] (token embeddings or TAEs), pad [B, L] True = padding;
         bidirectional self-attention over the non-padded positions."""
+        return self._bidirectional(self.nar, self.nar_norm, self.nar_head, inputs, enc, pad)
+
+    def _bidirectional(self, layers: nn.ModuleList, norm: nn.Module, head: nn.Module, inputs: torch.Tensor, enc: Encoded,
+                       pad: torch.Tensor) -> torch.Tensor:
         L = inputs.shape[1]
         x = self.drop(inputs + sinusoid(torch.arange(L, device=inputs.device), self.config.d_model).to(self.dtype))
         self_mask = (~pad)[:, None, None, :]
         mem_mask = (~enc.pad)[:, None, None, :]
-        for layer in self.nar:
+        for layer in layers:
             x = layer(x, None, self_mask, enc.memory, mem_mask)
-        return self.nar_head(self.nar_norm(x))
+        return head(norm(x))
 
     def nar_tokens(self, tokens: torch.Tensor, enc: Encoded, pad: torch.Tensor) -> torch.Tensor:
         """Mask-predict: NAR logits for tokens [B, L] with ``vocab.MASK`` where unknown."""
@@ -260,6 +271,32 @@ class SpeechModel(nn.Module, Seq2SeqModel):
     def nar_tae(self, segments: torch.Tensor, enc: Encoded) -> torch.Tensor:
         """CASS-NAT: NAR logits [B, L, V] from the TAEs of the alignment's segments [B, L, S]."""
         return self.nar_forward(self.token_acoustic_embeddings(enc, segments), enc, ~segments.any(-1))
+
+    def cmlm_logits(self, tokens: torch.Tensor, segments: torch.Tensor, enc: Encoded) -> torch.Tensor:
+        """The CMLM decoder's logits [B, L, V] for tokens [B, L] (``vocab.MASK`` where unknown)
+        whose frames are segments [B, L, S] (a CTC alignment's, ``align.segments``; padding
+        tokens have none). Each input is the token's embedding plus its TAE: a conditional
+        masked LM over characters that knows where each character is spoken, so that with every
+        position masked it predicts as CASS-NAT does, and with some known it refines the rest."""
+        if not self.config.cmlm_layers:
+            raise ValueError("this speech model has no CMLM decoder (cmlm_layers = 0)")
+        x = self.cmlm_embed(tokens) * math.sqrt(self.config.d_model) + self.token_acoustic_embeddings(enc, segments)
+        return self._bidirectional(self.cmlm, self.cmlm_norm, self.cmlm_head, x, enc, ~segments.any(-1))
+
+    def add_cmlm(self, layers: int) -> SpeechModel:
+        """This model with a CMLM decoder of ``layers`` layers added (for training from a model
+        without one), started from the NAR decoder's weights (both read TAEs and characters)
+        where the layer counts allow, else freshly initialised."""
+        grown = SpeechModel(replace(self.config, cmlm_layers=layers)).to(self.dtype)
+        missing, unexpected = grown.load_state_dict(self.state_dict(), strict=False)
+        assert not unexpected and all(k.startswith("cmlm") for k in missing), (missing, unexpected)
+        with torch.no_grad():
+            grown.cmlm_embed.weight.copy_(self.nar_embed.weight)
+            grown.cmlm_norm.load_state_dict(self.nar_norm.state_dict())
+            grown.cmlm_head.load_state_dict(self.nar_head.state_dict())
+            for new, old in zip(grown.cmlm, self.nar):
+                new.load_state_dict(old.state_dict())
+        return grown.train(self.training)
 
 
 class SpeechDecoder(Model):

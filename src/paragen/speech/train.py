@@ -3,8 +3,11 @@
 Loss (ESPnet-style hybrid, Watanabe et al. 2017): ``ctc_weight * CTC + (1 - ctc_weight) *
 attention CE`` (label-smoothed), plus ``nar_weight`` times the two NAR decoder losses on the
 same encoder: CMLM (Ghazvininejad et al. 2019: mask a uniform number of target tokens,
-predict them) and CASS-NAT (TAEs from the Viterbi alignment of the target under the current
-CTC head, predict every token; Fan et al. 2021). SpecAugment-style masks on the input.
+predict them; on the CMLM decoder, with each token's TAE, when the model has one, else on
+the NAR decoder) and CASS-NAT (TAEs from the Viterbi alignment of the target under the
+current CTC head, predict every token; Fan et al. 2021). SpecAugment-style masks on the input.
+With ``distill`` the NAR side (CTC, CMLM, CASS-NAT) learns an AR teacher's transcripts
+(``paragen.speech.distill``) and the AR decoder the references.
 
 The loop (``paragen.train.loop.fit``) samples windows of a 1-D sequence; here the sequence
 is the utterance ids sorted by length, so a window of ``batch`` neighbours is a
@@ -25,6 +28,7 @@ from tqdm import tqdm
 from paragen.models.io import atomic_directory, resolve
 from paragen.speech import align, vocab
 from paragen.speech.data import SpeechSplit, load_split
+from paragen.speech.distill import teacher_texts
 from paragen.speech.metrics import error_rate
 from paragen.speech.model import Encoded, SpeechConfig, SpeechModel, load_speech_model, save_speech_model
 from paragen.train.loop import fit, training_record
@@ -49,6 +53,12 @@ class SpeechTrainConfig:
     encoder_layers: int = field(default=6, metadata={"help": "encoder layers"})
     decoder_layers: int = field(default=2, metadata={"help": "AR decoder layers"})
     nar_layers: int = field(default=2, metadata={"help": "NAR decoder layers"})
+    cmlm_layers: int = field(default=0, metadata={
+        "help": "CMLM decoder layers (mask-predict's own decoder; 0: none); with --init from a model without "
+        "one, it is added, started from the NAR decoder's weights"})
+    distill: bool = field(default=False, metadata={
+        "help": "sequence-level knowledge distillation: CTC and the NAR decoders learn the teacher's transcripts "
+        "(DATA/train.teacher.jsonl from `paragen data speech-distill`), the AR decoder the references"})
     eval_every: int = field(default=500, metadata={"help": "held-out evaluation every N steps"})
     eval_utterances: int = field(default=100, metadata={"help": "held-out utterances per evaluation"})
     checkpoint_every: int = field(default=200, metadata={"help": "checkpoint every N steps"})
@@ -88,19 +98,40 @@ def spec_augment(x: torch.Tensor, lengths: torch.Tensor, fill: torch.Tensor, g: 
     return x
 
 
-def targets_of(split: SpeechSplit, ids: list[int]) -> list[list[int]]:
-    return [vocab.encode(split.rows[i]["text"]) for i in ids]
+def targets_of(split: SpeechSplit, ids: list[int], texts: list[str] | None = None) -> list[list[int]]:
+    """The character ids of utterances ``ids``: their references, or their ``texts`` (one per utterance of the split)."""
+    return [vocab.encode(split.rows[i]["text"] if texts is None else texts[i]) for i in ids]
 
 
-def losses(model: SpeechModel, enc: Encoded, ys: list[list[int]], cfg: SpeechTrainConfig, g: torch.Generator) -> dict:
-    """Each loss of the joint objective for one encoded batch and its targets."""
+def mask_uniformly(ys: list[list[int]], g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """CMLM's training inputs: each target with k ~ U{1..len} random positions masked
+    [B, L] (padding EOS), and the masked positions' targets [B, L] (-100 elsewhere)."""
+    L = max(1, max(len(y) for y in ys))
+    toks = torch.full((len(ys), L), vocab.EOS, dtype=torch.long)
+    tgt = torch.full((len(ys), L), -100, dtype=torch.long)
+    for b, y in enumerate(ys):
+        if not y:
+            continue
+        k = int(torch.randint(1, len(y) + 1, (1,), generator=g))
+        pos = torch.randperm(len(y), generator=g)[:k]
+        toks[b, : len(y)] = torch.tensor(y)
+        toks[b, pos] = vocab.MASK
+        tgt[b, pos] = torch.tensor(y)[pos]
+    return toks, tgt
+
+
+def losses(model: SpeechModel, enc: Encoded, ys: list[list[int]], cfg: SpeechTrainConfig, g: torch.Generator,
+           nar_ys: list[list[int]] | None = None) -> dict:
+    """Each loss of the joint objective for one encoded batch and its targets ``ys`` (the NAR
+    side's ``nar_ys`` when distilling, else ``ys``)."""
+    nar_ys = ys if nar_ys is None else nar_ys
     B, dev = len(ys), enc.memory.device
     lp = enc.ctc_logits.float().log_softmax(-1)
-    flat = torch.tensor([t for y in ys for t in y], dtype=torch.long)
-    ylen = torch.tensor([len(y) for y in ys])
+    flat = torch.tensor([t for y in nar_ys for t in y], dtype=torch.long)
+    ylen = torch.tensor([len(y) for y in nar_ys])
     ctc = F.ctc_loss(lp.transpose(0, 1), flat, enc.lengths.cpu(), ylen, blank=vocab.BLANK, zero_infinity=True)
     # AR decoder: input EOS y1..yL, target y1..yL EOS
-    L = int(ylen.max()) + 1
+    L = max(len(y) for y in ys) + 1
     inp = torch.full((B, L), vocab.EOS, dtype=torch.long)
     tgt = torch.full((B, L), -100, dtype=torch.long)
     for b, y in enumerate(ys):
@@ -109,28 +140,27 @@ def losses(model: SpeechModel, enc: Encoded, ys: list[list[int]], cfg: SpeechTra
     logits = model.decode(inp.to(dev), torch.arange(L, device=dev).expand(B, -1), enc)
     att = F.cross_entropy(logits.float().flatten(0, 1), tgt.flatten().to(dev), ignore_index=-100,
                           label_smoothing=cfg.label_smoothing)
-    # CMLM: mask k ~ U{1..len} random positions of each target, predict them
-    Lt = int(ylen.max())
-    toks = torch.full((B, Lt), vocab.EOS, dtype=torch.long)
-    mtgt = torch.full((B, Lt), -100, dtype=torch.long)
-    for b, y in enumerate(ys):
-        k = int(torch.randint(1, len(y) + 1, (1,), generator=g))
-        pos = torch.randperm(len(y), generator=g)[:k]
-        toks[b, : len(y)] = torch.tensor(y)
-        toks[b, pos] = vocab.MASK
-        mtgt[b, pos] = torch.tensor(y)[pos]
-    pad = torch.arange(Lt)[None] >= ylen[:, None]
-    cmlm = F.cross_entropy(model.nar_tokens(toks.to(dev), enc, pad.to(dev)).float().flatten(0, 1), mtgt.flatten().to(dev),
-                           ignore_index=-100)
     # CASS-NAT: TAEs from the Viterbi alignment of the target under the current CTC posteriors
     with torch.no_grad():
-        labels = align.viterbi(lp.detach(), enc.lengths.cpu(), ys)
+        labels = align.viterbi(lp.detach(), enc.lengths.cpu(), nar_ys)
     toks_v, seg = align.segments(labels, ~enc.pad.cpu())
     ctgt = torch.full(seg.shape[:2], -100, dtype=torch.long)
+    aligned = [t == y for t, y in zip(toks_v, nar_ys)]  # an infeasible row (too few frames) aligns to nothing
     for b, t in enumerate(toks_v):
-        if t == ys[b]:  # an infeasible row (too few frames) aligns to nothing and is skipped
+        if aligned[b]:
             ctgt[b, : len(t)] = torch.tensor(t)
     cass = F.cross_entropy(model.nar_tae(seg.to(dev), enc).float().flatten(0, 1), ctgt.flatten().to(dev), ignore_index=-100)
+    # CMLM: mask k ~ U{1..len} random positions of each target, predict them
+    toks, mtgt = mask_uniformly(nar_ys, g)
+    if model.config.cmlm_layers:  # its own decoder, each token with its TAE (aligned rows only)
+        mtgt[[not a for a in aligned]] = -100
+        Lt = toks.shape[1]
+        seg_t = F.pad(seg, (0, 0, 0, max(0, Lt - seg.shape[1])))[:, :Lt]
+        logits = model.cmlm_logits(toks.to(dev), seg_t.to(dev), enc)
+    else:
+        pad = torch.arange(toks.shape[1])[None] >= ylen[:, None]
+        logits = model.nar_tokens(toks.to(dev), enc, pad.to(dev))
+    cmlm = F.cross_entropy(logits.float().flatten(0, 1), mtgt.flatten().to(dev), ignore_index=-100)
     return {"ctc": ctc, "att": att, "cmlm": cmlm, "cass": cass}
 
 
@@ -207,12 +237,15 @@ def train_speech(cfg: SpeechTrainConfig, resume: bool = False, progress: bool = 
     random.seed(cfg.seed)
     train = load_split(cfg.data, "train")
     sets = {name: load_split(cfg.data, name) for name in ("heldout", "heldout_voice")}
+    teacher = teacher_texts(cfg.data, [r["id"] for r in train.rows]) if cfg.distill else None
     if cfg.init:
         # Continue a model's training on new data or a new budget (fp16 weights widen exactly to fp32).
         model = load_speech_model(resolve(cfg.init)).train()
+        if cfg.cmlm_layers and not model.config.cmlm_layers:
+            model = model.add_cmlm(cfg.cmlm_layers)
     else:
         mconf = SpeechConfig(d_model=cfg.d_model, encoder_layers=cfg.encoder_layers, decoder_layers=cfg.decoder_layers,
-                             nar_layers=cfg.nar_layers, ff=4 * cfg.d_model)
+                             nar_layers=cfg.nar_layers, cmlm_layers=cfg.cmlm_layers, ff=4 * cfg.d_model)
         model = SpeechModel(mconf)
         model.feat_mean, model.feat_std = feature_stats(train)
     frames = (train.offsets[1:] - train.offsets[:-1])
@@ -223,7 +256,8 @@ def train_speech(cfg: SpeechTrainConfig, resume: bool = False, progress: bool = 
         x, lengths = pad_features(train, ids)
         if cfg.spec_augment:
             x = spec_augment(x, lengths, m.feat_mean, g)
-        return total_loss(losses(m, m.encode(x, lengths), targets_of(train, ids), cfg, g), cfg)
+        nar_ys = targets_of(train, ids, teacher) if teacher is not None else None
+        return total_loss(losses(m, m.encode(x, lengths), targets_of(train, ids), cfg, g, nar_ys), cfg)
 
     state = fit(model, cfg, order, loss_fn, lambda m: evaluate(m, sets, cfg), work / "checkpoint.pt", resume=resume,
                 progress=progress, desc="train speech", stop_at=stop_at)

@@ -43,6 +43,15 @@ class CountedDecoder(CountedModel):
         self.calls += 1
         return self.model.speech.nar_tae(segments, enc)
 
+    @property
+    def has_cmlm(self) -> bool:
+        """Whether the model has a CMLM decoder of its own (``SpeechModel.cmlm_logits``)."""
+        return bool(self.model.speech.config.cmlm_layers)
+
+    def cmlm(self, tokens: torch.Tensor, segments: torch.Tensor, enc: Encoded) -> torch.Tensor:
+        self.calls += 1
+        return self.model.speech.cmlm_logits(tokens, segments, enc)
+
     def score(self, tokens: torch.Tensor, positions: torch.Tensor, enc: Encoded) -> torch.Tensor:
         """AR decoder logits for whole sequences over the memory rows ``enc`` (no cache)."""
         self.calls += 1

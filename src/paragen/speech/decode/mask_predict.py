@@ -1,4 +1,9 @@
-"""``mask_predict``: CMLM mask-predict on the NAR decoder (Ghazvininejad et al. 2019, sec. 3).
+"""``mask_predict``: CMLM mask-predict (Ghazvininejad et al. 2019, sec. 3).
+
+The decoder: a model's own CMLM decoder (``SpeechModel.cmlm_logits``: each character's input
+is its embedding or the mask's, plus the token-level acoustic embedding of the frames the CTC
+best path gives it, so a masked character knows where it is spoken), else the NAR decoder it
+shares with CASS-NAT (token embeddings only: models trained before the CMLM decoder).
 
 Length: the CTC greedy hypothesis's (as Mask-CTC, Higuchi et al. 2020, takes it). Two starts:
 
@@ -58,6 +63,7 @@ class Row:
     tokens: torch.Tensor
     probs: torch.Tensor
     masked: torch.Tensor
+    segments: torch.Tensor  # [L, S] each character's frames on the CTC best path
     t: int = 0
     extra: dict = field(default_factory=lambda: {"kept_per_iteration": []})
 
@@ -86,7 +92,7 @@ def predict(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 class MaskPredict(NARStrategy):
     name = "mask_predict"
-    summary = "CMLM mask-predict on the NAR decoder: length from CTC, T iterations re-masking the least confident"
+    summary = "CMLM mask-predict (the CMLM decoder, else the NAR decoder): length from CTC, T iterations re-masking the least confident"
     trace_source = "model"
     Options = MaskPredictOptions
 
@@ -95,16 +101,18 @@ class MaskPredict(NARStrategy):
         below ``threshold`` masked."""
         labels, conf = ctc_best_path(self.memory, row)
         dev = labels.device
+        _, seg = align.segments(labels[None], torch.ones(1, len(labels), dtype=torch.bool, device=dev))
+        tokens, scores = ctc_tokens(labels.tolist(), conf.tolist())
+        segments = seg[0, : len(tokens)]
         if self.opts.init == "ctc":
-            tokens, scores = ctc_tokens(labels.tolist(), conf.tolist())
             x = torch.tensor(tokens, dtype=torch.long, device=dev)
             masked = torch.tensor([c < self.opts.threshold for c in scores], dtype=torch.bool, device=dev)
             x[masked] = vocab.MASK
-            return Row(x, torch.zeros(len(tokens), device=dev), masked,
+            return Row(x, torch.zeros(len(tokens), device=dev), masked, segments,
                        extra={"kept_per_iteration": [], "masked": int(masked.sum())})
-        L = len(align.collapse(labels.tolist()))
+        L = len(tokens)
         return Row(torch.full((L,), vocab.MASK, dtype=torch.long, device=dev), torch.zeros(L, device=dev),
-                   torch.ones(L, dtype=torch.bool, device=dev))
+                   torch.ones(L, dtype=torch.bool, device=dev), segments)
 
     def finished(self, row: Row) -> bool:
         if self.opts.init == "ctc":
@@ -117,13 +125,18 @@ class MaskPredict(NARStrategy):
     def advance(self) -> list[list[int]]:
         """1. predict every row's masked positions in one call; 2. keep (Mask-CTC) or re-mask
         (CMLM) by confidence; 3. commit the rows that are final."""
-        dev = self.ctx.target.device
-        L = max(len(r.tokens) for r in self.rows)
+        target, dev = self.ctx.target, self.ctx.target.device
+        L, S = max(len(r.tokens) for r in self.rows), self.memory.memory.shape[1]
         tokens = torch.full((len(self.rows), L), vocab.MASK, dtype=torch.long, device=dev)
         pad = torch.ones(len(self.rows), L, dtype=torch.bool, device=dev)
+        segments = torch.zeros(len(self.rows), L, S, dtype=torch.bool, device=dev)
         for b, r in enumerate(self.rows):
-            tokens[b, : len(r.tokens)], pad[b, : len(r.tokens)] = r.tokens, False
-        p, y = predict(self.ctx.target.nar_tokens(tokens, self.memory, pad))
+            n = len(r.tokens)
+            tokens[b, :n], pad[b, :n], segments[b, :n, : r.segments.shape[1]] = r.tokens, False, r.segments
+        if target.has_cmlm:
+            p, y = predict(target.cmlm(tokens, segments, self.memory))
+        else:
+            p, y = predict(target.nar_tokens(tokens, self.memory, pad))
         if self.ctx.trace:
             self.ctx.trace.lap("verify")
         for b, r in enumerate(self.rows):
