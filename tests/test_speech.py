@@ -298,6 +298,38 @@ def test_ctc_draft_equals_joint_ctc_attention_greedy(seed):
         GreedyOptions(ctc_weight=1.0)
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_ctc_tree_equals_ar_with_its_ctc_weight(seed):
+    """The n-best tree's output is ar's (greedy, and joint CTC/attention with ctc_weight) in
+    float64, for any number of branches, alone and in a batch."""
+    model = tiny(seed, eos_bias=1.0)
+    xs = [features(100 + 30 * i, seed=seed + i) for i in range(3)]
+    for lam in (0.0, 0.4):
+        reference = [decode_features(model, x, "ar", options_for("ar", {"ctc_weight": lam})).tokens for x in xs]
+        for branches, nodes in ((0, 96), (4, 96), (16, 12)):
+            opts = options_for("ctc_tree", {"ctc_weight": lam, "branches": branches, "nodes": nodes})
+            alone = [decode_features(model, x, "ctc_tree", opts) for x in xs]
+            assert [t.tokens for t in alone] == reference, (lam, branches)
+            batch = run(decode_batch(model, xs, "ctc_tree", opts))
+            assert [t.tokens for t in batch] == reference
+            assert [t.stats.decoder_calls for t in batch] == [t.stats.decoder_calls for t in alone]
+
+
+def test_ctc_tree_alternatives_are_the_unsure_characters():
+    from paragen.speech.decode.ctc_tree import alternatives
+
+    a, b, c, _ = 5, 6, 7, vocab.BLANK
+    labels = torch.tensor([a, a, _, _, b, c])
+    probs = torch.full((6, 31), 0.001)
+    probs[torch.arange(6), labels] = 0.9
+    probs[1, c] = 0.3  # a substitution of the first a by c
+    probs[3, b] = 0.2  # a character CTC may have dropped between a and b
+    hyp, alts = alternatives(labels, probs)
+    assert hyp == [a, b, c]
+    assert alts[0].at == 0 and alts[0].token == c and alts[0].skip == 1 and alts[0].score == pytest.approx(0.3)
+    assert alts[1].at == 1 and alts[1].token == b and alts[1].skip == 0 and alts[1].score == pytest.approx(0.2)
+
+
 def test_ctc_draft_with_the_answer_as_draft_takes_one_call():
     model = tiny(1)
     x, _ = encoded(model, seed=1)

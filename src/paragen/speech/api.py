@@ -105,7 +105,9 @@ def _decode_batch(model: SpeechModel, features: list[torch.Tensor], cls: type[St
         generators = [torch.Generator(device=dev) for _ in range(B)]  # greedy: never drawn from
         ctx = DecodeContext(target=CountedDecoder(model.bind(enc)), sampling=SamplingParams(0.0),
                             generator=generators[0], generators=generators,
-                            cache_length=1 + max(limits) + cls.slack(options))
+                            # a chain's padded call may write a whole draft (as long as another
+                            # row's budget) after a row's committed tokens: room for both
+                            cache_length=1 + 2 * max(limits) + cls.slack(options))
         if trace:
             meta = {"model": getattr(model, "name", None), "options": dataclasses.asdict(options)}
             ctx.trace = Recorder(strategy, [[] for _ in range(B)], dev, meta)

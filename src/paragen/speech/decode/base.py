@@ -22,6 +22,7 @@ from paragen.speech import align, vocab
 from paragen.speech.model import Encoded, SpeechDecoder
 from paragen.strategies.base import ChainStrategy, CountedModel, OwnRow, Strategy
 from paragen.trace import Trace
+from paragen.tree import TokenTree
 
 
 class CountedDecoder(CountedModel):
@@ -154,16 +155,29 @@ class GreedyChooser:
         """logits [len(draft) + 1, V] after the committed prefix and each draft prefix: (how many
         draft characters the greedy choice keeps, its choice after them) as ``greedy_accept``;
         the CTC state then follows the kept characters and the choice."""
+        chain = TokenTree(-1)
+        for node, token in enumerate(draft):
+            chain.add(node, token)
+        path, choice = self.walk(chain, logits)
+        return len(path), choice
+
+    def walk(self, tree: TokenTree, logits: torch.Tensor) -> tuple[list[int], int]:
+        """A token tree's greedy walk on the joint score (``verify.verify_tree``'s greedy rule):
+        logits [N, V] at each node; from the root, the joint choice after each node, descending
+        into the child that holds it. (accepted path, the choice after it); the CTC state then
+        follows the path and the choice."""
         logp = logits.double().log_softmax(-1)
-        r, last, i = self.r, self.last, 0
-        while True:  # position by position, up to the first disagreement or the draft's end
+        r, last, node, path = self.r, self.last, 0, []
+        while True:
             psi, r_all = self.ctc.extend(r, last)
-            choice = int(((1 - self.weight) * logp[i] + self.weight * psi[0]).argmax())
+            choice = int(((1 - self.weight) * logp[node] + self.weight * psi[0]).argmax())
             r, last = r_all[:, :, :, choice], torch.tensor([choice], device=r.device)
-            if i == len(draft) or choice != draft[i]:
+            child = tree.child(node, choice)
+            if child is None:
                 self.r, self.last = r, last
-                return i, choice
-            i += 1
+                return path, choice
+            path.append(child)
+            node = child
 
 
 @dataclass

@@ -55,9 +55,12 @@ class Aligner:
         """The hypothesis after the prefix closest to the committed characters (the longest of ties:
         after a correction that is a substitution, or an insertion when the correction is the
         hypothesis's next character, as CTC errors mostly are)."""
+        return self.hyp[self.end() :]
+
+    def end(self) -> int:
+        """Where the closest prefix of the hypothesis ends (see ``rest``)."""
         best = min(self.dist)
-        end = max(j for j, d in enumerate(self.dist) if d == best)
-        return self.hyp[end:]
+        return max(j for j, d in enumerate(self.dist) if d == best)
 
 
 @dataclass
