@@ -40,7 +40,8 @@ from paragen.train.corpus import find_corpus
 
 SPLITS = ("train", "heldout", "heldout_voice")
 # espeak-ng voices (accents) and variants (+m1.. male, +f1.. female) heard in training by
-# default (--voices, --variants), and the one held out: a Caribbean accent in a female variant, neither of which training ever hears.
+# default (--voices, --variants), and the one held out: a Caribbean accent in a female
+# variant, neither of which training ever hears.
 TRAIN_VOICES = ("en-us", "en-gb", "en-gb-x-rp", "en-gb-x-gbclan", "en-us-nyc", "en-gb-x-gbcwmd")
 TRAIN_VARIANTS = ("m1", "m2", "m3", "m4", "f1", "f2", "f4", "")
 HELDOUT_VOICE = "en-029+f3"

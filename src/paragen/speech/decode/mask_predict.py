@@ -92,7 +92,8 @@ def predict(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 class MaskPredict(NARStrategy):
     name = "mask_predict"
-    summary = "CMLM mask-predict (the CMLM decoder, else the NAR decoder): length from CTC, T iterations re-masking the least confident"
+    summary = ("CMLM mask-predict (the CMLM decoder, else the NAR decoder): length from CTC, T iterations re-masking "
+               "the least confident")
     trace_source = "model"
     Options = MaskPredictOptions
 
