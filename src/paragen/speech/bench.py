@@ -32,7 +32,7 @@ from paragen.speech.metrics import error_rate
 SETS = ("heldout", "heldout_voice")
 DEFAULT_DATA = "runs/speech-data"
 # Each entry is a decoder with its options: NAME or NAME[KEY=VALUE;KEY=VALUE]
-DEFAULT_CONTENDERS = ("ar,beam,ctc,ctc[beam=8],ctc_draft,mask_predict,mask_predict[iterations=10],cass_nat,"
+DEFAULT_CONTENDERS = ("ar,beam,ctc,ctc[beam=8],ctc_draft,ctc_tree,mask_predict,mask_predict[iterations=10],cass_nat,"
                       "cass_nat[samples=5]")
 COLUMNS = ("set", "strategy", "WER", "CER", "exact", "dec calls/utt", "enc calls/utt", "chars/call", "RTF",
            "speedup", "decode speedup")

@@ -65,7 +65,8 @@ class SpeechTrainConfig:
     seed: int = field(default=0, metadata={"help": "random seed"})
     init: str | None = field(default=None, metadata={
         "help": "start from this speech model (built-in name or directory): its weights, shape and feature "
-        "normalisation replace --d-model and the layer counts; the optimiser and schedule start afresh"})
+        "normalisation replace --d-model and the layer counts (--cmlm-layers adds a CMLM decoder to a model "
+        "without one); the optimiser and schedule start afresh"})
 
     # paragen.train.loop.fit draws cfg.batch_size windows of cfg.seq_len + 1 ids: one window = one batch
     @property
