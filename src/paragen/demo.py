@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
 
 # The AR decoder, the lossless drafted decoders (alone and with joint CTC/attention scoring), and two NAR ones.
 SPEECH_RUNS = (("ar", {}), ("ctc_draft", {}), ("ar", {"ctc_weight": 0.3}), ("ctc_draft", {"ctc_weight": 0.3}),
-               ("ctc", {}), ("cass_nat", {}))
+               ("ctc_tree", {"ctc_weight": 0.3}), ("ctc", {}), ("cass_nat", {}))
 
 
 def speech_demo() -> None:
