@@ -808,6 +808,7 @@ def test_train_speech_and_continue_with_init(tmp_path):
                                             init=str(tmp_path / "a")), progress=False)
     b = load_speech_model(tmp_path / "b")
     assert b.config == a.config and second["model"] == first["model"]
+    assert second["init"]["from"] == str(tmp_path / "a") and second["init"]["command"] == first["command"]
     assert torch.equal(b.feat_mean, a.feat_mean) and torch.equal(b.feat_std, a.feat_std)
     assert not torch.equal(b.head.weight, a.head.weight)  # it trained
 

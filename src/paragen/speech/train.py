@@ -267,7 +267,7 @@ def train_speech(cfg: SpeechTrainConfig, resume: bool = False, progress: bool = 
     manifest = json.loads((Path(cfg.data) / "manifest.json").read_text())
     record = training_record(cfg, model, state, heldout, {"data": cfg.data, "data_command": manifest["command"],
                                                             "splits": manifest["splits"]}, command,
-                             heldout_greedy=final.get("heldout", ""))
+                             init_dir=resolve(cfg.init) if cfg.init else None, heldout_greedy=final.get("heldout", ""))
     with atomic_directory(out) as tmp:
         save_speech_model(model, tmp, extra_files={"training.json": json.dumps(record, indent=2) + "\n"})
     return record
