@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
@@ -33,15 +32,6 @@ TEACHER_FILE, RECORD_FILE = "train.teacher.jsonl", "train.teacher.json"
 
 def teacher_path(data: str | os.PathLike) -> Path:
     return Path(data) / TEACHER_FILE
-
-
-def read_lines(path: Path) -> Iterator[dict]:
-    """The whole JSON lines of a (possibly interrupted) file; a torn last line is left out."""
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            if not line.endswith("\n"):
-                return
-            yield json.loads(line)
 
 
 def distill_speech(data: str, teacher: SpeechModel, teacher_name: str, strategy: str = "ar",
@@ -64,9 +54,11 @@ def distill_speech(data: str, teacher: SpeechModel, teacher_name: str, strategy:
         if before != record:
             raise InvalidInputError(f"{partial} was started by another teacher or strategy ({before}): delete it to "
                                     "start again")
-        done = list(read_lines(partial))
-        with partial.open("r+b") as f:  # a torn last line is cut off: the file holds whole lines only
-            f.truncate(sum(len(line) for line in f.read().splitlines(keepends=True) if line.endswith(b"\n")))
+        raw = partial.read_bytes()
+        whole = raw[: raw.rfind(b"\n") + 1]  # a torn last line is cut off: the file holds whole lines only
+        done = [json.loads(line) for line in whole.decode("utf-8").splitlines()]
+        with partial.open("r+b") as f:
+            f.truncate(len(whole))
     meta.write_text(json.dumps(record, indent=2) + "\n")
     with partial.open("a", encoding="utf-8") as f:
         bar = tqdm(total=len(split), initial=len(done), desc="teacher transcripts", disable=not progress,
@@ -89,7 +81,7 @@ def teacher_texts(data: str | os.PathLike, ids: list[str]) -> list[str]:
     if not path.exists():
         raise InvalidInputError(f"{path} does not exist: write the teacher's transcripts first with "
                                 f"`paragen data speech-distill --data {data} --teacher MODEL`")
-    texts = {row["id"]: row["text"] for row in read_lines(path)}
+    texts = {row["id"]: row["text"] for row in map(json.loads, path.read_text(encoding="utf-8").splitlines())}
     if list(texts) != ids:
         raise InvalidInputError(f"{path} does not transcribe this data's training split: run "
                                 "`paragen data speech-distill` again")

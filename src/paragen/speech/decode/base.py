@@ -180,6 +180,11 @@ class GreedyChooser:
             node = child
 
 
+def joint_chooser(memory: Encoded, row: int, ctc_weight: float) -> GreedyChooser | None:
+    """Row ``row``'s joint CTC/attention chooser, or None with ``ctc_weight`` 0 (the decoder alone)."""
+    return GreedyChooser(memory.log_probs(row), ctc_weight) if ctc_weight > 0 else None
+
+
 @dataclass
 class JointRow(OwnRow):
     """A speech chain row's own state: with ``ctc_weight`` > 0, its joint CTC/attention chooser."""
@@ -197,9 +202,7 @@ class JointChain(ChainStrategy):
     Options = GreedyOptions
 
     def new_row(self, b: int, states: torch.Tensor | None) -> JointRow:
-        w = self.opts.ctc_weight
-        chooser = GreedyChooser(self.ctx.target.memory.log_probs(b), w) if w > 0 else None
-        return JointRow(super().new_row(b, states).stats, chooser)
+        return JointRow(super().new_row(b, states).stats, joint_chooser(self.ctx.target.memory, b, self.opts.ctc_weight))
 
     def verify_rows(self, draft: torch.Tensor, lengths: torch.Tensor, logits: torch.Tensor,
                     q: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -51,6 +51,10 @@ class Aligner:
             self.dist = row
         self.fed += len(chars)
 
+    def follow(self, seq: list[int]) -> None:
+        """Feed a row's committed characters not fed yet (``seq[0]`` is the prompt's EOS)."""
+        self.feed(seq[1 + self.fed :])
+
     def rest(self) -> list[int]:
         """The hypothesis after the prefix closest to the committed characters (the longest of ties:
         after a correction that is a substitution, or an insertion when the correction is the
@@ -88,11 +92,10 @@ class CTCDraft(JointChain):
         """The rest of each row's hypothesis after the committed characters (``Aligner``)."""
         chains = []
         for seq, own, budget in zip(self.seqs, self.own, budgets):
-            a = own.aligner
-            a.feed(seq[1 + a.fed :])  # seq[0] is the prompt's EOS
+            own.aligner.follow(seq)
             # The chain is one shorter than the budget: the decoder's own token fills the last
             # place (a draft that long would only confirm it)
-            chains.append(a.rest()[: budget - 1])
+            chains.append(own.aligner.rest()[: budget - 1])
         lengths = [len(c) for c in chains]
         device = self.ctx.target.device
         draft = pad(chains, device) if max(lengths) else torch.zeros(len(chains), 0, dtype=torch.long, device=device)

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 
 from paragen.speech import align, vocab
-from paragen.speech.decode.base import GreedyChooser, GreedyOptions, ctc_best_path
+from paragen.speech.decode.base import GreedyChooser, GreedyOptions, ctc_best_path, joint_chooser
 from paragen.speech.decode.ctc_draft import Aligner
 from paragen.strategies.counts import new_counts
 from paragen.strategies.drafter import TreeDraftStrategy, TreeRow
@@ -62,7 +62,9 @@ def alternatives(labels: torch.Tensor, probs: torch.Tensor) -> tuple[list[int], 
     and its alternatives (substitutions and deletions, as the module docstring says)."""
     chars = probs.clone()
     chars[:, : vocab.MASK + 1] = 0  # blank, EOS and the mask are not characters
-    runs: list[tuple[int, int]] = []  # each token's frames [first, last]
+    # each token's own run of frames [first, last] (align.segments' spans also take the blank
+    # frames before a token, which here are the gap a deletion hides in)
+    runs: list[tuple[int, int]] = []
     prev = vocab.BLANK
     for t, x in enumerate(labels.tolist()):
         if x != vocab.BLANK and x == prev:
@@ -110,10 +112,8 @@ class CTCTree(TreeDraftStrategy):
     def new_row(self, b: int, states: torch.Tensor | None) -> CTCTreeRow:
         memory = self.ctx.target.memory
         labels, _ = ctc_best_path(memory, b)
-        hyp, alts = alternatives(labels, memory.log_probs(b)[: len(labels)].exp())
-        w = self.opts.ctc_weight
-        chooser = GreedyChooser(memory.log_probs(b), w) if w > 0 else None
-        return CTCTreeRow(new_counts(), None, Aligner(hyp), alts, chooser)
+        hyp, alts = alternatives(labels, memory.log_probs(b).exp())
+        return CTCTreeRow(new_counts(), None, Aligner(hyp), alts, joint_chooser(memory, b, self.opts.ctc_weight))
 
     def propose(self, budgets: list[int]) -> list[TokenTree]:
         return [self.grow(seq, own, budget - 1) for seq, own, budget in zip(self.seqs, self.own, budgets)]
@@ -122,7 +122,7 @@ class CTCTree(TreeDraftStrategy):
         """The re-aligned rest of the hypothesis, then the best alternatives within ``depth``,
         each followed by the rest of the hypothesis, in at most ``nodes`` drafted characters."""
         a = own.aligner
-        a.feed(seq[1 + a.fed :])  # seq[0] is the prompt's EOS
+        a.follow(seq)
         hyp, start = a.hyp, a.end()
         tree, budget = TokenTree(seq[-1]), self.opts.nodes
         chain = [0]  # the node of each drafted hypothesis character, from ``start``
