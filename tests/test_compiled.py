@@ -13,7 +13,9 @@ from torch._dynamo.utils import counters
 import paragen
 from paragen.heads import new_heads
 from paragen.models.native import TOKEN_BUCKETS, token_bucket
+from paragen.models.native.compiled import HotGraphs
 from paragen.reference import reference_greedy
+from paragen.strategies import get_strategy
 from tests.helpers import tiny_model
 
 pytestmark = pytest.mark.slow
@@ -83,6 +85,47 @@ def test_every_strategy_compiled_equals_the_oracle(compiled, name):
         assert row.tokens == reference_greedy(eager, prompt, 20), (name, prompt)
     assert paragen.generate(target, PROMPTS[0], name, max_new_tokens=12, **kw.get(name, {})).tokens == \
         reference_greedy(eager, PROMPTS[0], 12)
+
+
+def test_after_warm_up_no_call_compiles(compiled):
+    """``warm_up`` compiles every graph a decode of up to 17 tokens per call can run (eagle's
+    default tree; buckets 1-32, one row and several, causal and masked): the strategies after
+    it, at other cache sizes and context lengths, compile no graph of their own."""
+    _, target, draft, heads = compiled
+    tokens = max(get_strategy(n).call_tokens(get_strategy(n).Options()) for n in ("speculative", "eagle"))
+    assert tokens == 17
+    assert target.warm_up(tokens, rows=3) == draft.warm_up(tokens, rows=3) == 6 * 2 * 2
+    before = counters["stats"]["unique_graphs"]
+    for prompts, n in ((PROMPTS, 20), (PROMPTS[:1], 12), ([[i % 50 for i in range(1, 60)]], 30)):
+        paragen.generate(target, prompts, "speculative", max_new_tokens=n, draft=draft)
+        paragen.generate(target, prompts, "eagle", max_new_tokens=n, heads=heads)
+    assert counters["stats"]["unique_graphs"] == before
+
+
+def test_auto_compiles_a_graph_once_its_eager_calls_repay_it():
+    """``compile="auto"`` (``HotGraphs``): a graph runs eagerly until its calls' eager time times
+    the gain reaches the compile's cost, then compiled; the first compiled call's time becomes
+    the cost. Tokens equal the oracle's either way."""
+    hot = HotGraphs()
+    key = (1, False, False)
+    hot.compile_seconds = 1.0
+    hot.ran_eager(key, 3.0)
+    assert not hot.wants(key) and not hot.wants((2, False, False))
+    hot.ran_eager(key, 1.0 + 1e-9)
+    assert hot.wants(key)
+    hot.ran_compiled(key, 0.5)
+    assert hot.wants(key) and hot.compile_seconds == 0.5
+    hot.ran_compiled(key, 0.01)  # later compiled calls are not compiles
+    assert hot.compile_seconds == 0.5
+
+    eager = tiny_model(0)
+    model = tiny_model(0).pack().compile_decode(auto=True)
+    model.hot.compile_seconds = 1e9  # never repaid: every call eager
+    assert paragen.generate(model, PROMPTS[0], "ar", max_new_tokens=12).tokens == reference_greedy(eager, PROMPTS[0], 12)
+    assert not model.hot.ready and model.hot.eager_seconds[(1, False, False)] > 0
+    model.hot.compile_seconds = 0.0  # repaid at once: compiled from the next call on
+    assert paragen.generate(model, PROMPTS[0], "ar", max_new_tokens=12).tokens == reference_greedy(eager, PROMPTS[0], 12)
+    assert model.hot.ready == {(1, False, False)} and model.hot.compile_seconds > 0
 
 
 def test_the_graphs_compiled_stay_within_the_buckets(compiled):

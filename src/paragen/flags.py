@@ -14,6 +14,9 @@ from typing import Any
 
 from paragen.errors import InvalidInputError
 
+# --compile's values -> paragen.load's compile
+COMPILE_FLAGS: dict[str, bool | str] = {"off": False, "on": True, "auto": "auto"}
+
 
 def options_help(cls: Any, indent: str = "      ") -> list[str]:
     """One line per field of ``cls.Options``: ``name=default  help`` (the help lives in the
@@ -78,14 +81,17 @@ def add_model_flags(p: argparse.ArgumentParser, dtype_note: str = "") -> None:
                         "model; --dtype fp16-weights / int8-weights: f16 / q8_0 GGUF) (default: native)")
     p.add_argument("--dtype", choices=DTYPE_CHOICES, default="float32",
                    help=f"weights' dtype or format{dtype_note}: {DTYPE_HELP}")
-    p.add_argument("--compile", action="store_true",
-                   help="compile the native decode step (torch.compile, static cache shapes; slow first calls)")
+    p.add_argument("--compile", nargs="?", const="on", default="off", choices=tuple(COMPILE_FLAGS),
+                   help="compile the native decode step (torch.compile on a few padded call sizes): on (--compile "
+                        "alone; each graph compiles at its first call, seconds each, cached on disk by torch), auto "
+                        "(a graph compiles once its calls have run long enough eagerly to repay it) or off "
+                        "(default: off)")
     p.add_argument("--device", default="cpu", help="where the models run: cpu, cuda, cuda:N (default: cpu)")
 
 
 def load_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """``paragen.load``'s arguments from ``add_model_flags``' flags."""
-    return dict(backend=args.backend, dtype=args.dtype, compile=args.compile, device=args.device)
+    return dict(backend=args.backend, dtype=args.dtype, compile=COMPILE_FLAGS[args.compile], device=args.device)
 
 
 def check_heads_found(cls: Any, model: Any, heads: Any) -> None:

@@ -10,7 +10,7 @@ import shlex
 import sys
 
 from paragen.bench.run import BenchConfig, parse_model_for, parse_option
-from paragen.flags import add_model_flags, add_threads_flag, options_help, strategy_help
+from paragen.flags import COMPILE_FLAGS, add_model_flags, add_threads_flag, options_help, strategy_help
 from paragen.tasks import TASK_CHOICES, TASKS
 
 DEFAULTS = BenchConfig()
@@ -57,7 +57,7 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--draft", default=DEFAULTS.draft,
                    help=f"draft model for draft strategies and hf-assisted (default: {DEFAULTS.draft})")
     add_model_flags(p, dtype_note=" for every contender (peers use transformers and run a weight format in float32; "
-                    "gen_ppl is scored in float32; the warm-up compiles ar's call lengths)")
+                    "gen_ppl is scored in float32; with --compile, every call size the contenders use is compiled before timing)")
     p.add_argument("--option", action="append", default=[], metavar="STRATEGY:KEY=VALUE",
                    help="strategy option, e.g. lookup:max_draft=8 (repeatable)")
     p.add_argument("--model-for", action="append", default=[], metavar="STRATEGY=MODEL",
@@ -82,7 +82,8 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         task=args.task, limit=args.limit, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
         seed=args.seed, model=args.model, draft=args.draft, backend=args.backend, dtype=args.dtype,
         options=tuple(parse_option(o) for o in args.option),
-        models=tuple(parse_model_for(m) for m in args.model_for), threads=args.threads, compile=args.compile,
+        models=tuple(parse_model_for(m) for m in args.model_for), threads=args.threads,
+        compile=COMPILE_FLAGS[args.compile],
         heads=tuple(parse_model_for(h, "--heads") for h in args.heads), device=args.device,
         batch_size=args.batch_size,
     )

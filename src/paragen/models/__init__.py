@@ -16,6 +16,7 @@ __all__ = ["DTYPES", "DTYPE_CHOICES", "Model", "ModelInfo", "NativeConfig", "Nat
            "builtin_models", "device_of", "load", "parse_device", "save_model", "torch_dtype"]
 
 BACKENDS = ("native", "hf", "llamacpp")
+COMPILE_CHOICES = (False, True, "auto")  # load(compile=...)
 # Weight dtypes the CLIs offer by name. bfloat16 roughly halves the bytes a decode step
 # reads, which bounds a small model's step on CPU; float16 matmuls are slow on most CPUs.
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
@@ -66,7 +67,7 @@ def torch_dtype(name: str) -> torch.dtype:
 
 def load(
     name_or_path: str | os.PathLike, backend: str = "native", dtype: torch.dtype | str | None = None,
-    compile: bool = False, device: str | torch.device = "cpu", threads: int | None = None,
+    compile: bool | str = False, device: str | torch.device = "cpu", threads: int | None = None,
 ) -> Model:
     """Load a built-in model by name or a Hugging Face model directory, with its tokenizer.
 
@@ -74,7 +75,10 @@ def load(
     or ``"hf"`` (any transformers causal LM). ``dtype``: a torch dtype or a name of
     ``DTYPE_CHOICES`` (see ``DTYPE_HELP`` for which are exact); float32 by default. A native
     model runs its packed inference path (``NativeModel.pack``). ``compile=True`` (native
-    only, opt-in) compiles its decode step with static cache shapes (``NativeModel.compile_decode``).
+    only, opt-in) compiles its decode step with static cache shapes (``NativeModel.compile_decode``);
+    ``compile="auto"`` compiles each of its graphs only once that graph's calls have run long
+    enough eagerly to repay its compile (on the CPU; on CUDA at first use), and leaves models it
+    cannot compile (other backends, weight formats) eager.
     ``device``: where the weights go (``"cpu"``, ``"cuda"``, ``"cuda:1"``...); every strategy
     then decodes there. ``backend="llamacpp"``: llama.cpp on the CPU, from a GGUF file or a
     model converted on the fly (``paragen.models.llamacpp.load_llamacpp``; ``dtype`` float32,
@@ -84,6 +88,11 @@ def load(
     """
     if backend not in BACKENDS:
         raise InvalidInputError(f"unknown backend '{backend}': choose one of {', '.join(BACKENDS)}")
+    if compile not in COMPILE_CHOICES:
+        raise InvalidInputError(f"unknown compile setting {compile!r}: choose False, True or 'auto'")
+    weights = dtype if isinstance(dtype, str) and dtype in WEIGHT_FORMATS else None
+    if compile == "auto":  # compile what can be compiled
+        compile = "auto" if backend == "native" and not weights else False
     if backend == "llamacpp":
         if compile or parse_device(device).type != "cpu":
             raise InvalidInputError("the llamacpp backend runs on the CPU, uncompiled: drop compile and device")
@@ -95,7 +104,6 @@ def load(
                         "read a Generation's tokens (its text is empty)", NoTokenizerWarning)
         return model
     dev = parse_device(device)
-    weights = dtype if isinstance(dtype, str) and dtype in WEIGHT_FORMATS else None
     if isinstance(dtype, str):
         dtype = torch_dtype(dtype)
     if backend != "native" and (weights or compile):

@@ -314,14 +314,14 @@ class NoTokenizerWarning(UserWarning):
 
 
 def load_dir(path: Path, backend: str = "native", dtype: torch.dtype = torch.float32,
-             device: str | torch.device = "cpu", weights: str | None = None, compile: bool = False) -> Any:
+             device: str | torch.device = "cpu", weights: str | None = None, compile: bool | str = False) -> Any:
     """A model directory on the native or hf backend, with its tokenizer, on ``device``
     (arguments checked by ``paragen.models.load``; the llamacpp backend converts from this too)."""
     tokenizer = Tokenizer.from_dir(path) if has_tokenizer(path) else None
     if backend == "native":
         model = load_native(path, dtype).to(device).pack(weights)  # packed (and compiled) where it runs
         if compile:
-            model.compile_decode()
+            model.compile_decode(auto=compile == "auto")
     else:
         from paragen.models.hf import HFModel
 

@@ -9,13 +9,15 @@ preallocated cache under a mask, so that a call's graph depends on a few sizes o
   tokens) and its logits are dropped: pads are inert.
 - **Rows** (the batch) are a dynamic size: one graph serves every batch of two rows or more
   (and one the single row, which torch specialises).
-- **Cache sizes** come in powers of two from 256 slots (``NativeModel.new_cache``), with 64
-  slots of room for pads.
+- **Slots attended** are a dynamic size too: a call reads the cache's first slots up to the
+  next multiple of ``SLOT_STEP`` past its own (not the whole preallocated cache, which at 128
+  tokens of context held 2-3x the slots the eager step reads), so one graph serves every cache
+  size and context length. Caches leave 64 slots of room for pads (``cache_length``).
 
-So a whole bench run compiles a bounded number of graphs: per bucket used and cache size, at
-most four (one row or several; the causal mask, built in the graph, or an explicit one: trees,
-ragged rows); each bucket is its own compiled function (``_own_code``), holding at most
-torch's 8 graphs. Calls after an empty cache (prefill) and longer calls stay eager; so do
+So a whole bench run compiles a bounded number of graphs: per bucket used at most four (one
+row or several; the causal mask, built in the graph, or an explicit one: trees, ragged rows);
+each bucket is its own compiled function (``_own_code``), holding at most torch's 8 graphs.
+``warm_up`` compiles them before the first timed call. Calls after an empty cache (prefill) and longer calls stay eager; so do
 bidirectional and sliding-window models. Rows of different lengths write at their own slots
 (a scatter), in the same graph. The eager packed path is the reference it is tested against
 (tests/test_compiled.py).
@@ -40,6 +42,8 @@ from paragen.models.native.packed import packed_hidden_states
 # The compiled step's call sizes: a call of T tokens per row runs the graph of the next bucket
 # up, padded.
 TOKEN_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+# A call attends over the cache's slots up to the next multiple of this past its own.
+SLOT_STEP = 64
 
 
 def token_bucket(t: int) -> int | None:
@@ -89,6 +93,42 @@ def _own_code(fn: Callable, name: str) -> Callable:
     return types.FunctionType(code, fn.__globals__, name, fn.__defaults__, fn.__closure__)
 
 
+def graph_key(tokens: torch.Tensor, mask: torch.Tensor | None) -> tuple[int, bool, bool]:
+    """Which of the compiled graphs a call runs: (bucket, several rows, explicit mask)."""
+    return token_bucket(tokens.shape[1]), tokens.shape[0] > 1, mask is not None
+
+
+class HotGraphs:
+    """``compile="auto"``: a graph is compiled once the eager calls it would have served have
+    cost ``compile_seconds / GAIN``. That is the rent-or-buy rule: a short generation never pays
+    for a compile, and a long one pays at most about twice what the better of always and never
+    compiling would have cost, with no need to know in advance how long a generation will be.
+
+    ``compile_seconds`` starts at ``COMPILE_SECONDS`` and then follows the measured compiles of
+    this process; a compile found in torch's on-disk caches is cheap, and the threshold drops
+    with it. Graphs compiled by ``warm_up`` are in use at once."""
+
+    GAIN = 0.25  # the share of an eager call's time the compiled step saves (BENCHMARKS: ~1.35x)
+    COMPILE_SECONDS = 8.0  # one graph, cold, on a 2-core CPU (BENCHMARKS: 5-12 s)
+
+    def __init__(self) -> None:
+        self.compile_seconds = self.COMPILE_SECONDS
+        self.eager_seconds: dict[tuple[int, bool, bool], float] = {}
+        self.ready: set[tuple[int, bool, bool]] = set()
+
+    def wants(self, key: tuple[int, bool, bool]) -> bool:
+        """Whether this call should run compiled (compiling its graph if it is the first)."""
+        return key in self.ready or self.eager_seconds.get(key, 0.0) * self.GAIN >= self.compile_seconds
+
+    def ran_eager(self, key: tuple[int, bool, bool], seconds: float) -> None:
+        self.eager_seconds[key] = self.eager_seconds.get(key, 0.0) + seconds
+
+    def ran_compiled(self, key: tuple[int, bool, bool], seconds: float) -> None:
+        if key not in self.ready:  # the first call compiled the graph: its time is the compile's
+            self.ready.add(key)
+            self.compile_seconds = seconds
+
+
 def compile_steps(model: nn.Module) -> dict[int, Callable[..., tuple[torch.Tensor, torch.Tensor]]]:
     """One compiled step per bucket, each a method of ``model`` (``NativeModel.compile_decode``)."""
     # On CUDA each graph is also captured as a CUDA graph (vLLM's and gpt-fast's way to skip
@@ -111,20 +151,53 @@ def compiled_forward(model: nn.Module, tokens, positions, cache: KVCache, mask) 
     B, T = tokens.shape
     n, dev = token_bucket(T), tokens.device
     slots = cache.slots(T)
+    if positions is slots:  # callers may pass the cache's own slots: one graph whether or not they do
+        positions = positions.clone()
     if n > T:  # pads after each row's tokens: positions and slots continue past them
         more = torch.arange(1, n - T + 1, device=dev)
         tokens = F.pad(tokens, (0, n - T))
         positions = torch.cat([positions, positions[:, -1:] + more], 1)
         slots = torch.cat([slots, slots[:, -1:] + more], 1)
     full = None  # causal: the graph builds it from the slots (a query sees its row's slots up to its own)
-    if mask is not None:  # the contract mask over [length + T] keys, widened to every slot; a pad sees itself only
+    used = min(cache.max_length, -(-(cache.length + n) // SLOT_STEP) * SLOT_STEP)  # the slots attended
+    ks, vs = [k[:, :, :used] for k in cache.k], [v[:, :, :used] for v in cache.v]  # views: writes reach the cache
+    if mask is not None:  # the contract mask over [length + T] keys, widened to the slots attended; a pad sees itself only
         past = cache.length
         visible = expand_mask(mask, past, T, True, dev)[:, 0]  # [B|1, T, past + T]
-        full = torch.arange(cache.max_length, device=dev)[None, None, :] == slots[:, :, None]
+        full = torch.arange(used, device=dev)[None, None, :] == slots[:, :, None]
         full[:, :T, : past + T] = visible
         full = full[:, None]
-    if B > 1:  # one graph for every batch of two rows or more (torch specialises a single row)
-        for x in (tokens, positions, slots, *([full] if full is not None else []), *cache.k, *cache.v):
+    # One graph for every number of slots, and for every batch of two rows or more (torch
+    # specialises a single row).
+    for x in (*ks, *vs):
+        torch._dynamo.mark_dynamic(x, 2)
+    if full is not None:
+        torch._dynamo.mark_dynamic(full, 3)
+    if B > 1:
+        for x in (tokens, positions, slots, *([full] if full is not None else []), *ks, *vs):
             torch._dynamo.mark_dynamic(x, 0)
-    logits, hidden = model.compiled[n](tokens, positions, slots, full, cache.k, cache.v)
+    logits, hidden = model.compiled[n](tokens, positions, slots, full, ks, vs)
     return logits[:, :T], hidden[:, :T]
+
+
+def warm_up(model: nn.Module, tokens: int, rows: int) -> int:
+    """Compile now the graphs a decode of up to ``tokens`` per call on ``rows`` rows can run:
+    every bucket up to ``tokens``'s, for one row and (rows > 1) for several, causal and under an
+    explicit mask (trees, ragged rows), so that no compile lands inside a timed or served call.
+    Dummy calls on a scratch cache; returns how many calls ran (each compiled a graph or found
+    it in torch's caches)."""
+    top = token_bucket(min(tokens, TOKEN_BUCKETS[-1]))
+    calls = 0
+    for n in (b for b in TOKEN_BUCKETS if b <= top):
+        for batch in sorted({1, min(rows, 2)}):  # 2 rows: the graph every batch of two or more runs
+            for masked in (False, True):
+                with torch.inference_mode():  # as generate runs: a graph's guards include grad mode
+                    cache = model.new_cache(batch=batch, max_length=1)
+                    cache.commit(1)  # the compiled step runs after a prefill
+                    ids = torch.zeros(batch, n, dtype=torch.long, device=cache.device)
+                    mask = torch.ones(batch, n, 1 + n, dtype=torch.bool, device=cache.device).tril(1) if masked else None
+                    model(ids, cache.slots(n), cache=cache, mask=mask)
+                if model.hot is not None:
+                    model.hot.ready.add((n, batch > 1, masked))
+                calls += 1
+    return calls

@@ -10,6 +10,7 @@ attention masks of a call and the cache, and sends each call down one of three f
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 
 import torch
@@ -17,7 +18,8 @@ from torch import nn
 
 from paragen.cache import KVCache
 from paragen.models.base import Model, ModelInfo, expand_mask, window_mask
-from paragen.models.native.compiled import cache_length, compile_steps, compiled_forward, runs_compiled
+from paragen.models.native.compiled import (HotGraphs, cache_length, compile_steps, compiled_forward, graph_key,
+                                            runs_compiled, warm_up)
 from paragen.models.native.config import NativeConfig
 from paragen.models.native.layers import call_mask, inv_frequencies, rope_tables
 from paragen.models.native.packed import Packed, pack_weights, packed_hidden_states
@@ -53,6 +55,7 @@ class NativeModel(nn.Module, Model):
         self.tokenizer = None
         self.packed: Packed | None = None  # see pack()
         self.compiled: dict[int, Callable[..., tuple[torch.Tensor, torch.Tensor]]] | None = None  # compile_decode()
+        self.hot: HotGraphs | None = None  # compile_decode(auto=True): which graphs have earned their compile
 
     def init_weights(self, seed: int = 0, std: float = 0.02) -> NativeModel:
         """GPT-2 style initialisation; residual projections scaled by 1/sqrt(2 * layers)."""
@@ -108,11 +111,27 @@ class NativeModel(nn.Module, Model):
 
     def forward(self, tokens, positions, cache=None, mask=None, return_hidden=False):
         if self.compiled is not None and cache is not None and self.runs_packed() and runs_compiled(self, tokens, cache):
-            logits, hidden = compiled_forward(self, tokens, positions, cache, mask)
+            logits, hidden = self.decode_step(tokens, positions, cache, mask)
         else:
-            hidden = self.hidden_states(tokens, positions, cache, mask)
-            logits = self.packed.lm_head(hidden) if self.runs_packed() else self.lm_head(hidden)
+            logits, hidden = self.eager_forward(tokens, positions, cache, mask)
         return (logits, hidden) if return_hidden else logits
+
+    def eager_forward(self, tokens, positions, cache, mask) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = self.hidden_states(tokens, positions, cache, mask)
+        return (self.packed.lm_head(hidden) if self.runs_packed() else self.lm_head(hidden)), hidden
+
+    def decode_step(self, tokens, positions, cache, mask) -> tuple[torch.Tensor, torch.Tensor]:
+        """A call the compiled step can run: compiled, or under ``compile="auto"`` eager until
+        its graph has earned its compile (``HotGraphs``); each call timed for that account."""
+        if self.hot is None:
+            return compiled_forward(self, tokens, positions, cache, mask)
+        key = graph_key(tokens, mask)
+        compiled = self.hot.wants(key)
+        start = time.perf_counter()
+        out = (compiled_forward(self, tokens, positions, cache, mask) if compiled
+               else self.eager_forward(tokens, positions, cache, mask))
+        (self.hot.ran_compiled if compiled else self.hot.ran_eager)(key, time.perf_counter() - start)
+        return out
 
     def head_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.model.embed_tokens.weight.detach(), self.lm_head.weight.detach()
@@ -176,10 +195,12 @@ class NativeModel(nn.Module, Model):
 
     # ------------------------------------------------------------ the compiled decode step
 
-    def compile_decode(self) -> NativeModel:
+    def compile_decode(self, auto: bool = False) -> NativeModel:
         """Opt in to a compiled decode step (``compiled.py``: the packed forward compiled with
         static shapes, calls padded to a few sizes). Calls after an empty cache (prefill) and
-        longer calls stay eager; so do bidirectional and sliding-window models."""
+        longer calls stay eager; so do bidirectional and sliding-window models. ``auto``: a
+        graph is compiled only once its calls have run long enough eagerly to repay the compile
+        (``HotGraphs``); ``warm_up`` compiles ahead."""
         if self.packed is None:
             self.pack()
         if self.packed.weights is not None:
@@ -187,4 +208,12 @@ class NativeModel(nn.Module, Model):
             # matmul, and measured slower than the eager fp16-weights path.
             raise ValueError(f"compile=True runs the model's own dtype, not the weight format '{self.packed.weights}'")
         self.compiled = compile_steps(self)
+        # On CUDA the graphs replay as CUDA graphs, and timing a call would need a device sync:
+        # there every graph is compiled at its first call.
+        self.hot = HotGraphs() if auto and self.lm_head.weight.device.type == "cpu" else None
         return self
+
+    def warm_up(self, tokens: int, rows: int = 1) -> int:
+        """Compile now the graphs a decode of up to ``tokens`` per call on ``rows`` rows runs
+        (``compiled.warm_up``); 0 when the step is not compiled. Returns the calls run."""
+        return 0 if self.compiled is None else warm_up(self, tokens, rows)
