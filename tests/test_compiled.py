@@ -130,7 +130,7 @@ def test_auto_compiles_a_graph_once_its_eager_calls_repay_it():
 
 def test_the_graphs_compiled_stay_within_the_buckets(compiled):
     """After every test above (this module's graphs only): per model and bucket at most four
-    graphs (one row or several, causal or explicit mask) at the one cache size these calls use,
+    graphs (one row or several, causal or explicit mask) at every cache size (the slots attended are a dynamic size),
     and no bucket reached torch's recompile limit (its calls would run eagerly)."""
     for name in CASES:
         test_every_strategy_compiled_equals_the_oracle(compiled, name)

@@ -18,8 +18,15 @@ from torch import nn
 
 from paragen.cache import KVCache
 from paragen.models.base import Model, ModelInfo, expand_mask, window_mask
-from paragen.models.native.compiled import (HotGraphs, cache_length, compile_steps, compiled_forward, graph_key,
-                                            runs_compiled, warm_up)
+from paragen.models.native.compiled import (
+    HotGraphs,
+    cache_length,
+    compile_steps,
+    compiled_forward,
+    graph_key,
+    runs_compiled,
+    warm_up,
+)
 from paragen.models.native.config import NativeConfig
 from paragen.models.native.layers import call_mask, inv_frequencies, rope_tables
 from paragen.models.native.packed import Packed, pack_weights, packed_hidden_states
