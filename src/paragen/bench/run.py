@@ -42,6 +42,7 @@ from paragen.errors import (
     VocabularyMismatchError,
 )
 from paragen.heads.io import builtin_heads_for
+from paragen.heads.modules import Eagle
 from paragen.models import DTYPE_CHOICES, device_of, parse_device, torch_dtype
 from paragen.models.base import Model, dtype_label
 from paragen.strategies import STRATEGIES
@@ -431,7 +432,8 @@ def add_quality(records: list[Record], prompts: dict[str, Prompt], target: Model
 def warm_compiled(models: Models, contenders: list[Contender], rows: int) -> dict[str, float | int]:
     """Compile, before any timed run, every graph the contenders' calls can run on each
     compiled model (``NativeModel.warm_up``): each bucket up to the most tokens a contender
-    feeds in one call, one row and several, causal and masked. The per-contender warm-up run
+    feeds in one call, one row and several, causal and masked, and each EAGLE drafter's. The
+    per-contender warm-up run
     that follows covers one batch only, and a call size it missed used to compile inside a timed
     run (5-12 s a graph). Returns the seconds, warm-up calls and graphs torch compiled."""
     from torch._dynamo.utils import counters
@@ -439,6 +441,7 @@ def warm_compiled(models: Models, contenders: list[Contender], rows: int) -> dic
     tokens = max((c.cls.call_tokens(c.options) for c in contenders if not c.peer), default=1)
     before, start = counters["stats"]["unique_graphs"], time.perf_counter()
     calls = sum(m.warm_up(tokens, rows) for m in {id(m): m for m in models.all()}.values() if hasattr(m, "warm_up"))
+    calls += sum(h.warm_up(tokens) for h in models.heads.values() if isinstance(h, Eagle))  # its compiled drafter
     return {"seconds": round(time.perf_counter() - start, 1), "calls": calls,
             "graphs": counters["stats"]["unique_graphs"] - before}
 

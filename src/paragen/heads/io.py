@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from paragen.errors import HeadsMismatchError, ModelLoadError
-from paragen.heads.modules import Heads, HeadsConfig, make_heads
+from paragen.heads.modules import Eagle, Heads, HeadsConfig, make_heads
 from paragen.models.base import Model
 from paragen.models.io import BUILTIN_DIR, atomic_directory
 
@@ -148,6 +148,14 @@ def bind_heads(config: HeadsConfig, state: dict[str, torch.Tensor], model: Model
     embed, proj = model.head_weights()
     heads = make_heads(config, embed, proj)
     heads.load_state_dict({k: v.to(proj.dtype) for k, v in state.items()})
+    return follow_compiled(heads, model)
+
+
+def follow_compiled(heads: Heads, model: Model) -> Heads:
+    """An EAGLE drafter on a target with a compiled step compiles its own the same way
+    (``Eagle.compile_drafter``, ``auto`` as the target's); other heads are one matmul or a few."""
+    if isinstance(heads, Eagle) and getattr(model, "compiled", None) is not None:
+        heads.compile_drafter(auto=getattr(model, "hot", None) is not None)
     return heads
 
 
@@ -158,4 +166,4 @@ def new_heads(model: Model, kind: str, num_heads: int, seed: int = 0, std: float
     embed, proj = model.head_weights()
     V, H = proj.shape
     config = HeadsConfig(kind=kind, num_heads=num_heads, hidden_size=H, vocab_size=V, target=fingerprint(model), **sizes)
-    return make_heads(config, embed, proj).init_weights(seed, std, zero_out)
+    return follow_compiled(make_heads(config, embed, proj).init_weights(seed, std, zero_out), model)

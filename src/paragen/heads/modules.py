@@ -31,6 +31,7 @@ vocabulary projection is most of a head's cost.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -39,6 +40,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from paragen.cache import KVCache
+from paragen.models.native.compiled import (
+    HotGraphs,
+    cache_length,
+    compile_drafter,
+    compiled_drafter_forward,
+    dummy_call,
+    fits,
+    graph_key,
+    timed_step,
+    warm_up,
+)
 from paragen.models.native.config import NativeConfig
 from paragen.models.native.layers import call_mask, inv_frequencies, rope_tables
 from paragen.models.native.reference import Block
@@ -227,12 +239,34 @@ class Eagle(Heads):
         self.fc = nn.Linear(2 * H, H)
         self.layer = Block(self.layer_config)
         self.register_buffer("inv_freq", inv_frequencies(self.layer_config.head_dim, config.rope_theta), persistent=False)
+        self.compiled: dict[int, Callable[..., torch.Tensor]] | None = None  # compile_drafter()
+        self.hot: HotGraphs | None = None
 
     def residual_outputs(self) -> list[nn.Linear]:
         return [self.layer.self_attn.o_proj, self.layer.mlp.down_proj]
 
+    def compile_drafter(self, auto: bool = False) -> Eagle:
+        """Run the drafter's calls after its prefill as the target's compiled step runs
+        (``paragen.models.native.compiled``: padded to a few sizes, one graph per bucket; ``auto``:
+        compiled once a graph's calls repay it). Its calls are small (one layer), so per-op
+        overhead is most of their time."""
+        self.compiled = compile_drafter(self)
+        self.hot = HotGraphs() if auto and self.fc.weight.device.type == "cpu" else None
+        return self
+
+    def warm_up(self, tokens: int) -> int:
+        """Compile now the drafter graphs of calls of up to ``tokens`` (``compiled.warm_up``); 0 if not compiled."""
+        def call(batch: int, n: int, masked: bool) -> None:
+            cache = self.new_cache(1)
+            ids, positions, mask = dummy_call(cache, n, masked)
+            self(self.proj.new_zeros(1, n, self.proj.shape[1]), ids, positions, cache=cache, mask=mask)
+
+        return 0 if self.compiled is None else warm_up(tokens, 1, call, self.hot)
+
     def new_cache(self, max_length: int) -> KVCache:
         c = self.layer_config
+        if self.compiled is not None:  # room for a padded call's pads
+            max_length = cache_length(max_length)
         return KVCache(1, 1, c.num_key_value_heads, c.head_dim, max_length, self.fc.weight.dtype, self.fc.weight.device)
 
     def forward(self, features: torch.Tensor, tokens: torch.Tensor, positions: torch.Tensor, cache=None,
@@ -241,6 +275,13 @@ class Eagle(Heads):
         the tokens one position later [B, T]. ``mask`` as in the model contract ([B|1, T, S] or None):
         rotary positions and masks as the native backend's (``paragen.models.native.layers``)."""
         self.calls += 1
+        if self.compiled is not None and cache is not None and not self.training and fits(tokens, cache):
+            return timed_step(self.hot, graph_key(tokens, mask),
+                              lambda: compiled_drafter_forward(self, features, tokens, positions, cache, mask),
+                              lambda: self.eager_forward(features, tokens, positions, cache, mask))
+        return self.eager_forward(features, tokens, positions, cache, mask)
+
+    def eager_forward(self, features, tokens, positions, cache, mask) -> torch.Tensor:
         x = self.fc(torch.cat([features, self.embed[tokens]], dim=-1))
         cos, sin = rope_tables(self.inv_freq, positions, x.dtype)
         past = 0 if cache is None else cache.length

@@ -27,6 +27,7 @@ The functions here take the ``NativeModel`` whose step they run (``model``).
 
 from __future__ import annotations
 
+import time
 import types
 from collections.abc import Callable
 
@@ -73,16 +74,28 @@ class _SlotWriter:
         return self.k[layer], self.v[layer]
 
 
+def _causal(slots: torch.Tensor, ks: list[torch.Tensor]) -> torch.Tensor:
+    """The causal mask in the graph: query t of row b sees the slots up to its own."""
+    keys = torch.arange(ks[0].shape[2], device=slots.device)
+    return (keys[None, None, :] <= slots[:, :, None])[:, None]
+
+
 def _step(model, tokens, positions, slots, mask, ks, vs) -> tuple[torch.Tensor, torch.Tensor]:
     """The traced step, bound to the model (``compile_steps``): (logits, hidden) of the padded call."""
-    if mask is None:  # causal: query t of row b sees the slots up to its own
-        keys = torch.arange(ks[0].shape[2], device=tokens.device)
-        mask = (keys[None, None, :] <= slots[:, :, None])[:, None]
+    mask = _causal(slots, ks) if mask is None else mask
     n = len(model.packed.layers)
     cos, sin = rope_tables(model.inv_freq, positions, model.dtype)
     hidden = packed_hidden_states(model.packed, model.config, model.model, tokens, cos, sin,
                                   _SlotWriter(ks, vs, slots), [mask] * n, [False] * n)
     return model.packed.lm_head(hidden), hidden
+
+
+def _drafter_step(heads, features, tokens, positions, slots, mask, ks, vs) -> torch.Tensor:
+    """The EAGLE drafter's traced step (``paragen.heads.modules.Eagle.forward`` on a padded call)."""
+    mask = _causal(slots, ks) if mask is None else mask
+    x = heads.fc(torch.cat([features, heads.embed[tokens]], dim=-1))
+    cos, sin = rope_tables(heads.inv_freq, positions, x.dtype)
+    return heads.layer(x, cos, sin, 0, _SlotWriter(ks, vs, slots), mask, False)
 
 
 def _own_code(fn: Callable, name: str) -> Callable:
@@ -129,25 +142,36 @@ class HotGraphs:
             self.compile_seconds = seconds
 
 
-def compile_steps(model: nn.Module) -> dict[int, Callable[..., tuple[torch.Tensor, torch.Tensor]]]:
-    """One compiled step per bucket, each a method of ``model`` (``NativeModel.compile_decode``)."""
+def compile_steps(owner: nn.Module, step: Callable = _step, name: str = "paragen_step") -> dict[int, Callable]:
+    """One compiled ``step`` per bucket, each a method of ``owner``: the model's decode step
+    (``NativeModel.compile_decode``) or the EAGLE drafter's (``compile_drafter``)."""
     # On CUDA each graph is also captured as a CUDA graph (vLLM's and gpt-fast's way to skip
     # the per-kernel launch cost); torch replays it where its inputs allow, else runs it as is.
-    mode = "reduce-overhead" if model.lm_head.weight.device.type == "cuda" else None
-    return {t: torch.compile(types.MethodType(_own_code(_step, f"paragen_step_{t}"), model), dynamic=False, mode=mode)
+    mode = "reduce-overhead" if next(owner.parameters()).device.type == "cuda" else None
+    return {t: torch.compile(types.MethodType(_own_code(step, f"{name}_{t}"), owner), dynamic=False, mode=mode)
             for t in TOKEN_BUCKETS}
+
+
+def compile_drafter(heads: nn.Module) -> dict[int, Callable]:
+    """The EAGLE drafter's compiled steps (``Eagle.compile_drafter``)."""
+    return compile_steps(heads, _drafter_step, "paragen_eagle")
 
 
 def runs_compiled(model: nn.Module, tokens: torch.Tensor, cache: KVCache) -> bool:
     """Whether a call of ``tokens`` on ``cache`` runs the compiled step (see the module docstring)."""
-    return (model.config.attention == "causal" and not model.sliding and cache.length > 0
-            and token_bucket(tokens.shape[1]) is not None
-            and cache.length + token_bucket(tokens.shape[1]) <= cache.max_length)
+    return model.config.attention == "causal" and not model.sliding and fits(tokens, cache)
 
 
-def compiled_forward(model: nn.Module, tokens, positions, cache: KVCache, mask) -> tuple[torch.Tensor, torch.Tensor]:
-    """The compiled step of a call of T tokens per row, padded to its bucket: writes each
-    row's slots ``[rows[b], rows[b] + T)`` like ``KVCache.write``; (logits, hidden) [B, T, ...]."""
+def fits(tokens: torch.Tensor, cache: KVCache) -> bool:
+    """Whether a call of ``tokens`` on ``cache`` has a bucket: after a prefill, its pads within the cache."""
+    n = token_bucket(tokens.shape[1])
+    return cache.length > 0 and n is not None and cache.length + n <= cache.max_length
+
+
+def padded_call(tokens, positions, cache: KVCache, mask) -> tuple[int, tuple[torch.Tensor | list[torch.Tensor] | None, ...]]:
+    """A call of T tokens per row as a compiled step's inputs: (bucket n, (tokens, positions,
+    slots, mask, keys, values)), padded to n tokens; the step writes each row's slots
+    ``[rows[b], rows[b] + T)`` like ``KVCache.write``, and its pads' slots after them."""
     B, T = tokens.shape
     n, dev = token_bucket(T), tokens.device
     slots = cache.slots(T)
@@ -176,28 +200,63 @@ def compiled_forward(model: nn.Module, tokens, positions, cache: KVCache, mask) 
     if B > 1:
         for x in (tokens, positions, slots, *([full] if full is not None else []), *ks, *vs):
             torch._dynamo.mark_dynamic(x, 0)
-    logits, hidden = model.compiled[n](tokens, positions, slots, full, ks, vs)
+    return n, (tokens, positions, slots, full, ks, vs)
+
+
+def compiled_forward(model: nn.Module, tokens, positions, cache: KVCache, mask) -> tuple[torch.Tensor, torch.Tensor]:
+    """The compiled step of a call of T tokens per row, padded to its bucket (``padded_call``):
+    (logits, hidden) [B, T, ...]."""
+    n, inputs = padded_call(tokens, positions, cache, mask)
+    T = tokens.shape[1]
+    logits, hidden = model.compiled[n](*inputs)
     return logits[:, :T], hidden[:, :T]
 
 
-def warm_up(model: nn.Module, tokens: int, rows: int) -> int:
+def timed_step(hot: HotGraphs | None, key: tuple[int, bool, bool], compiled: Callable[[], tuple],
+               eager: Callable[[], tuple]) -> tuple:
+    """A call the compiled step can run: compiled, or under ``compile="auto"`` (``hot``) eager
+    until its graph has earned its compile, each call timed for that account."""
+    if hot is None:
+        return compiled()
+    use = hot.wants(key)
+    start = time.perf_counter()
+    out = compiled() if use else eager()
+    (hot.ran_compiled if use else hot.ran_eager)(key, time.perf_counter() - start)
+    return out
+
+
+def compiled_drafter_forward(heads: nn.Module, features, tokens, positions, cache: KVCache, mask) -> torch.Tensor:
+    """The EAGLE drafter's compiled step on a call padded to its bucket (``padded_call``; the
+    pads' features are zeros): predicted features [B, T, H]."""
+    n, inputs = padded_call(tokens, positions, cache, mask)
+    T = tokens.shape[1]
+    return heads.compiled[n](F.pad(features, (0, 0, 0, n - T)), *inputs)[:, :T]
+
+
+def warm_up(tokens: int, rows: int, call: Callable[[int, int, bool], None], hot: HotGraphs | None) -> int:
     """Compile now the graphs a decode of up to ``tokens`` per call on ``rows`` rows can run:
     every bucket up to ``tokens``'s, for one row and (rows > 1) for several, causal and under an
     explicit mask (trees, ragged rows), so that no compile lands inside a timed or served call.
-    Dummy calls on a scratch cache; returns how many calls ran (each compiled a graph or found
-    it in torch's caches)."""
+    ``call(batch, n, masked)`` runs one dummy call; returns how many ran (each compiled a graph
+    or found it in torch's caches)."""
     top = token_bucket(min(tokens, TOKEN_BUCKETS[-1]))
     calls = 0
     for n in (b for b in TOKEN_BUCKETS if b <= top):
         for batch in sorted({1, min(rows, 2)}):  # 2 rows: the graph every batch of two or more runs
             for masked in (False, True):
                 with torch.inference_mode():  # as generate runs: a graph's guards include grad mode
-                    cache = model.new_cache(batch=batch, max_length=1)
-                    cache.commit(1)  # the compiled step runs after a prefill
-                    ids = torch.zeros(batch, n, dtype=torch.long, device=cache.device)
-                    mask = torch.ones(batch, n, 1 + n, dtype=torch.bool, device=cache.device).tril(1) if masked else None
-                    model(ids, cache.slots(n), cache=cache, mask=mask)
-                if model.hot is not None:
-                    model.hot.ready.add((n, batch > 1, masked))
+                    call(batch, n, masked)
+                if hot is not None:
+                    hot.ready.add((n, batch > 1, masked))
                 calls += 1
     return calls
+
+
+def dummy_call(cache: KVCache, n: int, masked: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(tokens, positions, mask) of a warm-up call of ``n`` tokens per row on a fresh ``cache``,
+    after one committed slot (the compiled step runs after a prefill)."""
+    cache.commit(1)
+    batch = cache.k[0].shape[0]
+    ids = torch.zeros(batch, n, dtype=torch.long, device=cache.device)
+    mask = torch.ones(batch, n, 1 + n, dtype=torch.bool, device=cache.device).tril(1) if masked else None
+    return ids, cache.slots(n), mask

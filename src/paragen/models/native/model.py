@@ -10,7 +10,6 @@ attention masks of a call and the cache, and sends each call down one of three f
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 
 import torch
@@ -23,8 +22,10 @@ from paragen.models.native.compiled import (
     cache_length,
     compile_steps,
     compiled_forward,
+    dummy_call,
     graph_key,
     runs_compiled,
+    timed_step,
     warm_up,
 )
 from paragen.models.native.config import NativeConfig
@@ -128,17 +129,9 @@ class NativeModel(nn.Module, Model):
         return (self.packed.lm_head(hidden) if self.runs_packed() else self.lm_head(hidden)), hidden
 
     def decode_step(self, tokens, positions, cache, mask) -> tuple[torch.Tensor, torch.Tensor]:
-        """A call the compiled step can run: compiled, or under ``compile="auto"`` eager until
-        its graph has earned its compile (``HotGraphs``); each call timed for that account."""
-        if self.hot is None:
-            return compiled_forward(self, tokens, positions, cache, mask)
-        key = graph_key(tokens, mask)
-        compiled = self.hot.wants(key)
-        start = time.perf_counter()
-        out = (compiled_forward(self, tokens, positions, cache, mask) if compiled
-               else self.eager_forward(tokens, positions, cache, mask))
-        (self.hot.ran_compiled if compiled else self.hot.ran_eager)(key, time.perf_counter() - start)
-        return out
+        """A call the compiled step can run (``compiled.timed_step``)."""
+        return timed_step(self.hot, graph_key(tokens, mask), lambda: compiled_forward(self, tokens, positions, cache, mask),
+                          lambda: self.eager_forward(tokens, positions, cache, mask))
 
     def head_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.model.embed_tokens.weight.detach(), self.lm_head.weight.detach()
@@ -223,4 +216,9 @@ class NativeModel(nn.Module, Model):
     def warm_up(self, tokens: int, rows: int = 1) -> int:
         """Compile now the graphs a decode of up to ``tokens`` per call on ``rows`` rows runs
         (``compiled.warm_up``); 0 when the step is not compiled. Returns the calls run."""
-        return 0 if self.compiled is None else warm_up(self, tokens, rows)
+        def call(batch: int, n: int, masked: bool) -> None:
+            cache = self.new_cache(batch=batch, max_length=1)
+            ids, positions, mask = dummy_call(cache, n, masked)
+            self(ids, positions, cache=cache, mask=mask)
+
+        return 0 if self.compiled is None else warm_up(tokens, rows, call, self.hot)
