@@ -1,6 +1,6 @@
-"""The compiled decode step: ``torch.compile`` of the packed path (``packed.py``) with static
-shapes (gpt-fast's approach, with vLLM's padding to a few sizes), attending over the whole
-preallocated cache under a mask, so that a call's graph depends on a few sizes only.
+"""The compiled decode step: ``torch.compile`` of the packed path (``packed.py``) on a few
+padded call sizes (gpt-fast's approach, with vLLM's padding to a few sizes), so that a call's
+graph depends on a few sizes only.
 
 - **Tokens per row** are padded up to the next of ``TOKEN_BUCKETS`` (1, 2, 4, ... 64): a call
   of 5 tokens runs the 8-token graph. A pad token sits after the row's real ones, writes its
@@ -10,19 +10,20 @@ preallocated cache under a mask, so that a call's graph depends on a few sizes o
 - **Rows** (the batch) are a dynamic size: one graph serves every batch of two rows or more
   (and one the single row, which torch specialises).
 - **Slots attended** are a dynamic size too: a call reads the cache's first slots up to the
-  next multiple of ``SLOT_STEP`` past its own (not the whole preallocated cache, which at 128
-  tokens of context held 2-3x the slots the eager step reads), so one graph serves every cache
-  size and context length. Caches leave 64 slots of room for pads (``cache_length``).
+  next multiple of ``SLOT_STEP`` past its own, under a mask (not the whole preallocated cache,
+  which at 128 tokens of context held 2-3x the slots the eager step reads), so one graph
+  serves every cache size and context length. Caches leave 64 slots of room for pads
+  (``cache_length``).
 
 So a whole bench run compiles a bounded number of graphs: per bucket used at most four (one
 row or several; the causal mask, built in the graph, or an explicit one: trees, ragged rows);
 each bucket is its own compiled function (``_own_code``), holding at most torch's 8 graphs.
-``warm_up`` compiles them before the first timed call. Calls after an empty cache (prefill) and longer calls stay eager; so do
-bidirectional and sliding-window models. Rows of different lengths write at their own slots
-(a scatter), in the same graph. The eager packed path is the reference it is tested against
+``warm_up`` compiles them before the first timed or served call; ``HotGraphs`` decides, under
+``compile="auto"``, which are worth compiling. Calls after an empty cache (prefill) and
+longer calls stay eager; so do bidirectional and sliding-window models. Rows of different
+lengths write at their own slots (a scatter), in the same graph. The EAGLE drafter's calls
+run the same way (``compile_drafter``). The eager path is the reference it is tested against
 (tests/test_compiled.py).
-
-The functions here take the ``NativeModel`` whose step they run (``model``).
 """
 
 from __future__ import annotations
@@ -53,9 +54,8 @@ def token_bucket(t: int) -> int | None:
 
 
 def cache_length(length: int) -> int:
-    """The slots a compiled model's cache holds for ``length`` positions: a few sizes (powers of
-    two from 256) compile once each, where every generation's own length would recompile; 64
-    more slots hold a padded call's pads."""
+    """The slots a compiled model's cache holds for ``length`` positions: powers of two from
+    256 (few sizes, so caches are reused alike), and 64 more for a padded call's pads."""
     return max(256, 1 << (length - 1).bit_length()) + TOKEN_BUCKETS[-1]
 
 
