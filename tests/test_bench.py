@@ -342,6 +342,22 @@ def test_bench_runs_heads_strategies_and_reports_relaxed_ones_as_lossy(tiny_mode
     assert "| blockwise_relaxed (lossy) |" in capsys.readouterr().out
 
 
+@pytest.mark.slow
+def test_compiled_bench_compiles_every_graph_before_timing(tiny_models, tmp_path):
+    """``--compile``: the warm-up compiles every bucket the contenders' calls can use (speculative
+    feeds 5 tokens: buckets 1-8, causal and masked, on the target and the draft), and no graph
+    compiles inside a timed run (torch's counters)."""
+    tiny, other = tiny_models
+    out = tmp_path / "compiled"
+    assert main(["bench", "--strategies", "speculative,lookup", "--option", "lookup:max_draft=4", "--limit", "3",
+                 "--max-new-tokens", "24", "--model", str(tiny), "--draft", str(other), "--compile", "--no-progress",
+                 "--out", str(out)]) == 0
+    bench = json.loads((out / "bench.json").read_text())
+    assert bench["environment"]["compile_warmup"]["calls"] == 2 * 4 * 2
+    assert bench["environment"]["graphs_compiled_in_timed_runs"] == 0
+    assert all(bench["summary"][n]["exact"] == 1.0 for n in ("speculative", "lookup"))
+
+
 def test_bfloat16_runs_score_quality_in_float32(tiny_models, tmp_path, capsys):
     tiny, _ = tiny_models
     config = BenchConfig(strategies=("ar", "lookup", "hf-greedy"), model=str(tiny), draft=str(tiny), dtype="bfloat16")

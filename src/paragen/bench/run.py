@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch._dynamo.utils import counters
 
 from paragen.bench.metrics import REFERENCE, Record, Summary, completion_parses, score_against_reference, summarize
 from paragen.bench.peers import PEERS, LlamaCpp, load_llamacpp, run_llamacpp, run_peer
@@ -436,8 +437,6 @@ def warm_compiled(models: Models, contenders: list[Contender], rows: int) -> dic
     per-contender warm-up run
     that follows covers one batch only, and a call size it missed used to compile inside a timed
     run (5-12 s a graph). Returns the seconds, warm-up calls and graphs torch compiled."""
-    from torch._dynamo.utils import counters
-
     tokens = max((c.cls.call_tokens(c.options) for c in contenders if not c.peer), default=1)
     before, start = counters["stats"]["unique_graphs"], time.perf_counter()
     calls = sum(m.warm_up(tokens, rows) for m in {id(m): m for m in models.all()}.values() if hasattr(m, "warm_up"))
@@ -479,6 +478,7 @@ def run_protocol(config: BenchConfig, progress: bool, argv: list[str] | None) ->
             bar.set_postfix_str(f"warm-up {c.name}")
             attempt(runners[c.name], c.name, batches[0], config.seed)
             bar.update()
+        graphs = counters["stats"]["unique_graphs"]
         for i, batch in enumerate(batches):  # 3. interleaved, order rotated per batch
             for c in contenders[i % len(contenders) :] + contenders[: i % len(contenders)]:
                 bar.set_postfix_str(c.name)
@@ -488,6 +488,8 @@ def run_protocol(config: BenchConfig, progress: bool, argv: list[str] | None) ->
                                           o.committed_per_call, o.extra))
                 bar.update()
 
+    if config.compile:  # a graph compiled inside a timed run costs it seconds: there should be none
+        env["graphs_compiled_in_timed_runs"] = counters["stats"]["unique_graphs"] - graphs
     records = score_against_reference(add_quality(records, {p.task.id: p for p in prompts}, models.scorer))
     summary = summarize(records, {c.name: bool(c.cls.lossless) for c in contenders},
                         {c.name for c in contenders if c.peer}, config.temperature == 0, config.seed, config.resamples)
