@@ -110,9 +110,10 @@ def test_auto_compiles_a_graph_once_its_eager_calls_repay_it():
     hot = HotGraphs()
     key = (1, False, False)
     hot.compile_seconds = 1.0
-    hot.ran_eager(key, 3.0)
+    due = 1.0 / HotGraphs.GAIN  # eager seconds whose saving would have paid the compile
+    hot.ran_eager(key, 0.75 * due)
     assert not hot.wants(key) and not hot.wants((2, False, False))
-    hot.ran_eager(key, 1.0 + 1e-9)
+    hot.ran_eager(key, 0.25 * due + 1e-6)
     assert hot.wants(key)
     hot.ran_compiled(key, 0.5)
     assert hot.wants(key) and hot.compile_seconds == 0.5
