@@ -434,9 +434,9 @@ def warm_compiled(models: Models, contenders: list[Contender], rows: int) -> dic
     """Compile, before any timed run, every graph the contenders' calls can run on each
     compiled model (``NativeModel.warm_up``): each bucket up to the most tokens a contender
     feeds in one call, one row and several, causal and masked, and each EAGLE drafter's. The
-    per-contender warm-up run
-    that follows covers one batch only, and a call size it missed used to compile inside a timed
-    run (5-12 s a graph). Returns the seconds, warm-up calls and graphs torch compiled."""
+    per-contender warm-up run that follows covers one batch only, and a call size it missed
+    used to compile inside a timed run (about 6 s a graph). Returns the seconds, warm-up calls
+    and graphs torch compiled."""
     tokens = max((c.cls.call_tokens(c.options) for c in contenders if not c.peer), default=1)
     before, start = counters["stats"]["unique_graphs"], time.perf_counter()
     calls = sum(m.warm_up(tokens, rows) for m in {id(m): m for m in models.all()}.values() if hasattr(m, "warm_up"))

@@ -75,7 +75,7 @@ def load(
     or ``"hf"`` (any transformers causal LM). ``dtype``: a torch dtype or a name of
     ``DTYPE_CHOICES`` (see ``DTYPE_HELP`` for which are exact); float32 by default. A native
     model runs its packed inference path (``NativeModel.pack``). ``compile=True`` (native
-    only, opt-in) compiles its decode step with static cache shapes (``NativeModel.compile_decode``);
+    only, opt-in) compiles its decode step on a few padded call sizes (``NativeModel.compile_decode``);
     ``compile="auto"`` compiles each of its graphs only once that graph's calls have run long
     enough eagerly to repay its compile (on the CPU; on CUDA at first use), and leaves models it
     cannot compile (other backends, weight formats) eager.
