@@ -308,5 +308,12 @@ def test_the_commands_share_their_flags():
         assert tuple(f["dtype"].choices) == DTYPE_CHOICES, command
         assert {"backend", "compile", "device"} <= set(f), command
     assert flags("transcribe")["threads"].default == DEFAULT_THREADS
+    from paragen.flags import load_kwargs
+
+    gen = sub.choices["generate"]
+    for argv, compile_, prompt in ((["def f():"], False, "def f():"), (["--compile", "def f():"], True, "def f():"),
+                                   (["--compile-auto", "x"], "auto", "x")):
+        args = gen.parse_args(argv)  # --compile takes no value: the prompt after it stays the prompt
+        assert (load_kwargs(args)["compile"], args.prompt) == (compile_, prompt), argv
     heads = flags("train", "heads")
     assert "threads" in heads and "device" in heads and heads["threads"].default is None

@@ -81,11 +81,13 @@ def add_model_flags(p: argparse.ArgumentParser, dtype_note: str = "") -> None:
                         "model; --dtype fp16-weights / int8-weights: f16 / q8_0 GGUF) (default: native)")
     p.add_argument("--dtype", choices=DTYPE_CHOICES, default="float32",
                    help=f"weights' dtype or format{dtype_note}: {DTYPE_HELP}")
-    p.add_argument("--compile", nargs="?", const="on", default="off", choices=tuple(COMPILE_FLAGS),
-                   help="compile the native decode step (torch.compile on a few padded call sizes): on (--compile "
-                        "alone; each graph compiles at its first call, seconds each, cached on disk by torch), auto "
-                        "(a graph compiles once its calls have run long enough eagerly to repay it) or off "
-                        "(default: off)")
+    # Two flags rather than an optional value: `--compile PROMPT` must not read the prompt as one.
+    p.add_argument("--compile", dest="compile", action="store_const", const="on", default="off",
+                   help="compile the native decode step (torch.compile on a few padded call sizes; each graph "
+                        "compiles at its first call, seconds each, cached on disk by torch)")
+    p.add_argument("--compile-auto", dest="compile", action="store_const", const="auto",
+                   help="compile each graph of the decode step only once its calls have run long enough eagerly "
+                        "to repay the compile")
     p.add_argument("--device", default="cpu", help="where the models run: cpu, cuda, cuda:N (default: cpu)")
 
 
