@@ -129,6 +129,14 @@ def test_auto_compiles_a_graph_once_its_eager_calls_repay_it():
     assert paragen.generate(model, PROMPTS[0], "ar", max_new_tokens=12).tokens == reference_greedy(eager, PROMPTS[0], 12)
     assert model.hot.ready == {(1, False, False)} and model.hot.compile_seconds > 0
 
+    warmed = tiny_model(0).pack().compile_decode(auto=True)  # warm_up compiles under auto too
+    warmed.hot.compile_seconds = 1e9
+    before = counters["stats"]["unique_graphs"]
+    assert warmed.warm_up(2) == 4 and counters["stats"]["unique_graphs"] == before + 4
+    assert warmed.hot.ready == {(n, False, masked) for n in (1, 2) for masked in (False, True)}
+    assert paragen.generate(warmed, PROMPTS[0], "ar", max_new_tokens=12).tokens == reference_greedy(eager, PROMPTS[0], 12)
+    assert not warmed.hot.eager_seconds  # every call ran a warmed graph
+
 
 def test_the_graphs_compiled_stay_within_the_buckets(compiled):
     """After every test above (this module's graphs only): per model and bucket at most four

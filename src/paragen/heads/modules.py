@@ -251,7 +251,7 @@ class Eagle(Heads):
         compiled once a graph's calls repay it). Its calls are small (one layer), so per-op
         overhead is most of their time."""
         self.compiled = compile_drafter(self)
-        self.hot = HotGraphs() if auto and self.fc.weight.device.type == "cpu" else None
+        self.hot = HotGraphs.on(auto, self.fc.weight.device)
         return self
 
     def warm_up(self, tokens: int) -> int:

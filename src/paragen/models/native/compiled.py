@@ -127,6 +127,13 @@ class HotGraphs:
     GAIN = 0.08
     COMPILE_SECONDS = 6.0
 
+    @classmethod
+    def on(cls, auto: bool, device: torch.device) -> HotGraphs | None:
+        """The account of a step compiled with ``auto``, or None (every graph at its first call):
+        on CUDA, where the graphs replay as CUDA graphs and timing a call would need a device
+        sync, and without ``auto``."""
+        return cls() if auto and device.type == "cpu" else None
+
     def __init__(self) -> None:
         self.compile_seconds = self.COMPILE_SECONDS
         self.eager_seconds: dict[tuple[int, bool, bool], float] = {}
@@ -247,10 +254,10 @@ def warm_up(tokens: int, rows: int, call: Callable[[int, int, bool], None], hot:
     for n in (b for b in TOKEN_BUCKETS if b <= top):
         for batch in sorted({1, min(rows, 2)}):  # 2 rows: the graph every batch of two or more runs
             for masked in (False, True):
+                if hot is not None:  # in use from now on: this call compiles it
+                    hot.ready.add((n, batch > 1, masked))
                 with torch.inference_mode():  # as generate runs: a graph's guards include grad mode
                     call(batch, n, masked)
-                if hot is not None:
-                    hot.ready.add((n, batch > 1, masked))
                 calls += 1
     return calls
 

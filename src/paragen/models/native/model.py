@@ -208,9 +208,7 @@ class NativeModel(nn.Module, Model):
             # matmul, and measured slower than the eager fp16-weights path.
             raise ValueError(f"compile=True runs the model's own dtype, not the weight format '{self.packed.weights}'")
         self.compiled = compile_steps(self)
-        # On CUDA the graphs replay as CUDA graphs, and timing a call would need a device sync:
-        # there every graph is compiled at its first call.
-        self.hot = HotGraphs() if auto and self.lm_head.weight.device.type == "cpu" else None
+        self.hot = HotGraphs.on(auto, self.lm_head.weight.device)
         return self
 
     def warm_up(self, tokens: int, rows: int = 1) -> int:
