@@ -234,3 +234,22 @@ def test_config_errors():
         DiffusionTrainConfig(attention="block_causal", block_size=7, seq_len=64)
     with pytest.raises(ValueError, match="bidirectional"):
         DiffusionTrainConfig(attention="causal")
+
+
+def test_infill_lines_cuts_holes_of_whole_lines():
+    g = torch.Generator().manual_seed(4)
+    x0 = torch.randint(3, 50, (64, 48), generator=g)
+    x0[:, ::5] = 2  # token 2 starts a line: lines of 5 tokens
+    starts = torch.zeros(50, dtype=torch.bool)
+    starts[2] = True
+    cfg = DiffusionTrainConfig(seq_len=48, shift=True, infill=1.0, infill_span=16, infill_pad=5, infill_lines=1.0)
+    rows, xt, w, maskable = corrupt(x0, cfg, 1, g, eos_id=0, line_start=starts)
+    for r in range(64):
+        hole = maskable[r].nonzero()[:, 0]
+        s, e = int(hole[0]), int(hole[-1]) + 1
+        span = e - s - int((rows[r, s:e] == 0).sum())
+        assert rows[r, s] == 2 and span in (5, 10, 15)  # starts on a line, 1..3 whole lines
+        assert rows[r, e] == 2  # the suffix starts the next line
+        assert torch.equal(rows[r, : s + span], x0[r, : s + span])
+    with pytest.raises(InvalidInputError, match="infill_lines"):
+        DiffusionTrainConfig(seq_len=32, infill=0.5, infill_lines=2.0)

@@ -41,7 +41,9 @@ a clean prefix, a span of 1..``infill_span`` tokens followed by 0..``infill_pad`
 tokens, then the rest of the window as a clean suffix; only the hole is masked. That is the
 layout ``paragen.infill`` decodes: a hole of masks between the prefix and the suffix, which
 the model fills with the span and then end-of-text (LLaDA's SFT pads answers with EOS the
-same way), so the span's length is the model's choice in one decode.
+same way), so the span's length is the model's choice in one decode. ``--infill-lines F`` cuts a
+share F of the holes at line starts (1..3 whole lines): a hole cut anywhere rarely ends where a
+line does, so without them the model has little to learn closing a line-shaped hole from.
 
 Everything else is ``paragen train lm``'s: AdamW, warm-up and cosine decay, bf16
 autocast on CPU, clipping, atomic resumable checkpoints, an optional wall-clock budget.
@@ -93,6 +95,9 @@ class DiffusionTrainConfig(TrainConfig):
                 "clean prefix and suffix, the layout paragen.infill decodes; 0..1"})
     infill_span: int = field(default=64, metadata={"help": "longest span of an --infill hole, in tokens"})
     infill_pad: int = field(default=64, metadata={"help": "most end-of-text tokens after an --infill hole's span"})
+    infill_lines: float = field(default=0.0, metadata={
+        "help": "share of --infill holes cut at line starts (1..3 whole lines, as code is edited and as "
+                "HumanEval-Infilling cuts them); the rest start and end at any token; 0..1"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -100,6 +105,8 @@ class DiffusionTrainConfig(TrainConfig):
             raise InvalidInputError(f"anneal must be >= 0 steps, got {self.anneal}")
         if not 0 <= self.infill <= 1:
             raise InvalidInputError(f"infill must be a share in [0, 1], got {self.infill}")
+        if not 0 <= self.infill_lines <= 1:
+            raise InvalidInputError(f"infill_lines must be a share in [0, 1], got {self.infill_lines}")
         if self.infill and (self.infill_span < 1 or self.infill_pad < 0
                             or self.infill_span + self.infill_pad + 2 > self.seq_len):
             raise InvalidInputError(f"an infill hole (span 1..{self.infill_span}, pads 0..{self.infill_pad}) must fit "
@@ -134,22 +141,50 @@ def bd3_mask(L: int, B: int) -> torch.Tensor:
 
 
 def infill_layout(
-    x0: torch.Tensor, cfg: DiffusionTrainConfig, eos_id: int, first: int, g: torch.Generator
+    x0: torch.Tensor, cfg: DiffusionTrainConfig, eos_id: int, first: int, g: torch.Generator,
+    line_start: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One window [L] laid out as a hole: prefix, span, end-of-text pads, suffix (cut to L);
-    returns it and the hole's positions [L] (the only maskable ones)."""
+    returns it and the hole's positions [L] (the only maskable ones).
+
+    ``line_start`` [V] (True: the token's text starts a line): with it, a share
+    ``cfg.infill_lines`` of holes span 1..3 whole lines (start and end on a line start), where
+    the model must learn that the hole ends where the suffix's line begins."""
     L = len(x0)
-    span = int(torch.randint(1, cfg.infill_span + 1, (1,), generator=g))
-    pads = int(torch.randint(0, cfg.infill_pad + 1, (1,), generator=g))
-    s = int(torch.randint(first + 1, L - span - pads, (1,), generator=g))  # a clean token on each side
+    lines = _line_span(x0, cfg, first, g, line_start)
+    if lines is not None:
+        s, span = lines
+        pads = int(torch.randint(0, min(cfg.infill_pad, L - 1 - s - span) + 1, (1,), generator=g))
+    else:
+        span = int(torch.randint(1, cfg.infill_span + 1, (1,), generator=g))
+        pads = int(torch.randint(0, cfg.infill_pad + 1, (1,), generator=g))
+        s = int(torch.randint(first + 1, L - span - pads, (1,), generator=g))  # a clean token on each side
     row = torch.cat([x0[: s + span], torch.full((pads,), eos_id, dtype=x0.dtype), x0[s + span : L - pads]])
     hole = (torch.arange(L) >= s) & (torch.arange(L) < s + span + pads)
     return row, hole
 
 
+def _line_span(
+    x0: torch.Tensor, cfg: DiffusionTrainConfig, first: int, g: torch.Generator, line_start: torch.Tensor | None
+) -> tuple[int, int] | None:
+    """(start, length) of a hole of 1..3 whole lines of x0, or None (not drawn, or no such lines)."""
+    if line_start is None or not cfg.infill_lines or float(torch.rand(1, generator=g)) >= cfg.infill_lines:
+        return None
+    starts = line_start[x0].nonzero()[:, 0]
+    starts = starts[(starts > first) & (starts < len(x0) - 1)].tolist()  # a clean token on each side
+    pairs = [(a, b - a) for i, a in enumerate(starts) for b in starts[i + 1 : i + 4] if b - a <= cfg.infill_span]
+    return pairs[int(torch.randint(0, len(pairs), (1,), generator=g))] if pairs else None
+
+
+def line_starts(tok: Tokenizer) -> torch.Tensor:
+    """[V] True where a token's text starts with a newline (with byte-level BPE, the newline and
+    the next line's indentation are one token)."""
+    return torch.tensor([tok.decode([i]).startswith("\n") for i in range(tok.vocab_size)])
+
+
 def corrupt(
     x0: torch.Tensor, cfg: DiffusionTrainConfig, mask_id: int, g: torch.Generator, train: bool = True,
-    eos_id: int = 0,
+    eos_id: int = 0, line_start: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Noise a batch x0 [B, L]: returns the clean rows (laid out as holes where ``cfg.infill``
     picks them; twice each with ``cfg.complementary``) [B, L], x_t [B, L], loss weights 1/t on
@@ -165,7 +200,7 @@ def corrupt(
     maskable = torch.arange(L)[None] >= prefix
     if train and cfg.infill:
         for r in (torch.rand(B, generator=g) < cfg.infill).nonzero()[:, 0].tolist():
-            x0[r], maskable[r] = infill_layout(x0[r], cfg, eos_id, first, g)
+            x0[r], maskable[r] = infill_layout(x0[r], cfg, eos_id, first, g, line_start)
     groups = L // cfg.block_size if cfg.block_size else 1  # one t per row, or per block (BD3-LM)
     n = B * groups
     u = (torch.rand(1, generator=g) + torch.arange(n) / n) % 1  # stratified: one draw per 1/n of [0, 1)
@@ -214,11 +249,11 @@ def denoise_logits(
 
 def diffusion_loss(
     model: NativeModel, x0: torch.Tensor, cfg: DiffusionTrainConfig, mask_id: int, g: torch.Generator,
-    train: bool = True, step: int | None = None, eos_id: int = 0,
+    train: bool = True, step: int | None = None, eos_id: int = 0, line_start: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, int, int]:
     """The weighted masked cross-entropy per maskable token, and (correct, masked) counts;
     ``step``: the training step, for ``cfg.anneal`` (None: fully open, as evaluated)."""
-    x0, xt, weight, maskable = corrupt(x0, cfg, mask_id, g, train, eos_id)
+    x0, xt, weight, maskable = corrupt(x0, cfg, mask_id, g, train, eos_id, line_start)
     mask = annealed_mask(x0.shape[1], step, cfg.anneal, g) if step is not None and cfg.anneal else None
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
         logits = denoise_logits(model, xt, x0, cfg.block_size, cfg.shift, mask)
@@ -287,9 +322,10 @@ def train_diffusion(
     model = NativeModel(model_config(cfg, tok, init)).init_weights(cfg.seed)
     if init is not None:
         model.load_state_dict(init.state_dict())
+    starts = line_starts(tok) if cfg.infill and cfg.infill_lines else None
     # 1. a batch of windows; 2. noise it; 3. the weighted masked cross-entropy
     loss_fn = lambda m, batch, g, step: diffusion_loss(  # noqa: E731
-        m, batch[:, : cfg.seq_len], cfg, mask_id, g, step=step, eos_id=tok.eos_id)[0]
+        m, batch[:, : cfg.seq_len], cfg, mask_id, g, step=step, eos_id=tok.eos_id, line_start=starts)[0]
     evaluate = lambda m: evaluate_diffusion(m, heldout, cfg, mask_id)  # noqa: E731
     state = fit(model, cfg, train, loss_fn, evaluate, work / "checkpoint.pt", resume=resume, progress=progress,
                 desc=f"diffusion {cfg.size}", stop_at=stop_at)
@@ -298,7 +334,8 @@ def train_diffusion(
         ", shifted (logits at p predict p + 1)" if cfg.shift else "") + (
         ", complementary masks (Fast-dLLM v2)" if cfg.complementary else "") + (
         f", causal attention opened over {cfg.anneal} steps (DiffuLLaMA)" if cfg.anneal else "") + (
-        f", {cfg.infill:.0%} of windows as infilling holes (span + end-of-text pads)" if cfg.infill else "")
+        f", {cfg.infill:.0%} of windows as infilling holes (span + end-of-text pads)" if cfg.infill else "") + (
+        f", {cfg.infill_lines:.0%} of holes whole lines" if cfg.infill and cfg.infill_lines else "")
     # held-out loss: an upper bound on NLL per token, unconditional; accuracy: on masked tokens
     record = training_record(cfg, model, state, evaluate(model), split, command, init_dir, objective=objective)
     save_model(model, tok, out, dtype=torch.float16, extra_files={"training.json": json.dumps(record, indent=2) + "\n"})
