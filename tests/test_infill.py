@@ -116,7 +116,7 @@ def test_cli_suffix_file_refuses_an_ar_model_and_streaming(tmp_path, capsys):
 
 
 def test_bench_holes_are_whole_lines_that_rebuild_the_text():
-    from paragen.bench.infill import cut, holes_of, normalised, parse_contenders, parses
+    from paragen.bench.infill import cut, first_lines, holes_of, normalised, parse_contenders, parses
 
     text = "def f(x):\n    y = x + 1\n    z = y * 2\n\n    w = z - 3\n    return w\n"
     holes = holes_of("t", text, body=1)
@@ -128,6 +128,9 @@ def test_bench_holes_are_whole_lines_that_rebuild_the_text():
     assert holes[1].hole == "\n    z = y * 2\n\n    w = z - 3"  # 3 lines from a third of the way in
     assert cut("t", text, 1, 2).hole == "\n    y = x + 1\n    z = y * 2"
     assert normalised("\n    return w  \n\n") == "    return w"
+    assert first_lines(" + 1\n    z = y\n    return z", 1) == "\n    z = y"  # from the first line break
+    assert first_lines("\n    z = y\n    return z\n", 2) == "\n    z = y\n    return z"
+    assert first_lines("x + 1", 1) == ""
     assert [c.label for c in parse_contenders("diffusion[threshold=0.5;cache=dual]")] == [
         "ar", "diffusion[threshold=0.5;cache=dual]"]
     with pytest.raises(InvalidInputError, match="contender"):

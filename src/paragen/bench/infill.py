@@ -13,7 +13,9 @@ Contenders: ``ar`` on the AR model, given the prefix only (it cannot see the suf
 guess is the lines it writes after the prefix's line, as many as the hole has (what it adds
 to the prefix's own line is dropped and its tokens counted); and ``diffusion[KEY=VALUE;...]`` through
 ``paragen.infill`` on a diffusion model (``length=oracle`` gives it the hole's true token
-count instead of the default 64 masks and letting it end the text). Per contender and hole
+count instead of the default 64 masks and letting it end the text; ``lines=oracle`` keeps the
+lines of its text that the hole has, as ``ar``'s guess is cut, so both know the hole's line
+count and differ only in what they see: the suffix). Per contender and hole
 kind: exact match of the hole (lines compared without trailing spaces and blank lines at
 the ends), whether the whole function parses with the filled hole, model calls, tokens per
 call and seconds per hole. Writes OUT/infill.json and OUT/infill.md.
@@ -161,15 +163,21 @@ def fill(contender: Contender, hole: Hole, ar_model: Any, diffusion_model: Any) 
                 stream.close()
                 break
         written = len(ar_model.tokenizer.encode(hole.prefix + text)) - len(ar_model.tokenizer.encode(hole.prefix))
-        start = text.find("\n")
-        text = "\n".join(text[start:].split("\n")[: lines + 1]) if start >= 0 else ""
-        return text, max(written, 1), max(written, 1), time.perf_counter() - t0
+        return first_lines(text, lines), max(written, 1), max(written, 1), time.perf_counter() - t0
     options = dict(contender.options)
     n = None
     if options.pop("length", None) == "oracle":
         n = max(1, len(diffusion_model.tokenizer.encode(hole.hole)))
+    lines = hole.hole.count("\n") if options.pop("lines", None) == "oracle" else None
     g = paragen.infill(diffusion_model, hole.prefix, hole.suffix, max_new_tokens=n, **options)
-    return g.text, g.stats.target_calls, len(g.tokens), time.perf_counter() - t0
+    text = g.text if lines is None else first_lines(g.text, lines)
+    return text, g.stats.target_calls, len(g.tokens), time.perf_counter() - t0
+
+
+def first_lines(text: str, lines: int) -> str:
+    """The hole-shaped part of a guess: from its first line break, ``lines`` lines ("" without one)."""
+    start = text.find("\n")
+    return "\n".join(text[start:].split("\n")[: lines + 1]) if start >= 0 else ""
 
 
 def run_infill_bench(task: str, contenders: str, model: str, diffusion: str, limit: int | None, out: str,
