@@ -253,3 +253,15 @@ def test_infill_lines_cuts_holes_of_whole_lines():
         assert torch.equal(rows[r, : s + span], x0[r, : s + span])
     with pytest.raises(InvalidInputError, match="infill_lines"):
         DiffusionTrainConfig(seq_len=32, infill=0.5, infill_lines=2.0)
+
+
+def test_infill_tail_masks_the_end_of_the_hole_from_a_point_on():
+    g = torch.Generator().manual_seed(5)
+    x0 = torch.randint(2, 50, (32, 48), generator=g)
+    cfg = DiffusionTrainConfig(seq_len=48, shift=True, infill=1.0, infill_span=8, infill_pad=8, infill_tail=1.0)
+    rows, xt, w, maskable = corrupt(x0, cfg, 1, g, eos_id=0)
+    for r in range(32):
+        hole, masked = maskable[r].nonzero()[:, 0], (xt[r] == 1).nonzero()[:, 0]
+        assert len(masked) >= 1 and masked[-1] == hole[-1]  # masked from a point of the hole to its end
+        assert torch.equal(masked, torch.arange(int(masked[0]), int(hole[-1]) + 1))
+    assert torch.equal(w > 0, xt == 1)

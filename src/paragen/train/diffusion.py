@@ -44,6 +44,10 @@ the model fills with the span and then end-of-text (LLaDA's SFT pads answers wit
 same way), so the span's length is the model's choice in one decode. ``--infill-lines F`` cuts a
 share F of the holes at line starts (1..3 whole lines): a hole cut anywhere rarely ends where a
 line does, so without them the model has little to learn closing a line-shaped hole from.
+``--infill-tail F`` masks a share F of the holes as a tail (clean up to a point, masked from
+it): a hole masked at random almost never has its first pad masked together with every pad
+after it, which is where the left-to-right ``prefix`` rule must decide that the span has ended
+(the shipped model, trained without it, gives end-of-text 0.05% at the true end of a line hole).
 
 Everything else is ``paragen train lm``'s: AdamW, warm-up and cosine decay, bf16
 autocast on CPU, clipping, atomic resumable checkpoints, an optional wall-clock budget.
@@ -95,6 +99,10 @@ class DiffusionTrainConfig(TrainConfig):
                 "clean prefix and suffix, the layout paragen.infill decodes; 0..1"})
     infill_span: int = field(default=64, metadata={"help": "longest span of an --infill hole, in tokens"})
     infill_pad: int = field(default=64, metadata={"help": "most end-of-text tokens after an --infill hole's span"})
+    infill_tail: float = field(default=0.0, metadata={
+        "help": "share of --infill holes masked as a tail (every position from a point on, clean before it): "
+                "the state the left-to-right prefix rule decodes in, where the model must see that the span "
+                "has ended with every pad still masked; the rest are masked at random; 0..1"})
     infill_lines: float = field(default=0.0, metadata={
         "help": "share of --infill holes cut at line starts (1..3 whole lines, as code is edited and as "
                 "HumanEval-Infilling cuts them); the rest start and end at any token; 0..1"})
@@ -105,8 +113,9 @@ class DiffusionTrainConfig(TrainConfig):
             raise InvalidInputError(f"anneal must be >= 0 steps, got {self.anneal}")
         if not 0 <= self.infill <= 1:
             raise InvalidInputError(f"infill must be a share in [0, 1], got {self.infill}")
-        if not 0 <= self.infill_lines <= 1:
-            raise InvalidInputError(f"infill_lines must be a share in [0, 1], got {self.infill_lines}")
+        for name in ("infill_lines", "infill_tail"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise InvalidInputError(f"{name} must be a share in [0, 1], got {getattr(self, name)}")
         if self.infill and (self.infill_span < 1 or self.infill_pad < 0
                             or self.infill_span + self.infill_pad + 2 > self.seq_len):
             raise InvalidInputError(f"an infill hole (span 1..{self.infill_span}, pads 0..{self.infill_pad}) must fit "
@@ -198,15 +207,22 @@ def corrupt(
     B, L = x0.shape
     prefix = torch.randint(first, L, (B, 1), generator=g) if train else torch.full((B, 1), first)
     maskable = torch.arange(L)[None] >= prefix
+    tails = []  # infill rows whose hole is masked as a tail
     if train and cfg.infill:
         for r in (torch.rand(B, generator=g) < cfg.infill).nonzero()[:, 0].tolist():
             x0[r], maskable[r] = infill_layout(x0[r], cfg, eos_id, first, g, line_start)
+            if cfg.infill_tail and float(torch.rand(1, generator=g)) < cfg.infill_tail:
+                tails.append(r)
     groups = L // cfg.block_size if cfg.block_size else 1  # one t per row, or per block (BD3-LM)
     n = B * groups
     u = (torch.rand(1, generator=g) + torch.arange(n) / n) % 1  # stratified: one draw per 1/n of [0, 1)
     u = u[torch.randperm(n, generator=g)]  # so that t is not tied to the row or block index
     t = ((1 - cfg.eps) * u + cfg.eps).view(B, groups).repeat_interleave(L // groups, dim=1)
     masked = (torch.rand(B, L, generator=g) < t) & maskable
+    for r in tails:  # the hole's last share t of positions, at least one
+        hole = maskable[r].nonzero()[:, 0]
+        cut = min(int(hole[0]) + round((1 - float(t[r, 0])) * len(hole)), int(hole[-1]))
+        masked[r] = maskable[r] & (torch.arange(L) >= cut)
     weight = masked / t
     if views == 2:  # the complementary view: masked where the first is clean, at rate 1 - t
         other = maskable & ~masked
@@ -335,7 +351,8 @@ def train_diffusion(
         ", complementary masks (Fast-dLLM v2)" if cfg.complementary else "") + (
         f", causal attention opened over {cfg.anneal} steps (DiffuLLaMA)" if cfg.anneal else "") + (
         f", {cfg.infill:.0%} of windows as infilling holes (span + end-of-text pads)" if cfg.infill else "") + (
-        f", {cfg.infill_lines:.0%} of holes whole lines" if cfg.infill and cfg.infill_lines else "")
+        f", {cfg.infill_lines:.0%} of holes whole lines" if cfg.infill and cfg.infill_lines else "") + (
+        f", {cfg.infill_tail:.0%} of holes masked as a tail" if cfg.infill and cfg.infill_tail else "")
     # held-out loss: an upper bound on NLL per token, unconditional; accuracy: on masked tokens
     record = training_record(cfg, model, state, evaluate(model), split, command, init_dir, objective=objective)
     save_model(model, tok, out, dtype=torch.float16, extra_files={"training.json": json.dumps(record, indent=2) + "\n"})
