@@ -5,7 +5,7 @@
 # prompts; then the infilling task. One bench run per setting (ar in the same run), merged per
 # task into $OUT-<task>-sweep. Run it alone on a quiet machine.
 # Usage: NEW_D=runs/code-diffusion2 NEW_B=runs/code-block-diffusion2 OLD_D=code-diffusion OLD_B=code-block-diffusion \
-#          scripts/diffusion_sweep.sh          (OUT, LIMIT, HOLES (0: no infilling), TASKS, THRESHOLDS override)
+#          scripts/diffusion_sweep.sh          (OUT, LIMIT, HOLES (0: no infilling), TASKS, THRESHOLDS, INFILL_SOURCES override)
 set -e
 cd "$(dirname "$0")/.."
 PARAGEN=${PARAGEN:-.venv/bin/paragen}
@@ -28,15 +28,17 @@ run() {  # task, name, diffusion model, block model, rule, threshold
 for task in $TASKS; do
   for t in ${THRESHOLDS:-0.9 0.7 0.5}; do run $task new-prefix${t#0.} $NEW_D $NEW_B prefix $t; done
   run $task new-thr9 $NEW_D $NEW_B threshold 0.9
-  if [ -n "$OLD_D" ]; then run $task old-thr9 $OLD_D $OLD_B threshold 0.9; fi
+  if [ -n "$OLD_D" ]; then run $task old-thr9 $OLD_D $OLD_B threshold 0.9; run $task old-prefix9 $OLD_D $OLD_B prefix 0.9; fi
   ${PYTHON:-.venv/bin/python} -m paragen.bench.merge $OUT-$task-new-*/ $OUT-$task-old-*/ --out $OUT-$task-sweep || true
 done
 [ "$HOLES" = 0 ] && exit 0  # no infilling run
-$PARAGEN bench --task infill:humaneval --limit $HOLES --threads 2 --no-progress --model-for diffusion=$NEW_D \
-  --strategies "ar,diffusion[rule=prefix;threshold=0.9;cache=dual],diffusion[rule=prefix;threshold=0.5;cache=dual],diffusion[threshold=0.9;cache=dual]" \
-  --out $OUT-infill-new > $OUT-infill-new.txt 2>&1 || echo "FAILED infill new"
-if [ -n "$OLD_D" ]; then
-  $PARAGEN bench --task infill:humaneval --limit $HOLES --threads 2 --no-progress --model-for diffusion=$OLD_D \
-    --strategies "ar,diffusion[rule=prefix;threshold=0.9;cache=dual],diffusion[length=oracle;rule=prefix;threshold=0.9;cache=dual]" \
-    --out $OUT-infill-old > $OUT-infill-old.txt 2>&1 || echo "FAILED infill old"
-fi
+# The model's own length (end-of-text), and told the line count as ar is (lines=oracle).
+FILLS="ar,diffusion[rule=prefix;threshold=0.9;cache=dual],diffusion[lines=oracle;rule=prefix;threshold=0.9;cache=dual],diffusion[threshold=0.9;cache=dual]"
+for src in ${INFILL_SOURCES:-humaneval stdlib}; do
+  $PARAGEN bench --task infill:$src --limit $HOLES --threads 2 --no-progress --model-for diffusion=$NEW_D \
+    --strategies "$FILLS" --out $OUT-infill-$src-new > $OUT-infill-$src-new.txt 2>&1 || echo "FAILED infill $src new"
+  if [ -n "$OLD_D" ]; then
+    $PARAGEN bench --task infill:$src --limit $HOLES --threads 2 --no-progress --model-for diffusion=$OLD_D \
+      --strategies "$FILLS" --out $OUT-infill-$src-old > $OUT-infill-$src-old.txt 2>&1 || echo "FAILED infill $src old"
+  fi
+done
