@@ -135,3 +135,24 @@ def test_continuations_resume_keeps_finished_batches_and_refuses_other_settings(
         assert (tmp_path / "a" / name).read_text() == (tmp_path / "b" / name).read_text()
     with pytest.raises(InvalidInputError, match="min_prompt_tokens"):
         ContinuationsConfig(min_prompt_tokens=300)
+
+
+def test_drop_loops_leaves_out_exactly_the_looping_continuations(tmp_path, teacher_dir):
+    from paragen.bench.metrics import loops
+    from paragen.train.continuations import ContinuationsConfig, cut_prompts, write_continuations
+    from paragen.train.corpus import find_corpus
+
+    cfg = ContinuationsConfig(model=str(teacher_dir), out=str(tmp_path / "all"),
+                              **{**CONT, "prompts": 12, "new_tokens": 72})  # loops() needs 64 tokens
+    every = write_continuations(cfg, progress=False)
+    kept = write_continuations(replace(cfg, out=str(tmp_path / "kept"), drop_loops=True), progress=False)
+    teacher = paragen.load(teacher_dir)
+    prompts = cut_prompts(find_corpus(), teacher.tokenizer, cfg)
+    looping = {f"{i:06d}.py" for i, (_, ids) in enumerate(prompts)
+               if loops(paragen.generate(teacher, ids, strategy="ar", max_new_tokens=72).tokens)}
+    assert 0 < len(looping) < 12, looping  # both kinds occur, so the filter is tested both ways
+    assert every["looping"] == kept["looping"] == len(looping) and every["files"] == 12
+    assert set(kept["sources"]) == set(every["sources"]) - looping and kept["files"] == 12 - len(looping)
+    assert sorted(p.name for p in (tmp_path / "kept").glob("*.py")) == sorted(kept["sources"])
+    for name in kept["sources"]:
+        assert (tmp_path / "kept" / name).read_text() == (tmp_path / "all" / name).read_text()

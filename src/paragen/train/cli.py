@@ -145,8 +145,9 @@ def run_train_continuations(args: argparse.Namespace) -> int:
     cfg = config_from_args(ContinuationsConfig, args)
     rec = write_continuations(cfg, resume=args.resume, progress=not args.quiet,
                               command="paragen " + " ".join(sys.argv[1:]))
-    print(f"{cfg.out}: {rec['prompts']} prompts ({rec['prompt_tokens']} tokens) continued by {cfg.model} with "
-          f"{rec['new_tokens']} tokens")
+    dropped = f", {rec['prompts'] - rec['files']} looping ones left out" if cfg.drop_loops else ""
+    print(f"{cfg.out}: {rec['files']} prompts ({rec['prompt_tokens']} tokens) continued by {cfg.model} with "
+          f"{rec['new_tokens']} tokens; {rec['looping']} of {rec['prompts']} continuations end in a loop{dropped}")
     return 0
 
 

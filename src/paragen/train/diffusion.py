@@ -344,7 +344,7 @@ def train_diffusion(
         m, batch[:, : cfg.seq_len], cfg, mask_id, g, step=step, eos_id=tok.eos_id, line_start=starts)[0]
     evaluate = lambda m: evaluate_diffusion(m, heldout, cfg, mask_id)  # noqa: E731
     state = fit(model, cfg, train, loss_fn, evaluate, work / "checkpoint.pt", resume=resume, progress=progress,
-                desc=f"diffusion {cfg.size}", stop_at=stop_at)
+                desc=f"diffusion {cfg.init or cfg.size}", stop_at=stop_at)
     objective = "masked diffusion (MDLM/LLaDA 1/t-weighted masked cross-entropy)" + (
         f", block-causal blocks of {cfg.block_size} (BD3-LM)" if cfg.block_size else "") + (
         ", shifted (logits at p predict p + 1)" if cfg.shift else "") + (
