@@ -5,7 +5,8 @@
 # prompts; then the infilling task. One bench run per setting (ar in the same run), merged per
 # task into $OUT-<task>-sweep. Run it alone on a quiet machine.
 # Usage: NEW_D=runs/code-diffusion2 NEW_B=runs/code-block-diffusion2 OLD_D=code-diffusion OLD_B=code-block-diffusion \
-#          scripts/diffusion_sweep.sh          (OUT, LIMIT, HOLES (0: no infilling), TASKS, THRESHOLDS, INFILL_SOURCES override)
+#          scripts/diffusion_sweep.sh          (OUT, LIMIT, HOLES (0: no infilling), TASKS, THRESHOLDS, INFILL_SOURCES override;
+#          NEW_D=none: block models only, for comparing block runs)
 set -e
 cd "$(dirname "$0")/.."
 PARAGEN=${PARAGEN:-.venv/bin/paragen}
@@ -18,10 +19,11 @@ LIMIT=${LIMIT:-40}
 HOLES=${HOLES:-80}
 TASKS=${TASKS:-humaneval stdlib}
 run() {  # task, name, diffusion model, block model, rule, threshold
-  local task=$1 name=$2 d=$3 b=$4 rule=$5 t=$6
-  $PARAGEN bench --task $task --limit $LIMIT --max-new-tokens 128 --strategies ar,diffusion,block_diffusion \
-    --model-for diffusion=$d --model-for block_diffusion=$b --threads 2 --no-progress \
-    --option diffusion:rule=$rule --option diffusion:threshold=$t --option diffusion:cache=dual \
+  local task=$1 name=$2 d=$3 b=$4 rule=$5 t=$6 strategies=ar,block_diffusion full=()
+  [ "$d" = none ] || { strategies=ar,diffusion,block_diffusion; full=(--model-for diffusion=$d
+    --option diffusion:rule=$rule --option diffusion:threshold=$t --option diffusion:cache=dual); }
+  $PARAGEN bench --task $task --limit $LIMIT --max-new-tokens 128 --strategies $strategies "${full[@]}" \
+    --model-for block_diffusion=$b --threads 2 --no-progress \
     --option block_diffusion:rule=$rule --option block_diffusion:threshold=$t \
     --out $OUT-$task-$name > $OUT-$task-$name.txt 2>&1 || echo "FAILED $task $name"
 }
