@@ -4,6 +4,7 @@ block-causal training through the CLI, and --init from an AR model."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -265,3 +266,28 @@ def test_infill_tail_masks_the_end_of_the_hole_from_a_point_on():
         assert len(masked) >= 1 and masked[-1] == hole[-1]  # masked from a point of the hole to its end
         assert torch.equal(masked, torch.arange(int(masked[0]), int(hole[-1]) + 1))
     assert torch.equal(w > 0, xt == 1)
+
+
+def test_block_tail_masks_each_block_from_a_point_to_its_end():
+    g = torch.Generator().manual_seed(6)
+    x0 = torch.randint(2, 50, (32, 48), generator=g)
+    cfg = DiffusionTrainConfig(seq_len=48, shift=True, attention="block_causal", block_size=8, block_tail=1.0)
+    rows, xt, w, maskable = corrupt(x0, cfg, 1, g)
+    assert torch.equal(rows, x0) and torch.equal(w > 0, xt == 1)
+    cuts = set()
+    for r in range(32):
+        for b in range(0, 48, 8):
+            if not maskable[r, b:b + 8].all():  # the block holding the clean prefix's end
+                continue
+            masked = (xt[r, b:b + 8] == 1).nonzero()[:, 0]
+            assert len(masked) >= 1 and masked[-1] == 7  # from a point to the block's end
+            assert torch.equal(masked, torch.arange(int(masked[0]), 8))
+            cuts.add(int(masked[0]))
+    assert len(cuts) >= 6  # the point varies with each block's t
+    half = replace(cfg, block_tail=0.5)
+    _, xt, _, maskable = corrupt(torch.randint(2, 50, (64, 48), generator=g), half, 1, g)
+    blocks, open_ = (xt == 1).view(64, 6, 8), maskable.view(64, 6, 8).all(-1)  # blocks after the clean prefix
+    is_tail = (blocks.int().diff(dim=-1) >= 0).all(-1) & blocks[..., -1]  # masked positions form a tail
+    assert 0.5 < is_tail[open_].float().mean() < 0.8  # half drawn as tails, plus random masks that happen to be
+    with pytest.raises(InvalidInputError, match="block-tail"):
+        DiffusionTrainConfig(seq_len=48, block_tail=0.5)

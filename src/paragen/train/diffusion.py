@@ -49,6 +49,14 @@ it): a hole masked at random almost never has its first pad masked together with
 after it, which is where the left-to-right ``prefix`` rule must decide that the span has ended
 (the shipped model, trained without it, gives end-of-text 0.05% at the true end of a line hole).
 
+``--block-tail F`` (block-causal only) masks a share F of the noised blocks as a tail in the
+same way: clean up to a point, masked from it to the block's end. That is every state the
+left-to-right ``prefix`` rule of ``block_diffusion`` decodes in, and random masking draws it
+for a clean first k of 1..7 positions in about 3% of blocks of 8 (the k-th with probability
+1 / (9 C(8, k))). A distilled block model decoded that way committed a token the target
+would not have (" given" for " isinstance") with two masks after it in view: the state it
+had least practice in.
+
 Everything else is ``paragen train lm``'s: AdamW, warm-up and cosine decay, bf16
 autocast on CPU, clipping, atomic resumable checkpoints, an optional wall-clock budget.
 """
@@ -103,6 +111,10 @@ class DiffusionTrainConfig(TrainConfig):
         "help": "share of --infill holes masked as a tail (every position from a point on, clean before it): "
                 "the state the left-to-right prefix rule decodes in, where the model must see that the span "
                 "has ended with every pad still masked; the rest are masked at random; 0..1"})
+    block_tail: float = field(default=0.0, metadata={
+        "help": "block-causal only: share of noised blocks masked as a tail (clean up to a point, masked from it "
+                "to the block's end), the state the left-to-right prefix rule decodes in, which random masking "
+                "seldom draws; the rest are masked at random; 0..1"})
     infill_lines: float = field(default=0.0, metadata={
         "help": "share of --infill holes cut at line starts (1..3 whole lines, as code is edited and as "
                 "HumanEval-Infilling cuts them); the rest start and end at any token; 0..1"})
@@ -113,7 +125,7 @@ class DiffusionTrainConfig(TrainConfig):
             raise InvalidInputError(f"anneal must be >= 0 steps, got {self.anneal}")
         if not 0 <= self.infill <= 1:
             raise InvalidInputError(f"infill must be a share in [0, 1], got {self.infill}")
-        for name in ("infill_lines", "infill_tail"):
+        for name in ("infill_lines", "infill_tail", "block_tail"):
             if not 0 <= getattr(self, name) <= 1:
                 raise InvalidInputError(f"{name} must be a share in [0, 1], got {getattr(self, name)}")
         if self.infill and (self.infill_span < 1 or self.infill_pad < 0
@@ -123,6 +135,9 @@ class DiffusionTrainConfig(TrainConfig):
         if self.attention == "block_causal" and (self.anneal or self.infill):
             raise InvalidInputError("--anneal and --infill are for full attention: a block-causal model never sees "
                                     "past its block, so it has no causal attention to open and cannot see a suffix")
+        if self.attention == "bidirectional" and self.block_tail:
+            raise InvalidInputError("--block-tail needs a block-causal model (--block-size); for a full-attention "
+                                    "model's holes, --infill-tail masks tails")
         if self.attention == "bidirectional" and self.block_size is not None:
             raise InvalidInputError("block_size needs attention='block_causal' (the CLI sets it from --block-size)")
         if self.attention == "block_causal":
@@ -219,6 +234,11 @@ def corrupt(
     u = u[torch.randperm(n, generator=g)]  # so that t is not tied to the row or block index
     t = ((1 - cfg.eps) * u + cfg.eps).view(B, groups).repeat_interleave(L // groups, dim=1)
     masked = (torch.rand(B, L, generator=g) < t) & maskable
+    if train and cfg.block_tail:  # a block's last share t of positions, at least one
+        block = cfg.block_size
+        tail = (torch.rand(B, groups, generator=g) < cfg.block_tail).repeat_interleave(block, dim=1)
+        cut = ((1 - t) * block).round().clamp_max(block - 1)
+        masked = torch.where(tail, maskable & (torch.arange(L) % block >= cut), masked)
     for r in tails:  # the hole's last share t of positions, at least one
         hole = maskable[r].nonzero()[:, 0]
         cut = min(int(hole[0]) + round((1 - float(t[r, 0])) * len(hole)), int(hole[-1]))
