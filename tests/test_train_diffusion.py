@@ -4,6 +4,7 @@ block-causal training through the CLI, and --init from an AR model."""
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
 
 import pytest
@@ -11,7 +12,7 @@ import torch
 
 import paragen
 from paragen.cli import main
-from paragen.errors import InvalidInputError
+from paragen.errors import InvalidInputError, VocabularyMismatchError
 from paragen.models.io import save_model
 from paragen.models.native import NativeConfig, NativeModel
 from paragen.tokenizer import Tokenizer
@@ -22,6 +23,8 @@ from paragen.train.diffusion import (
     bd3_mask,
     corrupt,
     denoise_logits,
+    tail_starts,
+    teacher_kl,
     train_diffusion,
 )
 from paragen.train.lm import SIZES
@@ -291,3 +294,49 @@ def test_block_tail_masks_each_block_from_a_point_to_its_end():
     assert 0.5 < is_tail[open_].float().mean() < 0.8  # half drawn as tails, plus random masks that happen to be
     with pytest.raises(InvalidInputError, match="block-tail"):
         DiffusionTrainConfig(seq_len=48, block_tail=0.5)
+
+
+def test_tail_starts_golden():
+    masked = torch.tensor([[0, 0, 1, 1, 1, 1, 1, 1, 0, 1, 0, 1, 0, 0, 0, 0]]).bool()
+    # a tail from offset 2; a whole block (offset 0); not a tail; nothing masked
+    assert tail_starts(masked, 4)[0].int().tolist() == [0, 0, 1, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+
+
+def test_teacher_kl_is_zero_where_the_block_model_sees_the_ar_context():
+    """A one-layer block model holding an AR model's weights predicts a block's first position
+    from the finished block before it exactly as the AR model does: KL 0 there. (With more
+    layers the finished block's earlier positions have seen later ones of their block, so the
+    computation differs, though the tokens seen are the same.) From offset 2 on, the live
+    block's clean positions also see the masks after them: KL > 0. Checks that the teacher's
+    logits at p - 1 are matched with the model's prediction of p."""
+    shape = dict(vocab_size=30, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                 num_key_value_heads=2, mask_token_id=1)
+    ar = NativeModel(NativeConfig(**shape)).init_weights(0, std=0.5).double().eval()
+    block = NativeModel(NativeConfig(**shape, attention="block_causal", block_size=4, shift=True)).double().eval()
+    block.load_state_dict(ar.state_dict())
+    cfg = DiffusionTrainConfig(seq_len=16, attention="block_causal", block_size=4, shift=True, teacher="ar",
+                               precision="fp32")
+    x0 = torch.randint(2, 30, (2, 16), generator=torch.Generator().manual_seed(0))
+    off = torch.arange(16) % 4
+    for k, zero in ((0, True), (2, False)):
+        masked = (off >= k).expand(2, -1)
+        logits = denoise_logits(block, torch.where(masked, 1, x0), x0, 4, shift=True)
+        kl = teacher_kl(logits, x0, masked, ar, cfg).item()
+        assert (kl < 1e-10) if zero else (kl > 1e-3), (k, kl)
+
+
+def test_teacher_needs_a_block_model_and_its_tokenizer(tok_dir, tmp_path):
+    with pytest.raises(InvalidInputError, match="--teacher needs a block-causal"):
+        DiffusionTrainConfig(teacher="code-target")
+    with pytest.raises(InvalidInputError, match="teacher_weight"):
+        DiffusionTrainConfig(attention="block_causal", block_size=8, teacher="code-target", teacher_weight=-1)
+    cfg = config(tok_dir, tmp_path / "bd", attention="block_causal", block_size=8, block_tail=0.5,
+                 teacher="code-target", steps=1)
+    with pytest.raises(VocabularyMismatchError, match="another tokenizer"):
+        train_diffusion(cfg, progress=False)  # code-target's tokenizer is not tok_dir's
+    tok = Tokenizer.from_dir(tok_dir)
+    ar = NativeModel(NativeConfig(vocab_size=tok.vocab_size, eos_token_id=tok.eos_id, **SIZES["tiny"])).init_weights(5)
+    save_model(ar, tok, tmp_path / "ar")
+    record = train_diffusion(replace(cfg, teacher=str(tmp_path / "ar"), steps=2, eval_every=1000), progress=False)
+    assert record["config"]["teacher"] == str(tmp_path / "ar") and "KL to" in record["objective"]
+    assert math.isfinite(record["heldout_loss"])

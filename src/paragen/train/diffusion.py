@@ -57,6 +57,15 @@ for a clean first k of 1..7 positions in about 3% of blocks of 8 (the k-th with 
 would not have (" given" for " isinstance") with two masks after it in view: the state it
 had least practice in.
 
+``--teacher AR`` (block-causal only) adds, at the first masked position of every block masked
+as a tail (by ``--block-tail`` or by chance), the KL from the AR model's next-token
+distribution there (Hinton et al. 2015; DistillSpec's objective for drafts). Only there does
+the block model see exactly the AR model's context: every token before the position clean,
+nothing after it. These are the positions whose argmax a left-to-right decode commits alone,
+so matching the AR model there is matching ``ar``'s text; training on the AR model's own
+continuations instead taught a block model its loops and, on real prompts, agreement with its
+greedy token fell (``scripts/block_tail_probe.py``).
+
 Everything else is ``paragen train lm``'s: AdamW, warm-up and cosine decay, bf16
 autocast on CPU, clipping, atomic resumable checkpoints, an optional wall-clock budget.
 """
@@ -71,10 +80,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from paragen.errors import InvalidInputError
+from paragen.errors import InvalidInputError, VocabularyMismatchError
 from paragen.models.io import load_native, resolve, save_model
 from paragen.models.native import NativeConfig, NativeModel
 from paragen.tokenizer import Tokenizer
+from paragen.train.distill import load_teacher
 from paragen.train.lm import SIZES, TrainConfig, prepare, say
 from paragen.train.loop import fit, training_record
 
@@ -115,6 +125,12 @@ class DiffusionTrainConfig(TrainConfig):
         "help": "block-causal only: share of noised blocks masked as a tail (clean up to a point, masked from it "
                 "to the block's end), the state the left-to-right prefix rule decodes in, which random masking "
                 "seldom draws; the rest are masked at random; 0..1"})
+    teacher: str | None = field(default=None, metadata={
+        "help": "block-causal only: an AR model (same tokenizer) whose next-token distribution the first masked "
+                "position of each tail-masked block learns (KL), the one position where the block model sees the "
+                "AR model's context; use with --block-tail"})
+    teacher_weight: float = field(default=1.0, metadata={"help": "weight of the --teacher KL beside the diffusion "
+                                                                 "loss; >= 0"})
     infill_lines: float = field(default=0.0, metadata={
         "help": "share of --infill holes cut at line starts (1..3 whole lines, as code is edited and as "
                 "HumanEval-Infilling cuts them); the rest start and end at any token; 0..1"})
@@ -135,6 +151,11 @@ class DiffusionTrainConfig(TrainConfig):
         if self.attention == "block_causal" and (self.anneal or self.infill):
             raise InvalidInputError("--anneal and --infill are for full attention: a block-causal model never sees "
                                     "past its block, so it has no causal attention to open and cannot see a suffix")
+        if self.teacher_weight < 0:
+            raise InvalidInputError(f"teacher_weight must be >= 0, got {self.teacher_weight}")
+        if self.attention == "bidirectional" and self.teacher:
+            raise InvalidInputError("--teacher needs a block-causal model (--block-size): a full-attention model's "
+                                    "masked positions see past the AR model's context")
         if self.attention == "bidirectional" and self.block_tail:
             raise InvalidInputError("--block-tail needs a block-causal model (--block-size); for a full-attention "
                                     "model's holes, --infill-tail masks tails")
@@ -283,11 +304,39 @@ def denoise_logits(
     return model.lm_head(h[:, src])
 
 
+def tail_starts(masked: torch.Tensor, block_size: int) -> torch.Tensor:
+    """[B, L] True at the first masked position of each block masked as a tail: clean before
+    it in the block, masked from it to the block's end (at most one per block)."""
+    B, L = masked.shape
+    m = masked.view(B, L // block_size, block_size).int()
+    to_end = m.flip(-1).cumprod(-1).flip(-1).bool()  # masked from here to the block's end
+    clean_before = torch.cat([torch.ones_like(m[..., :1]), (1 - m).cumprod(-1)[..., :-1]], -1).bool()
+    return (to_end & clean_before).view(B, L)
+
+
+def teacher_kl(
+    logits: torch.Tensor, x0: torch.Tensor, masked: torch.Tensor, teacher: NativeModel, cfg: DiffusionTrainConfig
+) -> torch.Tensor:
+    """Mean KL(p_teacher || q_model) over the tail starts of ``masked`` (0 if there are none):
+    the teacher reads the clean rows x0 causally, and its logits at p - 1 predict p."""
+    at = tail_starts(masked, cfg.block_size)
+    at[:, 0] = False  # nothing before position 0 to predict it from
+    if not at.any():
+        return logits.sum() * 0.0
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+        t_logits = teacher(x0, torch.arange(x0.shape[1]).expand(len(x0), -1))
+    log_p = F.log_softmax(t_logits[:, :-1][at[:, 1:]].float(), -1)
+    log_q = F.log_softmax(logits[at].float(), -1)
+    return (log_p.exp() * (log_p - log_q)).sum(-1).mean()
+
+
 def diffusion_loss(
     model: NativeModel, x0: torch.Tensor, cfg: DiffusionTrainConfig, mask_id: int, g: torch.Generator,
     train: bool = True, step: int | None = None, eos_id: int = 0, line_start: torch.Tensor | None = None,
+    teacher: NativeModel | None = None,
 ) -> tuple[torch.Tensor, int, int]:
-    """The weighted masked cross-entropy per maskable token, and (correct, masked) counts;
+    """The weighted masked cross-entropy per maskable token (plus ``cfg.teacher_weight`` times
+    the ``teacher``'s KL at tail starts, when given), and (correct, masked) counts;
     ``step``: the training step, for ``cfg.anneal`` (None: fully open, as evaluated)."""
     x0, xt, weight, maskable = corrupt(x0, cfg, mask_id, g, train, eos_id, line_start)
     mask = annealed_mask(x0.shape[1], step, cfg.anneal, g) if step is not None and cfg.anneal else None
@@ -295,6 +344,8 @@ def diffusion_loss(
         logits = denoise_logits(model, xt, x0, cfg.block_size, cfg.shift, mask)
     ce = F.cross_entropy(logits.float().flatten(0, 1), x0.flatten(), reduction="none").view_as(x0)
     loss = (ce * weight).sum() / maskable.sum().clamp_min(1)
+    if teacher is not None and cfg.teacher_weight:
+        loss = loss + cfg.teacher_weight * teacher_kl(logits, x0, weight > 0, teacher, cfg)
     masked = weight > 0
     correct = int((logits.argmax(-1) == x0)[masked].sum())
     return loss, correct, int(masked.sum())
@@ -359,9 +410,15 @@ def train_diffusion(
     if init is not None:
         model.load_state_dict(init.state_dict())
     starts = line_starts(tok) if cfg.infill and cfg.infill_lines else None
-    # 1. a batch of windows; 2. noise it; 3. the weighted masked cross-entropy
+    teacher = None
+    if cfg.teacher:
+        teacher_dir, teacher = load_teacher(cfg.teacher)
+        if Tokenizer.from_dir(teacher_dir).fingerprint() != tok.fingerprint():
+            raise VocabularyMismatchError(f"--teacher {cfg.teacher} has another tokenizer than the model trained")
+    # 1. a batch of windows; 2. noise it; 3. the weighted masked cross-entropy (and the teacher's KL)
     loss_fn = lambda m, batch, g, step: diffusion_loss(  # noqa: E731
-        m, batch[:, : cfg.seq_len], cfg, mask_id, g, step=step, eos_id=tok.eos_id, line_start=starts)[0]
+        m, batch[:, : cfg.seq_len], cfg, mask_id, g, step=step, eos_id=tok.eos_id, line_start=starts,
+        teacher=teacher)[0]
     evaluate = lambda m: evaluate_diffusion(m, heldout, cfg, mask_id)  # noqa: E731
     state = fit(model, cfg, train, loss_fn, evaluate, work / "checkpoint.pt", resume=resume, progress=progress,
                 desc=f"diffusion {cfg.init or cfg.size}", stop_at=stop_at)
@@ -372,7 +429,9 @@ def train_diffusion(
         f", causal attention opened over {cfg.anneal} steps (DiffuLLaMA)" if cfg.anneal else "") + (
         f", {cfg.infill:.0%} of windows as infilling holes (span + end-of-text pads)" if cfg.infill else "") + (
         f", {cfg.infill_lines:.0%} of holes whole lines" if cfg.infill and cfg.infill_lines else "") + (
-        f", {cfg.infill_tail:.0%} of holes masked as a tail" if cfg.infill and cfg.infill_tail else "")
+        f", {cfg.infill_tail:.0%} of holes masked as a tail" if cfg.infill and cfg.infill_tail else "") + (
+        f", {cfg.block_tail:.0%} of blocks masked as a tail" if cfg.block_tail else "") + (
+        f", KL to {cfg.teacher} at tail starts (weight {cfg.teacher_weight})" if cfg.teacher else "")
     # held-out loss: an upper bound on NLL per token, unconditional; accuracy: on masked tokens
     record = training_record(cfg, model, state, evaluate(model), split, command, init_dir, objective=objective)
     save_model(model, tok, out, dtype=torch.float16, extra_files={"training.json": json.dumps(record, indent=2) + "\n"})
