@@ -344,9 +344,9 @@ def diffusion_loss(
         logits = denoise_logits(model, xt, x0, cfg.block_size, cfg.shift, mask)
     ce = F.cross_entropy(logits.float().flatten(0, 1), x0.flatten(), reduction="none").view_as(x0)
     loss = (ce * weight).sum() / maskable.sum().clamp_min(1)
-    if teacher is not None and cfg.teacher_weight:
-        loss = loss + cfg.teacher_weight * teacher_kl(logits, x0, weight > 0, teacher, cfg)
     masked = weight > 0
+    if teacher is not None and cfg.teacher_weight:
+        loss = loss + cfg.teacher_weight * teacher_kl(logits, x0, masked, teacher, cfg)
     correct = int((logits.argmax(-1) == x0)[masked].sum())
     return loss, correct, int(masked.sum())
 
