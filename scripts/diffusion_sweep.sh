@@ -31,7 +31,8 @@ for task in $TASKS; do
   for t in ${THRESHOLDS:-0.9 0.7 0.5}; do run $task new-prefix${t#0.} $NEW_D $NEW_B prefix $t; done
   run $task new-thr9 $NEW_D $NEW_B threshold 0.9
   if [ -n "$OLD_D" ]; then run $task old-thr9 $OLD_D $OLD_B threshold 0.9; run $task old-prefix9 $OLD_D $OLD_B prefix 0.9; fi
-  ${PYTHON:-.venv/bin/python} -m paragen.bench.merge $OUT-$task-new-*/ $OUT-$task-old-*/ --out $OUT-$task-sweep || true
+  runs=($OUT-$task-new-*/); [ -n "$OLD_D" ] && runs+=($OUT-$task-old-*/)
+  ${PYTHON:-.venv/bin/python} -m paragen.bench.merge "${runs[@]}" --out $OUT-$task-sweep || true
 done
 [ "$HOLES" = 0 ] && exit 0  # no infilling run
 # The model's own length (end-of-text), and told the line count as ar is (lines=oracle).
