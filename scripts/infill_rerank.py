@@ -15,23 +15,21 @@ from __future__ import annotations
 
 import argparse
 import json
-
-import torch
+import math
 
 import paragen
 from paragen.bench.infill import Hole, first_lines, humaneval_holes, normalised, parses, stdlib_holes
+from paragen.bench.run import output_perplexity
 from paragen.models.base import Model
 
 
 def suffix_score(target: Model, hole: Hole, fill: str) -> float:
-    """log p(fill + suffix | prefix) under the AR model, one forward."""
+    """log p(fill + suffix | prefix) under the AR model: -n log(perplexity) of its n tokens."""
     tok = target.tokenizer
     before = len(tok.encode(hole.prefix))
     seq = tok.encode(hole.prefix + fill + hole.suffix)[: target.info.max_length]
-    with torch.inference_mode():
-        logits = target(torch.tensor([seq]), torch.arange(len(seq))[None])[0]
-    logp = torch.log_softmax(logits[before - 1 : -1].double(), -1)  # logits at i predict i + 1
-    return float(logp.gather(1, torch.tensor(seq[before:])[:, None]).sum())
+    after = tuple(seq[before:])
+    return -len(after) * math.log(output_perplexity(target, tuple(seq[:before]), after) or 1.0)
 
 
 def main() -> None:
